@@ -1,0 +1,47 @@
+# Every tests/unit/*_spec.lua is one ctest test, run by busted under our own
+# host (pitfalls.md: Debian's busted would otherwise pick lua5.2). A spec whose
+# first line contains "memcheck" is also labelled memcheck; with
+# GENEVA_VALGRIND=ON those run under valgrind.
+option(GENEVA_VALGRIND "Run the tests labelled memcheck under valgrind" OFF)
+find_program(BUSTED busted REQUIRED)
+find_program(VALGRIND valgrind)
+
+set(GENEVA_TEST_ENV
+  "GENEVA_BIN=$<TARGET_FILE:geneva>"
+  "GENEVA_SOURCE_DIR=${CMAKE_SOURCE_DIR}"
+  "GENEVA_BUILD_DIR=${CMAKE_BINARY_DIR}"
+  "GENEVA_SANITIZE=$<BOOL:${GENEVA_SANITIZE}>"
+  "GENEVA_VALGRIND=$<BOOL:${GENEVA_VALGRIND}>"
+  "ASAN_OPTIONS=detect_leaks=1:abort_on_error=0"
+  "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
+
+file(GLOB GENEVA_SPECS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/unit/*_spec.lua)
+list(SORT GENEVA_SPECS)
+foreach(spec ${GENEVA_SPECS})
+  get_filename_component(name ${spec} NAME_WE)
+  string(REGEX REPLACE "_spec$" "" name ${name})
+  file(STRINGS ${spec} first LIMIT_COUNT 1)
+  set(cmd $<TARGET_FILE:geneva> ${BUSTED} --output=plainTerminal
+    --helper=${CMAKE_SOURCE_DIR}/tests/helper.lua ${spec})
+  set(labels unit)
+  if(first MATCHES "memcheck")
+    list(APPEND labels memcheck)
+    if(GENEVA_VALGRIND AND VALGRIND)
+      set(cmd ${VALGRIND} --quiet --error-exitcode=99 --leak-check=full
+        --errors-for-leak-kinds=definite --track-fds=no --trace-children=no ${cmd})
+    endif()
+  endif()
+  add_test(NAME ${name} COMMAND ${cmd} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(${name} PROPERTIES TIMEOUT 600 LABELS "${labels}"
+    ENVIRONMENT "${GENEVA_TEST_ENV}")
+endforeach()
+
+# Shell/C level tests under tests/integration: each *.sh is one test.
+file(GLOB GENEVA_SHELL_TESTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/integration/*.sh)
+list(SORT GENEVA_SHELL_TESTS)
+foreach(t ${GENEVA_SHELL_TESTS})
+  get_filename_component(name ${t} NAME_WE)
+  add_test(NAME integration.${name} COMMAND bash ${t} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(integration.${name} PROPERTIES TIMEOUT 600 LABELS integration
+    ENVIRONMENT "${GENEVA_TEST_ENV}")
+endforeach()

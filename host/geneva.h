@@ -1,0 +1,56 @@
+/*
+** geneva.h: embedding API of Geneva for Lua (libgeneva).
+**
+** A host owns one Lua 5.4 state with the `geneva` module and its bindings
+** preloaded, and a ledger of every external resource created through it
+** (processes, temp dirs, handles, leases). geneva_host_free tears the ledger
+** down in reverse order before closing the state.
+*/
+#ifndef GENEVA_H
+#define GENEVA_H
+
+#include <lua.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GENEVA_VERSION_STRING "0.1.0"
+
+typedef struct geneva_host geneva_host;
+
+typedef struct geneva_host_opts {
+  int handle_signals;   /* install SIGINT/SIGTERM/SIGHUP handlers (the CLI does) */
+  const char *progname; /* arg[-1] for scripts; NULL means "geneva" */
+} geneva_host_opts;
+
+/* A new host, or NULL when memory is short. opts may be NULL (all zero). */
+geneva_host *geneva_host_new(const geneva_host_opts *opts);
+
+/* The host's Lua state: valid until geneva_host_free. */
+lua_State *geneva_host_lua(geneva_host *h);
+
+/*
+** Runs a script file with `arg` set as the `lua` program does (arg[0] = path,
+** arg[1..argc] = argv) and `...` = argv. path "-" or NULL reads stdin.
+** Returns 0, or the exit code: 1 for an error (message in geneva_host_error),
+** the code given to os.exit, or 128+n after signal n (teardown done).
+*/
+int geneva_host_dofile(geneva_host *h, const char *path,
+                       int argc, const char *const *argv);
+
+/* Runs a chunk of Lua code; same return values as geneva_host_dofile. */
+int geneva_host_dostring(geneva_host *h, const char *code);
+
+/* The last error message with its traceback, or NULL. Host-owned, valid
+** until the next call on h. */
+const char *geneva_host_error(const geneva_host *h);
+
+/* Tears down everything the host owns, then closes the state. NULL is ok. */
+void geneva_host_free(geneva_host *h);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,272 @@
+/*
+** host.c: the embedding API (geneva.h). A host is one Lua state with the
+** bindings preloaded, the stdlib reachable through a searcher, os.exit made
+** safe, and a ledger that owns every external resource.
+*/
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <lua-cjson.h>
+
+#include "geneva.h"
+#include "geneva_internal.h"
+#include "host.h"
+#include "host_private.h"
+#include "signals_private.h"
+
+int luaopen_cjson_safe(lua_State *L);  /* lua-cjson.h declares only cjson */
+
+static const char host_key = 'h';      /* registry: light userdata -> host */
+static const char exit_sentinel = 'x'; /* error value raised by os.exit */
+
+geneva_host *geneva_host_from(lua_State *L) {
+  geneva_host *h;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &host_key);
+  h = (geneva_host *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return h;
+}
+
+static void set_error(geneva_host *h, const char *msg) {
+  free(h->err);
+  h->err = msg ? strdup(msg) : NULL;
+}
+
+/* {====== Module loading */
+
+/* Finds an embedded stdlib module; GENEVA_STDLIB=<dir> overrides it with the
+** source files, for development without rebuilding. */
+static int searcher_stdlib(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  const char *dev = getenv("GENEVA_STDLIB");
+  const geneva_embedded *m;
+  if (dev && *dev) {
+    const char *rel = luaL_gsub(L, name, ".", "/");
+    const char *cands[2];
+    int i;
+    cands[0] = lua_pushfstring(L, "%s/%s.lua", dev, rel);
+    cands[1] = lua_pushfstring(L, "%s/%s/init.lua", dev, rel);
+    for (i = 0; i < 2; i++) {
+      FILE *f = fopen(cands[i], "r");
+      if (!f) continue;
+      fclose(f);
+      if (luaL_loadfile(L, cands[i]) != LUA_OK)
+        return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s",
+                          name, cands[i], lua_tostring(L, -1));
+      lua_pushstring(L, cands[i]);
+      return 2;
+    }
+    lua_pop(L, 3);
+  }
+  for (m = geneva_stdlib; m->name; m++) {
+    if (strcmp(m->name, name) != 0) continue;
+    if (luaL_loadbufferx(L, (const char *)m->src, m->len,
+                         lua_pushfstring(L, "@%s", m->file), "t") != LUA_OK)
+      return luaL_error(L, "error loading embedded module '%s':\n\t%s", name,
+                        lua_tostring(L, -1));
+    lua_pushstring(L, m->file);
+    return 2;
+  }
+  lua_pushfstring(L, "no embedded module '%s'", name);
+  return 1;
+}
+
+static void open_modules(lua_State *L) {
+  const geneva_binding *b;
+  luaL_openlibs(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (b = geneva_bindings; b->name; b++) {
+    lua_pushcfunction(L, b->open);
+    lua_setfield(L, -2, b->name);
+  }
+  lua_pushcfunction(L, luaopen_geneva_ledger_core);
+  lua_setfield(L, -2, "geneva.ledger.core");
+  lua_pushcfunction(L, luaopen_cjson);
+  lua_setfield(L, -2, "cjson");
+  lua_pushcfunction(L, luaopen_cjson_safe);
+  lua_setfield(L, -2, "cjson.safe");
+  lua_pop(L, 1);
+  /* package.searchers: preload, stdlib, then Lua's file searchers */
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchers");
+  {
+    lua_Integer i, n = (lua_Integer)luaL_len(L, -1);
+    for (i = n; i >= 2; i--) {
+      lua_rawgeti(L, -1, i);
+      lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushcfunction(L, searcher_stdlib);
+    lua_rawseti(L, -2, 2);
+  }
+  lua_pop(L, 2);
+}
+
+/* }====== */
+
+/* {====== os.exit: unwind to the host, which tears down, then exits */
+
+static void exit_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_pushlightuserdata(L, (void *)&exit_sentinel);
+  lua_error(L);   /* re-raised until the host's top level: pcall cannot keep it */
+}
+
+static int os_exit_safe(lua_State *L) {
+  geneva_host *h = geneva_host_from(L);
+  int code;
+  if (lua_isboolean(L, 1)) code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else code = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  if (h) {
+    h->exiting = 1;
+    h->exit_code = code;
+  }
+  lua_sethook(L, exit_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  lua_pushlightuserdata(L, (void *)&exit_sentinel);
+  return lua_error(L);
+}
+
+/* }====== */
+
+/* {====== Protected calls with a traceback */
+
+static int msghandler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (lua_touserdata(L, 1) == &exit_sentinel) return 1;   /* keep as is */
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+/*
+** Calls the function below nargs arguments with a traceback handler. Returns
+** 0, or an exit code: the os.exit code, 128+n after signal n (teardown done),
+** or 1 with the message saved in h->err.
+*/
+int geneva_host_pcall(geneva_host *h, int nargs, int nres, int interactive) {
+  lua_State *L = h->L;
+  int base = lua_gettop(L) - nargs;
+  int status;
+  lua_pushcfunction(L, msghandler);
+  lua_insert(L, base);
+  status = lua_pcall(L, nargs, nres, base);
+  lua_remove(L, base);
+  if (h->exiting) {
+    lua_sethook(L, NULL, 0, 0);
+    if (status != LUA_OK) lua_pop(L, 1);
+    return h->exit_code;
+  }
+  if (geneva_interrupted() && h->opts.handle_signals) {
+    int code = geneva_signals_exit_code();
+    if (status != LUA_OK) lua_pop(L, 1);
+    geneva_signals_disarm(L);
+    set_error(h, "interrupted");
+    if (interactive) {           /* the REPL goes back to its prompt */
+      geneva_signals_clear();
+      return 1;
+    }
+    geneva_ledger_teardown_all(L);
+    return code;
+  }
+  if (status != LUA_OK) {
+    set_error(h, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 1;
+  }
+  return 0;
+}
+
+/* }====== */
+
+/* {====== geneva.h */
+
+geneva_host *geneva_host_new(const geneva_host_opts *opts) {
+  geneva_host *h = (geneva_host *)calloc(1, sizeof *h);
+  if (!h) return NULL;
+  if (opts) h->opts = *opts;
+  h->L = luaL_newstate();
+  if (!h->L) { free(h); return NULL; }
+  lua_pushlightuserdata(h->L, h);
+  lua_rawsetp(h->L, LUA_REGISTRYINDEX, &host_key);
+  h->ledger = geneva_ledger_new(h->L);
+  if (!h->ledger) { lua_close(h->L); free(h); return NULL; }
+  open_modules(h->L);
+  lua_getglobal(h->L, "os");
+  lua_pushcfunction(h->L, os_exit_safe);
+  lua_setfield(h->L, -2, "exit");
+  lua_pop(h->L, 1);
+  if (h->opts.handle_signals) geneva_signals_install(h->L);
+  return h;
+}
+
+lua_State *geneva_host_lua(geneva_host *h) { return h ? h->L : NULL; }
+
+const char *geneva_host_error(const geneva_host *h) { return h ? h->err : NULL; }
+
+static void push_args(lua_State *L, const char *progname, const char *script,
+                      int argc, const char *const *argv) {
+  int i;
+  lua_createtable(L, argc, 2);
+  lua_pushstring(L, progname ? progname : "geneva");
+  lua_rawseti(L, -2, -1);
+  lua_pushstring(L, script ? script : "-");
+  lua_rawseti(L, -2, 0);
+  for (i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setglobal(L, "arg");
+}
+
+int geneva_host_dofile(geneva_host *h, const char *path, int argc,
+                       const char *const *argv) {
+  lua_State *L = h->L;
+  int i;
+  set_error(h, NULL);
+  if (h->exiting) return h->exit_code;
+  if (path && strcmp(path, "-") == 0) path = NULL;
+  push_args(L, h->opts.progname, path, argc, argv);
+  if (luaL_loadfile(L, path) != LUA_OK) {
+    set_error(h, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 1;
+  }
+  luaL_checkstack(L, argc + 2, "too many arguments to script");
+  for (i = 0; i < argc; i++) lua_pushstring(L, argv[i]);
+  return geneva_host_pcall(h, argc, 0, 0);
+}
+
+int geneva_host_dostring(geneva_host *h, const char *code) {
+  lua_State *L = h->L;
+  set_error(h, NULL);
+  if (h->exiting) return h->exit_code;
+  if (luaL_loadbuffer(L, code, strlen(code), "=(command line)") != LUA_OK) {
+    set_error(h, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 1;
+  }
+  return geneva_host_pcall(h, 0, 0, 0);
+}
+
+void geneva_host_free(geneva_host *h) {
+  if (!h) return;
+  if (h->opts.handle_signals) geneva_signals_block();
+  lua_sethook(h->L, NULL, 0, 0);
+  geneva_ledger_teardown_all(h->L);
+  lua_close(h->L);
+  geneva_ledger_free(h->ledger);
+  if (h->opts.handle_signals) geneva_signals_uninstall();
+  free(h->err);
+  free(h);
+}
+
+/* }====== */

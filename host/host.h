@@ -1,0 +1,41 @@
+/*
+** host.h: declarations shared inside host/ (not installed).
+*/
+#ifndef GENEVA_HOST_H
+#define GENEVA_HOST_H
+
+#include <stddef.h>
+#include <lua.h>
+
+typedef struct geneva_binding {
+  const char *name;          /* "geneva.json.core" */
+  lua_CFunction open;        /* luaopen_geneva_json_core */
+} geneva_binding;
+
+typedef struct geneva_embedded {
+  const char *name;          /* "geneva.http" */
+  const char *file;          /* "stdlib/geneva/http.lua" (chunk name) */
+  const unsigned char *src;
+  size_t len;
+} geneva_embedded;
+
+extern const geneva_binding geneva_bindings[];   /* gen/bindings_table.c */
+extern const geneva_embedded geneva_stdlib[];    /* gen/stdlib_blob.c */
+
+/* ledger.c */
+typedef struct geneva_ledger geneva_ledger;
+geneva_ledger *geneva_ledger_new(lua_State *L);  /* registers itself in L */
+/* Tears down every scope and resource, newest first, with hooks off; teardown
+** errors are written as warnings. Leaves the ledger usable (empty). */
+void geneva_ledger_teardown_all(lua_State *L);
+void geneva_ledger_free(geneva_ledger *g);
+int luaopen_geneva_ledger_core(lua_State *L);
+
+/* signals.c */
+void geneva_signals_install(lua_State *L);       /* handlers + hook target */
+void geneva_signals_uninstall(void);
+void geneva_signals_disarm(lua_State *L);        /* removes the interrupt hook */
+void geneva_signals_block(void);                 /* during teardown */
+int geneva_signals_exit_code(void);              /* 128+n, or 0 */
+
+#endif

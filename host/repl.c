@@ -1,0 +1,160 @@
+/*
+** repl.c: the interactive loop, shaped like lua.c's doREPL: libedit line
+** editing and a history file, multi-line statements, `=expr`, and results
+** pretty-printed by geneva.pretty. Ctrl-C interrupts the running statement
+** and returns to the prompt; at the prompt it clears the line.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <editline/readline.h>
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "geneva_internal.h"
+#include "host_private.h"
+#include "signals_private.h"
+
+#define PROMPT1 "> "
+#define PROMPT2 ">> "
+#define EOFMARK "<eof>"
+
+static char history_path[4096];
+
+static void history_open(void) {
+  const char *p = getenv("GENEVA_HISTORY");
+  const char *home = getenv("HOME");
+  if (p && *p) snprintf(history_path, sizeof history_path, "%s", p);
+  else if (home && *home) snprintf(history_path, sizeof history_path, "%s/.geneva_history", home);
+  else history_path[0] = '\0';
+  using_history();
+  stifle_history(1000);
+  if (history_path[0]) read_history(history_path);
+}
+
+static void history_save(void) {
+  if (history_path[0] && write_history(history_path) != 0)
+    fprintf(stderr, "geneva: cannot write history file '%s'\n", history_path);
+}
+
+/* Reads a line; NULL at end of input. An interrupted read gives "". */
+static char *read_line(const char *prompt, int *eof) {
+  char *line = readline(prompt);
+  *eof = 0;
+  if (line == NULL) {
+    if (geneva_interrupted()) {
+      geneva_signals_clear();
+      fputc('\n', stdout);
+      return strdup("");
+    }
+    *eof = 1;
+  }
+  return line;
+}
+
+static int incomplete(lua_State *L, int status) {
+  if (status == LUA_ERRSYNTAX) {
+    size_t lmsg;
+    const char *msg = lua_tolstring(L, -1, &lmsg);
+    size_t lmark = sizeof(EOFMARK) - 1;
+    if (lmsg >= lmark && strcmp(msg + lmsg - lmark, EOFMARK) == 0) return 1;
+  }
+  return 0;
+}
+
+/* Compiles `return <line>` first so expressions print their values. */
+static int load_expression(lua_State *L, const char *line) {
+  const char *code = lua_pushfstring(L, "return %s", line);
+  int status = luaL_loadbuffer(L, code, strlen(code), "=stdin");
+  lua_remove(L, -2);
+  if (status != LUA_OK) lua_pop(L, 1);
+  return status;
+}
+
+/* Leaves a compiled chunk on the stack, or an error message; buf holds the
+** source (for the history). Returns -1 at end of input. */
+static int load_chunk(lua_State *L, luaL_Buffer *unused, char **source) {
+  int eof, status;
+  char *line = read_line(PROMPT1, &eof);
+  size_t len;
+  (void)unused;
+  if (eof) return -1;
+  len = strlen(line);
+  if (line[0] == '=') {           /* `=expr`, as in Lua 5.1 */
+    memmove(line, line + 1, len);
+  }
+  if (load_expression(L, line) == LUA_OK) {
+    *source = line;
+    return LUA_OK;
+  }
+  for (;;) {
+    status = luaL_loadbuffer(L, line, strlen(line), "=stdin");
+    if (!incomplete(L, status)) break;
+    lua_pop(L, 1);
+    {
+      char *more = read_line(PROMPT2, &eof), *joined;
+      if (eof) { free(line); return -1; }
+      joined = (char *)malloc(strlen(line) + strlen(more) + 2);
+      if (!joined) { free(more); free(line); return -1; }
+      sprintf(joined, "%s\n%s", line, more);
+      free(more);
+      free(line);
+      line = joined;
+    }
+  }
+  *source = line;
+  return status;
+}
+
+static void print_results(geneva_host *h, int n) {
+  lua_State *L = geneva_host_lua(h);
+  int base = lua_gettop(L) - n;
+  if (n == 0) return;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "geneva.pretty");
+  if (geneva_host_pcall(h, 1, 1, 1) != 0) {
+    fprintf(stderr, "geneva: %s\n", geneva_host_error(h));
+    lua_settop(L, base);
+    return;
+  }
+  lua_getfield(L, -1, "print");
+  lua_remove(L, -2);
+  lua_insert(L, base + 1);
+  if (geneva_host_pcall(h, n, 0, 1) != 0)
+    fprintf(stderr, "geneva: %s\n", geneva_host_error(h));
+  lua_settop(L, base);
+}
+
+int geneva_repl(geneva_host *h) {
+  lua_State *L = geneva_host_lua(h);
+  char *source = NULL;
+  int status;
+  history_open();
+  printf("geneva %s (%s)  Ctrl-D to quit\n", GENEVA_VERSION, LUA_RELEASE);
+  while ((status = load_chunk(L, NULL, &source)) != -1) {
+    if (source && source[0]) {
+      add_history(source);
+      history_save();
+    }
+    free(source);
+    source = NULL;
+    if (status == LUA_OK) {
+      int base = lua_gettop(L) - 1, code;
+      code = geneva_host_pcall(h, 0, LUA_MULTRET, 1);
+      if (code == 0) {
+        print_results(h, lua_gettop(L) - base);
+      } else {
+        lua_settop(L, base);
+        if (h->exiting) break;
+        fprintf(stderr, "%s\n", geneva_host_error(h));
+      }
+    } else {
+      fprintf(stderr, "%s\n", lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+  }
+  if (!h->exiting) fputc('\n', stdout);
+  history_save();
+  return h->exiting ? h->exit_code : 0;
+}

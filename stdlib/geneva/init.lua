@@ -1,0 +1,20 @@
+-- geneva: the public module. Submodules load on first use, so `geneva -e ''`
+-- and `geneva worker` pay only for what they touch.
+local geneva = { _VERSION = "geneva 0.1.0" }
+
+local lazy = {
+  ledger = "geneva.ledger", json = "geneva.json", yaml = "geneva.yaml",
+  zip = "geneva.zip", sqlite = "geneva.sqlite", fs = "geneva.fs",
+  proc = "geneva.proc", http = "geneva.http", time = "geneva.time",
+  pretty = "geneva.pretty",
+}
+
+return setmetatable(geneva, {
+  __index = function(t, k)
+    local name = lazy[k]
+    if not name then return nil end
+    local m = require(name)
+    rawset(t, k, m)
+    return m
+  end,
+})
