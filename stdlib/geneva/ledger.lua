@@ -1,0 +1,134 @@
+-- geneva.ledger: the host's resource ledger, with lease journalling.
+--
+-- The C core (host/ledger.c) owns scopes and resources and guarantees
+-- teardown (scope close, error, signal, exit). This layer adds the policy:
+-- a scope may name a journal directory; reserving a resource in it writes a
+-- lease file *before* the resource exists, and the lease is removed only
+-- after the teardown succeeded, so `geneva reap` can finish what a kill -9
+-- interrupted.
+--
+--   local s   = ledger.scope{name = "ctx", parent = ledger.current(), journal = dir}
+--   local res = s:reserve("proc", "worker-1", {pid = ...})  -- lease written
+--   local p   = create_it()
+--   res:bind(function() p:close() end)                       -- teardown
+--   s:close()   --> true | false, {messages}: reverse order, errors collected
+local core = require "geneva.ledger.core"
+
+local ledger = {}
+
+local Scope = getmetatable(core.root()).__index
+local Resource = debug.getregistry()["geneva.ledger.Resource"].__index
+
+local journals = setmetatable({}, { __mode = "k" })  -- scope -> journal dir
+local leases = setmetatable({}, { __mode = "k" })    -- resource -> lease path
+
+local raw_reserve, raw_bind, raw_forget = Scope.reserve, Resource.bind, Resource.forget
+
+local owner_cache
+-- ledger.owner() -> {hostname, boot_id, pid, start_time}: who holds leases.
+function ledger.owner()
+  if not owner_cache then
+    local me = require("geneva.proc").self()
+    owner_cache = { hostname = me.hostname, boot_id = me.boot_id, pid = me.pid,
+                    start_time = me.start_time }
+  end
+  return owner_cache
+end
+
+local function journal_of(scope)
+  local s = scope
+  while s do
+    if journals[s] then return journals[s] end
+    s = s:parent()
+  end
+end
+
+local function write_lease(path, lease)
+  local fs, json = require "geneva.fs", require "geneva.json"
+  local ok, err = fs.write_atomic(path, json.encode(lease))
+  if not ok then error(("cannot journal lease '%s': %s"):format(path, err), 3) end
+end
+
+-- ledger.scope{name=, parent=, journal=} -> scope (parent: the current one)
+function ledger.scope(opts)
+  opts = opts or {}
+  local s = core.scope(opts.name or "scope", opts.parent)
+  if opts.journal then
+    local ok, err = require("geneva.fs").mkdir_p(opts.journal)
+    if not ok then error(("cannot create lease journal: %s"):format(err), 2) end
+    journals[s] = opts.journal
+  end
+  return s
+end
+
+ledger.root = core.root
+ledger.current = core.current
+ledger.list = core.list
+ledger.set_step_deadline = core.set_step_deadline
+
+-- scope:reserve(kind, name [, info]) -> resource. With a journal, the lease
+-- file is on disk before this returns; raises if it cannot be written.
+function Scope:reserve(kind, name, info)
+  local res = raw_reserve(self, kind, name)
+  local dir = journal_of(self)
+  if dir then
+    local id = ("%s-%d-%d"):format(kind, ledger.owner().pid, res:info().id)
+    local path = dir .. "/" .. id:gsub("[^%w%-_.]", "_") .. ".json"
+    local ok, err = pcall(write_lease, path, {
+      id = id, kind = kind, name = name, info = info or {}, state = "active",
+      owner = ledger.owner(), created_at = os.time(), scope = res:info().scope,
+    })
+    if not ok then raw_forget(res); error(err, 2) end
+    leases[res] = path
+  end
+  return res
+end
+
+-- res:lease() -> path of its lease file, or nil
+function Resource:lease() return leases[self] end
+
+-- res:bind(fn) -> res: fn(res) tears the resource down; after it returns the
+-- lease is removed (a failing teardown keeps the lease for `geneva reap`).
+function Resource:bind(fn)
+  return raw_bind(self, function()
+    fn(self)
+    local path = leases[self]
+    if path then os.remove(path); leases[self] = nil end
+  end)
+end
+
+-- res:forget() -> true: the resource ended by itself; drop entry and lease.
+function Resource:forget()
+  local path = leases[self]
+  if path then os.remove(path); leases[self] = nil end
+  return raw_forget(self)
+end
+
+-- res:retain() -> true: keep the resource past its scope; its lease stays,
+-- marked retained, so reap skips it (and `reap --retained` removes it).
+function Resource:retain()
+  local path = leases[self]
+  if path then
+    local fs, json = require "geneva.fs", require "geneva.json"
+    local lease = json.decode(assert(fs.read(path)))
+    lease.state = "retained"
+    write_lease(path, lease)
+    leases[self] = nil
+  end
+  return raw_forget(self)
+end
+
+-- ledger.with(scope, fn, ...) -> fn's results: runs fn with scope current,
+-- then closes the scope whatever happens; fn's error is re-raised after
+-- teardown, and teardown errors are raised if fn succeeded.
+function ledger.with(scope, fn, ...)
+  local prev = scope:activate()
+  local res = table.pack(pcall(fn, ...))
+  if not prev:is_closed() then prev:activate() end
+  local ok, errs = scope:close()
+  if not res[1] then error(res[2], 0) end
+  if not ok then error("teardown failed: " .. table.concat(errs, "; "), 2) end
+  return table.unpack(res, 2, res.n)
+end
+
+return ledger

@@ -1,0 +1,52 @@
+-- Helpers for specs that run the geneva executable as a child process.
+local child = {}
+
+child.bin = os.getenv("GENEVA_BIN") or "geneva"
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+child.quote = shell_quote
+
+-- child.run(code [, env]) -> exit code, stdout, stderr: runs `geneva -e code`
+function child.run(code, env)
+  local out, err = os.tmpname(), os.tmpname()
+  local prefix = ""
+  for k, v in pairs(env or {}) do prefix = prefix .. k .. "=" .. shell_quote(v) .. " " end
+  local cmd = ("%s%s -e %s >%s 2>%s"):format(prefix, shell_quote(child.bin),
+    shell_quote(code), out, err)
+  local _, _, status = os.execute(cmd)
+  local function slurp(p) local f = io.open(p); local s = f:read("a"); f:close(); os.remove(p); return s end
+  return status, slurp(out), slurp(err)
+end
+
+-- child.tmpdir() -> a fresh directory path (removed by child.rmtree)
+function child.tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(os.execute("mkdir -p " .. shell_quote(p)))
+  return p
+end
+
+function child.rmtree(p) os.execute("rm -rf " .. shell_quote(p)) end
+
+function child.exists(p)
+  local f = io.open(p, "r")
+  if f then f:close() return true end
+  return false
+end
+
+function child.read(p)
+  local f = io.open(p, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- child.pid_alive(pid) -> boolean (kill -0)
+function child.pid_alive(pid)
+  return os.execute("kill -0 " .. math.tointeger(pid) .. " 2>/dev/null") == true
+end
+
+return child
