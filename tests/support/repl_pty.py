@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Drives the geneva REPL through a pseudo-terminal, as a person would.
+
+usage: repl_pty.py GENEVA_BIN
+Checks a multi-line function, `=expr`, a pretty-printed table, an error that
+does not end the session, Ctrl-C at the prompt, and the history file.
+Prints 'N passed, N failed' and exits non-zero on failure.
+"""
+import os
+import pty
+import select
+import sys
+import tempfile
+import time
+
+BIN = sys.argv[1]
+
+
+def read_until(fd, needle, timeout=10.0):
+    buf = b""
+    end = time.time() + timeout
+    while needle.encode() not in buf:
+        left = end - time.time()
+        if left <= 0:
+            raise AssertionError(f"timed out waiting for {needle!r}; got {buf!r}")
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf.decode(errors="replace")
+
+
+def main():
+    tmp = tempfile.mkdtemp()
+    hist = os.path.join(tmp, "history")
+    env = dict(os.environ, GENEVA_HISTORY=hist, TERM="dumb")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(BIN, [BIN], env)
+    passed = failed = 0
+
+    def check(name, cond, detail=""):
+        nonlocal passed, failed
+        if cond:
+            passed += 1
+        else:
+            failed += 1
+            print(f"FAIL: {name} {detail}")
+
+    def send(line):
+        os.write(fd, line.encode())
+
+    out = read_until(fd, "> ")
+    check("banner", "geneva" in out, out)
+    send("function twice(x)\n")
+    out = read_until(fd, ">> ")
+    send("  return x * 2\n")
+    read_until(fd, ">> ")
+    send("end\n")
+    read_until(fd, "> ")
+    send("=twice(21)\n")
+    out = read_until(fd, "42")
+    check("multi-line function", "42" in out, out)
+    send("=1+1\n")
+    out = read_until(fd, "2\r\n")
+    check("=expr", "2" in out, out)
+    send("{a = {b = 1}}\n")
+    out = read_until(fd, "}")
+    check("pretty table", "b = 1" in out, out)
+    send("error('oops')\n")
+    out = read_until(fd, "oops")
+    check("error keeps the session", "oops" in out, out)
+    send("\x03")  # Ctrl-C at the prompt clears the line
+    time.sleep(0.3)
+    send("=3*3\n")
+    out = read_until(fd, "9")
+    check("Ctrl-C at the prompt", "9" in out, out)
+    send("\x04")  # Ctrl-D ends the session
+    _, status = os.waitpid(pid, 0)
+    check("exit status 0", os.WEXITSTATUS(status) == 0, str(status))
+    text = open(hist).read() if os.path.exists(hist) else ""
+    check("history file", "twice(21)" in text and "1+1" in text, repr(text))
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
