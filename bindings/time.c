@@ -52,6 +52,7 @@ static int time_sleep(lua_State *L) {
   double secs = (double)luaL_checknumber(L, 1);
   struct timespec now, deadline;
   luaL_argcheck(L, secs >= 0 && isfinite(secs), 1, "expected a finite number >= 0");
+  if (secs > 1e9) secs = 1e9;    /* ~31 years: keeps time_t arithmetic defined */
   clock_gettime(CLOCK_MONOTONIC, &now);
   deadline.tv_sec = now.tv_sec + (time_t)secs;
   deadline.tv_nsec = now.tv_nsec + (long)((secs - floor(secs)) * 1e9);
