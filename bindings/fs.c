@@ -658,8 +658,9 @@ static int fs_copy(lua_State *L) {
   lua_Integer total = 0;
   RETRY(in, open(src, O_RDONLY | O_CLOEXEC));
   if (in < 0) return fail_path(L, errno, "copy", src);
-  if (fstat(in, &st) != 0 || S_ISDIR(st.st_mode)) {
-    err = S_ISDIR(st.st_mode) ? EISDIR : errno;
+  if (fstat(in, &st) != 0) err = errno;
+  else if (S_ISDIR(st.st_mode)) err = EISDIR;
+  if (err) {
     close(in);
     return fail_path(L, err, "copy", src);
   }

@@ -1,3 +1,4 @@
+-- memcheck
 local fs = require "geneva.fs"
 local child = require "child"
 
@@ -88,6 +89,10 @@ describe("geneva.fs", function()
       assert.same({ d .. "src/x/b.lua", d .. "src/x/y", d .. "src/x/y/c.lua",
                     d .. "src/x/y/d.c" }, fs.glob(dir .. "/src/x/**"))
       assert.same({}, fs.glob(dir .. "/nothing/**/*.lua"))
+      -- relative patterns give relative paths
+      local out = sh(("cd %s && %s -e %s"):format(q(dir), q(child.bin), q(
+        [[io.write(table.concat(require("geneva.fs").glob("**/y/*.{c,lua}"), " "))]])))
+      assert.equals("src/x/y/c.lua src/x/y/d.c", out)
       assert.same({}, fs.glob(dir .. "/*.zzz"))
       assert.has_error(function() fs.glob(42) end)
     end)
@@ -161,6 +166,8 @@ describe("geneva.fs", function()
       assert.equals("ENOENT", code)
       ok, _, code = fs.read(dir)
       assert.equals("EISDIR", code)
+      assert.equals("EISDIR", select(3, fs.copy(dir, dir .. "/copy")))
+      assert.equals("ENOENT", select(3, fs.append(dir .. "/no/f", "x")))
       assert.has_error(function() fs.write(dir .. "/x", {}) end)
       assert.has_error(function() fs.write(dir .. "/x", "d", "not a table") end)
     end)
