@@ -87,13 +87,15 @@ end
 -- res:lease() -> path of its lease file, or nil
 function Resource:lease() return leases[self] end
 
--- res:bind(fn) -> res: fn(res) tears the resource down; after it returns the
+-- res:bind(fn) -> res: fn() tears the resource down; after it returns the
 -- lease is removed (a failing teardown keeps the lease for `geneva reap`).
+-- The closure does not capture the handle, so the handle can be collected
+-- while the ledger keeps the resource.
 function Resource:bind(fn)
+  local path = leases[self]
   return raw_bind(self, function()
-    fn(self)
-    local path = leases[self]
-    if path then os.remove(path); leases[self] = nil end
+    fn()
+    if path then os.remove(path) end
   end)
 end
 
