@@ -128,7 +128,8 @@ static const char *create_name_problem(const char *s, size_t len) {
 }
 
 /* NULL if an archive entry name may be extracted below the target directory
-** (empty and "." components are skipped); otherwise the reason. */
+** (empty and "." components are skipped, so "./" is a no-op directory
+** entry); otherwise the reason. */
 static const char *extract_name_problem(const char *s) {
   size_t i, start = 0, len = strlen(s), parts = 0;
   if (len == 0) return "empty name";
@@ -143,7 +144,7 @@ static const char *extract_name_problem(const char *s) {
       start = i + 1;
     }
   }
-  return parts ? NULL : "empty path";
+  return parts || s[len - 1] == '/' ? NULL : "empty path";
 }
 
 /* }====== */

@@ -192,11 +192,15 @@ describe("geneva.zip", function()
 
     it("extracts archives made by other tools, directory entries included", function()
       local out = dir .. "/py.zip"
-      evil_zip(out, { { "d/", "", (0x41ed << 16) | 0x10 }, { "d/f.txt", "ok" } })
+      evil_zip(out, { { "./", "", (0x41ed << 16) | 0x10 }, { "d/", "", (0x41ed << 16) | 0x10 },
+        { "d/f.txt", "ok" }, { "./e//g.txt", "ok2" } })
       local a <close> = assert(zip.open(out))
-      assert.is_true(a:list()[1].is_dir)
+      assert.is_true(a:list()[2].is_dir)
+      assert.is_false(a:list()[3].is_dir)
       assert.is_true(a:extract(dir .. "/x"))
       assert.equals("ok", child.read(dir .. "/x/d/f.txt"))
+      assert.equals("ok2", child.read(dir .. "/x/e/g.txt"))
+      assert.equals("./d\n./d/f.txt\n./e\n./e/g.txt", listdir(dir .. "/x"))
     end)
 
     local function refuses(specs, entry, why)
@@ -294,6 +298,23 @@ describe("geneva.zip", function()
       assert.has_error(function() zip.create(out, { { name = "a", data = "", mode = "rwx" } }) end)
       assert.has_error(function() zip.create(out, {}, { level = 0 }) end)
       assert.has_error(function() zip.create(out, {}, { method = "bzip2" }) end)
+    end)
+
+    it("stops on SIGINT and removes the temp file", function()
+      assert(os.execute(("head -c 16777216 /dev/urandom > %s/rand.bin"):format(q(dir))))
+      local code = ([[
+        local zip = require "geneva.zip"
+        local entries = {}
+        for i = 1, 12 do entries[i] = { name = "r" .. i, path = %q } end
+        os.execute("(sleep 0.2; kill -INT $PPID) &")
+        local ok, msg, code = zip.create(%q, entries, { level = 9 })
+        print(ok, msg, code)   -- not reached: the host raises the interrupt
+      ]]):format(dir .. "/rand.bin", dir .. "/r.zip")
+      local status, out, err = child.run(code)
+      assert.equals(130, status, err)
+      assert.equals("", out)
+      assert.matches("interrupted", err)
+      assert.equals("./big.bin\n./hello.txt\n./rand.bin\n./run.sh", listdir(dir))
     end)
 
     it("reports archives that are missing or not zips", function()
