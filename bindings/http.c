@@ -396,7 +396,8 @@ static void add_line(lua_State *L, req_opts *o, size_t namelen) {
   lua_rawseti(L, o->lines, (lua_Integer)lua_rawlen(L, o->lines) + 1);
 }
 
-/* headers: {Name = value} or {"Name: value", ...} -> the array at o->lines */
+/* headers: {Name = value} or {"Name: value", ...} -> the array at o->lines.
+** Name = false removes a header libcurl would send (e.g. Accept). */
 static void check_headers(lua_State *L, int o_idx, req_opts *o) {
   int h;
   lua_newtable(L);
@@ -422,8 +423,14 @@ static void check_headers(lua_State *L, int o_idx, req_opts *o) {
     } else if (lua_type(L, -2) == LUA_TSTRING) {
       k = lua_tolstring(L, -2, &kl);
       if (!valid_token(k, kl)) opt_error(L, "headers", "invalid header name");
+      if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+        lua_pushfstring(L, "%s:", k);   /* false: drop libcurl's own header */
+        add_line(L, o, kl);
+        lua_pop(L, 1);
+        continue;
+      }
       if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
-        opt_error(L, "headers", "header values must be strings or numbers");
+        opt_error(L, "headers", "header values must be strings, numbers or false");
       lua_pushvalue(L, -1);   /* convert a copy: lua_next needs the original */
       v = lua_tolstring(L, -1, &vl);
       if (has_crlf(v, vl)) opt_error(L, "headers", "header value contains CR, LF or NUL");
