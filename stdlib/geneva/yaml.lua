@@ -4,8 +4,8 @@
 -- Typing: plain (unquoted, untagged) scalars follow the YAML 1.2 core schema:
 --   ~ null Null NULL and the empty scalar   -> yaml.null
 --   true True TRUE false False FALSE        -> booleans
---   [-+]?[0-9]+  0o[0-7]+  0x[0-9a-fA-F]+   -> integers (beyond 64 bits: floats,
---                                              as Lua's own literals)
+--   [-+]?[0-9]+  0o[0-7]+  0x[0-9a-fA-F]+   -> integers (past math.maxinteger:
+--                                              floats, as Lua's decimal literals)
 --   1.5 -2e3 .5 1.  .inf -.inf .nan (and .Inf/.INF/.NaN/.NAN) -> floats
 --   anything else                           -> strings
 -- Quoted scalars are always strings. Tags !!str !!int !!float !!bool !!null
