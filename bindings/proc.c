@@ -756,7 +756,7 @@ static const char **new_ptr_array(lua_State *L, size_t n) {
 ** from env (or environ) with env_add merged over (false removes). Returns
 ** 1 with the table pushed, or 0 (nothing pushed: inherit as is). */
 static int build_env(lua_State *L, int opts) {
-  int has_env, has_add, tab;
+  int has_env, has_add, tab, src;
   lua_getfield(L, opts, "env");
   lua_getfield(L, opts, "env_add");
   has_env = !lua_isnil(L, -2);
@@ -776,7 +776,7 @@ static int build_env(lua_State *L, int opts) {
       lua_rawset(L, tab);
     }
   }
-  for (int src = tab - 2; src <= tab - 1; src++) {
+  for (src = tab - 2; src <= tab - 1; src++) {
     if (lua_isnil(L, src)) continue;
     lua_pushnil(L);
     while (lua_next(L, src)) {
@@ -1197,16 +1197,22 @@ static int proc_info_(lua_State *L) {
 }
 
 /* core.alive(pid [, start_time]) -> boolean. A zombie is dead; with
-** start_time, a recycled pid is dead too. Never raises on a gone pid. */
+** start_time, a recycled pid is dead too. When /proc cannot be read (but
+** the pid exists) it answers true: a lease is never taken from a live owner.
+** Never raises on a gone pid. */
 static int proc_alive(lua_State *L) {
   lua_Integer pid = luaL_checkinteger(L, 1);
   int has_start = !lua_isnoneornil(L, 2);
   lua_Integer start = has_start ? luaL_checkinteger(L, 2) : 0;
   proc_info pi;
   int alive = 0;
+  int e;
   luaL_argcheck(L, pid > 0 && pid <= INT_MAX, 1, "pid out of range");
-  if (read_info((pid_t)pid, &pi) == 0)
+  e = read_info((pid_t)pid, &pi);
+  if (e == 0)
     alive = pi.state != 'Z' && pi.state != 'X' && (!has_start || pi.start_time == start);
+  else if (e != ESRCH)   /* /proc hidden (hidepid): err on the side of alive */
+    alive = kill((pid_t)pid, 0) == 0 || errno == EPERM;
   lua_pushboolean(L, alive);
   return 1;
 }

@@ -457,6 +457,24 @@ describe("geneva.proc", function()
       assert.is_nil(proc.info(pid))
     end)
 
+    it("leaves no descriptors behind, on success or failure", function()
+      local me = proc.self().pid
+      local function nfds()
+        local out = assert(proc.run { "ls", "/proc/" .. me .. "/fd" }).stdout
+        return select(2, out:gsub("\n", ""))
+      end
+      local before = nfds()
+      for _ = 1, 3 do
+        local p = assert(proc.spawn { "cat", stdin = "pipe", stdout = "pipe", stderr = "pipe" })
+        p:close()
+        assert.is_nil(proc.spawn { "nosuch-geneva-cmd", stdin = "pipe", stdout = "pipe" })
+        assert.is_nil(proc.spawn { "true", stdout = "pipe", cwd = "/nonexistent" })
+        assert.is_nil(proc.spawn { "true", stdin = "pipe", stdout = "/nonexistent/x" })
+        assert.truthy(proc.run { "echo", input = "x" })
+      end
+      assert.equals(before, nfds())
+    end)
+
     it("garbage collection kills and reaps", function()
       local weak = setmetatable({}, { __mode = "v" })
       weak[1] = assert(proc.spawn { "sleep", "100", stdin = "pipe", stdout = "pipe" })
