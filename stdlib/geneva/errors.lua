@@ -1,0 +1,73 @@
+-- geneva.errors: the API's error objects (design §3, contract).
+--   {code, message, [path, line, col, column, rowid, value, job_id, cause]}
+-- tostring(err) == "<code>: <message>". Raised as tables, so callers can
+-- branch on err.code; the host prints them through __tostring.
+local errors = {}
+
+local Error = {}
+Error.__index = Error
+Error.__name = "geneva.Error"
+Error.__tostring = function(e) return e.code .. ": " .. e.message end
+
+errors.Error = Error
+
+errors.codes = {
+  not_found = true, invalid_argument = true, conflict = true, unavailable = true,
+  udf_error = true, cancelled = true, interrupted = true, abandoned = true,
+  internal = true,
+}
+
+-- errors.new(code, message [, fields]) -> Error
+function errors.new(code, message, fields)
+  assert(errors.codes[code], "unknown error code " .. tostring(code))
+  local e = { code = code, message = tostring(message) }
+  if fields then for k, v in pairs(fields) do e[k] = v end end
+  return setmetatable(e, Error)
+end
+
+-- errors.raise(code, fmt, ...) raises a new Error; a trailing table argument
+-- beyond the format's needs is not supported: use errors.throw for fields.
+function errors.raise(code, fmt, ...)
+  error(errors.new(code, select("#", ...) > 0 and fmt:format(...) or fmt), 2)
+end
+
+-- errors.throw(code, message, fields) raises a new Error with fields
+function errors.throw(code, message, fields)
+  error(errors.new(code, message, fields), 2)
+end
+
+-- errors.is(v [, code]) -> boolean: v is a geneva.Error (with that code)
+function errors.is(v, code)
+  return getmetatable(v) == Error and (code == nil or v.code == code)
+end
+
+-- errors.from(v [, code]) -> Error: wraps any error value (strings from Lua,
+-- "interrupted" from the host) keeping Errors as they are.
+function errors.from(v, code)
+  if errors.is(v) then return v end
+  if v == "interrupted" then return errors.new("interrupted", "interrupted") end
+  if type(v) == "table" and errors.codes[v.code] and v.message then
+    return setmetatable(v, Error)
+  end
+  return errors.new(code or "internal", tostring(v))
+end
+
+-- errors.check(ok, err, code [, context]) -> ok: turns nil, msg into a raise
+function errors.check(ok, err, code, context)
+  if ok == nil or ok == false then
+    error(errors.new(code or "internal", context and (context .. ": " .. tostring(err)) or tostring(err)), 2)
+  end
+  return ok
+end
+
+-- errors.plain(e) -> table without metatable (for JSON job records)
+function errors.plain(e)
+  local t = {}
+  for k, v in pairs(e) do
+    if type(v) ~= "function" and type(v) ~= "userdata" then t[k] = v end
+  end
+  if type(t.cause) == "table" then t.cause = errors.plain(t.cause) end
+  return t
+end
+
+return errors

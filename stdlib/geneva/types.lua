@@ -1,0 +1,145 @@
+-- geneva.types: column data types (design §3): int64, float64, string, bool,
+-- blob and float32[N] vectors. Checks values returned by UDFs and converts
+-- between Lua values and what SQLite stores (vectors are little-endian
+-- float32 blobs, bools 0/1). NULL is nil everywhere here.
+local types = {}
+
+local scalar = {
+  int64 = "INTEGER", float64 = "REAL", string = "TEXT", bool = "INTEGER", blob = "BLOB",
+}
+
+local cache = {}
+
+-- types.parse(name) -> {name=, kind=, dim=, sql=} | nil, reason
+function types.parse(name)
+  if type(name) ~= "string" then return nil, "data_type must be a string" end
+  if cache[name] then return cache[name] end
+  local t
+  if scalar[name] then
+    t = { name = name, kind = name, sql = scalar[name] }
+  else
+    local dim = name:match("^float32%[(%d+)%]$")
+    dim = dim and math.tointeger(tonumber(dim))
+    if not dim or dim < 1 or dim > 65536 then
+      return nil, ("unknown data_type '%s' (expected int64, float64, string, bool, blob or float32[N])"):format(name)
+    end
+    t = { name = name, kind = "vector", dim = dim, sql = "BLOB",
+          fmt = "<" .. string.rep("f", dim) }
+  end
+  cache[name] = t
+  return t
+end
+
+local function describe(v)
+  if type(v) == "string" then
+    return #v > 40 and ("%q..."):format(v:sub(1, 40)) or ("%q"):format(v)
+  end
+  return tostring(v) .. " (" .. (math.type(v) or type(v)) .. ")"
+end
+types.describe = describe
+
+-- types.check(t, v) -> normalized value | nil, reason. nil is valid (NULL).
+-- int64 accepts integral floats; strings are never coerced to numbers.
+function types.check(t, v)
+  if v == nil then return nil end
+  local k = t.kind
+  if k == "int64" then
+    if math.type(v) == "integer" then return v end
+    if math.type(v) == "float" then
+      local i = math.tointeger(v)
+      if i then return i end
+    end
+    return nil, "expected int64, got " .. describe(v)
+  elseif k == "float64" then
+    if type(v) == "number" then return v + 0.0 end
+    return nil, "expected float64, got " .. describe(v)
+  elseif k == "string" then
+    if type(v) == "string" then return v end
+    return nil, "expected string, got " .. describe(v)
+  elseif k == "bool" then
+    if type(v) == "boolean" then return v end
+    return nil, "expected bool, got " .. describe(v)
+  elseif k == "blob" then
+    if type(v) == "string" then return v end
+    return nil, "expected blob (a string), got " .. describe(v)
+  else -- vector
+    if type(v) ~= "table" then return nil, ("expected %s (an array), got %s"):format(t.name, describe(v)) end
+    local n = #v
+    if n ~= t.dim then return nil, ("expected %s, got an array of %d"):format(t.name, n) end
+    for i = 1, n do
+      if type(v[i]) ~= "number" then
+        return nil, ("expected %s, element %d is %s"):format(t.name, i, describe(v[i]))
+      end
+    end
+    return v
+  end
+end
+
+-- types.to_sql(t, v) -> value to bind (v already checked). Blobs and vectors
+-- come back as {blob = bytes} so the storage layer binds them as BLOB.
+function types.to_sql(t, v)
+  if v == nil then return nil end
+  local k = t.kind
+  if k == "bool" then return v and 1 or 0 end
+  if k == "vector" then return { blob = string.pack(t.fmt, table.unpack(v, 1, t.dim)) } end
+  if k == "blob" then return { blob = v } end
+  return v
+end
+
+-- types.from_sql(t, v) -> Lua value
+function types.from_sql(t, v)
+  if v == nil then return nil end
+  local k = t.kind
+  if k == "bool" then return v ~= 0 end
+  if k == "vector" then
+    if type(v) ~= "string" or #v ~= 4 * t.dim then return nil end
+    local out = { string.unpack(t.fmt, v) }
+    out[t.dim + 1] = nil          -- drop unpack's next position
+    return out
+  end
+  if k == "float64" and math.type(v) == "integer" then return v + 0.0 end
+  return v
+end
+
+-- types.infer(strings) -> type name for a CSV column: int64, float64, bool
+-- or string, from its non-empty cells.
+function types.infer(cells)
+  local int, float, bool = true, true, true
+  local any = false
+  for _, c in ipairs(cells) do
+    if c ~= "" then
+      any = true
+      if int and not c:match("^[+-]?%d+$") then int = false end
+      if float and not tonumber(c) or c:match("^0[xX]") then float = false end
+      if bool and c ~= "true" and c ~= "false" then bool = false end
+    end
+  end
+  if not any then return "string" end
+  if int then return "int64" end
+  if float then return "float64" end
+  if bool then return "bool" end
+  return "string"
+end
+
+-- types.parse_cell(t, s) -> value | nil, reason: a CSV cell ("" is NULL)
+function types.parse_cell(t, s)
+  if s == "" then return nil end
+  local k = t.kind
+  if k == "int64" then
+    local v = s:match("^[+-]?%d+$") and math.tointeger(tonumber(s))
+    if v then return v end
+    return nil, ("expected int64, got %q"):format(s)
+  elseif k == "float64" then
+    local v = tonumber(s)
+    if v and not s:match("^%s*0[xX]") then return v + 0.0 end
+    return nil, ("expected float64, got %q"):format(s)
+  elseif k == "bool" then
+    if s == "true" then return true elseif s == "false" then return false end
+    return nil, ("expected bool (true/false), got %q"):format(s)
+  elseif k == "string" or k == "blob" then
+    return s
+  end
+  return nil, ("%s cannot be read from CSV"):format(t.name)
+end
+
+return types
