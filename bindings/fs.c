@@ -784,6 +784,14 @@ static int fs_getcwd(lua_State *L) {
 }
 
 /* core.home() -> $HOME, else the passwd entry | nil, msg, code */
+/* fs.isatty([fd = 2]) -> boolean: for progress bars on a terminal only */
+static int fs_isatty(lua_State *L) {
+  lua_Integer fd = luaL_optinteger(L, 1, 2);
+  luaL_argcheck(L, fd >= 0 && fd <= 1 << 20, 1, "bad file descriptor");
+  lua_pushboolean(L, isatty((int)fd));
+  return 1;
+}
+
 static int fs_home(lua_State *L) {
   const char *h = getenv("HOME");
   struct passwd pw, *res = NULL;
@@ -1206,7 +1214,7 @@ static const luaL_Reg funcs[] = {
   {"symlink", fs_symlink}, {"rename", fs_rename}, {"remove", fs_remove},
   {"remove_tree", fs_remove_tree}, {"copy", fs_copy}, {"realpath", fs_realpath},
   {"fsync_dir", fs_fsync_dir}, {"utime", fs_utime}, {"getcwd", fs_getcwd},
-  {"home", fs_home}, {"interrupted", fs_interrupted},
+  {"home", fs_home}, {"isatty", fs_isatty}, {"interrupted", fs_interrupted},
   {"sha256", fs_sha256}, {"sha256_file", fs_sha256_file},
   {"sha256_new", fs_sha256_new}, {"tmpdir", fs_tmpdir}, {"lock", fs_lock},
   {NULL, NULL}

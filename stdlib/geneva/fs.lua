@@ -20,6 +20,7 @@ fs.realpath = core.realpath            -- (path) -> absolute path
 fs.fsync_dir = core.fsync_dir          -- (dir) -> true
 fs.getcwd = core.getcwd                -- () -> path
 fs.home = core.home                    -- () -> path
+fs.isatty = core.isatty                -- ([fd = 2]) -> boolean
 fs.sha256 = core.sha256                -- (s) -> hex
 fs.sha256_file = core.sha256_file      -- (path) -> hex, size
 fs.sha256_new = core.sha256_new        -- () -> hasher: update, update_file, hex, close
