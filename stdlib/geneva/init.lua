@@ -7,10 +7,16 @@ local lazy = {
   zip = "geneva.zip", sqlite = "geneva.sqlite", fs = "geneva.fs",
   proc = "geneva.proc", http = "geneva.http", time = "geneva.time",
   pretty = "geneva.pretty",
+  udf = "geneva.udf",             -- callable: geneva.udf{...}
 }
 
 return setmetatable(geneva, {
   __index = function(t, k)
+    if k == "null" then          -- NULL in batch arrays (json.null)
+      local v = require("geneva.json").null
+      rawset(t, k, v)
+      return v
+    end
     local name = lazy[k]
     if not name then return nil end
     local m = require(name)

@@ -1,0 +1,800 @@
+-- geneva.udf: UDF objects (design §3, docs/internals.md).
+--
+--   geneva.udf{ fn=, data_type=, ... } -> Udf         (udf.new)
+--   udf.from_spec(spec) -> Udf                         (on a worker)
+--   u:spec() -> plain JSON-able table; u.version -> sha256 hex
+--   u:call{col = value, ...} -> value                  (one row)
+--   u:executor([{column=, on_error=}]) -> ex; ex:run(batch) -> results
+--
+-- Code travels as stripped bytecode (string.dump(fn, true), base64 in the
+-- spec) or as a module reference (module=, function=) resolved with require
+-- on the worker. Bytecode is loaded into a fresh environment holding the
+-- standard globals and `geneva`; any other global raises a udf_error naming
+-- it (pitfalls.md: a dumped function sees only the worker's globals). Locally
+-- the same bytecode is loaded the same way, so u:call behaves like a worker.
+--
+-- NULL: nil in scalar arguments and u:call records; geneva.null (json.null)
+-- in batch column arrays and in results.values (so arrays have no holes).
+local errors = require "geneva.errors"
+local types = require "geneva.types"
+local json = require "geneva.json"
+local fs = require "geneva.fs"
+
+local NULL = json.null
+local udf = {}
+
+local Udf = {}
+Udf.__index = Udf
+Udf.__name = "geneva.Udf"
+function Udf.__tostring(u)
+  return ("geneva.Udf %s -> %s (%s)"):format(u.name, u.data_type, u.version:sub(1, 12))
+end
+udf.Udf = Udf
+
+local Executor = {}
+Executor.__index = Executor
+Executor.__name = "geneva.udf.Executor"
+udf.Executor = Executor
+
+local function bad(field, msg, ...)
+  if select("#", ...) > 0 then msg = msg:format(...) end
+  error(errors.new("invalid_argument", ("geneva.udf: %s: %s"):format(field, msg),
+    { field = field }), 3)
+end
+
+-- {====== base64 (bytecode in the spec)
+local ALPHA = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local ENC, DEC = {}, {}
+for i = 1, 64 do
+  local c = ALPHA:sub(i, i)
+  ENC[i - 1] = c
+  DEC[c:byte()] = i - 1
+end
+
+local function b64encode(s)
+  local out, n = {}, #s
+  for i = 1, n, 3 do
+    local a, b, c = s:byte(i, i + 2)
+    local x = (a << 16) | ((b or 0) << 8) | (c or 0)
+    out[#out + 1] = ENC[x >> 18] .. ENC[(x >> 12) & 63]
+      .. (b and ENC[(x >> 6) & 63] or "=") .. (c and ENC[x & 63] or "=")
+  end
+  return table.concat(out)
+end
+
+local function b64decode(s)
+  if #s % 4 ~= 0 or s:find("[^%w%+/=]") then return nil end
+  local out = {}
+  for i = 1, #s, 4 do
+    local a, b, c, d = s:byte(i, i + 3)
+    local va, vb, vc, vd = DEC[a], DEC[b], DEC[c], DEC[d]
+    if not (va and vb) then return nil end
+    local x = (va << 18) | (vb << 12) | ((vc or 0) << 6) | (vd or 0)
+    if vc then
+      if vd then out[#out + 1] = string.char(x >> 16, (x >> 8) & 255, x & 255)
+      else out[#out + 1] = string.char(x >> 16, (x >> 8) & 255) end
+    else
+      out[#out + 1] = string.char(x >> 16)
+    end
+  end
+  return table.concat(out)
+end
+udf._b64encode, udf._b64decode = b64encode, b64decode
+-- }======
+
+-- {====== the worker environment for bytecode
+local STD_GLOBALS = {
+  "assert", "collectgarbage", "dofile", "error", "getmetatable", "ipairs",
+  "load", "loadfile", "next", "pairs", "pcall", "print", "rawequal", "rawget",
+  "rawlen", "rawset", "require", "select", "setmetatable", "tonumber",
+  "tostring", "type", "xpcall", "warn", "_VERSION", "coroutine", "debug", "io",
+  "math", "os", "package", "string", "table", "utf8",
+}
+
+-- A fresh global table for one Udf: standard globals and `geneva`; reading
+-- any other name raises a udf_error naming it.
+local function worker_env(name)
+  local env = {}
+  for _, k in ipairs(STD_GLOBALS) do env[k] = rawget(_G, k) end
+  env.geneva = require "geneva"
+  env._G = env
+  return setmetatable(env, { __index = function(_, k)
+    error(errors.new("udf_error", ("UDF '%s' used global '%s', which does not exist on the worker "
+      .. "(define it in a module and use module=...)"):format(name, tostring(k)), { global = k }), 2)
+  end })
+end
+-- }======
+
+-- {====== code: functions, bytecode, modules
+local function check_dumpable(field, f)
+  local info = debug.getinfo(f, "Su")
+  if info.what == "C" then
+    bad(field, "a C function cannot be shipped to workers; give module= and function= "
+      .. "(e.g. module = \"string\", [\"function\"] = \"len\")")
+  end
+  for i = 1, info.nups do
+    local uname, uval = debug.getupvalue(f, i)
+    if not (uname == "_ENV" or ((uname == "" or uname == "?" or uname == "(no name)") and uval == _G)) then
+      bad(field, "the function captures upvalue '%s' (a local variable from outside it), which "
+        .. "cannot travel to workers; define the function in a module and use module= and "
+        .. "function= (or compute the value in setup)", uname)
+    end
+  end
+  return info
+end
+
+-- Parameter names of f (taken before dumping: stripped bytecode has none).
+local function param_names(f)
+  local info = debug.getinfo(f, "u")
+  local names = {}
+  for i = 1, info.nparams do
+    local n = debug.getlocal(f, i)
+    if not n or n:sub(1, 1) == "(" then return nil, info end
+    names[i] = n
+  end
+  return names, info
+end
+
+local function read_file(path)
+  local fh = io.open(path, "rb")
+  if not fh then return nil end
+  local s = fh:read("a")
+  fh:close()
+  return s
+end
+
+-- Identity of a module's code for the version hash: the sha256 of its source
+-- file on package.path (or binary on package.cpath); a module with no file
+-- (built in, preloaded) is identified by its name only.
+local function module_identity(modname, field)
+  local path = package.searchpath(modname, package.path)
+    or package.searchpath(modname, package.cpath)
+  if path then
+    local src = read_file(path)
+    if src then return { source_sha256 = fs.sha256(src) } end
+  end
+  if package.loaded[modname] ~= nil or package.preload[modname] ~= nil then
+    return { builtin = true }
+  end
+  error(errors.new("not_found", ("geneva.udf: %s: module '%s' not found on package.path "
+    .. "(its source feeds the UDF version)"):format(field, modname), { field = field }), 3)
+end
+
+-- require(modname)[fname] (fname may be dotted) -> function; raises
+-- not_found / udf_error.
+local function resolve_module(modname, fname, what)
+  local ok, m = pcall(require, modname)
+  if not ok then
+    local msg = tostring(errors.is(m) and m.message or m)
+    local code = msg:find("module '" .. modname .. "' not found", 1, true) and "not_found" or "udf_error"
+    error(errors.new(code, ("%s: cannot load module '%s': %s"):format(what, modname, msg)), 0)
+  end
+  local f = m
+  for part in fname:gmatch("[^.]+") do
+    f = type(f) == "table" and f[part] or nil
+  end
+  if type(f) ~= "function" and not (type(f) == "table" and getmetatable(f) and getmetatable(f).__call) then
+    error(errors.new("not_found", ("%s: module '%s' has no function '%s'"):format(what, modname, fname)), 0)
+  end
+  return f
+end
+
+local MODNAME = "^[%w_][%w_%-%.]*$"
+-- }======
+
+-- {====== validation shared by udf.new and udf.from_spec
+local function opt(v) if v == NULL then return nil end return v end
+
+local function check_common(u, o)
+  local dt, why = types.parse(opt(o.data_type))
+  if not dt then bad("data_type", o.data_type == nil and "required" or why) end
+  u.data_type, u.type = dt.name, dt
+
+  local batch = opt(o.batch)
+  if batch == nil then batch = false end
+  if type(batch) ~= "boolean" then bad("batch", "expected a boolean, got %s", type(batch)) end
+  u.batch = batch
+
+  local on_error = opt(o.on_error) or "fail"
+  if on_error ~= "fail" and on_error ~= "null" then
+    bad("on_error", "expected \"fail\" or \"null\", got %s", types.describe(on_error))
+  end
+  u.on_error = on_error
+
+  local retries = opt(o.retries) or 0
+  if math.type(retries) == "float" then retries = math.tointeger(retries) or retries end
+  if math.type(retries) ~= "integer" or retries < 0 then
+    bad("retries", "expected an integer >= 0, got %s", types.describe(retries))
+  end
+  u.retries = retries
+
+  local timeout = opt(o.timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0) or timeout == math.huge) then
+    bad("timeout", "expected seconds > 0, got %s", types.describe(timeout))
+  end
+  u.timeout = timeout
+
+  local num_cpus = opt(o.num_cpus) or 1
+  if type(num_cpus) ~= "number" or not (num_cpus > 0) then
+    bad("num_cpus", "expected a number > 0, got %s", types.describe(num_cpus))
+  end
+  u.num_cpus = num_cpus
+  local num_gpus = opt(o.num_gpus) or 0
+  if type(num_gpus) ~= "number" or not (num_gpus >= 0) then
+    bad("num_gpus", "expected a number >= 0, got %s", types.describe(num_gpus))
+  end
+  u.num_gpus = num_gpus
+  local memory = opt(o.memory)
+  if memory ~= nil then
+    if math.type(memory) == "float" then memory = math.tointeger(memory) or memory end
+    if math.type(memory) ~= "integer" or memory <= 0 then
+      bad("memory", "expected bytes (an integer > 0), got %s", types.describe(memory))
+    end
+  end
+  u.memory = memory
+
+  local name = opt(o.name)
+  if name ~= nil and (type(name) ~= "string" or name == "") then
+    bad("name", "expected a non-empty string, got %s", types.describe(name))
+  end
+  u.name = name
+end
+
+local function check_columns(v)
+  if type(v) ~= "table" then bad("input_columns", "expected an array of column names, got %s", type(v)) end
+  local n, seen, out = 0, {}, {}
+  for _ in pairs(v) do n = n + 1 end
+  if n ~= #v then bad("input_columns", "expected an array (no holes, no named keys)") end
+  for i, c in ipairs(v) do
+    if type(c) ~= "string" or c == "" then
+      bad("input_columns", "entry %d is not a column name: %s", i, types.describe(c))
+    end
+    if seen[c] then bad("input_columns", "column '%s' appears twice", c) end
+    seen[c] = true
+    out[i] = c
+  end
+  return out
+end
+
+local function check_modname(field, m)
+  if type(m) ~= "string" or not m:match(MODNAME) then
+    bad(field, "expected a module name, got %s", types.describe(m))
+  end
+end
+-- }======
+
+-- The version: sha256 over the canonical JSON of what decides the values.
+local function compute_version(u)
+  local code
+  if u._code then
+    code = { bytecode_sha256 = fs.sha256(u._code) }
+  else
+    code = module_identity(u.module, "module")
+    code.module, code["function"] = u.module, u["function"]
+  end
+  local setup = NULL
+  local s = u._setup
+  if s then
+    if s.code then setup = { bytecode_sha256 = fs.sha256(s.code) }
+    else
+      setup = module_identity(s.module, "setup")
+      setup.module, setup["function"] = s.module, s["function"]
+    end
+  end
+  return fs.sha256(json.canonical({
+    format = 1, code = code, setup = setup, data_type = u.data_type,
+    input_columns = json.array({ table.unpack(u.input_columns) }), batch = u.batch,
+  }))
+end
+
+local OPTIONS = {
+  fn = true, data_type = true, input_columns = true, batch = true, setup = true,
+  num_cpus = true, num_gpus = true, memory = true, on_error = true, retries = true,
+  timeout = true, name = true, module = true, ["function"] = true,
+}
+
+-- udf.new(opts) -> Udf (also geneva.udf{...}). Raises invalid_argument naming
+-- the field; not_found when a module cannot be found on package.path.
+function udf.new(o)
+  if type(o) ~= "table" then bad("options", "expected a table, got %s", type(o)) end
+  for k in pairs(o) do
+    if not OPTIONS[k] then bad(tostring(k), "unknown option") end
+  end
+  local u = setmetatable({}, Udf)
+  check_common(u, o)
+
+  -- setup: a function, a function name in module=, or {module=, function=}
+  local s = o.setup
+  if s ~= nil then
+    if type(s) == "function" then
+      check_dumpable("setup", s)
+      u._setup = { code = string.dump(s, true) }
+    elseif type(s) == "string" then
+      if o.module == nil then bad("setup", "a function name needs module=") end
+      u._setup = { module = o.module, ["function"] = s }
+    elseif type(s) == "table" then
+      check_modname("setup", s.module)
+      if type(s["function"]) ~= "string" then bad("setup", "expected {module=, function=}") end
+      u._setup = { module = s.module, ["function"] = s["function"] }
+    else
+      bad("setup", "expected a function or a module reference, got %s", type(s))
+    end
+  end
+
+  local fn, cols = o.fn, o.input_columns
+  if fn ~= nil and type(fn) ~= "function" then bad("fn", "expected a function, got %s", type(fn)) end
+  if o.module ~= nil or o["function"] ~= nil then
+    check_modname("module", o.module)
+    local fname = o["function"]
+    if type(fname) ~= "string" or not fname:match("^[%a_][%w_%.]*$") then
+      bad("function", "expected a function name, got %s", types.describe(fname))
+    end
+    u.module, u["function"] = o.module, fname
+    u._fn = fn                       -- the local version, if given
+  elseif fn == nil then
+    bad("fn", "required (or module= and function=)")
+  else
+    check_dumpable("fn", fn)
+    u._code = string.dump(fn, true)
+  end
+  u.name = u.name or (u.module and (u.module .. "." .. u["function"]))
+    or (function()
+      local info = debug.getinfo(fn, "S")
+      return (info.short_src:match("[^/]*$") or "?") .. ":" .. info.linedefined
+    end)()
+
+  -- input_columns: explicit, or fn's parameter names (minus the state)
+  local f = fn
+  if cols == nil then
+    if f == nil then
+      local ok, r = pcall(resolve_module, u.module, u["function"], "geneva.udf")
+      if not ok then
+        bad("input_columns", "not given, and the function cannot be loaded here to read its "
+          .. "parameter names (%s)", tostring(errors.is(r) and r.message or r))
+      end
+      f = r
+    end
+    if type(f) ~= "function" then bad("input_columns", "required for a callable table") end
+    if debug.getinfo(f, "S").what == "C" then
+      bad("input_columns", "required for a C function (it has no parameter names)")
+    end
+    local names, info = param_names(f)
+    if info.isvararg then bad("input_columns", "required for a vararg function") end
+    if not names then bad("input_columns", "required (fn has no parameter names: stripped code)") end
+    if u._setup then table.remove(names, 1) end
+    cols = names
+  else
+    cols = check_columns(cols)
+    if f and debug.getinfo(f, "S").what == "Lua" then
+      local info = debug.getinfo(f, "u")
+      local avail = info.nparams - (u._setup and 1 or 0)
+      if not info.isvararg and #cols > avail then
+        bad("input_columns", "%d columns but the function takes %d argument(s)%s", #cols,
+          avail, u._setup and " after the state" or "")
+      end
+    end
+  end
+  u.input_columns = cols
+  u.version = compute_version(u)
+  return u
+end
+
+-- u:spec() -> a fresh plain table, JSON-serializable (json.encode), that
+-- udf.from_spec turns back into an equivalent Udf. Absent options are absent.
+function Udf:spec()
+  local s = {
+    format = 1, data_type = self.data_type,
+    input_columns = json.array({ table.unpack(self.input_columns) }),
+    batch = self.batch, on_error = self.on_error, retries = self.retries,
+    timeout = self.timeout, num_cpus = self.num_cpus, num_gpus = self.num_gpus,
+    memory = self.memory, name = self.name,
+  }
+  if self._code then s.code = b64encode(self._code)
+  else s.module, s["function"] = self.module, self["function"] end
+  local st = self._setup
+  if st then
+    s.setup = st.code and { code = b64encode(st.code) }
+      or { module = st.module, ["function"] = st["function"] }
+  end
+  return s
+end
+
+local function spec_code(field, b64)
+  if type(b64) ~= "string" then bad(field, "expected base64 bytecode, got %s", type(b64)) end
+  local bytes = b64decode(b64)
+  if not bytes or bytes:sub(1, 4) ~= "\27Lua" then bad(field, "not base64 Lua bytecode") end
+  return bytes
+end
+
+-- udf.from_spec(spec) -> Udf: the inverse of u:spec() (accepts json.null for
+-- absent fields). Raises invalid_argument for a malformed spec; not_found
+-- when a module UDF's module is not on this process's package.path. The
+-- version is recomputed here (for module UDFs from this process's files).
+function udf.from_spec(spec)
+  if type(spec) ~= "table" then bad("spec", "expected a table, got %s", type(spec)) end
+  local format = opt(spec.format) or 1
+  if format ~= 1 then bad("format", "unsupported spec format %s", tostring(format)) end
+  local u = setmetatable({}, Udf)
+  check_common(u, spec)
+  local code = opt(spec.code)
+  if code ~= nil then
+    u._code = spec_code("code", code)
+  else
+    check_modname("module", opt(spec.module))
+    if type(opt(spec["function"])) ~= "string" then bad("function", "expected a function name") end
+    u.module, u["function"] = spec.module, spec["function"]
+  end
+  local st = opt(spec.setup)
+  if st ~= nil then
+    if type(st) ~= "table" then bad("setup", "expected a table") end
+    if opt(st.code) ~= nil then u._setup = { code = spec_code("setup", st.code) }
+    else
+      check_modname("setup", opt(st.module))
+      if type(opt(st["function"])) ~= "string" then bad("setup", "expected {module=, function=}") end
+      u._setup = { module = st.module, ["function"] = st["function"] }
+    end
+  end
+  u.name = u.name or u.module and (u.module .. "." .. u["function"]) or "udf"
+  u.input_columns = check_columns(opt(spec.input_columns))
+  u.version = compute_version(u)
+  return u
+end
+
+-- {====== execution
+
+-- u:_functions() -> fn, setup_fn|nil (cached): bytecode loaded into the
+-- worker environment, or module functions through require. Raises udf_error
+-- / not_found.
+function Udf:_functions()
+  if self._loaded_fn then return self._loaded_fn, self._loaded_setup end
+  local env
+  local function from_code(bytes, what)
+    env = env or worker_env(self.name)
+    local f, err = load(bytes, "=udf:" .. self.name .. what, "b", env)
+    if not f then
+      error(errors.new("udf_error", ("UDF '%s': cannot load its code: %s"):format(self.name, err)), 0)
+    end
+    return f
+  end
+  local fn
+  if self._code then fn = from_code(self._code, "")
+  else fn = self._fn or resolve_module(self.module, self["function"], "UDF '" .. self.name .. "'") end
+  local setup
+  local s = self._setup
+  if s then
+    if s.code then setup = from_code(s.code, ":setup")
+    else setup = resolve_module(s.module, s["function"], "setup of UDF '" .. self.name .. "'") end
+  end
+  self._loaded_fn, self._loaded_setup = fn, setup
+  return fn, setup
+end
+
+local FAST = {
+  int64 = 'mtype(v) == "integer"',
+  float64 = 'mtype(v) == "float"',
+  string = 'type(v) == "string"',
+  blob = 'type(v) == "string"',
+  bool = "v == true or v == false",
+  vector = "vec_ok(v)",
+}
+
+-- Generated per executor: the scalar row loop specialized for the arity, the
+-- type check and the state argument, plus (with a timeout) the deadline, the
+-- count hook and a timed call, all sharing the `deadline` upvalue. The hook
+-- raises only while a deadline is set (inside the UDF) and never in the
+-- functions of this chunk; once expired it fires on every instruction so a
+-- pcall inside the UDF cannot swallow the timeout.
+local function chunk_source(nargs, kind, stateful, timed)
+  local L = {
+    "local NULL, mtype, type, vec_ok, clock, TIMEOUT_S, TIMEOUT, traceback, sethook, getinfo, error, tostring = ...",
+    "local HUGE = math.huge",
+    "local deadline = HUGE",
+    "local hook",
+    "local function loop(fn, state, C, values, from, n)",
+  }
+  local args = {}
+  for k = 1, nargs do
+    L[#L + 1] = ("  local c%d = C[%d]"):format(k, k)
+    args[#args + 1] = "a" .. k
+  end
+  L[#L + 1] = "  for i = from, n do"
+  for k = 1, nargs do
+    L[#L + 1] = ("    local a%d = c%d[i] if a%d == NULL then a%d = nil end"):format(k, k, k, k)
+  end
+  if stateful then table.insert(args, 1, "state") end
+  if timed then L[#L + 1] = "    deadline = clock() + TIMEOUT_S" end
+  L[#L + 1] = "    local v = fn(" .. table.concat(args, ", ") .. ")"
+  if timed then L[#L + 1] = "    deadline = HUGE" end
+  L[#L + 1] = "    if v == nil then values[i] = NULL elseif " .. FAST[kind]
+    .. " then values[i] = v else return i, v end"
+  L[#L + 1] = "  end"
+  L[#L + 1] = "  return n + 1"
+  L[#L + 1] = "end"
+  -- one call with the deadline armed; returns the first result
+  L[#L + 1] = "local function call(fn, ...)"
+  if timed then
+    L[#L + 1] = "  deadline = clock() + TIMEOUT_S"
+    L[#L + 1] = "  local v = fn(...)"
+    L[#L + 1] = "  deadline = HUGE"
+    L[#L + 1] = "  return v"
+  else
+    L[#L + 1] = "  return (fn(...))"
+  end
+  L[#L + 1] = "end"
+  -- xpcall message handler: disarm first, keep a traceback
+  L[#L + 1] = [[
+local function handler(e)
+  deadline = HUGE
+  if e == TIMEOUT or e == "interrupted" then return e end
+  return { err = e, traceback = traceback("", 2):gsub("^\n", "") }
+end
+local ours = { [loop] = true, [call] = true, [handler] = true }
+hook = function()
+  if clock() > deadline then
+    if ours[getinfo(2, "f").func] then return end
+    sethook(hook, "", 1)
+    error(TIMEOUT, 0)
+  end
+end
+return loop, call, handler, hook]]
+  return table.concat(L, "\n")
+end
+
+local TIMEOUT = setmetatable({}, { __tostring = function() return "timeout" end })
+local sources = {}
+
+-- u:executor([{column=, on_error=}]) -> Executor. column names the output
+-- column in errors (default: the UDF's name); on_error overrides the UDF's.
+-- Loads the code and runs setup once (its result is the state passed as
+-- the first argument). Raises udf_error when setup fails, not_found when a
+-- module cannot be loaded.
+function Udf:executor(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then bad("executor", "expected an options table") end
+  local on_error = opts.on_error or self.on_error
+  if on_error ~= "fail" and on_error ~= "null" then bad("on_error", "expected \"fail\" or \"null\"") end
+  local fn, setup = self:_functions()
+  local ex = setmetatable({
+    udf = self, column = opts.column or self.name, on_error = on_error,
+    fn = fn, stateful = setup ~= nil, nargs = #self.input_columns,
+  }, Executor)
+  local t = self.type
+  local key = ("%d:%s:%s:%s"):format(ex.nargs, t.kind, tostring(ex.stateful), tostring(self.timeout ~= nil))
+  local src = sources[key]
+  if not src then
+    src = chunk_source(ex.nargs, t.kind, ex.stateful, self.timeout ~= nil)
+    sources[key] = src
+  end
+  local dim = t.dim
+  local function vec_ok(v)
+    if type(v) ~= "table" or #v ~= dim then return false end
+    for i = 1, dim do if type(v[i]) ~= "number" then return false end end
+    return true
+  end
+  local gen = assert(load(src, "=geneva.udf.loop", "t"))
+  ex.loop, ex.call, ex.handler, ex.hook = gen(NULL, math.type, type, vec_ok,
+    require("geneva.time").monotonic, self.timeout, TIMEOUT, debug.traceback, debug.sethook,
+    debug.getinfo, error, tostring)
+  if setup then
+    local ok, st = xpcall(setup, ex.handler)
+    if not ok then
+      if st == "interrupted" then error(st, 0) end
+      local e = type(st) == "table" and st.err or st
+      error(errors.new("udf_error", ("setup of UDF '%s' failed: %s"):format(self.name,
+        tostring(errors.is(e) and e.message or e)), { column = ex.column, cause = errors.is(e) and e or nil,
+        traceback = type(st) == "table" and st.traceback or nil }), 0)
+    end
+    ex.state = st
+  end
+  return ex
+end
+
+local function is_interrupt(e)
+  return e == "interrupted" or (type(e) == "table" and errors.is(e.err, "interrupted"))
+    or errors.is(e, "interrupted")
+end
+
+-- An Error for a failed call: e is what the handler returned.
+function Executor:_call_error(e, rowid, rows)
+  local u = self.udf
+  local where = rowid ~= nil and (" at rowid " .. tostring(rowid)) or (rows or "")
+  local base = ("UDF '%s' (column '%s')"):format(u.name, self.column)
+  if e == TIMEOUT then
+    return errors.new("udf_error", ("%s timed out after %gs%s"):format(base, u.timeout, where),
+      { column = self.column, rowid = rowid, timeout = u.timeout })
+  end
+  local cause = type(e) == "table" and e.err or e
+  local msg = errors.is(cause) and cause.message or tostring(cause)
+  return errors.new("udf_error", ("%s failed%s: %s"):format(base, where, msg), {
+    column = self.column, rowid = rowid, cause = errors.is(cause) and cause or nil,
+    traceback = type(e) == "table" and e.traceback or nil })
+end
+
+function Executor:_type_error(reason, v, rowid)
+  local u = self.udf
+  local where = rowid ~= nil and (" at rowid " .. tostring(rowid)) or ""
+  return errors.new("udf_error", ("UDF '%s' (column '%s') returned a bad value%s: %s")
+    :format(u.name, self.column, where, reason), { column = self.column, rowid = rowid, value = v })
+end
+
+-- ex:run(batch) -> results. See the header of the spec / docs: batch is
+-- {n = N, rowids = {...} (optional: rowids default to 1..N),
+--  columns = {name = array of N values, NULL as geneva.null}};
+-- results is {n = N, values = array of N values (NULL as geneva.null),
+--  failed = { {index = i, rowid = r, error = Error}, ... }}.
+-- Raises: invalid_argument for a malformed batch; the row's udf_error with
+-- on_error = "fail"; "interrupted" is re-raised as it came.
+function Executor:run(batch)
+  if type(batch) ~= "table" or math.type(batch.n) ~= "integer" or batch.n < 0 then
+    bad("batch", "expected {n = integer, columns = {...}}")
+  end
+  local u, n = self.udf, batch.n
+  local bcols = batch.columns
+  if type(bcols) ~= "table" then bad("batch", "missing columns") end
+  local C = {}
+  for k, name in ipairs(u.input_columns) do
+    local arr = bcols[name]
+    if type(arr) ~= "table" then bad("batch", "has no column '%s'", name) end
+    C[k] = arr
+  end
+  local res = { n = n, values = {}, failed = {} }
+  if n == 0 then return res end
+  local timed = u.timeout ~= nil
+  local prev_hook, prev_mask, prev_count
+  if timed then
+    prev_hook, prev_mask, prev_count = debug.gethook()
+    debug.sethook(self.hook, "", 1000)
+  end
+  local ok, err = pcall(u.batch and self._run_batch or self._run_rows, self, batch, C, res)
+  if timed and not (not ok and is_interrupt(err)) then
+    -- a host interrupt hook replaced ours: leave it in place
+    if type(prev_hook) == "function" then debug.sethook(prev_hook, prev_mask, prev_count)
+    else debug.sethook() end
+  end
+  if not ok then error(err, 0) end
+  return res
+end
+
+-- The rowid of row i: batch.rowids[i], or i when the batch has no rowids.
+local function rid(rowids, i)
+  if rowids then return rowids[i] end
+  return i
+end
+
+-- A row (or batch) failed for good: raise with on_error = "fail", else
+-- record it and leave NULL.
+function Executor:_fail(res, i, e)
+  if self.on_error == "fail" then error(e, 0) end
+  res.values[i] = NULL
+  local f = res.failed
+  f[#f + 1] = { index = i, rowid = e.rowid, error = e }
+end
+
+-- One scalar row in slow motion: the retries after a first failure `e`.
+function Executor:_retry_row(res, C, i, rowid, e)
+  local u, nargs = self.udf, self.nargs
+  for _ = 1, u.retries do
+    if u.timeout then debug.sethook(self.hook, "", 1000) end
+    local a = {}
+    for k = 1, nargs do
+      local x = C[k][i]
+      if x ~= NULL then a[k] = x end
+    end
+    local ok, v
+    if self.stateful then ok, v = xpcall(self.call, self.handler, self.fn, self.state, table.unpack(a, 1, nargs))
+    else ok, v = xpcall(self.call, self.handler, self.fn, table.unpack(a, 1, nargs)) end
+    if ok then return true, v end
+    if is_interrupt(v) then error(v, 0) end
+    e = v
+  end
+  if u.timeout then debug.sethook(self.hook, "", 1000) end
+  return false, e
+end
+
+function Executor:_check(res, i, v, rowid)
+  local nv, why = types.check(self.udf.type, v)
+  if why then return self:_fail(res, i, self:_type_error(why, v, rowid)) end
+  res.values[i] = nv == nil and NULL or nv
+end
+
+function Executor:_run_rows(batch, C, res)
+  local values, rowids, n = res.values, batch.rowids, batch.n
+  local loop, handler, fn, state = self.loop, self.handler, self.fn, self.state
+  local i = 1
+  while i <= n do
+    local ok, stop, v = xpcall(loop, handler, fn, state, C, values, i, n)
+    if ok then
+      if stop > n then break end
+      -- a value the inline check did not accept: normalize or fail
+      self:_check(res, stop, v, rid(rowids, stop))
+      i = stop + 1
+    else
+      if is_interrupt(stop) then error(stop, 0) end
+      local idx = #values + 1          -- values are filled contiguously
+      local rowid = rid(rowids, idx)
+      local okr, r = self:_retry_row(res, C, idx, rowid, stop)
+      if okr then self:_check(res, idx, r, rowid)
+      else self:_fail(res, idx, self:_call_error(r, rowid)) end
+      i = idx + 1
+    end
+  end
+end
+
+function Executor:_run_batch(batch, C, res)
+  local u, n, rowids = self.udf, batch.n, batch.rowids
+  for k = 1, #C do C[k].n = n end
+  local args = { table.unpack(C, 1, #C) }
+  if self.stateful then table.insert(args, 1, self.state) end
+  local nargs = #C + (self.stateful and 1 or 0)
+  local ok, r
+  for attempt = 0, u.retries do
+    if attempt > 0 and u.timeout then debug.sethook(self.hook, "", 1000) end
+    ok, r = xpcall(self.call, self.handler, self.fn, table.unpack(args, 1, nargs))
+    if ok then break end
+    if is_interrupt(r) then error(r, 0) end
+  end
+  local function rows() return (" on the batch of rowids %s..%s"):format(
+    tostring(rid(rowids, 1)), tostring(rid(rowids, n))) end
+  local e
+  if not ok then
+    e = self:_call_error(r, nil, rows())
+  elseif type(r) ~= "table" then
+    e = self:_type_error(("a batch UDF must return an array of %d values, got %s"):format(n, types.describe(r)), nil)
+  else
+    local cnt = r.n or #r
+    if cnt ~= n then
+      e = self:_type_error(("a batch UDF must return exactly %d values, got %s%s"):format(n,
+        tostring(cnt), rows()), nil)
+    end
+  end
+  if e then
+    if self.on_error == "fail" then error(e, 0) end
+    for i = 1, n do
+      local ei = setmetatable({}, errors.Error)
+      for k, v in pairs(e) do ei[k] = v end
+      ei.rowid = rid(rowids, i)
+      self:_fail(res, i, ei)
+    end
+    return
+  end
+  local t, values = u.type, res.values
+  local check = types.check
+  for i = 1, n do
+    local v = r[i]
+    if v == nil or v == NULL then values[i] = NULL
+    else
+      local nv, why = check(t, v)
+      if why then self:_fail(res, i, self:_type_error(why, v, rid(rowids, i)))
+      else values[i] = nv end
+    end
+  end
+end
+
+-- u:call(record) -> value (nil for NULL). Runs one row through a cached
+-- executor (setup runs once per Udf object); retries apply, and a failure
+-- raises its udf_error whatever on_error says. Unknown keys raise
+-- invalid_argument.
+function Udf:call(row)
+  row = row or {}
+  if type(row) ~= "table" then bad("call", "expected a record table, got %s", type(row)) end
+  local cols = {}
+  for _, name in ipairs(self.input_columns) do
+    local v = row[name]
+    cols[name] = { v == nil and NULL or v }
+  end
+  for k in pairs(row) do
+    if cols[k] == nil then bad("call", "'%s' is not an input column of UDF '%s'", tostring(k), self.name) end
+  end
+  local ex = self._call_ex
+  if not ex then
+    ex = self:executor({ on_error = "fail" })
+    self._call_ex = ex
+  end
+  local r = ex:run({ n = 1, rowids = {}, columns = cols })
+  local v = r.values[1]
+  if v == NULL then return nil end
+  return v
+end
+-- }======
+
+return setmetatable(udf, { __call = function(_, o) return udf.new(o) end })
