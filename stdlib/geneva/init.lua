@@ -10,6 +10,14 @@ local lazy = {
   udf = "geneva.udf",             -- callable: geneva.udf{...}
 }
 
+-- geneva.connect(uri [, opts]) -> Db (geneva.db); it becomes the database
+-- names resolve against (geneva._latest_db).
+function geneva.connect(uri, opts)
+  local db = require("geneva.db").connect(uri, opts)
+  geneva._latest_db = db
+  return db
+end
+
 return setmetatable(geneva, {
   __index = function(t, k)
     if k == "null" then          -- NULL in batch arrays (json.null)
@@ -17,6 +25,7 @@ return setmetatable(geneva, {
       rawset(t, k, v)
       return v
     end
+    if k == "Error" then return require("geneva.errors").Error end
     local name = lazy[k]
     if not name then return nil end
     local m = require(name)

@@ -75,15 +75,53 @@ function types.check(t, v)
   end
 end
 
+local sqlite_blob   -- geneva.sqlite's blob(), loaded on first use
+
 -- types.to_sql(t, v) -> value to bind (v already checked). Blobs and vectors
--- come back as {blob = bytes} so the storage layer binds them as BLOB.
+-- come back wrapped by geneva.sqlite.blob(bytes), so binding them stores a
+-- BLOB (a plain string would be stored as TEXT).
 function types.to_sql(t, v)
   if v == nil then return nil end
   local k = t.kind
   if k == "bool" then return v and 1 or 0 end
-  if k == "vector" then return { blob = string.pack(t.fmt, table.unpack(v, 1, t.dim)) } end
-  if k == "blob" then return { blob = v } end
+  if k == "vector" or k == "blob" then
+    sqlite_blob = sqlite_blob or require("geneva.sqlite").blob
+    if k == "blob" then return sqlite_blob(v) end
+    return sqlite_blob(string.pack(t.fmt, table.unpack(v, 1, t.dim)))
+  end
   return v
+end
+
+-- types.is_null(v) -> boolean: nil or one of the NULL sentinels
+-- (geneva.null / json.null, sqlite.null / cjson.null).
+local json_null
+function types.is_null(v)
+  if v == nil then return true end
+  local tv = type(v)
+  if tv == "userdata" then
+    json_null = json_null or require("geneva.json").null
+    return v == json_null
+  end
+  return tv == "lightuserdata" and v == require("geneva.sqlite").null
+end
+
+-- types.infer_value(v) -> type name | nil, reason: the type of one Lua value
+-- (integer int64, float float64, string, boolean bool, an array of N
+-- numbers float32[N]); nil for NULL.
+function types.infer_value(v)
+  local tv = type(v)
+  if tv == "number" then return math.type(v) == "integer" and "int64" or "float64" end
+  if tv == "string" then return "string" end
+  if tv == "boolean" then return "bool" end
+  if tv == "table" then
+    local n = #v
+    if n == 0 then return nil, "cannot infer a type from an empty table" end
+    for i = 1, n do
+      if type(v[i]) ~= "number" then return nil, "cannot infer a type from a table that is not an array of numbers" end
+    end
+    return ("float32[%d]"):format(n)
+  end
+  return nil, "cannot store a " .. tv
 end
 
 -- types.from_sql(t, v) -> Lua value
@@ -109,8 +147,8 @@ function types.infer(cells)
   for _, c in ipairs(cells) do
     if c ~= "" then
       any = true
-      if int and not c:match("^[+-]?%d+$") then int = false end
-      if float and not tonumber(c) or c:match("^0[xX]") then float = false end
+      if int and not (c:match("^[+-]?%d+$") and math.tointeger(tonumber(c))) then int = false end
+      if float and (not tonumber(c) or c:match("^%s*[+-]?0[xX]")) then float = false end
       if bool and c ~= "true" and c ~= "false" then bool = false end
     end
   end
@@ -131,7 +169,7 @@ function types.parse_cell(t, s)
     return nil, ("expected int64, got %q"):format(s)
   elseif k == "float64" then
     local v = tonumber(s)
-    if v and not s:match("^%s*0[xX]") then return v + 0.0 end
+    if v and not s:match("^%s*[+-]?0[xX]") then return v + 0.0 end
     return nil, ("expected float64, got %q"):format(s)
   elseif k == "bool" then
     if s == "true" then return true elseif s == "false" then return false end

@@ -1,0 +1,151 @@
+-- geneva.db: `geneva.connect` and Db objects (design §3). A database is a
+-- directory; each table a sub-directory with its version log (geneva.storage).
+-- Errors are raised geneva.Error tables (not_found, conflict,
+-- invalid_argument, unavailable).
+local fs = require "geneva.fs"
+local json = require "geneva.json"
+local errors = require "geneva.errors"
+local storage = require "geneva.storage"
+local ingest = require "geneva.ingest"
+local table_mod = require "geneva.table"
+
+local M = {}
+
+local Db = {}
+Db.__index = Db
+Db.__name = "geneva.Db"
+M.Db = Db
+
+local latest   -- the Db of the latest connect in this Lua state
+
+local function invalid(msg, fields) errors.throw("invalid_argument", msg, fields) end
+
+-- M.check_table_name(name) -> name | raises invalid_argument
+function M.check_table_name(name)
+  if type(name) ~= "string" or not name:match("^[%a_][%w_%-]*$") or name:sub(1, 1) == "_" or #name > 200 then
+    invalid(("invalid table name %s (letters, digits, _ and -, not starting with _ or a digit)")
+      :format(type(name) == "string" and ("'" .. name .. "'") or tostring(name)))
+  end
+  return name
+end
+
+--[[
+M.connect(uri [, opts]) -> Db
+uri is a directory (created if missing); object-store URIs are not supported
+yet (invalid_argument). The Db becomes the "latest connect" (M.latest()).
+]]
+function M.connect(uri, opts)
+  if type(uri) ~= "string" or uri == "" then invalid("connect: uri must be a directory path") end
+  if opts ~= nil and type(opts) ~= "table" then invalid("connect: opts must be a table") end
+  if uri:match("^%a[%w+.-]*://") and not uri:match("^file://") then
+    invalid(("connect: '%s': only local directories are supported for now"):format(uri))
+  end
+  local path = uri:gsub("^file://", "")
+  storage.check(fs.mkdir_p(path))
+  path = storage.check(fs.realpath(path))
+  local db = setmetatable({ uri = uri, path = path, opts = opts or {} }, Db)
+  latest = db
+  return db
+end
+
+-- M.latest() -> the Db of the latest connect, or nil
+function M.latest() return latest end
+
+function Db:__tostring() return ("geneva.Db '%s'"):format(self.path) end
+
+-- db:table_dir(name) -> path of the table's directory (no checks)
+function Db:table_dir(name) return self.path .. "/" .. name end
+
+local function exists(self, name)
+  return storage.latest_version(self:table_dir(name)) ~= nil
+end
+
+-- db:table_names() -> sorted array of the names of existing tables
+function Db:table_names()
+  local names = storage.check(fs.list(self.path))
+  local out = {}
+  for _, name in ipairs(names) do
+    if name:match("^[%a][%w_%-]*$") and exists(self, name) then out[#out + 1] = name end
+  end
+  return out
+end
+
+-- db:open_table(name) -> Table | raises not_found
+function Db:open_table(name)
+  M.check_table_name(name)
+  if not exists(self, name) then
+    errors.throw("not_found", ("table '%s' does not exist in %s"):format(name, self.path), { path = self:table_dir(name) })
+  end
+  return table_mod.new(self, name, self:table_dir(name))
+end
+
+-- db:drop_table(name) -> true | raises not_found
+function Db:drop_table(name)
+  M.check_table_name(name)
+  if not exists(self, name) then
+    errors.throw("not_found", ("table '%s' does not exist in %s"):format(name, self.path), { path = self:table_dir(name) })
+  end
+  storage.check(fs.remove_tree(self:table_dir(name)))
+  return true
+end
+
+local create_options = { schema = true, fragment_size = true, mode = true }
+
+--[[
+db:create_table(name, rows | {from = "file.csv"|"file.jsonl"} [, opts]) -> Table
+opts: schema ({{name=, data_type=}, ...} or {name = type}), fragment_size
+(rows per fragment, default 100000), mode ("create" | "overwrite").
+Commits version 1. Raises conflict if the table exists (mode "create"),
+invalid_argument for bad input (file errors carry path and line); nothing
+is created then.
+]]
+function Db:create_table(name, source, opts)
+  M.check_table_name(name)
+  if opts ~= nil and type(opts) ~= "table" then invalid("create_table: opts must be a table") end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if not create_options[k] then invalid(("create_table: unknown option '%s'"):format(tostring(k))) end
+  end
+  local mode = opts.mode or "create"
+  if mode ~= "create" and mode ~= "overwrite" then
+    invalid(("create_table: mode must be 'create' or 'overwrite', got '%s'"):format(tostring(mode)))
+  end
+  local fsize = opts.fragment_size or ingest.DEFAULT_FRAGMENT_SIZE
+  if math.type(fsize) ~= "integer" or fsize < 1 then invalid("create_table: fragment_size must be a positive integer") end
+  if mode == "create" and exists(self, name) then
+    errors.throw("conflict", ("table '%s' already exists"):format(name), { path = self:table_dir(name) })
+  end
+
+  -- read and check everything before touching the disk
+  local batch = ingest.load(source)
+  local schema = ingest.resolve_schema(batch, ingest.normalize_schema(opts.schema))
+  local cols, names, sqltypes = ingest.to_columns(batch, schema)
+
+  local dir = self:table_dir(name)
+  if mode == "overwrite" and exists(self, name) then storage.check(fs.remove_tree(dir)) end
+  local fresh = not fs.exists(dir)
+  storage.check(fs.mkdir_p(dir .. "/data"))
+  local ok, err = pcall(function()
+    local frags = ingest.write_fragments(dir, cols, names, sqltypes, batch.n, fsize)
+    local m = { table = name, fragment_size = fsize, schema = json.array(), fragments = json.array() }
+    for i, c in ipairs(schema) do m.schema[i] = { name = c.name, data_type = c.data_type } end
+    for i, f in ipairs(frags) do
+      m.fragments[i] = { id = i, rows = f.rows, data = f.data, columns = json.object() }
+    end
+    m.next_fragment_id = #frags + 1
+    local pok, perr = pcall(storage.init, dir, m)
+    if not pok then
+      local rels = {}
+      for i, f in ipairs(frags) do rels[i] = f.data end
+      storage.remove_files(dir, rels)
+      error(perr, 0)
+    end
+  end)
+  if not ok then
+    if fresh and not exists(self, name) then fs.remove_tree(dir) end
+    error(err, 0)
+  end
+  return table_mod.new(self, name, dir)
+end
+
+return M

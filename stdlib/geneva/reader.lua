@@ -1,0 +1,154 @@
+-- geneva.reader: one fragment of one table version as a SQLite view
+-- (docs/internals.md "The reader").
+--
+-- reader.open gives an in-memory geneva.sqlite Db where the TEMP VIEW `t`
+-- has `_rowid`, each requested column by name, and for each virtual column
+-- c a `"__ver_c"` with the udf_version of the file its value came from (NULL
+-- when no column file holds the row). The fragment's data file and column
+-- files are attached read-only; per rowid the newest column file wins, even
+-- when its value is NULL. SQLite attaches at most 10 files (pitfalls.md), so
+-- when a fragment needs more, the longest column lists are first folded into
+-- TEMP tables (INSERT OR REPLACE in list order keeps "newest wins").
+local sqlite = require "geneva.sqlite"
+local errors = require "geneva.errors"
+local storage = require "geneva.storage"
+
+local reader = {}
+
+reader.MAX_ATTACHED = 10   -- Debian's SQLITE_MAX_ATTACHED
+
+local function qi(name) return '"' .. name:gsub('"', '""') .. '"' end
+reader.quote_ident = qi
+local ql = storage.quote_literal
+
+local function check(ok, msg, code)
+  if ok == nil then errors.throw("unavailable", msg, { cause = code }) end
+  return ok
+end
+
+-- reader.find_column(manifest, name) -> schema entry | nil (case-insensitive,
+-- as SQLite identifiers are)
+function reader.find_column(m, name)
+  local lname = name:lower()
+  for _, c in ipairs(m.schema) do
+    if c.name:lower() == lname then return c end
+  end
+end
+
+-- reader.columns_in(manifest, sql) -> array of the schema's column names
+-- that occur as words in sql (a superset of what the SQL can reference).
+function reader.columns_in(m, sql)
+  local words = {}
+  for w in sql:gmatch("[%a_][%w_]*") do
+    w = w:lower()
+    words[w:match("^__ver_(.+)$") or w] = true
+  end
+  local out = {}
+  for _, c in ipairs(m.schema) do
+    if words[c.name:lower()] then out[#out + 1] = c.name end
+  end
+  return out
+end
+
+-- Folds a column's file list into TEMP table tname(_rowid, value, ver).
+local function fold(db, tbl_dir, list, tname)
+  check(db:exec(("CREATE TEMP TABLE %s(_rowid INTEGER PRIMARY KEY, value, ver TEXT)"):format(tname)))
+  for _, e in ipairs(list) do
+    check(db:attach(tbl_dir .. "/" .. e.file, "src", { immutable = true }))
+    local ok, msg, code = db:exec(("INSERT OR REPLACE INTO temp.%s SELECT _rowid, value, %s FROM src.col")
+      :format(tname, e.udf_version and ql(e.udf_version) or "NULL"))
+    db:detach("src")
+    check(ok, msg, code)
+  end
+end
+
+--[[
+reader.open(tbl_dir, manifest, fragment [, {columns = {...}}]) -> Db
+columns defaults to every column of the schema; an unknown name raises
+invalid_argument. Raises unavailable when a file cannot be opened. The
+caller owns the Db (close it, or `local db <close> = reader.open(...)`).
+]]
+function reader.open(tbl_dir, m, frag, opts)
+  local names = opts and opts.columns
+  if not names then
+    names = {}
+    for i, c in ipairs(m.schema) do names[i] = c.name end
+  end
+  local cols, seen = {}, {}
+  for _, name in ipairs(names) do
+    local c = type(name) == "string" and reader.find_column(m, name)
+    if not c then
+      errors.throw("invalid_argument", ("unknown column '%s'"):format(tostring(name)), { column = name })
+    end
+    if not seen[c.name] then
+      seen[c.name] = true
+      cols[#cols + 1] = c
+    end
+  end
+
+  local db = check(sqlite.open(":memory:"))
+  local ok, err = pcall(function()
+    check(db:exec("PRAGMA temp_store=MEMORY"))
+    check(db:attach(tbl_dir .. "/" .. frag.data, "d", { immutable = true }))
+    local in_data = {}
+    for row in db:rows("PRAGMA d.table_info(data)") do in_data[row[2]:lower()] = true end
+
+    -- how each column is read: attached files or a fold table
+    local lists, total = {}, 0
+    for i, c in ipairs(cols) do
+      lists[i] = (frag.columns and frag.columns[c.name]) or {}
+      total = total + #lists[i]
+    end
+    local folded = {}
+    local budget = reader.MAX_ATTACHED - 1
+    while total > budget do
+      local best
+      for i in ipairs(cols) do
+        if not folded[i] and #lists[i] > 0 and (not best or #lists[i] > #lists[best]) then best = i end
+      end
+      folded[best] = "fold_" .. best
+      fold(db, tbl_dir, lists[best], folded[best])
+      total = total - #lists[best]
+    end
+
+    local sel, joins, nalias = { "base._rowid AS _rowid" }, {}, 0
+    for i, c in ipairs(cols) do
+      local base = (not c.virtual and in_data[c.name:lower()]) and ("base." .. qi(c.name)) or "NULL"
+      local value, ver
+      if folded[i] then
+        nalias = nalias + 1
+        local j = "j" .. nalias
+        joins[#joins + 1] = ("LEFT JOIN temp.%s AS %s ON %s._rowid = base._rowid"):format(folded[i], j, j)
+        value = ("CASE WHEN %s._rowid IS NOT NULL THEN %s.value ELSE %s END"):format(j, j, base)
+        ver = j .. ".ver"
+      elseif #lists[i] > 0 then
+        local vcase, wcase = {}, {}
+        for k = #lists[i], 1, -1 do        -- newest first
+          local e = lists[i][k]
+          nalias = nalias + 1
+          local alias, j = "c" .. nalias, "j" .. nalias
+          check(db:attach(tbl_dir .. "/" .. e.file, alias, { immutable = true }))
+          joins[#joins + 1] = ("LEFT JOIN %s.col AS %s ON %s._rowid = base._rowid"):format(alias, j, j)
+          vcase[#vcase + 1] = ("WHEN %s._rowid IS NOT NULL THEN %s.value"):format(j, j)
+          wcase[#wcase + 1] = ("WHEN %s._rowid IS NOT NULL THEN %s"):format(j,
+            e.udf_version and ql(e.udf_version) or "NULL")
+        end
+        value = ("CASE %s ELSE %s END"):format(table.concat(vcase, " "), base)
+        ver = ("CASE %s ELSE NULL END"):format(table.concat(wcase, " "))
+      else
+        value, ver = base, "NULL"
+      end
+      sel[#sel + 1] = value .. " AS " .. qi(c.name)
+      if c.virtual then sel[#sel + 1] = ver .. " AS " .. qi("__ver_" .. c.name) end
+    end
+    check(db:exec(("CREATE TEMP VIEW t AS SELECT %s FROM d.data AS base %s")
+      :format(table.concat(sel, ", "), table.concat(joins, " "))))
+  end)
+  if not ok then
+    db:close()
+    error(err, 0)
+  end
+  return db
+end
+
+return reader

@@ -1,0 +1,284 @@
+-- geneva.storage: one table directory on disk (docs/internals.md "On disk").
+--
+--   <tbl>/_versions/<N>.json   the version log (dotfiles there are temp files)
+--   <tbl>/data/*.db            immutable SQLite files (fragment data, columns)
+--   <tbl>/_staging/...         worker outputs (owned by geneva.backfill)
+--
+-- A manifest is the decoded JSON of one version. Commits are optimistic:
+-- storage.commit re-reads the latest version and re-applies the caller's
+-- mutation when another writer published N+1 first (fs.create_exclusive gives
+-- EEXIST), so concurrent appends and column commits all land, densely numbered.
+--
+-- Errors are geneva.Error tables (raised): not_found for a missing version,
+-- conflict when retries run out, unavailable for I/O failures.
+local fs = require "geneva.fs"
+local json = require "geneva.json"
+local sqlite = require "geneva.sqlite"
+local time = require "geneva.time"
+local errors = require "geneva.errors"
+
+local storage = {}
+
+storage.FORMAT = 1
+storage.MAX_COLUMN_FILES = 8      -- per (fragment, column) after a commit
+storage.COMMIT_RETRIES = 64
+
+local function join(a, b) return a .. "/" .. b end
+storage.join = join
+
+-- storage.random_hex([n=16]) -> n hex digits for unique file names, from
+-- /dev/urandom: math.random is not enough, as processes started in the same
+-- second can share its seed (seen under ASan, where addresses repeat).
+function storage.random_hex(n)
+  n = n or 16
+  local bytes
+  local f = io.open("/dev/urandom", "rb")
+  if f then
+    bytes = f:read((n + 1) // 2)
+    f:close()
+  end
+  if not bytes or #bytes < (n + 1) // 2 then
+    local parts = {}
+    for i = 1, math.ceil(n / 8) do parts[i] = ("%08x"):format(math.random(0, 0xffffffff)) end
+    return table.concat(parts):sub(1, n)
+  end
+  return (bytes:gsub(".", function(c) return ("%02x"):format(c:byte()) end)):sub(1, n)
+end
+
+-- Raises unavailable for a failed fs call (msg names the path already).
+local function check(ok, msg, code)
+  if ok == nil then errors.throw("unavailable", msg, { cause = code }) end
+  return ok
+end
+storage.check = check
+
+-- storage.versions(tbl_dir) -> sorted array of version numbers (empty if
+-- the directory or its log does not exist). Raises unavailable otherwise.
+function storage.versions(tbl_dir)
+  local names, msg, code = fs.list(join(tbl_dir, "_versions"))
+  if not names then
+    if code == "ENOENT" or code == "ENOTDIR" then return {} end
+    check(nil, msg, code)
+  end
+  local out = {}
+  for _, name in ipairs(names) do
+    local n = name:match("^(%d+)%.json$")
+    n = n and math.tointeger(tonumber(n))
+    if n then out[#out + 1] = n end
+  end
+  table.sort(out)
+  return out
+end
+
+-- storage.latest_version(tbl_dir) -> N | nil when the table has no version
+function storage.latest_version(tbl_dir)
+  local v = storage.versions(tbl_dir)
+  return v[#v]
+end
+
+local function version_path(tbl_dir, n)
+  return ("%s/_versions/%d.json"):format(tbl_dir, n)
+end
+
+-- storage.read(tbl_dir, n) -> manifest (a fresh table the caller may
+-- modify). Raises not_found for a missing version, internal for bad JSON.
+function storage.read(tbl_dir, n)
+  local path = version_path(tbl_dir, n)
+  local text, msg, code = fs.read(path)
+  if not text then
+    if code == "ENOENT" then errors.throw("not_found", ("version %s does not exist"):format(tostring(n)), { path = path }) end
+    check(nil, msg, code)
+  end
+  local m, err = json.decode(text, { null_as_nil = true })
+  if type(m) ~= "table" then
+    errors.throw("internal", ("%s: corrupt version file: %s"):format(path, tostring(err)), { path = path })
+  end
+  return m
+end
+
+-- storage.latest(tbl_dir) -> manifest, N | nil when there is no version
+function storage.latest(tbl_dir)
+  local n = storage.latest_version(tbl_dir)
+  if not n then return nil end
+  return storage.read(tbl_dir, n), n
+end
+
+-- Marks the arrays of a manifest so that empty ones encode as [] again.
+local function mark_arrays(m)
+  m.schema = json.array(setmetatable(m.schema or {}, nil))
+  m.fragments = json.array(setmetatable(m.fragments or {}, nil))
+  for _, f in ipairs(m.fragments) do
+    f.columns = json.object(setmetatable(f.columns or {}, nil))
+    for name, list in pairs(f.columns) do
+      f.columns[name] = json.array(setmetatable(list, nil))
+    end
+  end
+  return m
+end
+
+-- Writes manifest m as version n; true | false on EEXIST. Raises otherwise.
+local function publish(tbl_dir, n, m)
+  m.format, m.version = storage.FORMAT, n
+  m.created_at = time.iso8601(time.now(), 6)
+  local ok, msg, code = fs.create_exclusive(version_path(tbl_dir, n),
+                                            json.encode(mark_arrays(m), { indent = 1, sort_keys = true }))
+  if ok then return true end
+  if code == "EEXIST" then return false end
+  check(nil, msg, code)
+end
+
+-- storage.init(tbl_dir, manifest) -> manifest: publishes version 1 of a new
+-- table. Raises conflict when a version 1 exists already.
+function storage.init(tbl_dir, m)
+  check(fs.mkdir_p(join(tbl_dir, "_versions")))
+  check(fs.mkdir_p(join(tbl_dir, "data")))
+  m.operation = m.operation or "create"
+  if not publish(tbl_dir, 1, m) then
+    errors.throw("conflict", ("table '%s' already exists"):format(tostring(m.table)), { path = tbl_dir })
+  end
+  return m
+end
+
+--[[
+storage.commit(tbl_dir, operation, mutate [, opts]) -> new manifest
+mutate(latest) gets a fresh copy of the latest manifest and returns the new
+one (it may modify and return its argument) or raises. When another writer
+publishes the same version first, the latest is read again and mutate runs
+again: it must be safe to repeat (see also opts.on_retry). Retries are
+bounded (opts.retries, default storage.COMMIT_RETRIES) with jittered
+exponential backoff; running out raises conflict. Errors raised by mutate
+propagate as they are.
+]]
+function storage.commit(tbl_dir, operation, mutate, opts)
+  opts = opts or {}
+  local retries = opts.retries or storage.COMMIT_RETRIES
+  for attempt = 1, retries do
+    local cur, n = storage.latest(tbl_dir)
+    if not cur then errors.throw("not_found", ("no table at '%s'"):format(tbl_dir), { path = tbl_dir }) end
+    local new = mutate(cur, attempt)
+    if type(new) ~= "table" then
+      errors.throw("internal", "storage.commit: mutate must return the new manifest")
+    end
+    new.operation = operation
+    if publish(tbl_dir, n + 1, new) then return new end
+    -- someone else published n + 1: back off a little, then re-apply
+    local delay = math.min(0.25, 0.002 * (1.6 ^ attempt)) * (0.5 + math.random())
+    local ok = time.sleep(delay)
+    if not ok then errors.throw("interrupted", "interrupted while committing") end
+  end
+  errors.throw("conflict", ("could not commit to '%s' after %d attempts (too many concurrent writers)")
+    :format(tbl_dir, retries), { path = tbl_dir })
+end
+
+-- {====== Data files
+
+-- storage.temp_data_path(tbl_dir) -> absolute path of a fresh dotfile in
+-- data/ (a file being built; never referenced by a manifest)
+function storage.temp_data_path(tbl_dir)
+  return ("%s/data/.tmp-%s.db"):format(tbl_dir, storage.random_hex(16))
+end
+
+-- storage.open_new_file(path) -> sqlite Db set up for a fast bulk load of a
+-- private, new file: no journal, no syncs, big cache. Raises unavailable.
+-- Finish it with storage.finish_file.
+function storage.open_new_file(path)
+  local db, msg, code = sqlite.open(path, { create = true })
+  check(db, msg, code)
+  local ok
+  ok, msg, code = db:exec("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; "
+    .. "PRAGMA locking_mode=EXCLUSIVE; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY")
+  if not ok then db:close() check(nil, msg, code) end
+  return db
+end
+
+-- storage.finish_file(db) -> true: makes what db wrote durable (one synced
+-- commit: SQLite fsyncs the whole file when synchronous is on) and closes
+-- it. Raises unavailable (db is closed either way).
+function storage.finish_file(db)
+  local ok, msg, code = db:exec("PRAGMA synchronous=FULL; PRAGMA user_version=1")
+  db:close()
+  return check(ok, msg, code)
+end
+
+-- storage.publish_file(tbl_dir, tmp, prefix) -> relative path "data/<prefix>-<hex>.db":
+-- moves a finished file into data/ under a fresh name, never replacing a
+-- file (link + unlink; EEXIST picks another name).
+function storage.publish_file(tbl_dir, tmp, prefix)
+  for _ = 1, 8 do
+    local rel = ("data/%s-%s.db"):format(prefix, storage.random_hex(16))
+    local ok, msg, code = fs.link(tmp, join(tbl_dir, rel))
+    if ok then
+      fs.remove(tmp)
+      return rel
+    end
+    if code ~= "EEXIST" then
+      -- no hard links (some FUSE file systems): a fresh random name is unique enough
+      if code == "EPERM" or code == "ENOTSUP" or code == "EOPNOTSUPP" then
+        check(fs.rename(tmp, join(tbl_dir, rel)))
+        return rel
+      end
+      check(nil, msg, code)
+    end
+  end
+  errors.throw("internal", "could not find a free file name in " .. join(tbl_dir, "data"))
+end
+
+-- storage.sync_data_dir(tbl_dir): fsyncs data/ so renames into it are durable
+function storage.sync_data_dir(tbl_dir)
+  return check(fs.fsync_dir(join(tbl_dir, "data")))
+end
+
+-- storage.remove_files(tbl_dir, rels): best effort removal of orphans
+function storage.remove_files(tbl_dir, rels)
+  for _, rel in ipairs(rels) do fs.remove(join(tbl_dir, rel)) end
+end
+
+local function quote(s) return "'" .. tostring(s):gsub("'", "''") .. "'" end
+storage.quote_literal = quote
+
+--[[
+storage.fold_column_files(tbl_dir, list) -> new list
+Folds a (fragment, column) file list (oldest first, entries {file=,
+udf_version=, lo=, hi=}) into as few files as keep the same reading: one per
+distinct udf_version of the winning files (usually one), each holding the
+rows its version won, NULLs included. The new files are in data/ (synced) but
+not referenced: the caller commits or removes them. Raises unavailable.
+]]
+function storage.fold_column_files(tbl_dir, list)
+  local mem = check(sqlite.open(":memory:"))
+  local ok, res = pcall(function()
+    check(mem:exec("PRAGMA temp_store=MEMORY; "
+      .. "CREATE TEMP TABLE fold(_rowid INTEGER PRIMARY KEY, value, ver TEXT)"))
+    for _, e in ipairs(list) do
+      check(mem:attach(join(tbl_dir, e.file), "src", { immutable = true }))
+      check(mem:exec("INSERT OR REPLACE INTO temp.fold SELECT _rowid, value, "
+        .. quote(e.udf_version or "") .. " FROM src.col"))
+      check(mem:detach("src"))
+    end
+    local out = {}
+    local vers = {}
+    for row in mem:rows("SELECT ver, min(_rowid), max(_rowid) FROM temp.fold GROUP BY ver ORDER BY min(_rowid)") do
+      vers[#vers + 1] = row
+    end
+    for _, r in ipairs(vers) do
+      local tmp = storage.temp_data_path(tbl_dir)
+      check(mem:attach(tmp, "dst"))
+      check(mem:exec("PRAGMA dst.journal_mode=OFF; PRAGMA dst.synchronous=OFF; "
+        .. "CREATE TABLE dst.col(_rowid INTEGER PRIMARY KEY, value); "
+        .. "INSERT INTO dst.col SELECT _rowid, value FROM temp.fold WHERE ver = " .. quote(r[1])
+        .. " ORDER BY _rowid; PRAGMA dst.synchronous=FULL; PRAGMA dst.user_version=1"))
+      check(mem:detach("dst"))
+      out[#out + 1] = { file = storage.publish_file(tbl_dir, tmp, "c"),
+                        udf_version = r[1] ~= "" and r[1] or nil, lo = r[2], hi = r[3] }
+    end
+    return out
+  end)
+  mem:close()
+  if not ok then error(res, 0) end
+  storage.sync_data_dir(tbl_dir)
+  return res
+end
+
+-- }======
+
+return storage

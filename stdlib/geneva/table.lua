@@ -1,0 +1,624 @@
+-- geneva.table: Table objects, the table API of design §3.
+--
+-- A Table is a name and a directory; every call reads the version it needs
+-- from disk (the latest, or the pinned one after checkout), so handles in
+-- several processes see each other's commits. Writes go through
+-- storage.commit and re-apply on top of concurrent commits.
+--
+-- Errors are raised geneva.Error tables: invalid_argument (bad input, bad SQL
+-- in `where`, writes on a pinned handle), not_found (unknown column, missing
+-- version or table), conflict (existing column, column changed under a
+-- commit), unavailable (I/O).
+local json = require "geneva.json"
+local types = require "geneva.types"
+local errors = require "geneva.errors"
+local sqlite = require "geneva.sqlite"
+local storage = require "geneva.storage"
+local reader = require "geneva.reader"
+local ingest = require "geneva.ingest"
+
+local M = {}
+
+local Table = {}
+Table.__index = Table
+Table.__name = "geneva.Table"
+M.Table = Table
+
+local qi = reader.quote_ident
+local find_column = reader.find_column
+
+-- M.new(db, name, dir) -> Table (no I/O; db:open_table checks existence)
+function M.new(db, name, dir)
+  return setmetatable({ db = db, name = name, dir = dir }, Table)
+end
+
+function Table:__tostring()
+  return ("geneva.Table '%s'%s"):format(self.name,
+    self._pinned and (" @ version " .. self._pinned) or "")
+end
+
+local function invalid(msg, fields) errors.throw("invalid_argument", msg, fields) end
+
+-- The manifest a read uses: the pinned version, else the latest.
+local function current(self)
+  if self._pinned then return storage.read(self.dir, self._pinned) end
+  local m = storage.latest(self.dir)
+  if not m then errors.throw("not_found", ("table '%s' does not exist"):format(self.name), { path = self.dir }) end
+  return m
+end
+
+local function writable(self, what)
+  if self._pinned then
+    invalid(("cannot %s: table '%s' is checked out at version %d (read-only); call checkout_latest() first")
+      :format(what, self.name, self._pinned))
+  end
+end
+
+local function commit(self, operation, mutate, opts)
+  return storage.commit(self.dir, operation, mutate, opts)
+end
+
+-- tbl:_manifest([version]) -> manifest (a fresh decoded copy: the caller may
+-- keep or change it). Without version: the pinned one, else the latest.
+function Table:_manifest(version)
+  if version then return storage.read(self.dir, version) end
+  return current(self)
+end
+
+-- tbl:version() -> integer: the pinned version, else the latest
+function Table:version()
+  if self._pinned then return self._pinned end
+  local v = storage.latest_version(self.dir)
+  if not v then errors.throw("not_found", ("table '%s' does not exist"):format(self.name), { path = self.dir }) end
+  return v
+end
+
+-- tbl:versions() -> sorted array of every version number
+function Table:versions()
+  return storage.versions(self.dir)
+end
+
+-- tbl:checkout(version) -> tbl, pinned read-only at version (not_found if
+-- there is no such version)
+function Table:checkout(v)
+  if math.type(v) ~= "integer" then
+    local i = math.tointeger(v)
+    if not i then invalid("checkout: version must be an integer, got " .. tostring(v)) end
+    v = i
+  end
+  storage.read(self.dir, v)   -- raises not_found
+  self._pinned = v
+  return self
+end
+
+-- tbl:checkout_latest() -> tbl, unpinned
+function Table:checkout_latest()
+  self._pinned = nil
+  return self
+end
+
+-- Copies a JSON-decoded value into plain tables (no json metatables).
+local function plain(v)
+  if type(v) ~= "table" then return v end
+  local t = {}
+  for k, x in pairs(v) do t[k] = plain(x) end
+  return t
+end
+
+-- tbl:schema() -> array of {name, data_type, virtual, udf, udf_version},
+-- also indexed by name.
+function Table:schema()
+  local m = current(self)
+  local out = {}
+  for i, c in ipairs(m.schema) do
+    local e = { name = c.name, data_type = c.data_type, virtual = c.virtual == true,
+                udf = plain(c.udf), udf_version = c.udf_version }
+    out[i] = e
+    out[c.name] = e
+  end
+  return out
+end
+
+-- {====== Reading
+
+local function check_where(where, fname)
+  if where ~= nil and type(where) ~= "string" then
+    invalid(("%s: where must be an SQL string, got %s"):format(fname, type(where)))
+  end
+end
+
+local function bad_where(where, msg)
+  invalid(("bad where clause '%s': %s"):format(where, tostring(msg):gsub(" %(in \".*$", "")), { where = where })
+end
+
+-- Prepares sql on db; a failure blames the where clause when there is one.
+local function prepare(db, sql, where)
+  local st, msg, code = db:prepare(sql)
+  if st then return st end
+  if where then bad_where(where, msg) end
+  errors.throw("internal", msg, { cause = code })
+end
+
+-- Checks where against a table with the schema's columns (for a table
+-- without fragments, where nothing else would look at it).
+local function validate_where(m, where)
+  local db <close> = storage.check(sqlite.open(":memory:"))
+  local defs = { "_rowid INTEGER PRIMARY KEY" }
+  for _, c in ipairs(m.schema) do
+    defs[#defs + 1] = qi(c.name)
+    if c.virtual then defs[#defs + 1] = qi("__ver_" .. c.name) end
+  end
+  storage.check(db:exec(("CREATE TEMP TABLE t(%s)"):format(table.concat(defs, ", "))))
+  prepare(db, ("SELECT 1 FROM t WHERE (%s)"):format(where), where):close()
+end
+
+-- Columns a reader must expose for `names` plus what `where` mentions.
+local function reader_columns(m, names, where)
+  if not where then return names end
+  local out, seen = {}, {}
+  for _, n in ipairs(names) do out[#out + 1] = n seen[n:lower()] = true end
+  for _, n in ipairs(reader.columns_in(m, where)) do
+    if not seen[n:lower()] then out[#out + 1] = n seen[n:lower()] = true end
+  end
+  return out
+end
+
+-- tbl:count_rows([where]) -> integer
+function Table:count_rows(where)
+  check_where(where, "count_rows")
+  local m = current(self)
+  local total = 0
+  if not where then
+    for _, f in ipairs(m.fragments) do total = total + f.rows end
+    return total
+  end
+  if #m.fragments == 0 then validate_where(m, where) end
+  local cols = reader_columns(m, {}, where)
+  for _, f in ipairs(m.fragments) do
+    local db <close> = reader.open(self.dir, m, f, { columns = cols })
+    local st <close> = prepare(db, ("SELECT count(*) FROM t WHERE (%s)"):format(where), where)
+    local r, msg = st:step()
+    if not r then bad_where(where, msg) end
+    total = total + st:get(1)
+  end
+  return total
+end
+
+-- Resolves requested column names against the schema (case-insensitive);
+-- "_rowid" is allowed. Raises invalid_argument for unknown names.
+local function resolve_columns(m, names)
+  if names == nil then
+    local out = {}
+    for i, c in ipairs(m.schema) do out[i] = c.name end
+    return out
+  end
+  if type(names) == "string" then names = { names } end
+  if type(names) ~= "table" then invalid("columns must be an array of column names") end
+  local out = {}
+  for _, n in ipairs(names) do
+    if n == "_rowid" then
+      out[#out + 1] = n
+    else
+      local c = type(n) == "string" and find_column(m, n)
+      if not c then invalid(("unknown column '%s'"):format(tostring(n)), { column = n }) end
+      out[#out + 1] = c.name
+    end
+  end
+  return out
+end
+
+--[[
+tbl:to_rows([{columns=, where=, limit=}]) -> array of {column = value}
+Rows in (fragment, rowid) order, values typed back (nil for NULL, bools,
+float32 vectors as arrays of numbers, 64-bit integers exact). columns may
+name "_rowid" (the row's number within its fragment).
+]]
+function Table:to_rows(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then invalid("to_rows: options must be a table") end
+  local where, limit = opts.where, opts.limit
+  check_where(where, "to_rows")
+  if limit ~= nil and (math.type(limit) ~= "integer" or limit < 0) then
+    invalid("to_rows: limit must be a non-negative integer")
+  end
+  local m = current(self)
+  local names = resolve_columns(m, opts.columns)
+  if where and #m.fragments == 0 then validate_where(m, where) end
+
+  local stored, fix = {}, {}
+  for _, n in ipairs(names) do
+    if n ~= "_rowid" then
+      stored[#stored + 1] = n
+      local c = find_column(m, n)
+      local t = types.parse(c.data_type)
+      if t.kind == "bool" or t.kind == "vector" or t.kind == "float64" then fix[#fix + 1] = { n, t } end
+    end
+  end
+  local sel = {}
+  for i, n in ipairs(names) do sel[i] = qi(n) end
+  if #sel == 0 then sel[1] = "_rowid AS __r" end
+  local cols = reader_columns(m, stored, where)
+
+  local out, n = {}, 0
+  for _, f in ipairs(m.fragments) do
+    if limit and n >= limit then break end
+    local sql = ("SELECT %s FROM t%s ORDER BY _rowid%s"):format(table.concat(sel, ", "),
+      where and (" WHERE (" .. where .. ")") or "", limit and (" LIMIT " .. (limit - n)) or "")
+    local db <close> = reader.open(self.dir, m, f, { columns = cols })
+    local st <close> = prepare(db, sql, where)
+    while true do
+      local r, msg = st:step()
+      if not r then
+        if where then bad_where(where, msg) end
+        errors.throw("unavailable", msg)
+      end
+      if r == "done" then break end
+      local row = st:named_row()
+      row.__r = nil
+      for _, fx in ipairs(fix) do
+        local v = row[fx[1]]
+        if v ~= nil then row[fx[1]] = types.from_sql(fx[2], v) end
+      end
+      n = n + 1
+      out[n] = row
+    end
+  end
+  return out
+end
+
+-- A query builder: tbl:search():where(sql):select{...}:limit(n):to_rows()
+local Query = {}
+Query.__index = Query
+Query.__name = "geneva.Query"
+
+-- tbl:search() -> Query
+function Table:search()
+  return setmetatable({ tbl = self }, Query)
+end
+
+function Query:where(sql)
+  check_where(sql, "where")
+  self._where = sql
+  return self
+end
+
+function Query:select(cols)
+  self._columns = cols
+  return self
+end
+
+function Query:limit(n)
+  self._limit = n
+  return self
+end
+
+function Query:to_rows()
+  return self.tbl:to_rows { columns = self._columns, where = self._where, limit = self._limit }
+end
+
+function Query:count_rows()
+  return self.tbl:count_rows(self._where)
+end
+
+-- }======
+
+-- {====== Writing
+
+local function find_fragment(m, id)
+  for _, f in ipairs(m.fragments) do
+    if f.id == id then return f end
+  end
+end
+
+-- tbl:add(rows | {from = "file.csv"|"file.jsonl"}) -> tbl
+-- Appends new fragments of at most fragment_size rows. Nothing is committed
+-- when any row is bad (invalid_argument naming the row or file:line).
+function Table:add(rows)
+  writable(self, "add rows")
+  local batch = ingest.load(rows)
+  if batch.n == 0 then return self end
+  local m = current(self)
+  local cols, names, sqltypes = ingest.to_columns(batch, m.schema)
+  local frags = ingest.write_fragments(self.dir, cols, names, sqltypes, batch.n,
+                                       m.fragment_size or ingest.DEFAULT_FRAGMENT_SIZE)
+  local ok, err = pcall(commit, self, "add", function(cur)
+    local next_id = cur.next_fragment_id or 1
+    for _, f in ipairs(frags) do
+      cur.fragments[#cur.fragments + 1] = { id = next_id, rows = f.rows, data = f.data, columns = json.object() }
+      next_id = next_id + 1
+    end
+    cur.next_fragment_id = next_id
+    return cur
+  end)
+  if not ok then
+    local rels = {}
+    for i, f in ipairs(frags) do rels[i] = f.data end
+    storage.remove_files(self.dir, rels)
+    error(err, 0)
+  end
+  return self
+end
+
+-- Checks a UDF object; returns its spec and input column names.
+local function udf_parts(name, u)
+  if type(u) ~= "table" or type(u.spec) ~= "function" then
+    invalid(("column '%s': expected a geneva.udf, got %s"):format(name, type(u)), { column = name })
+  end
+  local spec = u:spec()
+  if type(spec) ~= "table" then invalid(("column '%s': udf:spec() must return a table"):format(name), { column = name }) end
+  local ok, err = pcall(json.encode, spec)
+  if not ok then invalid(("column '%s': the udf spec is not serializable: %s"):format(name, tostring(err)), { column = name }) end
+  if type(u.version) ~= "string" then invalid(("column '%s': the udf has no version"):format(name), { column = name }) end
+  local dt = u.data_type or spec.data_type
+  local t, why = types.parse(dt)
+  if not t then invalid(("column '%s': %s"):format(name, why), { column = name }) end
+  local inputs = u.input_columns or spec.input_columns or {}
+  return spec, inputs, dt
+end
+
+-- Raises unless every input exists in m and none is the column itself.
+local function check_inputs(m, name, inputs)
+  for _, inp in ipairs(inputs) do
+    if type(inp) ~= "string" or inp:lower() == name:lower() then
+      invalid(("column '%s' cannot be an input of its own udf"):format(name), { column = name })
+    end
+    if not find_column(m, inp) then
+      invalid(("column '%s': udf input column '%s' does not exist"):format(name, inp), { column = inp })
+    end
+  end
+end
+
+--[[
+tbl:add_columns{name = udf, ...} -> tbl
+Adds virtual columns (NULL until backfilled). conflict when a column of that
+name exists; invalid_argument for a bad name, a udf input column that does not
+exist or is the column itself.
+]]
+function Table:add_columns(map)
+  writable(self, "add columns")
+  if type(map) ~= "table" then invalid("add_columns: expected a table {name = udf}") end
+  local names = {}
+  for name, u in pairs(map) do
+    ingest.check_name(name)
+    names[#names + 1] = { name = name, udf = u }
+  end
+  table.sort(names, function(a, b) return a.name < b.name end)
+  if #names == 0 then return self end
+  for _, e in ipairs(names) do e.spec, e.inputs, e.data_type = udf_parts(e.name, e.udf) end
+  commit(self, "add_columns", function(m)
+    for _, e in ipairs(names) do
+      if find_column(m, e.name) then
+        errors.throw("conflict", ("column '%s' already exists"):format(e.name), { column = e.name })
+      end
+      check_inputs(m, e.name, e.inputs)
+      m.schema[#m.schema + 1] = { name = e.name, data_type = e.data_type, virtual = true,
+                                  udf = e.spec, udf_version = e.udf.version }
+      for _, f in ipairs(m.fragments) do f.columns[e.name] = nil end
+    end
+    return m
+  end)
+  return self
+end
+
+--[[
+tbl:alter_columns{ {path = "col", udf = new_udf}, ... } -> tbl
+Re-points virtual columns to new UDFs. Values stay; as their udf_version now
+differs, the next backfill recomputes them. The data_type must stay the same.
+]]
+function Table:alter_columns(list)
+  writable(self, "alter columns")
+  if type(list) ~= "table" then invalid("alter_columns: expected an array of {path = column, udf = udf}") end
+  if list.path then list = { list } end
+  local changes = {}
+  for i, a in ipairs(list) do
+    local path = type(a) == "table" and (a.path or a.name)
+    if type(path) ~= "string" then invalid(("alter_columns: entry %d needs path = column name"):format(i)) end
+    if a.udf == nil then invalid(("alter_columns: entry %d ('%s') needs udf ="):format(i, path), { column = path }) end
+    local spec, inputs, dt = udf_parts(path, a.udf)
+    changes[i] = { path = path, udf = a.udf, spec = spec, inputs = inputs, data_type = dt }
+  end
+  commit(self, "alter_columns", function(m)
+    for _, a in ipairs(changes) do
+      local c = find_column(m, a.path)
+      if not c then errors.throw("not_found", ("unknown column '%s'"):format(a.path), { column = a.path }) end
+      if not c.virtual then
+        invalid(("column '%s' is stored, not virtual: only virtual columns have a udf"):format(c.name), { column = c.name })
+      end
+      if a.data_type ~= c.data_type then
+        invalid(("column '%s' is %s; the new udf returns %s (drop and re-add the column to change its type)")
+          :format(c.name, c.data_type, a.data_type), { column = c.name })
+      end
+      check_inputs(m, c.name, a.inputs)
+      c.udf, c.udf_version = a.spec, a.udf.version
+    end
+    return m
+  end)
+  return self
+end
+
+-- tbl:drop_columns{"a", ...} | ("a") -> tbl. not_found for an unknown column;
+-- invalid_argument when a udf still reads it or no stored column would remain.
+function Table:drop_columns(list)
+  writable(self, "drop columns")
+  if type(list) == "string" then list = { list } end
+  if type(list) ~= "table" or #list == 0 then invalid("drop_columns: expected an array of column names") end
+  commit(self, "drop_columns", function(m)
+    local drop = {}
+    for _, name in ipairs(list) do
+      local c = type(name) == "string" and find_column(m, name)
+      if not c then errors.throw("not_found", ("unknown column '%s'"):format(tostring(name)), { column = name }) end
+      drop[c.name] = true
+    end
+    local keep, stored = json.array(), 0
+    for _, c in ipairs(m.schema) do
+      if not drop[c.name] then
+        keep[#keep + 1] = c
+        if not c.virtual then stored = stored + 1 end
+      end
+    end
+    if stored == 0 then invalid("cannot drop every stored column of a table") end
+    for _, c in ipairs(keep) do
+      for _, inp in ipairs(c.udf and c.udf.input_columns or {}) do
+        for d in pairs(drop) do
+          if d:lower() == tostring(inp):lower() then
+            invalid(("cannot drop '%s': the udf of column '%s' reads it"):format(d, c.name), { column = d })
+          end
+        end
+      end
+    end
+    m.schema = keep
+    for _, f in ipairs(m.fragments) do
+      for d in pairs(drop) do f.columns[d] = nil end
+    end
+    return m
+  end)
+  return self
+end
+
+-- Runs commit(mutate) where mutate may fold file lists (creating files):
+-- fold(list) is cached by list, and files an unused attempt made are removed.
+local function commit_with_folds(self, operation, body)
+  local cache, made = {}, {}
+  local function fold(list)
+    local key = {}
+    for i, e in ipairs(list) do key[i] = e.file .. "@" .. tostring(e.udf_version) end
+    key = table.concat(key, "|")
+    if not cache[key] then
+      cache[key] = storage.fold_column_files(self.dir, list)
+      for _, e in ipairs(cache[key]) do made[e.file] = true end
+    end
+    local out = json.array()
+    for i, e in ipairs(cache[key]) do out[i] = { file = e.file, udf_version = e.udf_version, lo = e.lo, hi = e.hi } end
+    return out
+  end
+  local ok, res = pcall(commit, self, operation, function(m) return body(m, fold) end)
+  -- files folded for an attempt that lost, or never used
+  local used = {}
+  if ok and res then
+    for _, f in ipairs(res.fragments) do
+      for _, list in pairs(f.columns) do
+        for _, e in ipairs(list) do used[e.file] = true end
+      end
+    end
+  end
+  local orphans = {}
+  for file in pairs(made) do if not used[file] then orphans[#orphans + 1] = file end end
+  storage.remove_files(self.dir, orphans)
+  if not ok then error(res, 0) end
+  return res
+end
+
+-- tbl:compact() -> tbl: folds each fragment's column files into one per
+-- column (one per udf_version still winning rows) in a new version; older
+-- versions still read their own files. No commit when there is nothing to fold.
+function Table:compact()
+  writable(self, "compact")
+  local m0 = current(self)
+  local any = false
+  for _, f in ipairs(m0.fragments) do
+    for _, list in pairs(f.columns) do if #list > 1 then any = true end end
+  end
+  if not any then return self end
+  commit_with_folds(self, "compact", function(m, fold)
+    for _, f in ipairs(m.fragments) do
+      for name, list in pairs(f.columns) do
+        if #list > 1 then f.columns[name] = fold(list) end
+      end
+    end
+    return m
+  end)
+  return self
+end
+
+--[[
+tbl:_commit_column_files(column, udf_version, files) -> version, committed
+For the backfill driver. files: array of {fragment = id, path = staged file
+holding col(_rowid INTEGER PRIMARY KEY, value), lo =, hi =}. Moves each into
+data/ and appends it to its fragment's list for column in a new version
+(re-applied over concurrent commits); a list longer than
+storage.MAX_COLUMN_FILES is folded. Files of fragments that no longer exist
+are skipped (left where they are). Raises conflict when column is gone, not
+virtual, or its udf_version is no longer udf_version; the moved files then go
+back to their staged paths. Returns the new version and how many files it
+committed (0 and no commit when none applied).
+]]
+function Table:_commit_column_files(column, udf_version, files)
+  writable(self, "commit column files")
+  if type(column) ~= "string" or type(udf_version) ~= "string" or type(files) ~= "table" then
+    invalid("_commit_column_files(column, udf_version, files): bad arguments")
+  end
+  local function check_column(m)
+    local c = find_column(m, column)
+    if not c or not c.virtual then
+      errors.throw("conflict", ("column '%s' no longer exists (dropped during the backfill?)"):format(column), { column = column })
+    end
+    if c.udf_version ~= udf_version then
+      errors.throw("conflict", ("column '%s' was altered during the backfill (its udf version changed)"):format(column),
+        { column = column })
+    end
+    return c
+  end
+  local m0 = current(self)
+  local cname = check_column(m0).name
+  local moved = {}
+  local ok, err = pcall(function()
+    for i, f in ipairs(files) do
+      if type(f) ~= "table" or math.type(f.fragment) ~= "integer" or type(f.path) ~= "string" then
+        invalid(("_commit_column_files: files[%d] needs fragment (integer) and path"):format(i))
+      end
+      if find_fragment(m0, f.fragment) then
+        local rel = storage.publish_file(self.dir, f.path, "c")
+        moved[#moved + 1] = { fragment = f.fragment, file = rel, from = f.path, lo = f.lo, hi = f.hi }
+      end
+    end
+    if #moved > 0 then storage.sync_data_dir(self.dir) end
+  end)
+  if not ok then
+    for _, e in ipairs(moved) do os.rename(self.dir .. "/" .. e.file, e.from) end
+    error(err, 0)
+  end
+  if #moved == 0 then return self:version(), 0 end
+  local applied = {}
+  local res
+  ok, res = pcall(commit_with_folds, self, "backfill", function(m, fold)
+    check_column(m)
+    applied = {}
+    for _, e in ipairs(moved) do
+      local f = find_fragment(m, e.fragment)
+      if f then
+        applied[e.file] = true
+        local list = f.columns[cname] or json.array()
+        list[#list + 1] = { file = e.file, udf_version = udf_version, lo = e.lo, hi = e.hi }
+        f.columns[cname] = list
+      end
+    end
+    for _, f in ipairs(m.fragments) do
+      local list = f.columns[cname]
+      if list and #list > storage.MAX_COLUMN_FILES then f.columns[cname] = fold(list) end
+    end
+    return m
+  end)
+  if not ok then
+    for _, e in ipairs(moved) do os.rename(self.dir .. "/" .. e.file, e.from) end
+    error(res, 0)
+  end
+  -- files whose fragment vanished meanwhile go back; files folded into a
+  -- new one at once were never referenced by any version
+  local used, committed = {}, 0
+  for _, f in ipairs(res.fragments) do
+    for _, e in ipairs(f.columns[cname] or {}) do used[e.file] = true end
+  end
+  for _, e in ipairs(moved) do
+    if not applied[e.file] then
+      os.rename(self.dir .. "/" .. e.file, e.from)
+    else
+      committed = committed + 1
+      if not used[e.file] then os.remove(self.dir .. "/" .. e.file) end
+    end
+  end
+  return res.version, committed
+end
+
+-- }======
+
+return M

@@ -1,0 +1,568 @@
+-- Specs for tables: geneva.connect, Db, Table, storage, reader, ingest.
+local geneva = require "geneva"
+local errors = require "geneva.errors"
+local sqlite = require "geneva.sqlite"
+local storage = require "geneva.storage"
+local reader = require "geneva.reader"
+local proc = require "geneva.proc"
+local fs = require "geneva.fs"
+local child = require "child"
+
+-- Runs fn, which must raise a geneva.Error of code; returns the error.
+local function raises(code, fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok, "expected an error")
+  assert.is_true(errors.is(err), "expected a geneva.Error, got " .. tostring(err))
+  assert.equal(code, err.code, tostring(err))
+  return err
+end
+
+-- A stand-in for geneva.udf objects: what the table layer relies on.
+local function fake_udf(version, data_type, inputs)
+  return {
+    version = version, data_type = data_type or "int64", input_columns = inputs or { "content" },
+    spec = function() return { fn = "fake", data_type = data_type or "int64", input_columns = inputs or { "content" } } end,
+  }
+end
+
+-- Writes a staged column file col(_rowid, value) holding {rowid = value}
+-- (a value of false stores NULL).
+local function staged(dir, values)
+  local path = ("%s/staged-%s.db"):format(dir, storage.random_hex(8))
+  local db <close> = assert(sqlite.open(path))
+  assert(db:exec("CREATE TABLE col(_rowid INTEGER PRIMARY KEY, value)"))
+  local lo, hi
+  for rowid, v in pairs(values) do
+    if v == false then v = nil end
+    assert(db:exec("INSERT INTO col VALUES (?, ?)", rowid, v))
+    lo = math.min(lo or rowid, rowid)
+    hi = math.max(hi or rowid, rowid)
+  end
+  return path, lo, hi
+end
+
+local function ids(rows, key)
+  local out = {}
+  for i, r in ipairs(rows) do out[i] = r[key or "id"] == nil and "nil" or r[key or "id"] end
+  return out
+end
+
+local function write(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+end
+
+describe("geneva tables", function()
+  local root, db
+  before_each(function()
+    root = child.tmpdir()
+    db = geneva.connect(root .. "/db")
+  end)
+  after_each(function() child.rmtree(root) end)
+
+  local function docs(n, opts)
+    local rows = {}
+    for i = 1, n do rows[i] = { id = i, content = ("w%d "):rep(i % 4 + 1):format(i, i, i, i) } end
+    return db:create_table("docs", rows, opts)
+  end
+
+  describe("geneva.connect", function()
+    it("creates the directory and remembers the latest db", function()
+      assert.is_true(fs.exists(root .. "/db"))
+      assert.equal(db, geneva._latest_db)
+      local db2 = geneva.connect(root .. "/other")
+      assert.equal(db2, geneva._latest_db)
+      assert.equal(db2, require("geneva.db").latest())
+    end)
+
+    it("rejects URIs it cannot serve", function()
+      raises("invalid_argument", geneva.connect, "s3://bucket/x")
+      raises("invalid_argument", geneva.connect, 42)
+    end)
+  end)
+
+  describe("Db", function()
+    it("creates, lists, opens and drops tables", function()
+      docs(3)
+      db:create_table("a_first", { { x = 1 } })
+      assert.same({ "a_first", "docs" }, db:table_names())
+      local t = db:open_table("docs")
+      assert.equal("docs", t.name)
+      assert.equal(db, t.db)
+      assert.equal(db.path .. "/docs", t.dir)
+      assert.equal(1, t:version())
+      assert.equal(3, t:count_rows())
+      assert.is_true(db:drop_table("docs"))
+      assert.same({ "a_first" }, db:table_names())
+      raises("not_found", db.open_table, db, "docs")
+    end)
+
+    it("uses conflict, not_found and invalid_argument codes", function()
+      docs(1)
+      local e = raises("conflict", db.create_table, db, "docs", { { id = 1 } })
+      assert.equal("conflict: table 'docs' already exists", tostring(e))
+      raises("not_found", db.open_table, db, "nope")
+      raises("not_found", db.drop_table, db, "nope")
+      raises("invalid_argument", db.create_table, db, "_hidden", { { id = 1 } })
+      raises("invalid_argument", db.create_table, db, "a/b", { { id = 1 } })
+      raises("invalid_argument", db.create_table, db, "t", { { ["bad name"] = 1 } })
+      raises("invalid_argument", db.create_table, db, "t", { { id = 1 } }, { bogus = 1 })
+      raises("invalid_argument", db.create_table, db, "t", {})          -- no columns at all
+      assert.same({ "docs" }, db:table_names())
+    end)
+
+    it("overwrites with mode = 'overwrite'", function()
+      docs(5)
+      local t = db:create_table("docs", { { z = "x" } }, { mode = "overwrite" })
+      assert.equal(1, t:version())
+      assert.same({ { z = "x" } }, t:to_rows())
+    end)
+
+    it("creates an empty table from a schema", function()
+      local t = db:create_table("e", {}, { schema = { { name = "b", data_type = "string" }, { name = "a", data_type = "int64" } } })
+      assert.equal(0, t:count_rows())
+      assert.same({}, t:to_rows())
+      assert.equal(0, t:count_rows("a > 1"))
+      raises("invalid_argument", t.count_rows, t, "nope = 1")
+      t:add { { a = 1, b = "x" } }
+      assert.same({ { a = 1, b = "x" } }, t:to_rows())
+    end)
+  end)
+
+  describe("schema", function()
+    it("orders columns by opts.schema, else sorted names", function()
+      local t = db:create_table("s", { { zeta = 1, alpha = "a", mid = true } })
+      local s = t:schema()
+      assert.same({ "alpha", "mid", "zeta" }, { s[1].name, s[2].name, s[3].name })
+      assert.equal("bool", s.mid.data_type)
+      assert.equal("int64", s.zeta.data_type)
+      assert.is_false(s.zeta.virtual)
+      local t2 = db:create_table("s2", { { zeta = 1, alpha = "a", mid = 1.5 } },
+        { schema = { { name = "zeta", data_type = "float64" }, { name = "mid", data_type = "float64" } } })
+      s = t2:schema()
+      assert.same({ "zeta", "mid", "alpha" }, { s[1].name, s[2].name, s[3].name })
+      assert.equal("float64", s.zeta.data_type)
+      assert.equal(1.0, t2:to_rows()[1].zeta)
+      assert.equal("float", math.type(t2:to_rows()[1].zeta))
+    end)
+
+    it("infers int64 + float64 as float64 and refuses mixed kinds", function()
+      local t = db:create_table("m", { { x = 1 }, { x = 2.5 } })
+      assert.equal("float64", t:schema().x.data_type)
+      local e = raises("invalid_argument", db.create_table, db, "m2", { { x = 1 }, { x = "s" } })
+      assert.matches("row 2", e.message)
+      assert.equal("x", e.column)
+    end)
+
+    it("rejects values that do not fit the given type, naming row and column", function()
+      local e = raises("invalid_argument", db.create_table, db, "m", { { x = 1 }, { x = "2" } },
+        { schema = { x = "int64" } })
+      assert.matches("^row 2: column 'x': expected int64", e.message)
+      assert.same({}, db:table_names())
+    end)
+  end)
+
+  describe("types", function()
+    it("round-trips every type, NULLs, 64-bit ints and vectors", function()
+      local big = math.maxinteger
+      local rows = {
+        { i = big, f = 1 / 3, s = "héllo\0x", b = true, blob = "\0\1\2\255", v = { 1.5, -2, 0.25 } },
+        { i = math.mininteger, f = -0.0, s = "", b = false, blob = "", v = { 0, 0, 0 } },
+        { i = 123456789012345678 },                            -- all other NULL
+      }
+      local t = db:create_table("types", rows, { schema = {
+        { name = "i", data_type = "int64" }, { name = "f", data_type = "float64" },
+        { name = "s", data_type = "string" }, { name = "b", data_type = "bool" },
+        { name = "blob", data_type = "blob" }, { name = "v", data_type = "float32[3]" } } })
+      local out = t:to_rows()
+      assert.same(rows, out)
+      assert.equal("integer", math.type(out[1].i))
+      assert.equal(big, out[1].i)
+      assert.equal(123456789012345678, out[3].i)
+      assert.is_nil(out[3].v)
+      -- on disk: vectors are little-endian float32 blobs, bools 0/1
+      local m = t:_manifest()
+      local f <close> = assert(sqlite.open(t.dir .. "/" .. m.fragments[1].data, { readonly = true }))
+      assert.equal(string.pack("<fff", 1.5, -2, 0.25), f:value("SELECT v FROM data WHERE _rowid = 1"))
+      assert.equal("blob", f:value("SELECT typeof(v) FROM data WHERE _rowid = 1"))
+      assert.equal("blob", f:value("SELECT typeof(blob) FROM data WHERE _rowid = 1"))
+      assert.equal(1, f:value("SELECT b FROM data WHERE _rowid = 1"))
+    end)
+
+    it("infers vectors from arrays of numbers and accepts geneva.null", function()
+      local t = db:create_table("v", { { v = { 1, 2 } }, { v = geneva.null } })
+      assert.equal("float32[2]", t:schema().v.data_type)
+      assert.same({ { v = { 1, 2 } }, {} }, t:to_rows())
+      raises("invalid_argument", t.add, t, { { v = { 1, 2, 3 } } })
+      raises("invalid_argument", t.add, t, { { nope = 1 } })
+    end)
+  end)
+
+  describe("Table reads", function()
+    it("adds fragments of fragment_size rows", function()
+      local t = docs(5, { fragment_size = 2 })
+      assert.equal(3, #t:_manifest().fragments)
+      local rows = {}
+      for i = 6, 12 do rows[#rows + 1] = { id = i, content = "x" } end
+      t:add(rows)
+      local m = t:_manifest()
+      assert.equal(2, m.version)
+      assert.equal("add", m.operation)
+      assert.same({ 2, 2, 1, 2, 2, 2, 1 }, (function()
+        local o = {} for i, f in ipairs(m.fragments) do o[i] = f.rows end return o end)())
+      assert.same({ 1, 2, 3, 4, 5, 6, 7 }, (function()
+        local o = {} for i, f in ipairs(m.fragments) do o[i] = f.id end return o end)())
+      assert.equal(12, t:count_rows())
+      assert.same({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 }, ids(t:to_rows()))
+    end)
+
+    it("counts and lists with where, columns and limit in (fragment, rowid) order", function()
+      local t = docs(10, { fragment_size = 3 })
+      assert.equal(5, t:count_rows("id % 2 = 0"))
+      assert.equal(0, t:count_rows("id > 100"))
+      assert.same({ 2, 4, 6, 8, 10 }, ids(t:to_rows { where = "id % 2 = 0" }))
+      assert.same({ 2, 4, 6 }, ids(t:to_rows { where = "id % 2 = 0", limit = 3 }))
+      assert.same({}, t:to_rows { limit = 0 })
+      local r = t:to_rows { columns = { "content" }, where = "id = 7" }
+      assert.same({ { content = "w7 w7 w7 w7 " } }, r)
+      r = t:to_rows { columns = { "_rowid", "id" }, where = "id >= 3 AND id <= 4" }
+      assert.same({ { _rowid = 3, id = 3 }, { _rowid = 1, id = 4 } }, r)
+    end)
+
+    it("names bad where clauses and unknown columns", function()
+      local t = docs(3)
+      local e = raises("invalid_argument", t.to_rows, t, { where = "id >>> 2" })
+      assert.matches("bad where clause 'id >>> 2'", e.message)
+      e = raises("invalid_argument", t.count_rows, t, "nope = 1")
+      assert.matches("no such column: nope", e.message)
+      raises("invalid_argument", t.to_rows, t, { columns = { "nope" } })
+      raises("invalid_argument", t.to_rows, t, { limit = -1 })
+      raises("invalid_argument", t.count_rows, t, 42)
+    end)
+
+    it("has a search builder", function()
+      local t = docs(10, { fragment_size = 4 })
+      local q = t:search():where("id > 3"):select { "id" }:limit(2)
+      assert.same({ { id = 4 }, { id = 5 } }, q:to_rows())
+      assert.equal(7, t:search():where("id > 3"):count_rows())
+      assert.equal(10, #t:search():to_rows())
+    end)
+  end)
+
+  describe("versions", function()
+    it("pins a checkout read-only and keeps old versions readable", function()
+      local t = docs(4, { fragment_size = 2 })
+      t:add { { id = 5, content = "x" } }
+      t:add { { id = 6, content = "y" } }
+      assert.equal(3, t:version())
+      assert.same({ 1, 2, 3 }, t:versions())
+      local old = db:open_table("docs"):checkout(1)
+      assert.equal(1, old:version())
+      assert.equal(4, old:count_rows())
+      assert.same({ 1, 2, 3, 4 }, ids(old:to_rows()))
+      local e = raises("invalid_argument", old.add, old, { { id = 9 } })
+      assert.matches("checked out at version 1", e.message)
+      raises("invalid_argument", old.add_columns, old, { w = fake_udf("v1") })
+      raises("invalid_argument", old.drop_columns, old, { "content" })
+      raises("invalid_argument", old.compact, old)
+      raises("not_found", t.checkout, t, 99)
+      assert.equal(old, old:checkout_latest())
+      assert.equal(3, old:version())
+      assert.equal(6, old:count_rows())
+    end)
+
+    it("writes integer versions and arrays in the version files", function()
+      local t = docs(1)
+      local text = assert(fs.read(t.dir .. "/_versions/1.json"))
+      assert.matches('"version": ?1[,\n]', text)
+      assert.matches('"columns": ?{}', text)
+      assert.same({ 1 }, storage.versions(t.dir))
+      write(t.dir .. "/_versions/.tmp-junk", "x")
+      assert.same({ 1 }, storage.versions(t.dir))
+    end)
+  end)
+
+  describe("columns", function()
+    it("adds virtual columns that read NULL until values are committed", function()
+      local t = docs(5, { fragment_size = 3 })
+      t:add_columns { words = fake_udf("v1") }
+      local s = t:schema()
+      assert.equal("words", s[3].name)
+      assert.is_true(s.words.virtual)
+      assert.equal("int64", s.words.data_type)
+      assert.equal("fake", s.words.udf.fn)
+      assert.equal("v1", s.words.udf_version)
+      assert.equal(5, t:count_rows("words IS NULL"))
+      local path, lo, hi = staged(root, { [1] = 10, [3] = 30 })
+      local v, n = t:_commit_column_files("words", "v1", { { fragment = 1, path = path, lo = lo, hi = hi } })
+      assert.equal(3, v)
+      assert.equal(1, n)
+      assert.is_false(fs.exists(path))
+      assert.same({ 10, "nil", 30, "nil", "nil" }, ids(t:to_rows(), "words"))
+      assert.equal(2, t:count_rows("words IS NOT NULL"))
+      assert.same({ 3 }, ids(t:to_rows { columns = { "id" }, where = "words > 20" }))
+      -- the reader exposes the winning file's udf_version
+      local m = t:_manifest()
+      local r <close> = reader.open(t.dir, m, m.fragments[1], { columns = { "words" } })
+      local vers = {}
+      for row in r:rows('SELECT "__ver_words" FROM t ORDER BY _rowid') do vers[#vers + 1] = row[1] end
+      assert.same({ "v1", sqlite.null, "v1" }, vers)
+    end)
+
+    it("validates add_columns", function()
+      local t = docs(2)
+      raises("conflict", t.add_columns, t, { id = fake_udf("v1") })
+      raises("conflict", t.add_columns, t, { ID = fake_udf("v1") })
+      raises("invalid_argument", t.add_columns, t, { ["bad-name"] = fake_udf("v1") })
+      raises("invalid_argument", t.add_columns, t, { w = fake_udf("v1", "int64", { "nope" }) })
+      raises("invalid_argument", t.add_columns, t, { w = fake_udf("v1", "int64", { "w" }) })
+      raises("invalid_argument", t.add_columns, t, { w = fake_udf("v1", "int8") })
+      raises("invalid_argument", t.add_columns, t, { w = 42 })
+      assert.equal(1, t:version())
+    end)
+
+    it("lets the newest file win, even with NULL", function()
+      local t = docs(3)
+      t:add_columns { words = fake_udf("v1") }
+      local p1 = staged(root, { [1] = 1, [2] = 2, [3] = 3 })
+      local p2 = staged(root, { [2] = false, [3] = 33 })
+      t:_commit_column_files("words", "v1", { { fragment = 1, path = p1, lo = 1, hi = 3 } })
+      t:_commit_column_files("words", "v1", { { fragment = 1, path = p2, lo = 2, hi = 3 } })
+      assert.same({ 1, "nil", 33 }, ids(t:to_rows(), "words"))
+      assert.equal(1, t:count_rows("words IS NULL"))
+    end)
+
+    it("alters a column: values stay, the udf_version changes", function()
+      local t = docs(2)
+      t:add_columns { words = fake_udf("v1") }
+      t:_commit_column_files("words", "v1", { { fragment = 1, path = staged(root, { [1] = 7, [2] = 8 }), lo = 1, hi = 2 } })
+      t:alter_columns { { path = "words", udf = fake_udf("v2") } }
+      assert.equal("v2", t:schema().words.udf_version)
+      assert.same({ 7, 8 }, ids(t:to_rows(), "words"))
+      -- rows are now stale: their file's version is not the column's
+      assert.equal(2, t:count_rows("\"__ver_words\" IS NOT 'v2'"))
+      -- a commit for the old version is refused, and the staged file stays
+      local p = staged(root, { [1] = 1 })
+      local e = raises("conflict", t._commit_column_files, t, "words", "v1", { { fragment = 1, path = p, lo = 1, hi = 1 } })
+      assert.matches("altered", e.message)
+      assert.is_true(fs.exists(p))
+      raises("not_found", t.alter_columns, t, { { path = "nope", udf = fake_udf("v3") } })
+      raises("invalid_argument", t.alter_columns, t, { { path = "id", udf = fake_udf("v3") } })
+      raises("invalid_argument", t.alter_columns, t, { { path = "words", udf = fake_udf("v3", "string") } })
+    end)
+
+    it("drops columns", function()
+      local t = docs(2)
+      t:add_columns { words = fake_udf("v1") }
+      t:_commit_column_files("words", "v1", { { fragment = 1, path = staged(root, { [1] = 7 }), lo = 1, hi = 1 } })
+      raises("invalid_argument", t.drop_columns, t, { "content" })   -- words reads it
+      raises("not_found", t.drop_columns, t, { "nope" })
+      t:drop_columns { "words" }
+      assert.same({ "content", "id" }, { t:schema()[1].name, t:schema()[2].name })
+      assert.is_nil(t:schema().words)
+      assert.same({ { id = 1, content = "w1 w1 " }, { id = 2, content = "w2 w2 w2 " } }, t:to_rows())
+      raises("invalid_argument", t.to_rows, t, { columns = { "words" } })
+      -- a commit for the dropped column is a conflict
+      local p = staged(root, { [1] = 1 })
+      raises("conflict", t._commit_column_files, t, "words", "v1", { { fragment = 1, path = p, lo = 1, hi = 1 } })
+      -- re-adding starts empty
+      t:add_columns { words = fake_udf("v1", "int64", { "id" }) }
+      assert.equal(2, t:count_rows("words IS NULL"))
+      t:drop_columns "content"
+      raises("invalid_argument", t.drop_columns, t, { "id" })      -- last stored column
+      assert.same({ { id = 1 }, { id = 2 } }, t:to_rows())
+    end)
+
+    it("skips files of fragments that do not exist", function()
+      local t = docs(2)
+      t:add_columns { words = fake_udf("v1") }
+      local p = staged(root, { [1] = 1 })
+      local v, n = t:_commit_column_files("words", "v1", { { fragment = 42, path = p, lo = 1, hi = 1 } })
+      assert.equal(0, n)
+      assert.equal(2, v)
+      assert.is_true(fs.exists(p))
+    end)
+
+    it("reads more column files than SQLite can attach, folds at commit and compacts", function()
+      local t = docs(12, { fragment_size = 6 })
+      t:add_columns { a = fake_udf("va"), b = fake_udf("vb") }
+      -- 8 files for a (the most a commit leaves) and 5 for b in fragment 1
+      for k = 1, 8 do
+        t:_commit_column_files("a", "va", { { fragment = 1, path = staged(root, { [k % 5 + 2] = k * 100, [1] = k }), lo = 1, hi = 6 } })
+      end
+      for k = 1, 5 do
+        t:_commit_column_files("b", "vb", { { fragment = 1, path = staged(root, { [k] = -k }), lo = k, hi = k } })
+      end
+      local m = t:_manifest()
+      assert.equal(8, #m.fragments[1].columns.a)
+      assert.equal(5, #m.fragments[1].columns.b)
+      local expect_a = { 8, 500, 600, 700, 800, 400 }    -- rowid 1: k=8 wins; others by k % 5 + 2
+      local rows = t:to_rows { columns = { "a", "b" }, where = "id <= 6" }
+      assert.same(expect_a, ids(rows, "a"))
+      assert.same({ -1, -2, -3, -4, -5, "nil" }, ids(rows, "b"))
+      local before = t:version()
+      -- a 9th file for a: the commit folds the list
+      t:_commit_column_files("a", "va", { { fragment = 1, path = staged(root, { [2] = false }), lo = 2, hi = 2 } })
+      m = t:_manifest()
+      assert.equal(1, #m.fragments[1].columns.a)
+      expect_a[2] = "nil"
+      assert.same(expect_a, ids(t:to_rows { columns = { "a" }, where = "id <= 6" }, "a"))
+      -- compact folds b; older versions still read the same
+      t:compact()
+      m = t:_manifest()
+      assert.equal(1, #m.fragments[1].columns.b)
+      assert.equal("compact", m.operation)
+      assert.same({ -1, -2, -3, -4, -5, "nil" }, ids(t:to_rows { columns = { "b" }, where = "id <= 6" }, "b"))
+      local old = db:open_table("docs"):checkout(before)
+      assert.same({ 8, 500, 600, 700, 800, 400 }, ids(old:to_rows { columns = { "a" }, where = "id <= 6" }, "a"))
+      assert.same({ -1, -2, -3, -4, -5, "nil" }, ids(old:to_rows { columns = { "b" }, where = "id <= 6" }, "b"))
+      local v = t:version()
+      t:compact()                                          -- nothing left to fold
+      assert.equal(v, t:version())
+    end)
+
+    it("keeps per-row udf versions when compacting mixed files", function()
+      local t = docs(3)
+      t:add_columns { w = fake_udf("v1") }
+      t:_commit_column_files("w", "v1", { { fragment = 1, path = staged(root, { [1] = 1, [2] = 2, [3] = 3 }), lo = 1, hi = 3 } })
+      t:alter_columns { { path = "w", udf = fake_udf("v2") } }
+      t:_commit_column_files("w", "v2", { { fragment = 1, path = staged(root, { [2] = 20 }), lo = 2, hi = 2 } })
+      t:compact()
+      assert.same({ 1, 20, 3 }, ids(t:to_rows(), "w"))
+      assert.equal(2, t:count_rows("\"__ver_w\" = 'v1'"))
+      assert.equal(1, t:count_rows("\"__ver_w\" = 'v2'"))
+    end)
+  end)
+
+  describe("files", function()
+    it("creates tables from CSV with quoting and inferred or given types", function()
+      local path = root .. "/in.csv"
+      write(path, 'id,name,score,ok\r\n1,"Smith, J",1.5,true\r\n2,"say ""hi""\nthere",,false\n3,plain,2,\n')
+      local t = db:create_table("c", { from = path })
+      local s = t:schema()
+      assert.same({ "id", "name", "score", "ok" }, { s[1].name, s[2].name, s[3].name, s[4].name })
+      assert.same({ "int64", "string", "float64", "bool" }, { s[1].data_type, s[2].data_type, s[3].data_type, s[4].data_type })
+      assert.same({
+        { id = 1, name = "Smith, J", score = 1.5, ok = true },
+        { id = 2, name = 'say "hi"\nthere', ok = false },
+        { id = 3, name = "plain", score = 2.0 },
+      }, t:to_rows())
+      local t2 = db:create_table("c2", { from = path }, { schema = { id = "string" } })
+      assert.equal("string", t2:schema().id.data_type)
+      assert.equal("1", t2:to_rows()[1].id)
+      t:add { from = path }
+      assert.equal(6, t:count_rows())
+    end)
+
+    it("reports malformed CSV with file:line and creates nothing", function()
+      local path = root .. "/bad.csv"
+      write(path, 'id,name\n1,a\n2,b"c\n4,d\n')
+      local e = raises("invalid_argument", db.create_table, db, "bad", { from = path })
+      assert.equal(3, e.line)
+      assert.equal(path, e.path)
+      assert.matches(path .. ":3: ", e.message, 1, true)
+      assert.matches("^invalid_argument: .*:3: quote", tostring(e))
+      write(path, 'id,name\n1,a\n2,b\n3,c\n4,d,e\n')
+      e = raises("invalid_argument", db.create_table, db, "bad", { from = path })
+      assert.equal(5, e.line)
+      assert.matches(":5: expected 2 fields, got 3", e.message)
+      write(path, 'id,name\n1,"a\n2,b\n')
+      e = raises("invalid_argument", db.create_table, db, "bad", { from = path })
+      assert.matches("unterminated", e.message)
+      write(path, 'id,name\n1,a\nx,b\n')
+      e = raises("invalid_argument", db.create_table, db, "bad", { from = path }, { schema = { id = "int64" } })
+      assert.equal(3, e.line)
+      assert.matches(":3: column 'id': expected int64", e.message)
+      assert.same({}, db:table_names())
+      assert.is_false(fs.exists(db.path .. "/bad"))
+    end)
+
+    it("creates tables from JSONL and reports bad lines", function()
+      local path = root .. "/in.jsonl"
+      write(path, '{"id": 1, "tags": "a", "v": [1, 2]}\n\n{"id": 12345678901234567, "tags": null, "v": [3, 4]}\n')
+      local t = db:create_table("j", { from = path })
+      assert.same({ { id = 1, tags = "a", v = { 1, 2 } }, { id = 12345678901234567, v = { 3, 4 } } }, t:to_rows())
+      write(path, '{"id": 1}\n{"id": 2,,}\n')
+      local e = raises("invalid_argument", db.create_table, db, "bad", { from = path })
+      assert.equal(2, e.line)
+      assert.matches(path .. ":2: bad JSON", e.message, 1, true)
+      write(path, '{"id": 1}\n[1]\n')
+      e = raises("invalid_argument", db.create_table, db, "bad", { from = path })
+      assert.equal(2, e.line)
+      write(path, '{"id": 1}\n{"id": 2}\n{"id": "three"}\n')
+      e = raises("invalid_argument", db.create_table, db, "bad", { from = path })
+      assert.equal(3, e.line)
+      -- a bad append changes nothing
+      write(path, '{"id": 5, "tags": "x", "v": [1, 2]}\n{"id": 6, "tags": "y", "v": [1]}\n')
+      e = raises("invalid_argument", t.add, t, { from = path })
+      assert.equal(2, e.line)
+      assert.equal(1, t:version())
+      assert.same({ "j" }, db:table_names())
+      raises("not_found", db.create_table, db, "bad", { from = root .. "/missing.csv" })
+      raises("invalid_argument", db.create_table, db, "bad", { from = root .. "/x.parquet" })
+    end)
+  end)
+
+  describe("concurrency", function()
+    it("lands every commit of two processes, with dense versions", function()
+      local t = docs(4, { fragment_size = 2 })
+      t:add_columns { a = fake_udf("va"), b = fake_udf("vb") }
+      local code = [[
+        local who, dbdir, n = ...
+        local geneva = require "geneva"
+        local sqlite = require "geneva.sqlite"
+        local t = geneva.connect(dbdir):open_table("docs")
+        for k = 1, n do
+          t:add { { id = 1000 * (who == "a" and 1 or 2) + k, content = who } }
+          local path = ("%s/%s-%d.db"):format(dbdir, who, k)
+          local db = assert(sqlite.open(path))
+          assert(db:exec("CREATE TABLE col(_rowid INTEGER PRIMARY KEY, value)"))
+          assert(db:exec("INSERT INTO col VALUES (?, ?)", k % 2 + 1, k))
+          db:close()
+          t:_commit_column_files(who, "v" .. who, { { fragment = 1 + (k % 2), path = path, lo = 1, hi = 2 } })
+        end
+      ]]
+      local n = 12
+      local procs = {}
+      for _, who in ipairs { "a", "b" } do
+        local src = ("assert(load(%q))(%q, %q, %d)"):format(code, who, db.path, n)
+        procs[who] = assert(proc.spawn { argv = { child.bin, "-e", src }, stderr = "pipe" })
+      end
+      for who, p in pairs(procs) do
+        local status, c = p:wait(120)
+        local err = p:read_all("stderr", 5)
+        assert.equal("exited", status, err)
+        assert.equal(0, c, who .. ": " .. tostring(err))
+        p:close()
+      end
+      local vs = t:versions()
+      assert.equal(2 + 4 * n, #vs)
+      for i, v in ipairs(vs) do assert.equal(i, v) end
+      assert.equal(4 + 2 * n, t:count_rows())
+      assert.equal(n, t:count_rows("content = 'a'"))
+      assert.equal(n, t:count_rows("content = 'b'"))
+      local m = t:_manifest()
+      local files = 0
+      for _, f in ipairs(m.fragments) do
+        for _, list in pairs(f.columns) do files = files + #list end
+      end
+      assert.is_true(files >= 2)    -- lists may have been folded, but values are there
+      -- the last value committed for each rowid wins: even k go to
+      -- fragment 1 rowid 1, odd k to fragment 2 rowid 2
+      local r = t:to_rows { columns = { "a", "b" }, where = "id <= 4" }
+      assert.same({ n, "nil", "nil", n - 1 }, ids(r, "a"))
+      assert.same({ n, "nil", "nil", n - 1 }, ids(r, "b"))
+    end)
+  end)
+
+  describe("errors", function()
+    it("formats as '<code>: <message>' and carries fields", function()
+      local e = errors.new("not_found", "no such thing", { path = "/x" })
+      assert.equal("not_found: no such thing", tostring(e))
+      assert.equal("/x", e.path)
+      assert.equal(errors.Error, geneva.Error)
+      assert.is_true(errors.is(e, "not_found"))
+    end)
+  end)
+end)
