@@ -22,7 +22,10 @@ reader.quote_ident = qi
 local ql = storage.quote_literal
 
 local function check(ok, msg, code)
-  if ok == nil then errors.throw("unavailable", msg, { cause = code }) end
+  if ok == nil then
+    if code == "EINTR" then errors.throw("interrupted", "interrupted") end
+    errors.throw("unavailable", msg, { cause = code })
+  end
   return ok
 end
 

@@ -47,7 +47,10 @@ end
 
 -- Raises unavailable for a failed fs call (msg names the path already).
 local function check(ok, msg, code)
-  if ok == nil then errors.throw("unavailable", msg, { cause = code }) end
+  if ok == nil then
+    if code == "EINTR" then errors.throw("interrupted", "interrupted") end
+    errors.throw("unavailable", msg, { cause = code })
+  end
   return ok
 end
 storage.check = check

@@ -422,6 +422,26 @@ describe("geneva tables", function()
       assert.equal(v, t:version())
     end)
 
+    it("reader folds one column's list when it holds more files than SQLite attaches", function()
+      local t = docs(20)
+      t:add_columns { a = fake_udf("va") }
+      local m = t:_manifest()
+      local list = {}
+      for k = 1, 14 do      -- file k holds rowid k (= k) and rowid 20 (= k, or NULL for the last)
+        local path = staged(root, { [k] = k, [20] = k < 14 and k or false })
+        list[k] = { file = storage.publish_file(t.dir, path, "c"), udf_version = "v" .. k, lo = k, hi = 20 }
+      end
+      m.fragments[1].columns.a = list
+      local r <close> = reader.open(t.dir, m, m.fragments[1], { columns = { "id", "a" } })
+      local got = {}
+      for row in r:rows('SELECT _rowid, a, "__ver_a" FROM t ORDER BY _rowid') do got[#got + 1] = row end
+      assert.equal(20, #got)
+      for k = 1, 14 do assert.same({ k, k, "v" .. k }, { got[k][1], got[k][2], got[k][3] }) end
+      assert.same({ 15, sqlite.null, sqlite.null }, got[15])
+      assert.same({ 20, sqlite.null, "v14" }, got[20])     -- the newest file's NULL wins
+      raises("invalid_argument", reader.open, t.dir, m, m.fragments[1], { columns = { "nope" } })
+    end)
+
     it("keeps per-row udf versions when compacting mixed files", function()
       local t = docs(3)
       t:add_columns { w = fake_udf("v1") }
