@@ -43,7 +43,8 @@ function M.connect(uri, opts)
   local path = uri:gsub("^file://", "")
   storage.check(fs.mkdir_p(path))
   path = storage.check(fs.realpath(path))
-  local db = setmetatable({ uri = uri, path = path, opts = opts or {} }, Db)
+  -- dir: alias of path, for modules that say tbl.db.dir
+  local db = setmetatable({ uri = uri, path = path, dir = path, opts = opts or {} }, Db)
   latest = db
   return db
 end

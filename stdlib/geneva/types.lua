@@ -79,30 +79,31 @@ local sqlite_blob   -- geneva.sqlite's blob(), loaded on first use
 
 -- types.to_sql(t, v) -> value to bind (v already checked). Blobs and vectors
 -- come back wrapped by geneva.sqlite.blob(bytes), so binding them stores a
--- BLOB (a plain string would be stored as TEXT).
+-- BLOB (a plain string would be stored as TEXT); the wrapper's .blob field
+-- holds the bytes too.
 function types.to_sql(t, v)
   if v == nil then return nil end
   local k = t.kind
   if k == "bool" then return v and 1 or 0 end
   if k == "vector" or k == "blob" then
     sqlite_blob = sqlite_blob or require("geneva.sqlite").blob
-    if k == "blob" then return sqlite_blob(v) end
-    return sqlite_blob(string.pack(t.fmt, table.unpack(v, 1, t.dim)))
+    local bytes = k == "blob" and v or string.pack(t.fmt, table.unpack(v, 1, t.dim))
+    local w = sqlite_blob(bytes)
+    w.blob = bytes      -- the earlier {blob = bytes} shape, for older callers
+    return w
   end
   return v
 end
 
 -- types.is_null(v) -> boolean: nil or one of the NULL sentinels
 -- (geneva.null / json.null, sqlite.null / cjson.null).
-local json_null
+local json_null, sqlite_null
 function types.is_null(v)
   if v == nil then return true end
-  local tv = type(v)
-  if tv == "userdata" then
-    json_null = json_null or require("geneva.json").null
-    return v == json_null
-  end
-  return tv == "lightuserdata" and v == require("geneva.sqlite").null
+  if type(v) ~= "userdata" then return false end     -- light or full
+  json_null = json_null or require("geneva.json").null
+  sqlite_null = sqlite_null or require("geneva.sqlite").null
+  return v == json_null or v == sqlite_null
 end
 
 -- types.infer_value(v) -> type name | nil, reason: the type of one Lua value
