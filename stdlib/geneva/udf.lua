@@ -1,17 +1,33 @@
 -- geneva.udf: UDF objects (design §3, docs/internals.md).
 --
---   geneva.udf{ fn=, data_type=, ... } -> Udf         (udf.new)
+--   geneva.udf{ fn=, data_type=, ... } -> Udf         (udf.new; raises
+--       invalid_argument naming the field, not_found for a missing module)
 --   udf.from_spec(spec) -> Udf                         (on a worker)
---   u:spec() -> plain JSON-able table; u.version -> sha256 hex
---   u:call{col = value, ...} -> value                  (one row)
+--   u:spec() -> plain JSON-able table; u.version -> sha256 hex; fields
+--       u.data_type, u.input_columns, u.batch, u.on_error, u.retries,
+--       u.timeout, u.num_cpus, u.num_gpus, u.memory, u.name, u.module
+--   u:call{col = value, ...} -> value | raises udf_error   (one row)
 --   u:executor([{column=, on_error=}]) -> ex; ex:run(batch) -> results
+--
+-- Batches and results (the worker's contract):
+--   batch   = { n = N, rowids = {r1..rN} (optional, default 1..N),
+--               columns = { name = {v1..vN}, ... } }     NULL = geneva.null
+--   results = { n = N, values = {v1..vN},                NULL = geneva.null
+--               failed = { {index = i, rowid = r, error = Error}, ... } }
+-- values never has holes: every NULL (returned nil, or a failed row with
+-- on_error = "null") is geneva.null. With on_error = "fail" the first
+-- failing row raises its udf_error (fields column, rowid, [value], [cause],
+-- [traceback], [timeout]) and there are no results. Batch UDFs get the
+-- column arrays themselves, with .n set (the executor writes n into them).
 --
 -- Code travels as stripped bytecode (string.dump(fn, true), base64 in the
 -- spec) or as a module reference (module=, function=) resolved with require
 -- on the worker. Bytecode is loaded into a fresh environment holding the
 -- standard globals and `geneva`; any other global raises a udf_error naming
--- it (pitfalls.md: a dumped function sees only the worker's globals). Locally
--- the same bytecode is loaded the same way, so u:call behaves like a worker.
+-- it (pitfalls.md: a dumped function sees only the worker's globals).
+-- Upvalues other than _ENV must be loaded modules (`local json = require
+-- "geneva.json"`): they are required again on the worker. Locally the same
+-- bytecode is loaded the same way, so u:call behaves like a worker.
 --
 -- NULL: nil in scalar arguments and u:call records; geneva.null (json.null)
 -- in batch column arrays and in results.values (so arrays have no holes).
@@ -106,21 +122,42 @@ end
 -- }======
 
 -- {====== code: functions, bytecode, modules
-local function check_dumpable(field, f)
+-- The name under which v is in package.loaded (the first in sorted order),
+-- or nil: such an upvalue is re-required on the worker.
+local function loaded_name(v)
+  local tv = type(v)
+  if tv ~= "table" and tv ~= "function" and tv ~= "userdata" then return nil end
+  local best
+  for k, m in pairs(package.loaded) do
+    if m == v and type(k) == "string" and (best == nil or k < best) then best = k end
+  end
+  return best
+end
+
+-- Checks that f can travel as bytecode; returns its upvalue roles: "_ENV"
+-- (the worker environment) or a module name (`local json = require
+-- "geneva.json"` captured by f is required again on the worker).
+local function dump_roles(field, f)
   local info = debug.getinfo(f, "Su")
   if info.what == "C" then
     bad(field, "a C function cannot be shipped to workers; give module= and function= "
       .. "(e.g. module = \"string\", [\"function\"] = \"len\")")
   end
+  local roles = {}
   for i = 1, info.nups do
     local uname, uval = debug.getupvalue(f, i)
-    if not (uname == "_ENV" or ((uname == "" or uname == "?" or uname == "(no name)") and uval == _G)) then
-      bad(field, "the function captures upvalue '%s' (a local variable from outside it), which "
-        .. "cannot travel to workers; define the function in a module and use module= and "
-        .. "function= (or compute the value in setup)", uname)
+    if uname == "_ENV" or ((uname == "" or uname == "?" or uname == "(no name)") and uval == _G) then
+      roles[i] = "_ENV"
+    else
+      roles[i] = loaded_name(uval)
+      if not roles[i] then
+        bad(field, "the function captures upvalue '%s' (a local variable from outside it, not a "
+          .. "module), which cannot travel to workers; define the function in a module and use "
+          .. "module= and function= (or compute the value in setup)", uname)
+      end
     end
   end
-  return info
+  return roles
 end
 
 -- Parameter names of f (taken before dumping: stripped bytecode has none).
@@ -178,6 +215,75 @@ local function resolve_module(modname, fname, what)
   end
   return f
 end
+
+-- Bytecode as hashed for the version: string.dump keeps linedefined and
+-- lastlinedefined even when stripped, and the top function's upvalue
+-- descriptors depend on where it was nested (load resets its only upvalue,
+-- _ENV, anyway). Both are zeroed so a UDF moved within its script, or typed
+-- at another nesting level, keeps its version. Walks the Lua 5.4 dump
+-- format (ldump.c); anything unexpected falls back to the raw bytes.
+local function canonical_bytecode(s)
+  if s:sub(1, 4) ~= "\27Lua" or s:byte(5) ~= 0x54 or s:byte(6) ~= 0 then return s end
+  local isz, intsz, numsz = s:byte(13), s:byte(14), s:byte(15)
+  local out, seg, p = {}, 1, 33      -- 31-byte header, main upvalue count
+  local function size()
+    local x, b = 0, nil
+    repeat
+      b = s:byte(p)
+      if not b then error("truncated", 0) end
+      p = p + 1
+      x = (x << 7) | (b & 0x7f)
+    until b >= 0x80
+    return x
+  end
+  local function str()
+    local n = size()
+    if n > 0 then p = p + n - 1 end
+  end
+  local function replace(from, bytes)  -- s[from, p) -> bytes
+    out[#out + 1] = s:sub(seg, from - 1)
+    out[#out + 1] = bytes
+    seg = p
+  end
+  local function func(top)
+    str()                                                  -- source
+    local at = p
+    size(); size()                                         -- line(last)defined
+    replace(at, "\x80\x80")
+    p = p + 3                                              -- params, vararg, stack
+    local ncode = size()                                   -- code
+    p = p + isz * ncode
+    for _ = 1, size() do                                   -- constants
+      local t = s:byte(p)
+      p = p + 1
+      if t == 3 then p = p + intsz
+      elseif t == 19 then p = p + numsz
+      elseif t == 4 or t == 20 then str()
+      elseif t ~= 0 and t ~= 1 and t ~= 17 then error("constant type " .. tostring(t), 0) end
+    end
+    local nup = size()                                     -- upvalues
+    if top then
+      at = p
+      p = p + 3 * nup
+      local z = {}
+      for i = 0, nup - 1 do z[#z + 1] = "\0\0" .. s:sub(at + 3 * i + 2, at + 3 * i + 2) end
+      replace(at, table.concat(z))
+    else
+      p = p + 3 * nup
+    end
+    for _ = 1, size() do func(false) end                   -- protos
+    local nline = size()                                   -- lineinfo
+    p = p + nline
+    for _ = 1, size() do size(); size() end                -- abslineinfo
+    for _ = 1, size() do str(); size(); size() end         -- locvars
+    for _ = 1, size() do str() end                         -- upvalue names
+  end
+  local ok = pcall(func, true)
+  if not ok or p ~= #s + 1 then return s end
+  out[#out + 1] = s:sub(seg)
+  return table.concat(out)
+end
+udf._canonical_bytecode = canonical_bytecode
 
 local MODNAME = "^[%w_][%w_%-%.]*$"
 -- }======
@@ -267,7 +373,8 @@ end
 local function compute_version(u)
   local code
   if u._code then
-    code = { bytecode_sha256 = fs.sha256(u._code) }
+    code = { bytecode_sha256 = fs.sha256(canonical_bytecode(u._code)),
+             upvalues = json.array({ table.unpack(u._upvalues) }) }
   else
     code = module_identity(u.module, "module")
     code.module, code["function"] = u.module, u["function"]
@@ -275,7 +382,9 @@ local function compute_version(u)
   local setup = NULL
   local s = u._setup
   if s then
-    if s.code then setup = { bytecode_sha256 = fs.sha256(s.code) }
+    if s.code then
+      setup = { bytecode_sha256 = fs.sha256(canonical_bytecode(s.code)),
+                upvalues = json.array({ table.unpack(s.upvalues) }) }
     else
       setup = module_identity(s.module, "setup")
       setup.module, setup["function"] = s.module, s["function"]
@@ -307,8 +416,7 @@ function udf.new(o)
   local s = o.setup
   if s ~= nil then
     if type(s) == "function" then
-      check_dumpable("setup", s)
-      u._setup = { code = string.dump(s, true) }
+      u._setup = { upvalues = dump_roles("setup", s), code = string.dump(s, true) }
     elseif type(s) == "string" then
       if o.module == nil then bad("setup", "a function name needs module=") end
       u._setup = { module = o.module, ["function"] = s }
@@ -334,7 +442,7 @@ function udf.new(o)
   elseif fn == nil then
     bad("fn", "required (or module= and function=)")
   else
-    check_dumpable("fn", fn)
+    u._upvalues = dump_roles("fn", fn)
     u._code = string.dump(fn, true)
   end
   u.name = u.name or (u.module and (u.module .. "." .. u["function"]))
@@ -389,14 +497,25 @@ function Udf:spec()
     timeout = self.timeout, num_cpus = self.num_cpus, num_gpus = self.num_gpus,
     memory = self.memory, name = self.name,
   }
-  if self._code then s.code = b64encode(self._code)
+  if self._code then s.code, s.upvalues = b64encode(self._code), json.array({ table.unpack(self._upvalues) })
   else s.module, s["function"] = self.module, self["function"] end
   local st = self._setup
   if st then
-    s.setup = st.code and { code = b64encode(st.code) }
+    s.setup = st.code and { code = b64encode(st.code), upvalues = json.array({ table.unpack(st.upvalues) }) }
       or { module = st.module, ["function"] = st["function"] }
   end
   return s
+end
+
+local function spec_roles(field, r)
+  if r == nil then return {} end
+  if type(r) ~= "table" then bad(field, "expected an array of upvalue roles") end
+  for i = 1, #r do
+    if type(r[i]) ~= "string" or not (r[i] == "_ENV" or r[i]:match(MODNAME)) then
+      bad(field, "entry %d is not \"_ENV\" or a module name", i)
+    end
+  end
+  return { table.unpack(r) }
 end
 
 local function spec_code(field, b64)
@@ -419,6 +538,7 @@ function udf.from_spec(spec)
   local code = opt(spec.code)
   if code ~= nil then
     u._code = spec_code("code", code)
+    u._upvalues = spec_roles("upvalues", opt(spec.upvalues))
   else
     check_modname("module", opt(spec.module))
     if type(opt(spec["function"])) ~= "string" then bad("function", "expected a function name") end
@@ -427,7 +547,8 @@ function udf.from_spec(spec)
   local st = opt(spec.setup)
   if st ~= nil then
     if type(st) ~= "table" then bad("setup", "expected a table") end
-    if opt(st.code) ~= nil then u._setup = { code = spec_code("setup", st.code) }
+    if opt(st.code) ~= nil then
+      u._setup = { code = spec_code("setup", st.code), upvalues = spec_roles("setup", opt(st.upvalues)) }
     else
       check_modname("setup", opt(st.module))
       if type(opt(st["function"])) ~= "string" then bad("setup", "expected {module=, function=}") end
@@ -448,21 +569,32 @@ end
 function Udf:_functions()
   if self._loaded_fn then return self._loaded_fn, self._loaded_setup end
   local env
-  local function from_code(bytes, what)
+  local function from_code(bytes, roles, what)
     env = env or worker_env(self.name)
     local f, err = load(bytes, "=udf:" .. self.name .. what, "b", env)
     if not f then
       error(errors.new("udf_error", ("UDF '%s': cannot load its code: %s"):format(self.name, err)), 0)
     end
+    for i, role in ipairs(roles) do
+      if role == "_ENV" then debug.setupvalue(f, i, env)
+      else
+        local ok, m = pcall(require, role)
+        if not ok then
+          error(errors.new("not_found", ("UDF '%s': cannot load module '%s' (an upvalue of its code): %s")
+            :format(self.name, role, tostring(errors.is(m) and m.message or m))), 0)
+        end
+        debug.setupvalue(f, i, m)
+      end
+    end
     return f
   end
   local fn
-  if self._code then fn = from_code(self._code, "")
+  if self._code then fn = from_code(self._code, self._upvalues, "")
   else fn = self._fn or resolve_module(self.module, self["function"], "UDF '" .. self.name .. "'") end
   local setup
   local s = self._setup
   if s then
-    if s.code then setup = from_code(s.code, ":setup")
+    if s.code then setup = from_code(s.code, s.upvalues, ":setup")
     else setup = resolve_module(s.module, s["function"], "setup of UDF '" .. self.name .. "'") end
   end
   self._loaded_fn, self._loaded_setup = fn, setup
@@ -479,16 +611,18 @@ local FAST = {
 }
 
 -- Generated per executor: the scalar row loop specialized for the arity, the
--- type check and the state argument, plus (with a timeout) the deadline, the
--- count hook and a timed call, all sharing the `deadline` upvalue. The hook
--- raises only while a deadline is set (inside the UDF) and never in the
--- functions of this chunk; once expired it fires on every instruction so a
--- pcall inside the UDF cannot swallow the timeout.
+-- type check and the state argument, a single call (slow path, batch UDFs),
+-- the xpcall message handler and, for timeouts, the count hook; they share
+-- upvalues. Timeouts cost no clock read per row: the loop only marks the
+-- running row (`cur`, 0 outside the UDF); the hook, every 1000 instructions,
+-- starts a row's clock the first time it sees the row and raises once the
+-- row has run longer than the timeout. It never raises outside the UDF nor
+-- in this chunk's functions; once expired it fires on every instruction, so
+-- a pcall inside the UDF cannot swallow the timeout.
 local function chunk_source(nargs, kind, stateful, timed)
   local L = {
-    "local NULL, mtype, type, vec_ok, clock, TIMEOUT_S, TIMEOUT, traceback, sethook, getinfo, error, tostring = ...",
-    "local HUGE = math.huge",
-    "local deadline = HUGE",
+    "local NULL, mtype, type, vec_ok, clock, TIMEOUT_S, TIMEOUT, traceback, sethook, getinfo, error = ...",
+    "local cur, seen, started, expired = 0, nil, 0, false",
     "local hook",
     "local function loop(fn, state, C, values, from, n)",
   }
@@ -497,44 +631,47 @@ local function chunk_source(nargs, kind, stateful, timed)
     L[#L + 1] = ("  local c%d = C[%d]"):format(k, k)
     args[#args + 1] = "a" .. k
   end
+  if timed then L[#L + 1] = "  seen = nil" end
   L[#L + 1] = "  for i = from, n do"
   for k = 1, nargs do
     L[#L + 1] = ("    local a%d = c%d[i] if a%d == NULL then a%d = nil end"):format(k, k, k, k)
   end
   if stateful then table.insert(args, 1, "state") end
-  if timed then L[#L + 1] = "    deadline = clock() + TIMEOUT_S" end
+  if timed then L[#L + 1] = "    cur = i" end
   L[#L + 1] = "    local v = fn(" .. table.concat(args, ", ") .. ")"
-  if timed then L[#L + 1] = "    deadline = HUGE" end
+  if timed then L[#L + 1] = "    cur = 0" end
   L[#L + 1] = "    if v == nil then values[i] = NULL elseif " .. FAST[kind]
     .. " then values[i] = v else return i, v end"
   L[#L + 1] = "  end"
   L[#L + 1] = "  return n + 1"
   L[#L + 1] = "end"
-  -- one call with the deadline armed; returns the first result
-  L[#L + 1] = "local function call(fn, ...)"
+  L[#L + 1] = "local function call(fn, ...)"  -- returns the first result
   if timed then
-    L[#L + 1] = "  deadline = clock() + TIMEOUT_S"
+    L[#L + 1] = "  seen = nil; cur = -1"
     L[#L + 1] = "  local v = fn(...)"
-    L[#L + 1] = "  deadline = HUGE"
+    L[#L + 1] = "  cur = 0"
     L[#L + 1] = "  return v"
   else
     L[#L + 1] = "  return (fn(...))"
   end
   L[#L + 1] = "end"
-  -- xpcall message handler: disarm first, keep a traceback
   L[#L + 1] = [[
 local function handler(e)
-  deadline = HUGE
+  cur, expired = 0, false
   if e == TIMEOUT or e == "interrupted" then return e end
   return { err = e, traceback = traceback("", 2):gsub("^\n", "") }
 end
 local ours = { [loop] = true, [call] = true, [handler] = true }
 hook = function()
-  if clock() > deadline then
-    if ours[getinfo(2, "f").func] then return end
-    sethook(hook, "", 1)
-    error(TIMEOUT, 0)
+  if cur == 0 then return end
+  if not expired then
+    if cur ~= seen then seen, started = cur, clock() return end
+    if clock() - started <= TIMEOUT_S then return end
   end
+  if ours[getinfo(2, "f").func] then return end
+  expired = true
+  sethook(hook, "", 1)
+  error(TIMEOUT, 0)
 end
 return loop, call, handler, hook]]
   return table.concat(L, "\n")
@@ -574,7 +711,7 @@ function Udf:executor(opts)
   local gen = assert(load(src, "=geneva.udf.loop", "t"))
   ex.loop, ex.call, ex.handler, ex.hook = gen(NULL, math.type, type, vec_ok,
     require("geneva.time").monotonic, self.timeout, TIMEOUT, debug.traceback, debug.sethook,
-    debug.getinfo, error, tostring)
+    debug.getinfo, error)
   if setup then
     local ok, st = xpcall(setup, ex.handler)
     if not ok then
@@ -605,6 +742,7 @@ function Executor:_call_error(e, rowid, rows)
   end
   local cause = type(e) == "table" and e.err or e
   local msg = errors.is(cause) and cause.message or tostring(cause)
+  msg = msg:gsub("^%?:%-1: ", "")     -- stripped bytecode has no positions
   return errors.new("udf_error", ("%s failed%s: %s"):format(base, where, msg), {
     column = self.column, rowid = rowid, cause = errors.is(cause) and cause or nil,
     traceback = type(e) == "table" and e.traceback or nil })
