@@ -310,6 +310,18 @@ describe("geneva tables", function()
       assert.same({ "v1", sqlite.null, "v1" }, vers)
     end)
 
+    it("stores a real geneva.udf's spec and version", function()
+      local t = docs(2)
+      local u = geneva.udf { data_type = "int64", fn = function(content) return #content end }
+      t:add_columns { n = u }
+      local c = t:schema().n
+      assert.equal(u.version, c.udf_version)
+      assert.same({ "content" }, c.udf.input_columns)
+      assert.equal("int64", c.data_type)
+      -- reopened from disk the same
+      assert.same(c, db:open_table("docs"):schema().n)
+    end)
+
     it("validates add_columns", function()
       local t = docs(2)
       raises("conflict", t.add_columns, t, { id = fake_udf("v1") })
