@@ -7,7 +7,7 @@
 --       u.data_type, u.input_columns, u.batch, u.on_error, u.retries,
 --       u.timeout, u.num_cpus, u.num_gpus, u.memory, u.name, u.module
 --   u:call{col = value, ...} -> value | raises udf_error   (one row)
---   u:executor([{column=, on_error=}]) -> ex; ex:run(batch) -> results
+--   u:executor([column | {column=, on_error=}]) -> ex; ex:run(batch) -> results
 --
 -- Batches and results (the worker's contract):
 --   batch   = { n = N, rowids = {r1..rN} (optional, default 1..N),
@@ -135,7 +135,7 @@ local function loaded_name(v)
 end
 
 -- Checks that f can travel as bytecode; returns its upvalue roles: "_ENV"
--- (the worker environment) or a module name (`local json = require
+-- (the worker environment), "_SELF" (f itself) or a module name (`local json = require
 -- "geneva.json"` captured by f is required again on the worker).
 local function dump_roles(field, f)
   local info = debug.getinfo(f, "Su")
@@ -148,6 +148,8 @@ local function dump_roles(field, f)
     local uname, uval = debug.getupvalue(f, i)
     if uname == "_ENV" or ((uname == "" or uname == "?" or uname == "(no name)") and uval == _G) then
       roles[i] = "_ENV"
+    elseif uval == f then
+      roles[i] = "_SELF"           -- a recursive local function
     else
       roles[i] = loaded_name(uval)
       if not roles[i] then
@@ -511,7 +513,7 @@ local function spec_roles(field, r)
   if r == nil then return {} end
   if type(r) ~= "table" then bad(field, "expected an array of upvalue roles") end
   for i = 1, #r do
-    if type(r[i]) ~= "string" or not (r[i] == "_ENV" or r[i]:match(MODNAME)) then
+    if type(r[i]) ~= "string" or not (r[i] == "_ENV" or r[i] == "_SELF" or r[i]:match(MODNAME)) then
       bad(field, "entry %d is not \"_ENV\" or a module name", i)
     end
   end
@@ -577,6 +579,7 @@ function Udf:_functions()
     end
     for i, role in ipairs(roles) do
       if role == "_ENV" then debug.setupvalue(f, i, env)
+      elseif role == "_SELF" then debug.setupvalue(f, i, f)
       else
         local ok, m = pcall(require, role)
         if not ok then
@@ -680,14 +683,15 @@ end
 local TIMEOUT = setmetatable({}, { __tostring = function() return "timeout" end })
 local sources = {}
 
--- u:executor([{column=, on_error=}]) -> Executor. column names the output
+-- u:executor([column | {column=, on_error=}]) -> Executor. column names the output
 -- column in errors (default: the UDF's name); on_error overrides the UDF's.
 -- Loads the code and runs setup once (its result is the state passed as
 -- the first argument). Raises udf_error when setup fails, not_found when a
 -- module cannot be loaded.
 function Udf:executor(opts)
+  if type(opts) == "string" then opts = { column = opts } end
   opts = opts or {}
-  if type(opts) ~= "table" then bad("executor", "expected an options table") end
+  if type(opts) ~= "table" then bad("executor", "expected a column name or an options table") end
   local on_error = opts.on_error or self.on_error
   if on_error ~= "fail" and on_error ~= "null" then bad("on_error", "expected \"fail\" or \"null\"") end
   local fn, setup = self:_functions()

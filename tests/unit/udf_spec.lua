@@ -123,6 +123,11 @@ local u = udf.from_spec(json.decode(%q))
 io.write(u.version, " ", u:call { x = 4 })
 ]]):format(json.encode(s)))
       assert.equal(u.version .. " 4[4]", out)
+      -- a recursive local function refers to itself
+      local function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end
+      local r = geneva.udf { data_type = "int64", fn = fib }
+      assert.same({ "_SELF" }, r:spec().upvalues)
+      assert.equal(55, udf.from_spec(json.decode(json.encode(r:spec()))):call { n = 10 })
     end)
 
     it("refuses a C function without module=/function=", function()
@@ -429,6 +434,7 @@ return M
       local r = ex:run { n = 2, rowids = { 1, 2 }, columns = { x = { 3.0, 4 } } }
       assert.same({ 3, 4 }, r.values)
       assert.equal("integer", math.type(r.values[1]))
+      ex = u:executor("num")           -- the column name alone
       local e = raises("udf_error", nil, ex.run, ex, { n = 3, rowids = { 5, 6, 7 }, columns = { x = { 1, "3", 2 } } })
       assert.equal("num", e.column)
       assert.equal(6, e.rowid)
