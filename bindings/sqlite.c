@@ -33,6 +33,92 @@
 
 #include "geneva_internal.h"
 
+/* {====== libsqlite3.so.0, loaded when the module is first required (lazy.h) */
+#include "lazy.h"
+#define SQLITE_FUNCS(X) \
+  X(sqlite3_bind_blob64) \
+  X(sqlite3_bind_double) \
+  X(sqlite3_bind_int) \
+  X(sqlite3_bind_int64) \
+  X(sqlite3_bind_null) \
+  X(sqlite3_bind_parameter_count) \
+  X(sqlite3_bind_parameter_index) \
+  X(sqlite3_bind_parameter_name) \
+  X(sqlite3_bind_text64) \
+  X(sqlite3_busy_handler) \
+  X(sqlite3_changes64) \
+  X(sqlite3_clear_bindings) \
+  X(sqlite3_close_v2) \
+  X(sqlite3_column_blob) \
+  X(sqlite3_column_bytes) \
+  X(sqlite3_column_count) \
+  X(sqlite3_column_double) \
+  X(sqlite3_column_int64) \
+  X(sqlite3_column_name) \
+  X(sqlite3_column_text) \
+  X(sqlite3_column_type) \
+  X(sqlite3_db_filename) \
+  X(sqlite3_db_handle) \
+  X(sqlite3_db_readonly) \
+  X(sqlite3_errmsg) \
+  X(sqlite3_errstr) \
+  X(sqlite3_extended_errcode) \
+  X(sqlite3_extended_result_codes) \
+  X(sqlite3_finalize) \
+  X(sqlite3_get_autocommit) \
+  X(sqlite3_last_insert_rowid) \
+  X(sqlite3_libversion) \
+  X(sqlite3_open_v2) \
+  X(sqlite3_prepare_v2) \
+  X(sqlite3_progress_handler) \
+  X(sqlite3_reset) \
+  X(sqlite3_sql) \
+  X(sqlite3_step) \
+  X(sqlite3_stmt_busy) \
+  X(sqlite3_total_changes64)
+GENEVA_LAZY_TABLE(sqlite_api, SQLITE_FUNCS)
+#define sqlite3_bind_blob64 (sqlite_api.sqlite3_bind_blob64)
+#define sqlite3_bind_double (sqlite_api.sqlite3_bind_double)
+#define sqlite3_bind_int (sqlite_api.sqlite3_bind_int)
+#define sqlite3_bind_int64 (sqlite_api.sqlite3_bind_int64)
+#define sqlite3_bind_null (sqlite_api.sqlite3_bind_null)
+#define sqlite3_bind_parameter_count (sqlite_api.sqlite3_bind_parameter_count)
+#define sqlite3_bind_parameter_index (sqlite_api.sqlite3_bind_parameter_index)
+#define sqlite3_bind_parameter_name (sqlite_api.sqlite3_bind_parameter_name)
+#define sqlite3_bind_text64 (sqlite_api.sqlite3_bind_text64)
+#define sqlite3_busy_handler (sqlite_api.sqlite3_busy_handler)
+#define sqlite3_changes64 (sqlite_api.sqlite3_changes64)
+#define sqlite3_clear_bindings (sqlite_api.sqlite3_clear_bindings)
+#define sqlite3_close_v2 (sqlite_api.sqlite3_close_v2)
+#define sqlite3_column_blob (sqlite_api.sqlite3_column_blob)
+#define sqlite3_column_bytes (sqlite_api.sqlite3_column_bytes)
+#define sqlite3_column_count (sqlite_api.sqlite3_column_count)
+#define sqlite3_column_double (sqlite_api.sqlite3_column_double)
+#define sqlite3_column_int64 (sqlite_api.sqlite3_column_int64)
+#define sqlite3_column_name (sqlite_api.sqlite3_column_name)
+#define sqlite3_column_text (sqlite_api.sqlite3_column_text)
+#define sqlite3_column_type (sqlite_api.sqlite3_column_type)
+#define sqlite3_db_filename (sqlite_api.sqlite3_db_filename)
+#define sqlite3_db_handle (sqlite_api.sqlite3_db_handle)
+#define sqlite3_db_readonly (sqlite_api.sqlite3_db_readonly)
+#define sqlite3_errmsg (sqlite_api.sqlite3_errmsg)
+#define sqlite3_errstr (sqlite_api.sqlite3_errstr)
+#define sqlite3_extended_errcode (sqlite_api.sqlite3_extended_errcode)
+#define sqlite3_extended_result_codes (sqlite_api.sqlite3_extended_result_codes)
+#define sqlite3_finalize (sqlite_api.sqlite3_finalize)
+#define sqlite3_get_autocommit (sqlite_api.sqlite3_get_autocommit)
+#define sqlite3_last_insert_rowid (sqlite_api.sqlite3_last_insert_rowid)
+#define sqlite3_libversion (sqlite_api.sqlite3_libversion)
+#define sqlite3_open_v2 (sqlite_api.sqlite3_open_v2)
+#define sqlite3_prepare_v2 (sqlite_api.sqlite3_prepare_v2)
+#define sqlite3_progress_handler (sqlite_api.sqlite3_progress_handler)
+#define sqlite3_reset (sqlite_api.sqlite3_reset)
+#define sqlite3_sql (sqlite_api.sqlite3_sql)
+#define sqlite3_step (sqlite_api.sqlite3_step)
+#define sqlite3_stmt_busy (sqlite_api.sqlite3_stmt_busy)
+#define sqlite3_total_changes64 (sqlite_api.sqlite3_total_changes64)
+/* }====== */
+
 #define DB_MT "geneva.sqlite.Db"
 #define STMT_MT "geneva.sqlite.Stmt"
 #define BLOB_MT "geneva.sqlite.Blob"
@@ -1048,6 +1134,7 @@ static void create_meta(lua_State *L, const char *name, const luaL_Reg *meth,
 
 int luaopen_geneva_sqlite_core(lua_State *L);  /* called by the host's preload table */
 int luaopen_geneva_sqlite_core(lua_State *L) {
+  GENEVA_LAZY_LOAD(L, "libsqlite3.so.0", sqlite_api);
   create_meta(L, DB_MT, db_meth, db_metameth);
   create_meta(L, STMT_MT, stmt_meth, stmt_metameth);
   if (luaL_newmetatable(L, BLOB_MT)) {

@@ -6,7 +6,9 @@
 */
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <editline/readline.h>
 #include <lua.h>
@@ -15,6 +17,39 @@
 #include "geneva_internal.h"
 #include "host_private.h"
 #include "signals_private.h"
+#include "lazy.h"
+
+/* libedit is loaded when the REPL starts, not with every script (lazy.h) */
+#define EDIT_FUNCS(X) X(readline) X(add_history) X(read_history) \
+  X(write_history) X(using_history) X(stifle_history) \
+  X(rl_getc_function) X(rl_catch_signals)
+GENEVA_LAZY_TABLE(edit_api, EDIT_FUNCS)
+#define readline (edit_api.readline)
+#define add_history (edit_api.add_history)
+#define read_history (edit_api.read_history)
+#define write_history (edit_api.write_history)
+#define using_history (edit_api.using_history)
+#define stifle_history (edit_api.stifle_history)
+#define rl_getc_function (*edit_api.rl_getc_function)    /* variables */
+#define rl_catch_signals (*edit_api.rl_catch_signals)
+
+/* Reads a key for libedit. Our SIGINT handler does not restart read(): a
+** Ctrl-C at the prompt ends the line read (the caller clears it) instead of
+** leaving the interrupt pending for the next statement. */
+static int repl_getc(FILE *f) {
+  unsigned char c;
+  for (;;) {
+    ssize_t n = read(fileno(f), &c, 1);
+    if (n == 1) return c;
+    if (n < 0 && errno == EINTR && !geneva_interrupted()) continue;
+    return EOF;
+  }
+}
+
+static int load_libedit(lua_State *L) {
+  GENEVA_LAZY_LOAD(L, "libedit.so.2", edit_api);
+  return 0;
+}
 
 #define PROMPT1 "> "
 #define PROMPT2 ">> "
@@ -130,6 +165,14 @@ int geneva_repl(geneva_host *h) {
   lua_State *L = geneva_host_lua(h);
   char *source = NULL;
   int status;
+  lua_pushcfunction(L, load_libedit);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    fprintf(stderr, "geneva: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 1;
+  }
+  rl_catch_signals = 0;          /* our handlers, not libedit's */
+  rl_getc_function = repl_getc;
   history_open();
   printf("geneva %s (%s)  Ctrl-D to quit\n", GENEVA_VERSION, LUA_RELEASE);
   while ((status = load_chunk(L, NULL, &source)) != -1) {
@@ -139,6 +182,13 @@ int geneva_repl(geneva_host *h) {
     }
     free(source);
     source = NULL;
+    if (geneva_interrupted()) {   /* Ctrl-C while typing: drop the line */
+      geneva_signals_clear();
+      geneva_signals_disarm(L);
+      lua_settop(L, 0);
+      fputc('\n', stdout);
+      continue;
+    }
     if (status == LUA_OK) {
       int base = lua_gettop(L) - 1, code;
       code = geneva_host_pcall(h, 0, LUA_MULTRET, 1);

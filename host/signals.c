@@ -24,6 +24,10 @@ static int installed;
 
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
+  if (!received) {              /* cleared meanwhile (the REPL's prompt) */
+    lua_sethook(L, NULL, 0, 0);
+    return;
+  }
   lua_pushliteral(L, "interrupted");
   lua_error(L);
 }
