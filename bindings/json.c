@@ -13,8 +13,8 @@
 **   - arrays decode to tables whose metatable is `array_mt`, and tables with
 **     that metatable encode as arrays (empty -> `[]`); `object_mt` forces an
 **     object (empty -> `{}`); an unmarked empty table encodes as `{}`;
-**   - `null` decodes to the `null` sentinel (a unique full userdata), which
-**     encodes back as null (so does cjson.null, the NULL light userdata).
+**   - `null` decodes to the `null` sentinel: the NULL light userdata, shared
+**     with cjson.null, geneva.sqlite and geneva.yaml.
 **
 ** Memory: the output/scratch buffer lives in a to-be-closed userdata ("box")
 ** on the Lua stack, so raising at any point frees it; nothing else is
@@ -886,11 +886,6 @@ static int json_decode(lua_State *L) {
 
 /* }====== */
 
-/* __tostring of the null sentinel */
-static int null_tostring(lua_State *L) {
-  lua_pushliteral(L, "null");
-  return 1;
-}
 
 static const luaL_Reg funcs[] = {
   {"encode", json_encode},
@@ -912,13 +907,10 @@ int luaopen_geneva_json_core(lua_State *L) {
   lua_pop(L, 1);
 
   lua_newtable(L);                              /* [M] */
-  lua_newuserdatauv(L, 0, 0);                   /* [M, null] */
-  luaL_newmetatable(L, "geneva.json.null");
-  lua_pushcfunction(L, null_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushliteral(L, "null");
-  lua_setfield(L, -2, "__metatable");           /* getmetatable(null) -> "null" */
-  lua_setmetatable(L, -2);
+  /* null is the NULL light userdata, the one sentinel shared with cjson,
+  ** geneva.sqlite and geneva.yaml, so a NULL read from any of them is
+  ** geneva.null everywhere. */
+  lua_pushlightuserdata(L, NULL);               /* [M, null] */
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "null");
   luaL_newmetatable(L, "geneva.json.array");    /* [M, null, amt] */
