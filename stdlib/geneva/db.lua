@@ -62,6 +62,19 @@ local function exists(self, name)
 end
 
 -- db:table_names() -> sorted array of the names of existing tables
+-- db:jobs([{table=, status=}]) -> array of job records, newest first
+function Db:jobs(filter)
+  return require("geneva.job").list(self.path, filter)
+end
+
+-- db:job(id) -> Job (reads its record; raises not_found)
+function Db:job(id)
+  local job = require "geneva.job"
+  local rec, err = job.load(self.path, id)
+  if not rec then error(err, 2) end
+  return job.object(self.path, rec)
+end
+
 function Db:table_names()
   local names = storage.check(fs.list(self.path))
   local out = {}

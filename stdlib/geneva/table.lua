@@ -542,6 +542,19 @@ virtual, or its udf_version is no longer udf_version; the moved files then go
 back to their staged paths. Returns the new version and how many files it
 committed (0 and no commit when none applied).
 ]]
+--[[ tbl:backfill(column [, {where=, batch_size=, concurrency=, commit_every=,
+resume=true}]) -> record. Computes the rows whose value is missing or was
+computed by an older version of the column's UDF; raises the job's error
+when it ends FAILED or CANCELLED (geneva.backfill). ]]
+function Table:backfill(column, opts)
+  return require("geneva.backfill").run(self, column, opts)
+end
+
+-- tbl:backfill_async(column [, opts]) -> Job (status, wait, cancel, record, logs)
+function Table:backfill_async(column, opts)
+  return require("geneva.backfill").start(self, column, opts)
+end
+
 function Table:_commit_column_files(column, udf_version, files)
   writable(self, "commit column files")
   if type(column) ~= "string" or type(udf_version) ~= "string" or type(files) ~= "table" then

@@ -1,0 +1,353 @@
+-- geneva.backfill: the driver of a backfill job (docs/internals.md).
+--
+-- plan: pin the latest version, fold checkpoints (staged outputs of this UDF
+-- version left by an earlier run) into a commit, then cut the rows that are
+-- missing or stale and match `where` into tasks over fixed rowid windows.
+-- run: hand tasks to a runner (the local pool, later Ray), at most
+-- `concurrency` in flight. commit: every `commit_every` finished tasks and at
+-- the end, the staged files become column files in a new table version.
+-- The driver is a step function, so backfill_async needs no threads: Job
+-- methods step it, and backfill() is start + wait.
+local errors = require "geneva.errors"
+local fs = require "geneva.fs"
+local job = require "geneva.job"
+local time = require "geneva.time"
+local ledger = require "geneva.ledger"
+
+local backfill = {}
+
+local DEFAULT_BATCH = 10000
+local MAX_EVENTS = 200
+
+local function quote(name) return '"' .. name:gsub('"', '""') .. '"' end
+
+-- {====== Runners
+
+local default_pool
+
+local function cpu_count()
+  local s = fs.read("/sys/devices/system/cpu/online") or ""
+  local n = 0
+  for a, b in s:gmatch("(%d+)%-?(%d*)") do
+    n = n + (b ~= "" and (tonumber(b) - tonumber(a) + 1) or 1)
+  end
+  return math.max(n, 1)
+end
+backfill.cpu_count = cpu_count
+
+-- Contexts (geneva.context) set this to hand out their own runner.
+backfill.runner_provider = nil
+
+-- The embedded local cluster used outside any context: workers = cores,
+-- owned by the root scope, started on first use and reused.
+function backfill.default_runner()
+  if not default_pool or default_pool.closed then
+    default_pool = require("geneva.runner.local").new{ workers = cpu_count(), scope = ledger.root() }
+  end
+  return default_pool
+end
+
+local function current_runner()
+  local r = backfill.runner_provider and backfill.runner_provider()
+  return r or backfill.default_runner()
+end
+
+-- }======
+
+-- {====== Planning
+
+local function column_of(manifest, name)
+  for _, c in ipairs(manifest.schema) do
+    if c.name == name then return c end
+  end
+end
+
+local function all_columns(manifest)
+  local names = {}
+  for _, c in ipairs(manifest.schema) do names[#names + 1] = c.name end
+  return names
+end
+
+-- Staged outputs: other UDF versions are garbage; this version's files are
+-- checkpoints of an earlier run, committed first when resuming.
+local function recover_staged(tbl, column, udf_version, resume, rec)
+  local base = tbl.dir .. "/_staging/" .. column
+  local files = {}
+  for _, v in ipairs(fs.list(base) or {}) do
+    local dir = base .. "/" .. v
+    if v ~= udf_version then
+      fs.remove_tree(dir)
+    else
+      for _, name in ipairs(fs.list(dir) or {}) do
+        local f, lo, hi = name:match("^f(%d+)%-(%d+)%-(%d+)%.db$")
+        if f and resume then
+          files[#files + 1] = { fragment = math.tointeger(tonumber(f)), lo = math.tointeger(tonumber(lo)),
+                                hi = math.tointeger(tonumber(hi)), path = dir .. "/" .. name }
+        else
+          os.remove(dir .. "/" .. name)   -- a partial temp file, or not resuming
+        end
+      end
+    end
+  end
+  if #files > 0 then
+    tbl:_commit_column_files(column, udf_version, files)
+    rec.rows.recovered = #files
+    rec.events[#rec.events + 1] = ("resumed: committed %d checkpoint(s) of an earlier run"):format(#files)
+  end
+end
+
+-- Tasks over fixed windows [k*bs+1, (k+1)*bs] of each fragment's rowids.
+local function plan_tasks(tbl, manifest, column, udf_version, where, batch_size)
+  local reader = require "geneva.reader"
+  local tasks, planned = {}, 0
+  local cols = all_columns(manifest)
+  local sql = ("SELECT (_rowid - 1) / %d AS w, count(*) FROM t WHERE (%s IS NULL OR %s IS NOT ?)%s GROUP BY w ORDER BY w")
+    :format(batch_size, quote(column), quote("__ver_" .. column),
+            where and (" AND (" .. where .. ")") or "")
+  for _, frag in ipairs(manifest.fragments) do
+    local r = reader.open(tbl.dir, manifest, frag, { columns = cols })
+    local stmt, err = r:prepare(sql)
+    if not stmt then
+      r:close()
+      errors.throw("invalid_argument", ("bad where clause %q: %s"):format(where or "", err), { where = where })
+    end
+    stmt:bind_all({ udf_version })
+    for row in stmt:rows() do
+      local w, n = row[1], row[2]
+      tasks[#tasks + 1] = { fragment = frag.id, lo = w * batch_size + 1, hi = (w + 1) * batch_size, rows = n }
+      planned = planned + n
+    end
+    stmt:close()
+    r:close()
+  end
+  return tasks, planned
+end
+
+-- }======
+
+-- {====== The driver
+
+local Driver = {}
+Driver.__index = Driver
+
+local function save(self, force)
+  local now = time.monotonic()
+  if force or now - (self.saved_at or 0) >= 1 then
+    job.save(self.db_dir, self.rec)
+    self.saved_at = now
+  end
+end
+
+local function event(self, line)
+  local ev = self.rec.events
+  if #ev >= MAX_EVENTS then table.remove(ev, 2) end
+  ev[#ev + 1] = line
+end
+
+local function progress(self)
+  if not self.bar then return end
+  local r = self.rec.rows
+  local done = r.computed + r.failed
+  local total = math.max(r.planned, 1)
+  local el = time.monotonic() - self.t0
+  local rate = done / math.max(el, 1e-6)
+  local width = 30
+  local fill = math.floor(width * done / total)
+  local eta = rate > 0 and (r.planned - done) / rate or 0
+  io.stderr:write(("\r%s [%s%s] %d/%d rows  %.0f rows/s  ETA %ds "):format(
+    self.rec.column, ("#"):rep(fill), ("."):rep(width - fill), done, r.planned, rate, math.ceil(eta)))
+end
+
+local function finish(self, status, err)
+  local rec = self.rec
+  if job.FINAL[rec.status] then return end
+  rec.status = status
+  rec.finished_at = time.iso8601()
+  rec.seconds = time.monotonic() - self.t0
+  if err then
+    local e = errors.from(err)
+    rec.error = errors.plain(e)
+    event(self, ("%s: %s"):format(status, tostring(e)))
+  end
+  rec.version_end = self.tbl:_manifest().version
+  if self.bar then io.stderr:write("\n") end
+  save(self, true)
+  job.clear_cancel(self.db_dir, rec.id)
+  if self.lease then self.lease:forget() end
+end
+
+local function commit_pending(self)
+  if #self.pending == 0 then return end
+  local files = self.pending
+  self.pending = {}
+  local rows = 0
+  for _, f in ipairs(files) do rows = rows + f.rows end
+  self.tbl:_commit_column_files(self.rec.column, self.udf_version, files)
+  self.rec.rows.committed = self.rec.rows.committed + rows
+  self.rec.commits = self.rec.commits + 1
+end
+
+local function start(self)
+  local rec = self.rec
+  rec.status = "RUNNING"
+  rec.started_at = time.iso8601()
+  local manifest = self.tbl:_manifest()
+  local col = column_of(manifest, rec.column)
+  self.udf_version = col.udf_version
+  rec.udf_version = col.udf_version
+  recover_staged(self.tbl, rec.column, col.udf_version, rec.options.resume, rec)
+  manifest = self.tbl:_manifest()
+  rec.version_start = manifest.version
+  local tasks, planned = plan_tasks(self.tbl, manifest, rec.column, col.udf_version,
+                                    rec.options.where, rec.options.batch_size)
+  rec.rows.planned = planned
+  rec.tasks.planned = #tasks
+  local spec = col.udf
+  spec.version = col.udf_version
+  for i, t in ipairs(tasks) do
+    t.id = ("%s/%d"):format(rec.id, i)
+    t.table_dir, t.version, t.column = self.tbl.dir, manifest.version, rec.column
+    t.udf, t.where = spec, rec.options.where
+  end
+  self.tasks, self.next_task, self.in_flight = tasks, 1, 0
+  event(self, ("planned %d rows in %d tasks at version %d"):format(planned, #tasks, manifest.version))
+  self.commit_every = rec.options.commit_every or math.max(1, math.ceil(#tasks / 10))
+  save(self, true)
+end
+
+local function submit_more(self)
+  local limit = self.rec.options.concurrency or math.huge
+  while self.next_task <= #self.tasks and self.in_flight < limit do
+    self.runner:submit(self.tasks[self.next_task])
+    self.next_task = self.next_task + 1
+    self.in_flight = self.in_flight + 1
+  end
+end
+
+-- driver:step(timeout): one round of dispatch, wait, results and commits.
+-- Raises only on interrupts; job failures end up in the record.
+function Driver:step(timeout)
+  local rec = self.rec
+  if job.FINAL[rec.status] then return end
+  local ok, err = pcall(function()
+    if rec.status == "PENDING" then start(self) end
+    if self.cancel_requested or (time.monotonic() - (self.cancel_checked or 0) >= 0.5
+        and job.cancel_requested(self.db_dir, rec.id)) then
+      self.runner:cancel()
+      commit_pending(self)
+      finish(self, "CANCELLED", errors.new("cancelled", "job " .. rec.id .. " was cancelled"))
+      return
+    end
+    self.cancel_checked = time.monotonic()
+    submit_more(self)
+    if self.in_flight == 0 then
+      commit_pending(self)
+      finish(self, "DONE")
+      return
+    end
+    for _, ev in ipairs(self.runner:poll(timeout or 0)) do
+      if ev.kind == "log" then
+        event(self, ev.line)
+      elseif ev.kind == "done" then
+        self.in_flight = self.in_flight - 1
+        local r = ev.result
+        rec.rows.computed = rec.rows.computed + r.computed
+        rec.rows.failed = rec.rows.failed + r.failed
+        rec.tasks.done = rec.tasks.done + 1
+        for _, e in ipairs(r.errors or {}) do event(self, "row error: " .. tostring(errors.from(e))) end
+        if r.staged then
+          self.pending[#self.pending + 1] = { fragment = ev.task.fragment, lo = ev.task.lo,
+            hi = ev.task.hi, path = r.staged, rows = r.computed + r.failed }
+        end
+        if #self.pending >= self.commit_every then commit_pending(self) end
+      elseif ev.kind == "failed" then
+        self.in_flight = self.in_flight - 1
+        self.runner:cancel()
+        commit_pending(self)
+        finish(self, "FAILED", ev.error)
+        return
+      end
+    end
+    progress(self)
+    save(self)
+  end)
+  if not ok then
+    local e = errors.from(err)
+    if e.code == "interrupted" then
+      pcall(finish, self, "FAILED", e)
+      error(err, 0)
+    end
+    pcall(self.runner.cancel, self.runner)
+    pcall(finish, self, "FAILED", e)
+  end
+end
+
+function Driver:cancel()
+  self.cancel_requested = true
+  self:step(0)
+end
+
+-- }======
+
+local option_names = { where = true, batch_size = true, concurrency = true,
+                       commit_every = true, resume = true }
+
+-- backfill.start(tbl, column [, opts]) -> Job (driven by this process).
+-- Raises invalid_argument / not_found before anything starts.
+function backfill.start(tbl, column, opts)
+  opts = opts or {}
+  if type(column) ~= "string" then errors.throw("invalid_argument", "backfill: column must be a string") end
+  for k in pairs(opts) do
+    if not option_names[k] then errors.throw("invalid_argument", ("backfill: unknown option '%s'"):format(tostring(k))) end
+  end
+  local function posint(name)
+    local v = opts[name]
+    if v ~= nil and (math.type(v) ~= "integer" or v < 1) then
+      errors.throw("invalid_argument", ("backfill: %s must be a positive integer"):format(name))
+    end
+  end
+  posint("batch_size"); posint("concurrency"); posint("commit_every")
+  if opts.where ~= nil and type(opts.where) ~= "string" then
+    errors.throw("invalid_argument", "backfill: where must be a SQL string")
+  end
+  if tbl._pinned then
+    errors.throw("invalid_argument", ("table '%s' is checked out at version %d: backfill needs the latest")
+      :format(tbl.name, tbl._pinned))
+  end
+  local manifest = tbl:_manifest()
+  local col = column_of(manifest, column)
+  if not col then errors.throw("not_found", ("table '%s' has no column '%s'"):format(tbl.name, column), { column = column }) end
+  if not col.virtual or not col.udf then
+    errors.throw("invalid_argument", ("column '%s' has no UDF to backfill"):format(column), { column = column })
+  end
+  local db_dir = tbl.db.dir
+  local rec = {
+    id = job.new_id(), kind = "backfill", status = "PENDING", table = tbl.name, column = column,
+    db = db_dir, created_at = time.iso8601(), owner = ledger.owner(),
+    options = { where = opts.where, batch_size = opts.batch_size or DEFAULT_BATCH,
+                concurrency = opts.concurrency, commit_every = opts.commit_every,
+                resume = opts.resume ~= false },
+    rows = { planned = 0, computed = 0, committed = 0, failed = 0 },
+    tasks = { planned = 0, done = 0 }, commits = 0, events = {},
+  }
+  local self = setmetatable({ tbl = tbl, db_dir = db_dir, rec = rec, pending = {},
+    runner = current_runner(), t0 = time.monotonic(), bar = fs.isatty(2) }, Driver)
+  -- if the process is torn down mid-job, the record says so
+  self.lease = ledger.current():reserve("job", rec.id):bind(function()
+    if not job.FINAL[rec.status] then
+      rec.status, rec.finished_at = "FAILED", time.iso8601()
+      rec.error = { code = "interrupted", message = "the driver was interrupted" }
+      job.save(db_dir, rec)
+    end
+  end)
+  job.save(db_dir, rec)
+  return job.object(db_dir, rec, self)
+end
+
+-- backfill.run(tbl, column, opts) -> record; raises the job's error
+function backfill.run(tbl, column, opts)
+  local j = backfill.start(tbl, column, opts)
+  return j:wait()
+end
+
+return backfill

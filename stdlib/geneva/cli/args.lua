@@ -1,0 +1,66 @@
+-- geneva.cli.args: option parsing shared by the subcommands.
+--   local opts, pos = args.parse(argv, {db = "value", json = "flag", ...})
+-- raises {usage = message} for bad syntax (the command exits 2).
+local args = {}
+
+function args.parse(argv, spec)
+  local opts, pos = {}, {}
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    local name, inline = a:match("^%-%-([%w%-_]+)=(.*)$")
+    name = name or a:match("^%-%-([%w%-_]+)$")
+    if a == "-h" then name = "help" end
+    if name then
+      local key = name:gsub("%-", "_")
+      local kind = spec[key]
+      if not kind then error({ usage = ("unknown option '--%s'"):format(name) }, 0) end
+      if kind == "flag" then
+        if inline then error({ usage = ("option '--%s' takes no value"):format(name) }, 0) end
+        opts[key] = true
+      else
+        local v = inline
+        if not v then
+          i = i + 1
+          v = argv[i]
+          if v == nil then error({ usage = ("option '--%s' needs a value"):format(name) }, 0) end
+        end
+        if kind == "list" then
+          opts[key] = opts[key] or {}
+          table.insert(opts[key], v)
+        else
+          opts[key] = v
+        end
+      end
+    elseif a == "--" then
+      for j = i + 1, #argv do pos[#pos + 1] = argv[j] end
+      break
+    else
+      pos[#pos + 1] = a
+    end
+    i = i + 1
+  end
+  return opts, pos
+end
+
+-- args.run(usage, fn) -> exit code: runs fn(), mapping usage errors to 2,
+-- geneva.Errors to 1 (as {"error": ...} on stdout with --json)
+function args.run(usage, json_out, fn)
+  local ok, res = pcall(fn)
+  if ok then return res or 0 end
+  if type(res) == "table" and res.usage then
+    io.stderr:write("geneva: ", res.usage, "\n", usage)
+    return 2
+  end
+  if res == "interrupted" then error(res, 0) end
+  local errors = require "geneva.errors"
+  local e = errors.from(res)
+  if json_out() then
+    io.stdout:write(require("geneva.json").encode({ error = { code = e.code, message = e.message } }), "\n")
+  else
+    io.stderr:write("geneva: ", tostring(e), "\n")
+  end
+  return 1
+end
+
+return args

@@ -1,0 +1,69 @@
+-- geneva jobs list|show|cancel --db URI [--json]
+local args = require "geneva.cli.args"
+local json = require "geneva.json"
+
+local M = {}
+
+local usage = [[
+usage: geneva jobs list   --db URI [--table T] [--status S] [--json]
+       geneva jobs show   ID --db URI [--json]
+       geneva jobs cancel ID --db URI [--json]
+Lists the backfill jobs of a database, shows one record, or cancels a job:
+the owning driver notices within a second and keeps what it committed; a
+job whose driver is gone is marked CANCELLED at once.
+]]
+
+local function line(rec)
+  local r = rec.rows or {}
+  return ("%-26s %-9s %-12s %-12s %8s/%-8s %s"):format(rec.id, rec.status, rec.table or "",
+    rec.column or "", tostring(r.committed or 0), tostring(r.planned or 0),
+    rec.error and (rec.error.code .. ": " .. rec.error.message) or "")
+end
+
+function M.main(argv)
+  local opts, pos = {}, {}
+  return args.run(usage, function() return opts.json end, function()
+    opts, pos = args.parse(argv, { db = "value", json = "flag", help = "flag",
+                                   table = "value", status = "value" })
+    if opts.help then io.stdout:write(usage) return 0 end
+    local verb = pos[1]
+    if not verb then error({ usage = "missing action (list, show or cancel)" }, 0) end
+    if not opts.db then error({ usage = "missing --db URI" }, 0) end
+    local job = require "geneva.job"
+    local st = require("geneva.fs").stat(opts.db)
+    if not st or st.type ~= "dir" then
+      require("geneva.errors").throw("not_found", ("no database at '%s'"):format(opts.db))
+    end
+    local db = opts.db
+    if verb == "list" then
+      local recs = job.list(db, { table = opts.table, status = opts.status })
+      if opts.json then
+        io.stdout:write(json.encode(json.array(recs)), "\n")
+      else
+        for _, rec in ipairs(recs) do io.stdout:write(line(rec), "\n") end
+      end
+    elseif verb == "show" or verb == "cancel" then
+      if not pos[2] then error({ usage = "missing job ID" }, 0) end
+      local rec, err
+      if verb == "show" then
+        rec, err = job.load(db, pos[2])
+        if not rec then error(err, 0) end
+      else
+        rec = job.request_cancel(db, pos[2])
+        rec = job.load(db, pos[2]) or rec
+      end
+      if opts.json then
+        io.stdout:write(json.encode(rec, { indent = 2 }), "\n")
+      elseif verb == "cancel" then
+        io.stdout:write(("cancel requested for %s (now %s)\n"):format(rec.id, rec.status))
+      else
+        io.stdout:write(json.encode(rec, { indent = 2 }), "\n")
+      end
+    else
+      error({ usage = ("unknown action '%s'"):format(verb) }, 0)
+    end
+    return 0
+  end)
+end
+
+return M

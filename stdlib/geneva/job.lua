@@ -1,0 +1,202 @@
+-- geneva.job: job records and the Job object (design §3, contract).
+--
+-- A record is `<db>/_geneva/jobs/<id>.json`, rewritten atomically on every
+-- state change and at most about once a second for progress. A cancel
+-- request from another process is the file `<id>.cancel`, which the owning
+-- driver polls. A RUNNING record whose owner (hostname, boot id, pid, start
+-- time) is gone reads as FAILED with code `abandoned`.
+local fs = require "geneva.fs"
+local json = require "geneva.json"
+local errors = require "geneva.errors"
+local time = require "geneva.time"
+
+local job = {}
+
+job.STATUSES = { PENDING = true, RUNNING = true, DONE = true, FAILED = true, CANCELLED = true }
+local FINAL = { DONE = true, FAILED = true, CANCELLED = true }
+job.FINAL = FINAL
+
+local function jobs_dir(db_dir) return db_dir .. "/_geneva/jobs" end
+
+local function random_hex(n)
+  local f = assert(io.open("/dev/urandom", "rb"))
+  local b = f:read(n)
+  f:close()
+  return (b:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+end
+
+-- job.new_id() -> "20261124-231500-1a2b3c4d": sortable by start time
+function job.new_id()
+  return os.date("!%Y%m%d-%H%M%S") .. "-" .. random_hex(4)
+end
+
+local function record_path(db_dir, id) return jobs_dir(db_dir) .. "/" .. id .. ".json" end
+
+local function valid_id(id)
+  return type(id) == "string" and id:match("^[%w%-_]+$") ~= nil
+end
+
+-- job.save(db_dir, rec): atomic rewrite of the record
+function job.save(db_dir, rec)
+  assert(fs.mkdir_p(jobs_dir(db_dir)))
+  rec.updated_at = time.iso8601()
+  local ok, err = fs.write_atomic(record_path(db_dir, rec.id), json.encode(rec, { indent = 2 }),
+    { fsync = FINAL[rec.status] or false })
+  if not ok then errors.raise("internal", "cannot write job record %s: %s", rec.id, err) end
+end
+
+local function owner_alive(owner)
+  if type(owner) ~= "table" then return true end
+  local proc = require "geneva.proc"
+  local me = proc.self()
+  if owner.hostname ~= me.hostname or owner.boot_id ~= me.boot_id then
+    return true                       -- another host: we cannot tell, assume alive
+  end
+  return proc.alive(owner.pid, owner.start_time)
+end
+job.owner_alive = owner_alive
+
+-- job.load(db_dir, id) -> record | nil, Error(not_found). A RUNNING or
+-- PENDING record whose driver is gone is reported FAILED/abandoned.
+function job.load(db_dir, id)
+  if not valid_id(id) then
+    return nil, errors.new("invalid_argument", ("bad job id '%s'"):format(tostring(id)))
+  end
+  local text = fs.read(record_path(db_dir, id))
+  if not text then return nil, errors.new("not_found", ("no job '%s'"):format(id), { job_id = id }) end
+  local rec, err = json.decode(text, { null_as_nil = true })
+  if not rec then return nil, errors.new("internal", ("corrupt job record %s: %s"):format(id, err)) end
+  if not FINAL[rec.status] and not owner_alive(rec.owner) then
+    rec.status = "FAILED"
+    rec.error = { code = "abandoned", message = "the job's driver is gone" }
+  end
+  return rec
+end
+
+-- job.list(db_dir [, {table=, status=}]) -> array of records, newest first
+function job.list(db_dir, filter)
+  filter = filter or {}
+  local names = fs.list(jobs_dir(db_dir)) or {}
+  local out = {}
+  for i = #names, 1, -1 do
+    local id = names[i]:match("^([%w%-_]+)%.json$")
+    if id then
+      local rec = job.load(db_dir, id)
+      if rec and (not filter.table or rec.table == filter.table)
+          and (not filter.status or rec.status == filter.status) then
+        out[#out + 1] = rec
+      end
+    end
+  end
+  return out
+end
+
+-- job.request_cancel(db_dir, id) -> record: leaves a cancel marker; if the
+-- owner is gone, marks the record CANCELLED itself.
+function job.request_cancel(db_dir, id)
+  local rec, err = job.load(db_dir, id)
+  if not rec then error(err, 2) end
+  if FINAL[rec.status] and not (rec.error and rec.error.code == "abandoned") then return rec end
+  assert(fs.write_atomic(jobs_dir(db_dir) .. "/" .. id .. ".cancel", time.iso8601()))
+  if rec.error and rec.error.code == "abandoned" then
+    rec.status = "CANCELLED"
+    rec.finished_at = time.iso8601()
+    rec.error = { code = "cancelled", message = "cancelled after its driver was gone" }
+    job.save(db_dir, rec)
+  end
+  return rec
+end
+
+function job.cancel_requested(db_dir, id)
+  return fs.exists(jobs_dir(db_dir) .. "/" .. id .. ".cancel")
+end
+
+function job.clear_cancel(db_dir, id)
+  os.remove(jobs_dir(db_dir) .. "/" .. id .. ".cancel")
+end
+
+-- {====== The Job object
+
+local Job = {}
+Job.__index = function(self, k)
+  if k == "id" then return rawget(self, "_rec").id end
+  return Job[k]
+end
+Job.__name = "geneva.Job"
+Job.__tostring = function(self) return ("geneva.Job %s (%s)"):format(self._rec.id, self:status()) end
+
+-- job.object(db_dir, rec [, driver]) -> Job. With a driver (this process
+-- runs the job) status/wait step it; without, they read the record.
+function job.object(db_dir, rec, driver)
+  return setmetatable({ _db_dir = db_dir, _rec = rec, _driver = driver }, Job)
+end
+
+local function refresh(self)
+  if self._driver then
+    self._driver:step(0)
+    return self._rec
+  end
+  local rec = job.load(self._db_dir, self._rec.id)
+  if rec then self._rec = rec end
+  return self._rec
+end
+
+-- job:status() -> "PENDING"|"RUNNING"|"DONE"|"FAILED"|"CANCELLED"
+function Job:status() return refresh(self).status end
+
+-- job:record() -> a copy of the record (plain table)
+function Job:record()
+  local rec = refresh(self)
+  return json.decode(json.encode(rec), { null_as_nil = true })
+end
+
+-- job:wait([timeout_s]) -> record; raises the job's error when it ended
+-- FAILED or CANCELLED; returns nil, "timeout" if timeout_s passed first.
+function Job:wait(timeout)
+  local deadline = timeout and time.monotonic() + timeout
+  while not FINAL[self._rec.status] do
+    if deadline and time.monotonic() >= deadline then return nil, "timeout" end
+    if self._driver then
+      self._driver:step(0.2)
+    else
+      local ok = time.sleep(0.2)
+      if not ok then errors.raise("interrupted", "interrupted while waiting for job %s", self.id) end
+      refresh(self)
+    end
+  end
+  local rec = self._rec
+  if rec.status ~= "DONE" then
+    local e = rec.error or { code = rec.status == "CANCELLED" and "cancelled" or "internal",
+                             message = "job " .. rec.status:lower() }
+    error(errors.new(errors.codes[e.code] and e.code or "internal", e.message,
+      { job_id = rec.id, column = e.column, rowid = e.rowid, value = e.value,
+        fragment = e.fragment }), 2)
+  end
+  return self:record()
+end
+
+-- job:cancel() -> true: kills the workers, keeps what was committed
+function Job:cancel()
+  if self._driver then
+    self._driver:cancel()
+  else
+    job.request_cancel(self._db_dir, self._rec.id)
+  end
+  return true
+end
+
+-- job:logs([{follow = false}]) -> array of log lines (events of the record)
+function Job:logs(opts)
+  local rec = refresh(self)
+  local lines = {}
+  for _, ev in ipairs(rec.events or {}) do lines[#lines + 1] = ev end
+  if opts and opts.follow and not FINAL[rec.status] then
+    self:wait()
+    return self:logs()
+  end
+  return lines
+end
+
+-- }======
+
+return job

@@ -1,0 +1,204 @@
+-- geneva.runner.local: a pool of `geneva worker --stdio` processes on this
+-- machine, the embedded default and what local contexts provision.
+--
+-- The runner interface (the Ray and KubeRay runners implement the same):
+--   pool:submit(task)          queue a task (a table with a unique .id)
+--   pool:poll(timeout) -> events   dispatch, then wait up to timeout for
+--       {kind="done", task=, result=} | {kind="failed", task=, error=}
+--       | {kind="log", line=}
+--   pool:pending() -> number of tasks queued or running
+--   pool:cancel()              drop queued tasks, kill running workers
+--   pool:close()               stop every worker (idempotent)
+-- Workers are processes owned by the ledger scope that was current when the
+-- pool was made, so they die with it; a worker that dies mid-task has its
+-- task retried on a fresh worker, up to `max_attempts` times in all.
+local proc = require "geneva.proc"
+local json = require "geneva.json"
+local errors = require "geneva.errors"
+local ledger = require "geneva.ledger"
+
+local M = {}
+
+local Pool = {}
+Pool.__index = Pool
+Pool.__name = "geneva.runner.local.Pool"
+
+local MARK = "\30GENEVA "
+
+-- M.new{workers = n [, max_attempts = 3, scope = ledger scope, exe = path]}
+function M.new(opts)
+  local n = math.tointeger(opts.workers)
+  if not n or n < 1 then
+    errors.throw("invalid_argument", "local cluster: workers must be a positive integer")
+  end
+  local self = setmetatable({
+    size = n, max_attempts = opts.max_attempts or 3,
+    exe = opts.exe or proc.exe(), scope = opts.scope or ledger.current(),
+    workers = {}, queue = {}, qhead = 1, qtail = 0, running = {}, closed = false,
+    spawned = 0,
+  }, Pool)
+  return self
+end
+
+local function spawn_worker(self)
+  local prev = self.scope:activate()     -- the processes belong to the pool's scope
+  local p, err = proc.spawn{ argv = { self.exe, "worker", "--stdio" },
+                             stdin = "pipe", stdout = "pipe", stderr = "pipe" }
+  prev:activate()
+  if not p then errors.throw("unavailable", "cannot start a worker: " .. tostring(err)) end
+  self.spawned = self.spawned + 1
+  local w = { p = p, task = nil, id = self.spawned }
+  self.workers[#self.workers + 1] = w
+  return w
+end
+
+-- M:start() spawns every worker now (a context does, so the first backfill
+-- does not pay for it)
+function Pool:start()
+  while #self.workers < self.size do spawn_worker(self) end
+  return self
+end
+
+function Pool:submit(task)
+  assert(not self.closed, "attempt to use a closed local pool")
+  task.attempts = task.attempts or 0
+  self.qtail = self.qtail + 1
+  self.queue[self.qtail] = task
+end
+
+function Pool:pending()
+  local n = self.qtail - self.qhead + 1
+  for _ in pairs(self.running) do n = n + 1 end
+  return n
+end
+
+local function send(w, msg)
+  local ok, err = w.p:write(json.encode(msg) .. "\n")
+  return ok, err
+end
+
+local function dispatch(self)
+  while self.qhead <= self.qtail do
+    local idle
+    for _, w in ipairs(self.workers) do
+      if not w.task and not w.dead then idle = w break end
+    end
+    if not idle then
+      if #self.workers >= self.size then return end
+      idle = spawn_worker(self)
+    end
+    local task = self.queue[self.qhead]
+    self.queue[self.qhead] = nil
+    self.qhead = self.qhead + 1
+    task.attempts = task.attempts + 1
+    idle.task = task
+    self.running[task.id] = idle
+    if not send(idle, { op = "task", task = task }) then idle.dead = true end
+  end
+end
+
+local function remove_worker(self, w)
+  for i, x in ipairs(self.workers) do
+    if x == w then table.remove(self.workers, i) break end
+  end
+  w.p:close()
+end
+
+-- A dead worker's task goes back to the queue, or fails after max_attempts.
+local function worker_died(self, w, events)
+  local how, code = w.p:wait(1)
+  local why = how == "signaled" and ("killed by signal %s"):format(code)
+           or how == "exited" and ("exited with code %s"):format(code) or "stopped answering"
+  local task = w.task
+  remove_worker(self, w)
+  if not task then return end
+  self.running[task.id] = nil
+  if task.attempts < self.max_attempts then
+    events[#events + 1] = { kind = "log", line = ("worker %d %s; retrying task %s"):format(w.id, why, task.id) }
+    self:submit(task)
+  else
+    events[#events + 1] = { kind = "failed", task = task, error = errors.new("internal",
+      ("task %s failed %d times: the last worker %s"):format(task.id, task.attempts, why)) }
+  end
+end
+
+local function handle_line(self, w, line, events)
+  if line:sub(1, #MARK) ~= MARK then
+    events[#events + 1] = { kind = "log", line = line }
+    return
+  end
+  local msg = json.decode(line:sub(#MARK + 1), { null_as_nil = true })
+  if not msg or (msg.op ~= "done" and msg.op ~= "failed") then return end
+  local task = w.task
+  if not task or msg.task ~= task.id then return end
+  w.task = nil
+  self.running[task.id] = nil
+  if msg.op == "done" then
+    events[#events + 1] = { kind = "done", task = task, result = msg }
+  else
+    events[#events + 1] = { kind = "failed", task = task, error = errors.from(msg.error, "udf_error") }
+  end
+end
+
+function Pool:poll(timeout)
+  local events = {}
+  dispatch(self)
+  for _, w in ipairs(self.workers) do
+    if w.dead then worker_died(self, w, events) end
+  end
+  if #events > 0 then return events end
+  local watch = {}
+  for _, w in ipairs(self.workers) do
+    watch[#watch + 1] = { w.p, "stdout", w = w }
+    watch[#watch + 1] = { w.p, "stderr", w = w }
+  end
+  if #watch == 0 then return events end
+  local ready, err, code = proc.poll(watch, timeout or 0)
+  if not ready then
+    if code == "EINTR" then errors.throw("interrupted", "interrupted") end
+    errors.throw("internal", "poll: " .. tostring(err))
+  end
+  local dead = {}
+  for _, e in ipairs(ready) do
+    local w, which = e.w, e[2]
+    while not dead[w] do
+      local line, _, rcode = w.p:read_line(which, 0)
+      if line then
+        if which == "stdout" then handle_line(self, w, line, events)
+        else events[#events + 1] = { kind = "log", line = line } end
+      else
+        if rcode == "EOF" and which == "stdout" then dead[w] = true end
+        break
+      end
+    end
+  end
+  for w in pairs(dead) do worker_died(self, w, events) end
+  dispatch(self)
+  return events
+end
+
+-- pool:cancel(): queued tasks are dropped and busy workers killed (fresh ones
+-- start on the next submit).
+function Pool:cancel()
+  self.queue, self.qhead, self.qtail = {}, 1, 0
+  for id, w in pairs(self.running) do
+    self.running[id] = nil
+    w.task = nil
+    remove_worker(self, w)
+  end
+end
+
+function Pool:close()
+  if self.closed then return true end
+  self.closed = true
+  for _, w in ipairs(self.workers) do
+    if not w.task then send(w, { op = "exit" }) end
+  end
+  for _, w in ipairs(self.workers) do w.p:close() end
+  self.workers, self.running = {}, {}
+  return true
+end
+
+Pool.__close = Pool.close
+
+return M

@@ -1,0 +1,263 @@
+-- geneva.worker: what a worker process does with backfill tasks.
+--
+-- A task is one rowid window of one fragment: the worker selects the rows of
+-- the window that still need computing (missing or stale, matching `where`),
+-- runs the UDF over them in batches, and writes
+-- `_staging/<column>/<udf_version>/f<frag>-<lo>-<hi>.db` (a temp file renamed
+-- into place: a staged file is complete or absent). Memory stays flat: rows
+-- are streamed through a prepared statement, `chunk` rows at a time.
+--
+-- Modes (geneva.cli.worker): `--stdio` serves tasks over JSON lines (local
+-- runner); `--task FILE` runs one task and writes FILE's result next to it.
+local json = require "geneva.json"
+local errors = require "geneva.errors"
+local types = require "geneva.types"
+local sqlite = require "geneva.sqlite"
+local fs = require "geneva.fs"
+local storage = require "geneva.storage"
+
+local worker = {}
+
+local CHUNK = 1024          -- rows handed to the UDF executor at a time
+
+local function quote(name) return '"' .. name:gsub('"', '""') .. '"' end
+
+-- worker.staged_path(tbl_dir, column, udf_version, frag, lo, hi) -> path
+function worker.staged_path(tbl_dir, column, udf_version, frag, lo, hi)
+  return ("%s/_staging/%s/%s/f%d-%d-%d.db"):format(tbl_dir, column, udf_version, frag, lo, hi)
+end
+
+-- State kept across tasks: loaded UDFs (by version) and their executors, so
+-- a stateful UDF's setup runs once per worker, and manifests by version.
+local State = {}
+State.__index = State
+
+function worker.state()
+  return setmetatable({ executors = {}, manifests = {} }, State)
+end
+
+local function spec_key(spec, column) return column .. "\0" .. (spec.version or json.canonical(spec)) end
+
+function State:executor(spec, column)
+  local key = spec_key(spec, column)
+  local ex = self.executors[key]
+  if not ex then
+    local udf = require "geneva.udf"
+    local u = udf.from_spec(spec)
+    ex = { udf = u, ex = u:executor(column) }
+    self.executors[key] = ex
+  end
+  return ex
+end
+
+function State:manifest(tbl_dir, version)
+  local key = tbl_dir .. "\0" .. version
+  local m = self.manifests[key]
+  if not m then
+    m = require("geneva.storage").read(tbl_dir, version)
+    self.manifests[key] = m
+  end
+  return m
+end
+
+local function find_fragment(manifest, id)
+  for _, f in ipairs(manifest.fragments) do
+    if f.id == id then return f end
+  end
+end
+
+local function column_type(manifest, name)
+  for _, c in ipairs(manifest.schema) do
+    if c.name == name then return c end
+  end
+end
+
+-- Opens the staged output file (a temp name until finish()).
+local function open_output(path)
+  assert(fs.mkdir_p(path:match("^(.*)/[^/]*$")))
+  local tmp = path .. ".tmp-" .. require("geneva.proc").self().pid
+  os.remove(tmp)
+  local out = storage.open_new_file(tmp)
+  assert(out:exec("CREATE TABLE col(_rowid INTEGER PRIMARY KEY, value)"))
+  assert(out:exec("BEGIN"))
+  local ins = assert(out:prepare("INSERT INTO col(_rowid, value) VALUES (?, ?)"))
+  return { db = out, ins = ins, tmp = tmp, path = path }
+end
+
+local function close_output(o, keep)
+  o.ins:close()
+  if keep then
+    assert(o.db:exec("COMMIT"))
+    storage.finish_file(o.db)      -- durable before the driver may commit it
+  else
+    o.db:close()
+  end
+  if keep then
+    assert(fs.rename(o.tmp, o.path))
+  else
+    os.remove(o.tmp)
+  end
+end
+
+-- worker.run_task(state, task) -> result {computed=, failed=, staged=, errors=}
+-- | raises an Error (udf_error for on_error="fail", others for bad tasks).
+-- task: {table_dir, version, fragment, lo, hi, column, udf (spec with
+-- .version), where}
+function worker.run_task(state, task)
+  local reader = require "geneva.reader"
+  local manifest = state:manifest(task.table_dir, task.version)
+  local frag = find_fragment(manifest, task.fragment)
+  if not frag then
+    errors.throw("not_found", ("fragment %d is not in version %d"):format(task.fragment, task.version))
+  end
+  local spec = task.udf
+  local col = column_type(manifest, task.column)
+  if not col then errors.throw("not_found", ("no column '%s'"):format(task.column)) end
+  local out_type = assert(types.parse(col.data_type))
+  local inputs = spec.input_columns
+  local in_types = {}
+  for i, name in ipairs(inputs) do
+    local c = column_type(manifest, name)
+    if not c then errors.throw("invalid_argument", ("UDF input column '%s' does not exist"):format(name)) end
+    in_types[i] = assert(types.parse(c.data_type))
+  end
+  local wanted = { task.column }
+  for _, name in ipairs(inputs) do wanted[#wanted + 1] = name end
+  local r = reader.open(task.table_dir, manifest, frag, { columns = wanted })
+  local sel = {}
+  for i, name in ipairs(inputs) do sel[i] = quote(name) end
+  local sql = ("SELECT _rowid%s FROM t WHERE _rowid BETWEEN ? AND ? AND (%s IS NULL OR %s IS NOT ?)%s ORDER BY _rowid")
+    :format(#sel > 0 and ", " .. table.concat(sel, ", ") or "", quote(task.column),
+            quote("__ver_" .. task.column),
+            task.where and (" AND (" .. task.where .. ")") or "")
+  local stmt, err = r:prepare(sql)
+  if not stmt then
+    r:close()
+    errors.throw("invalid_argument", ("bad where clause %q: %s"):format(task.where or "", err))
+  end
+  stmt:bind_all({ task.lo, task.hi, spec.version })
+
+  local ex = state:executor(spec, task.column).ex
+  local null = json.null
+  local out = open_output(worker.staged_path(task.table_dir, task.column, spec.version,
+                                             task.fragment, task.lo, task.hi))
+  local computed, failed, first_errors = 0, 0, {}
+  local ok, perr = pcall(function()
+    local ncols = #inputs
+    while true do
+      local rowids, columns, n = {}, {}, 0
+      for i = 1, ncols do columns[inputs[i]] = {} end
+      while n < CHUNK do
+        local st, serr, scode = stmt:step()
+        if st == "done" then break end
+        if st ~= "row" then
+          if scode == "EINTR" then errors.throw("interrupted", "interrupted") end
+          errors.throw("internal", ("reading fragment %d: %s"):format(task.fragment, serr))
+        end
+        n = n + 1
+        local row = stmt:row()
+        rowids[n] = row[1]
+        for i = 1, ncols do
+          local v = row[i + 1]
+          if v == null then
+            columns[inputs[i]][n] = null
+          else
+            local lv = types.from_sql(in_types[i], v)
+            columns[inputs[i]][n] = lv == nil and null or lv
+          end
+        end
+      end
+      if n == 0 then break end
+      for i = 1, ncols do columns[inputs[i]].n = n end
+      local res = ex:run({ n = n, rowids = rowids, columns = columns })
+      local values = res.values
+      for i = 1, n do
+        local v = values[i]
+        if v == null then v = nil end
+        local sv = types.to_sql(out_type, v)
+        out.ins:bind_all({ rowids[i], sv == nil and sqlite.null or sv })
+        local st, ierr = out.ins:step()
+        if st ~= "done" then errors.throw("internal", "writing staged output: " .. tostring(ierr)) end
+        out.ins:reset()
+      end
+      computed = computed + n - #res.failed
+      failed = failed + #res.failed
+      for _, f in ipairs(res.failed) do
+        if #first_errors < 5 then first_errors[#first_errors + 1] = errors.plain(errors.from(f.error, "udf_error")) end
+      end
+      if n < CHUNK then break end
+    end
+  end)
+  stmt:close()
+  r:close()
+  local rows = computed + failed
+  close_output(out, ok and rows > 0)
+  if not ok then error(errors.from(perr, "udf_error"), 0) end
+  return {
+    computed = computed, failed = failed, errors = first_errors,
+    staged = rows > 0 and out.path or nil,
+  }
+end
+
+-- {====== --stdio: serve tasks to the local runner over JSON lines
+
+local MARK = "\30GENEVA "   -- protocol lines start with RS + tag; others are logs
+
+local function send(msg)
+  io.stdout:write(MARK, json.encode(msg), "\n")
+  io.stdout:flush()
+end
+worker.MARK = MARK
+
+-- UDF output must not corrupt the protocol: print and io.write go to stderr
+local function redirect_output()
+  io.output(io.stderr)
+  _G.print = function(...)
+    local n = select("#", ...)
+    local parts = {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    io.stderr:write(table.concat(parts, "\t"), "\n")
+  end
+end
+
+function worker.stdio_main()
+  redirect_output()
+  local state = worker.state()
+  send({ op = "ready", pid = require("geneva.proc").self().pid })
+  for line in io.stdin:lines() do
+    local msg, err = json.decode(line, { null_as_nil = true })
+    if not msg then
+      send({ op = "failed", error = { code = "internal", message = "bad message: " .. err } })
+    elseif msg.op == "exit" then
+      return 0
+    elseif msg.op == "task" then
+      local ok, res = pcall(worker.run_task, state, msg.task)
+      if ok then
+        res.op, res.task = "done", msg.task.id
+        send(res)
+      else
+        local e = errors.from(res, "udf_error")
+        if e.code == "interrupted" then return 130 end
+        send({ op = "failed", task = msg.task.id, error = errors.plain(e) })
+      end
+    end
+  end
+  return 0   -- stdin closed: the driver is gone
+end
+
+-- }======
+
+-- --task FILE: one task, result JSON written to FILE .. ".result"
+function worker.task_main(path)
+  redirect_output()
+  local text = assert(fs.read(path))
+  local task = assert(json.decode(text, { null_as_nil = true }))
+  local ok, res = pcall(worker.run_task, worker.state(), task)
+  local out = ok and { op = "done", task = task.id, computed = res.computed, failed = res.failed,
+                       staged = res.staged, errors = res.errors }
+                 or { op = "failed", task = task.id, error = errors.plain(errors.from(res, "udf_error")) }
+  assert(fs.write_atomic(path .. ".result", json.encode(out)))
+  return ok and 0 or 1
+end
+
+return worker
