@@ -40,12 +40,14 @@ grep -q "stack traceback" "$tmp/err"
 [ "$(cat "$tmp/marker")" = done ]
 
 # 3. the installed binary runs without the source tree
-(cd "$tmp" && env -u GENEVA_STDLIB "$prefix/bin/geneva" -e 'print(require("geneva.pretty").format({1}))' | grep -q '1,')
+out=$(cd "$tmp" && env -u GENEVA_STDLIB "$prefix/bin/geneva" -e 'print(require("geneva.pretty").format({1}))')
+grep -q '1,' <<<"$out"
 
 # 4. the CMake package
 if [ "${GENEVA_SANITIZE:-0}" != 1 ]; then
   cmake -S "$src" -B "$tmp/cm" -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
   cmake --build "$tmp/cm" >/dev/null
-  "$tmp/cm/embed" | grep -q "hello, geneva"
+  out=$("$tmp/cm/embed")
+  grep -q "hello, geneva" <<<"$out"
 fi
 echo "1 passed, 0 failed"
