@@ -45,18 +45,27 @@ end
 
 local function write_lease(path, lease)
   local fs, json = require "geneva.fs", require "geneva.json"
-  local ok, err = fs.write_atomic(path, json.encode(lease))
+  local ok, err = fs.write_atomic(path, json.encode(lease, { indent = 1 }))
   if not ok then error(("cannot journal lease '%s': %s"):format(path, err), 3) end
 end
 
--- ledger.scope{name=, parent=, journal=} -> scope (parent: the current one)
+local function remove_leases(paths)
+  for _, p in ipairs(paths or {}) do os.remove(p) end
+end
+
+-- ledger.scope{name=, parent=, journal=} -> scope (parent: the current one).
+-- journal: a directory, or a list of them (the db's and a per-user mirror):
+-- each lease is written to every one.
 function ledger.scope(opts)
   opts = opts or {}
   local s = core.scope(opts.name or "scope", opts.parent)
   if opts.journal then
-    local ok, err = require("geneva.fs").mkdir_p(opts.journal)
-    if not ok then error(("cannot create lease journal: %s"):format(err), 2) end
-    journals[s] = opts.journal
+    local dirs = type(opts.journal) == "table" and opts.journal or { opts.journal }
+    for _, d in ipairs(dirs) do
+      local ok, err = require("geneva.fs").mkdir_p(d)
+      if not ok then error(("cannot create lease journal: %s"):format(err), 2) end
+    end
+    journals[s] = dirs
   end
   return s
 end
@@ -70,51 +79,65 @@ ledger.set_step_deadline = core.set_step_deadline
 -- file is on disk before this returns; raises if it cannot be written.
 function Scope:reserve(kind, name, info)
   local res = raw_reserve(self, kind, name)
-  local dir = journal_of(self)
-  if dir then
+  local dirs = journal_of(self)
+  if dirs then
     local id = ("%s-%d-%d"):format(kind, ledger.owner().pid, res:info().id)
-    local path = dir .. "/" .. id:gsub("[^%w%-_.]", "_") .. ".json"
-    local ok, err = pcall(write_lease, path, {
+    local file = id:gsub("[^%w%-_.]", "_") .. ".json"
+    local lease = {
       id = id, kind = kind, name = name, info = info or {}, state = "active",
       owner = ledger.owner(), created_at = os.time(), scope = res:info().scope,
-    })
-    if not ok then raw_forget(res); error(err, 2) end
-    leases[res] = path
+    }
+    local paths = {}
+    for i, d in ipairs(dirs) do
+      paths[i] = d .. "/" .. file
+      local ok, err = pcall(write_lease, paths[i], lease)
+      if not ok then remove_leases(paths); raw_forget(res); error(err, 2) end
+    end
+    leases[res] = { paths = paths, lease = lease }
   end
   return res
 end
 
--- res:lease() -> path of its lease file, or nil
-function Resource:lease() return leases[self] end
+-- res:lease() -> the lease table (nil without a journal)
+function Resource:lease() return leases[self] and leases[self].lease end
+
+-- res:update(info) -> res: merges info into the lease (e.g. a pid known only
+-- once the process exists) and rewrites it.
+function Resource:update(info)
+  local l = leases[self]
+  if l then
+    for k, v in pairs(info) do l.lease.info[k] = v end
+    for _, p in ipairs(l.paths) do write_lease(p, l.lease) end
+  end
+  return self
+end
 
 -- res:bind(fn) -> res: fn() tears the resource down; after it returns the
 -- lease is removed (a failing teardown keeps the lease for `geneva reap`).
 -- The closure does not capture the handle, so the handle can be collected
 -- while the ledger keeps the resource.
 function Resource:bind(fn)
-  local path = leases[self]
+  local l = leases[self]
   return raw_bind(self, function()
     fn()
-    if path then os.remove(path) end
+    if l then remove_leases(l.paths) end
   end)
 end
 
 -- res:forget() -> true: the resource ended by itself; drop entry and lease.
 function Resource:forget()
-  local path = leases[self]
-  if path then os.remove(path); leases[self] = nil end
+  local l = leases[self]
+  if l then remove_leases(l.paths); leases[self] = nil end
   return raw_forget(self)
 end
 
 -- res:retain() -> true: keep the resource past its scope; its lease stays,
 -- marked retained, so reap skips it (and `reap --retained` removes it).
 function Resource:retain()
-  local path = leases[self]
-  if path then
-    local fs, json = require "geneva.fs", require "geneva.json"
-    local lease = json.decode(assert(fs.read(path)))
-    lease.state = "retained"
-    write_lease(path, lease)
+  local l = leases[self]
+  if l then
+    l.lease.state = "retained"
+    for _, p in ipairs(l.paths) do write_lease(p, l.lease) end
     leases[self] = nil
   end
   return raw_forget(self)

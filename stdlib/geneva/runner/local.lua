@@ -25,7 +25,8 @@ Pool.__name = "geneva.runner.local.Pool"
 
 local MARK = "\30GENEVA "
 
--- M.new{workers = n [, max_attempts = 3, scope = ledger scope, exe = path]}
+-- M.new{workers = n [, max_attempts = 3, scope = ledger scope, exe = path,
+--        env_add = {NAME = value} for the worker processes]}
 function M.new(opts)
   local n = math.tointeger(opts.workers)
   if not n or n < 1 then
@@ -33,21 +34,31 @@ function M.new(opts)
   end
   local self = setmetatable({
     size = n, max_attempts = opts.max_attempts or 3,
-    exe = opts.exe or proc.exe(), scope = opts.scope or ledger.current(),
+    exe = opts.exe or proc.exe(), scope = opts.scope or ledger.current(), env_add = opts.env_add,
     workers = {}, queue = {}, qhead = 1, qtail = 0, running = {}, closed = false,
     spawned = 0,
   }, Pool)
   return self
 end
 
+-- A worker's lease is journalled (when the pool's scope has a journal)
+-- before the process exists, then completed with its pid, so `geneva reap`
+-- can kill what a kill -9 of the driver left behind.
 local function spawn_worker(self)
+  local lease = self.scope:reserve("proc", "worker", { exe = self.exe })
   local prev = self.scope:activate()     -- the processes belong to the pool's scope
-  local p, err = proc.spawn{ argv = { self.exe, "worker", "--stdio" },
+  local p, err = proc.spawn{ argv = { self.exe, "worker", "--stdio" }, env_add = self.env_add,
                              stdin = "pipe", stdout = "pipe", stderr = "pipe" }
   prev:activate()
-  if not p then errors.throw("unavailable", "cannot start a worker: " .. tostring(err)) end
+  if not p then
+    lease:forget()
+    errors.throw("unavailable", "cannot start a worker: " .. tostring(err))
+  end
+  local info = proc.info(p:pid())
+  lease:update{ pid = p:pid(), pgid = p:pgid(), start_time = info and info.start_time }
+  lease:bind(function() p:close() end)
   self.spawned = self.spawned + 1
-  local w = { p = p, task = nil, id = self.spawned }
+  local w = { p = p, lease = lease, task = nil, id = self.spawned }
   self.workers[#self.workers + 1] = w
   return w
 end
@@ -101,7 +112,7 @@ local function remove_worker(self, w)
   for i, x in ipairs(self.workers) do
     if x == w then table.remove(self.workers, i) break end
   end
-  w.p:close()
+  w.lease:release()   -- closes the process (kill, reap) and drops its lease
 end
 
 -- A dead worker's task goes back to the queue, or fails after max_attempts.
@@ -194,7 +205,7 @@ function Pool:close()
   for _, w in ipairs(self.workers) do
     if not w.task then send(w, { op = "exit" }) end
   end
-  for _, w in ipairs(self.workers) do w.p:close() end
+  for _, w in ipairs(self.workers) do w.lease:release() end
   self.workers, self.running = {}, {}
   return true
 end
