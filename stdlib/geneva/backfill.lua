@@ -35,8 +35,10 @@ local function cpu_count()
 end
 backfill.cpu_count = cpu_count
 
--- Contexts (geneva.context) set this to hand out their own runner.
+-- Contexts (geneva.context) set these: the runner to use, and a callback
+-- told of every job started (a context waits for its async jobs at exit).
 backfill.runner_provider = nil
+backfill.on_start = nil
 
 -- The embedded local cluster used outside any context: workers = cores,
 -- owned by the root scope, started on first use and reused.
@@ -341,7 +343,9 @@ function backfill.start(tbl, column, opts)
     end
   end)
   job.save(db_dir, rec)
-  return job.object(db_dir, rec, self)
+  local j = job.object(db_dir, rec, self)
+  if backfill.on_start then backfill.on_start(j) end   -- contexts track their jobs
+  return j
 end
 
 -- backfill.run(tbl, column, opts) -> record; raises the job's error

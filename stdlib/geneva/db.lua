@@ -62,6 +62,14 @@ local function exists(self, name)
 end
 
 -- db:table_names() -> sorted array of the names of existing tables
+-- db:context{cluster=, manifest=, on_exit=} -> Context bound to this db
+function Db:context(opts)
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.db = self
+  return require("geneva.context").new(o)
+end
+
 -- db:jobs([{table=, status=}]) -> array of job records, newest first
 function Db:jobs(filter)
   return require("geneva.job").list(self.path, filter)

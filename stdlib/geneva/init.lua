@@ -18,6 +18,29 @@ function geneva.connect(uri, opts)
   return db
 end
 
+-- geneva.context{cluster=, manifest=, db=, on_exit=} -> Context: ctx(fn, ...)
+-- runs fn inside and always tears down (geneva.context)
+function geneva.context(opts) return require("geneva.context").new(opts) end
+
+-- geneva.local_cluster{workers = n [, db=, manifest=, on_exit=]} -> Context
+function geneva.local_cluster(opts)
+  opts = opts or {}
+  local c = { cluster = { type = "local", workers = opts.workers } }
+  for k, v in pairs(opts) do if k ~= "workers" then c[k] = v end end
+  return require("geneva.context").new(c)
+end
+
+-- geneva.ray_cluster{address = url, ...} -> Context on an existing Ray cluster
+function geneva.ray_cluster(opts)
+  opts = opts or {}
+  local spec, c = { type = "ray" }, {}
+  for k, v in pairs(opts) do
+    if k == "db" or k == "manifest" or k == "on_exit" then c[k] = v else spec[k] = v end
+  end
+  c.cluster = spec
+  return require("geneva.context").new(c)
+end
+
 return setmetatable(geneva, {
   __index = function(t, k)
     if k == "null" then          -- NULL in batch arrays (json.null)

@@ -93,7 +93,7 @@ function Scope:reserve(kind, name, info)
       local ok, err = pcall(write_lease, paths[i], lease)
       if not ok then remove_leases(paths); raw_forget(res); error(err, 2) end
     end
-    leases[res] = { paths = paths, lease = lease }
+    leases[res] = { paths = paths, lease = lease, scope = self }
   end
   return res
 end
@@ -141,6 +141,23 @@ function Resource:retain()
     leases[self] = nil
   end
   return raw_forget(self)
+end
+
+-- ledger.mark_retained(scope) -> n: rewrites the leases of the scope's
+-- resources (and its descendants') as retained, so `geneva reap` leaves
+-- them alone; they stay in the ledger.
+function ledger.mark_retained(scope)
+  local n = 0
+  for _, l in pairs(leases) do
+    local s = l.scope
+    while s and s ~= scope do s = s:parent() end
+    if s and l.lease.state ~= "retained" then
+      l.lease.state = "retained"
+      for _, p in ipairs(l.paths) do write_lease(p, l.lease) end
+      n = n + 1
+    end
+  end
+  return n
 end
 
 -- ledger.with(scope, fn, ...) -> fn's results: runs fn with scope current,

@@ -26,7 +26,7 @@ Pool.__name = "geneva.runner.local.Pool"
 local MARK = "\30GENEVA "
 
 -- M.new{workers = n [, max_attempts = 3, scope = ledger scope, exe = path,
---        env_add = {NAME = value} for the worker processes]}
+--        env_add = {NAME = value}, cwd = dir for the worker processes]}
 function M.new(opts)
   local n = math.tointeger(opts.workers)
   if not n or n < 1 then
@@ -35,6 +35,7 @@ function M.new(opts)
   local self = setmetatable({
     size = n, max_attempts = opts.max_attempts or 3,
     exe = opts.exe or proc.exe(), scope = opts.scope or ledger.current(), env_add = opts.env_add,
+    cwd = opts.cwd,
     workers = {}, queue = {}, qhead = 1, qtail = 0, running = {}, closed = false,
     spawned = 0,
   }, Pool)
@@ -48,7 +49,7 @@ local function spawn_worker(self)
   local lease = self.scope:reserve("proc", "worker", { exe = self.exe })
   local prev = self.scope:activate()     -- the processes belong to the pool's scope
   local p, err = proc.spawn{ argv = { self.exe, "worker", "--stdio" }, env_add = self.env_add,
-                             stdin = "pipe", stdout = "pipe", stderr = "pipe" }
+                             cwd = self.cwd, stdin = "pipe", stdout = "pipe", stderr = "pipe" }
   prev:activate()
   if not p then
     lease:forget()

@@ -1,0 +1,54 @@
+-- geneva reap [--db URI] [--list] [--retained] [--force] [--json]
+local args = require "geneva.cli.args"
+local json = require "geneva.json"
+
+local M = {}
+
+local usage = [[
+usage: geneva reap [--db URI] [--list] [--retained] [--force] [--json]
+Tears down what drivers that died (kill -9, a lost machine) left behind:
+worker processes, temp dirs, jobs, from the leases they journalled.
+  --db URI     also the leases in that database (default: this user's only)
+  --list       show the leases and their owners, change nothing
+  --retained   also tear down resources kept with on_exit = "retain"
+  --force      also act on leases of other hosts (shared storage)
+]]
+
+function M.main(argv)
+  local opts = {}
+  return args.run(usage, function() return opts.json end, function()
+    local pos
+    opts, pos = args.parse(argv, { db = "value", list = "flag", retained = "flag",
+                                   force = "flag", json = "flag", help = "flag" })
+    if opts.help then io.stdout:write(usage) return 0 end
+    if #pos > 0 then error({ usage = ("unexpected argument '%s'"):format(pos[1]) }, 0) end
+    local reap = require "geneva.reap"
+    if opts.list then
+      local rows = {}
+      for _, e in ipairs(reap.list{ db = opts.db }) do
+        rows[#rows + 1] = { id = e.lease.id, kind = e.lease.kind, name = e.lease.name,
+                            state = e.lease.state, owner = e.owner, info = e.lease.info }
+      end
+      if opts.json then
+        io.stdout:write(json.encode(json.array(rows)), "\n")
+      else
+        for _, r in ipairs(rows) do
+          io.stdout:write(("%-32s %-8s %-9s owner %-10s %s\n"):format(r.id, r.kind, r.state, r.owner, r.name or ""))
+        end
+      end
+      return 0
+    end
+    local res = reap.run{ db = opts.db, retained = opts.retained, force = opts.force }
+    if opts.json then
+      io.stdout:write(json.encode({ reaped = res.reaped, skipped = res.skipped,
+                                    failed = json.array(res.failed) }), "\n")
+    else
+      for _, item in ipairs(res.items) do io.stdout:write("reaped ", item, "\n") end
+      for _, f in ipairs(res.failed) do io.stderr:write("geneva: cannot reap ", f, "\n") end
+      io.stdout:write(("%d reaped, %d skipped\n"):format(res.reaped, res.skipped))
+    end
+    return #res.failed == 0 and 0 or 1
+  end)
+end
+
+return M
