@@ -170,4 +170,26 @@ function Db:create_table(name, source, opts)
   return table_mod.new(self, name, dir)
 end
 
+-- {====== clusters and manifests (geneva.cluster, geneva.manifest)
+
+-- db:define_cluster(name, spec) -> normalized spec | raises invalid_argument
+-- db:get_cluster(name) -> spec | nil, Error(not_found)   (a probe)
+-- db:list_clusters() -> array of {name=, type=, spec=, ...}, sorted by name
+-- db:delete_cluster(name) -> true | raises not_found
+function Db:define_cluster(name, spec) return require("geneva.cluster").define(self, name, spec) end
+function Db:get_cluster(name) return require("geneva.cluster").get(self, name) end
+function Db:list_clusters() return require("geneva.cluster").list(self) end
+function Db:delete_cluster(name) return require("geneva.cluster").delete(self, name) end
+
+-- db:define_manifest(name, spec) -> record (packages; writes nothing when unchanged)
+-- db:get_manifest(name) -> record | nil, Error(not_found)   (a probe)
+-- db:list_manifests() -> array of records, sorted by name
+-- db:delete_manifest(name) -> true | raises not_found (the package stays)
+function Db:define_manifest(name, spec) return require("geneva.manifest").define(self, name, spec) end
+function Db:get_manifest(name) return require("geneva.manifest").get(self, name) end
+function Db:list_manifests() return require("geneva.manifest").list(self) end
+function Db:delete_manifest(name) return require("geneva.manifest").delete(self, name) end
+
+-- }======
+
 return M

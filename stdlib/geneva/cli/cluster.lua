@@ -1,0 +1,51 @@
+-- geneva cluster list|show NAME|delete NAME --db URI [--json]
+local json = require "geneva.json"
+local cluster = require "geneva.cluster"
+
+local M = {}
+
+local usage = [[
+usage: geneva cluster list        --db URI [--json]
+       geneva cluster show NAME   --db URI [--json]
+       geneva cluster delete NAME --db URI [--json]
+Lists the clusters defined in a database, shows one definition, or deletes
+it. Secrets appear only as references (token_env, token_file, from_env).
+Exit codes: 0 ok, 1 failure (unknown name, no database), 2 bad syntax.
+]]
+
+local function summary(spec)
+  if spec.type == "local" then
+    return "workers=" .. (spec.workers and tostring(spec.workers) or "cores")
+  elseif spec.type == "ray" then
+    return spec.address .. (spec.ship_host and " ship_host" or "")
+  else
+    local groups = {}
+    for _, g in ipairs(spec.worker_groups or {}) do
+      groups[#groups + 1] = ("%s=%s"):format(g.name, tostring(g.replicas or g.min_replicas or 0))
+    end
+    return ("namespace=%s workers=%s"):format(spec.namespace or "-", #groups > 0 and table.concat(groups, ",") or "-")
+  end
+end
+
+local impl = {
+  list = cluster.list,
+  get = function(db, name)
+    local rec = cluster.record(db, name)
+    if rec then return rec end
+    return cluster.get(db, name)
+  end,
+  delete = cluster.delete,
+  line = function(rec)
+    return ("%-24s %-8s %s"):format(rec.name, rec.type or "?", summary(rec.spec or {}))
+  end,
+  show = function(rec)
+    return ("cluster %s (%s)\ncreated %s, updated %s\n%s\n"):format(rec.name, rec.type,
+      rec.created_at or "?", rec.updated_at or "?", json.encode(rec.spec, { indent = 2, sort_keys = true }))
+  end,
+}
+
+function M.main(argv)
+  return require("geneva.cli.registry_cmd").main(argv, "cluster", usage, impl)
+end
+
+return M

@@ -1,0 +1,60 @@
+-- geneva.cli.registry_cmd: the shared shape of `geneva cluster ...` and
+-- `geneva manifest ...`: list | show NAME | delete NAME, --db URI, --json.
+local args = require "geneva.cli.args"
+local json = require "geneva.json"
+local errors = require "geneva.errors"
+
+local M = {}
+
+-- M.main(argv, kind, usage, impl) -> exit code
+-- impl: {list = fn(db) -> records, get = fn(db, name) -> rec | nil, err,
+-- delete = fn(db, name), line = fn(rec) -> text, show = fn(rec) -> text}
+function M.main(argv, kind, usage, impl)
+  local opts = {}
+  return args.run(usage, function() return opts.json end, function()
+    local pos
+    opts, pos = args.parse(argv, { db = "value", json = "flag", help = "flag" })
+    if opts.help then io.stdout:write(usage) return 0 end
+    local verb = pos[1]
+    if not verb then error({ usage = "missing action (list, show or delete)" }, 0) end
+    if verb ~= "list" and verb ~= "show" and verb ~= "delete" then
+      error({ usage = ("unknown action '%s'"):format(verb) }, 0)
+    end
+    if verb ~= "list" and not pos[2] then error({ usage = ("missing %s NAME"):format(kind) }, 0) end
+    if #pos > (verb == "list" and 1 or 2) then
+      error({ usage = ("unexpected argument '%s'"):format(pos[verb == "list" and 2 or 3]) }, 0)
+    end
+    if not opts.db then error({ usage = "missing --db URI" }, 0) end
+    local st = require("geneva.fs").stat(opts.db)
+    if not st or st.type ~= "dir" then
+      errors.throw("not_found", ("no database at '%s'"):format(opts.db))
+    end
+    local db = require("geneva.db").connect(opts.db)
+    if verb == "list" then
+      local recs = impl.list(db)
+      if opts.json then
+        io.stdout:write(json.encode(json.array(recs), { sort_keys = true }), "\n")
+      else
+        for _, rec in ipairs(recs) do io.stdout:write(impl.line(rec), "\n") end
+      end
+    elseif verb == "show" then
+      local rec, err = impl.get(db, pos[2])
+      if not rec then error(err, 0) end
+      if opts.json then
+        io.stdout:write(json.encode(rec, { indent = 2, sort_keys = true }), "\n")
+      else
+        io.stdout:write(impl.show(rec))
+      end
+    else
+      impl.delete(db, pos[2])
+      if opts.json then
+        io.stdout:write(json.encode({ deleted = pos[2], kind = kind }), "\n")
+      else
+        io.stdout:write(("deleted %s '%s'\n"):format(kind, pos[2]))
+      end
+    end
+    return 0
+  end)
+end
+
+return M

@@ -1,0 +1,92 @@
+-- geneva.registry: named JSON records under <db>/_geneva/<kind>/<name>.json
+-- (clusters, manifests). Writes are atomic (temp file, fsync, rename) and
+-- skipped when the stored bytes would not change, so re-defining an
+-- unchanged object writes nothing. Errors are raised geneva.Errors.
+local fs = require "geneva.fs"
+local json = require "geneva.json"
+local errors = require "geneva.errors"
+
+local M = {}
+
+-- M.check_name(kind, name) -> name | raises invalid_argument. Names become
+-- file names: letters, digits, '_', '-', '.', starting with a letter or
+-- digit, at most 128 bytes.
+function M.check_name(kind, name)
+  if type(name) ~= "string" or #name > 128 or not name:match("^[%w][%w_.%-]*$") then
+    errors.throw("invalid_argument", ("invalid %s name %s (letters, digits, '_', '-' and '.', starting with a letter or digit, at most 128 bytes)")
+      :format(kind, type(name) == "string" and ("'" .. name .. "'") or tostring(name)))
+  end
+  return name
+end
+
+local function io_check(ok, msg, code)
+  if ok == nil then errors.throw("unavailable", tostring(msg), { errno = code }) end
+  return ok
+end
+M.io_check = io_check
+
+-- M.dir(db, kind) -> "<db>/_geneva/<kind>" (not created)
+function M.dir(db, kind) return db.path .. "/_geneva/" .. kind end
+
+-- M.path(db, kind, name) -> path of the record file
+function M.path(db, kind, name) return M.dir(db, kind) .. "/" .. name .. ".json" end
+
+-- M.encode(rec) -> the bytes stored for a record (sorted keys, indented)
+function M.encode(rec) return json.encode(rec, { indent = 2, sort_keys = true }) .. "\n" end
+
+-- M.read(db, kind, name) -> record, bytes | nil (absent) | raises
+-- unavailable/internal for unreadable or corrupt files.
+function M.read(db, kind, name)
+  local path = M.path(db, kind, name)
+  local data, msg, code = fs.read(path)
+  if not data then
+    if code == "ENOENT" then return nil end
+    io_check(nil, msg, code)
+  end
+  local rec, err = json.decode(data)
+  if type(rec) ~= "table" then
+    errors.throw("internal", ("corrupt %s record %s: %s"):format(kind, path, tostring(err or "not an object")), { path = path })
+  end
+  return rec, data
+end
+
+-- M.write(db, kind, name, rec [, old_bytes]) -> true if written, false when
+-- the bytes are unchanged (old_bytes: what M.read returned)
+function M.write(db, kind, name, rec, old_bytes)
+  local data = M.encode(rec)
+  if data == old_bytes then return false end
+  io_check(fs.mkdir_p(M.dir(db, kind)))
+  io_check(fs.write_atomic(M.path(db, kind, name), data))
+  return true
+end
+
+-- M.names(db, kind) -> sorted array of record names
+function M.names(db, kind)
+  local list, msg, code = fs.list(M.dir(db, kind))
+  if not list then
+    if code == "ENOENT" then return {} end
+    io_check(nil, msg, code)
+  end
+  local out = {}
+  for _, f in ipairs(list) do
+    local n = f:match("^(.+)%.json$")
+    if n and n:match("^[%w][%w_.%-]*$") then out[#out + 1] = n end
+  end
+  return out
+end
+
+-- M.remove(db, kind, name) -> true | raises not_found
+function M.remove(db, kind, name)
+  local path = M.path(db, kind, name)
+  local ok, msg, code = fs.remove(path)
+  if not ok then
+    if code == "ENOENT" then
+      errors.throw("not_found", ("%s '%s' is not defined in %s"):format(kind:gsub("s$", ""), name, db.path))
+    end
+    io_check(nil, msg, code)
+  end
+  fs.fsync_dir(M.dir(db, kind))
+  return true
+end
+
+return M
