@@ -8,6 +8,7 @@ local lazy = {
   proc = "geneva.proc", http = "geneva.http", time = "geneva.time",
   pretty = "geneva.pretty",
   udf = "geneva.udf",             -- callable: geneva.udf{...}
+  recipe = "geneva.recipe",       -- geneva.recipe.load(path [, vars])
 }
 
 -- geneva.connect(uri [, opts]) -> Db (geneva.db); it becomes the database
