@@ -574,6 +574,22 @@ local function check_shape(r)
       end
     end
   end
+
+  -- names a job uses that the recipe does not define come from the db
+  for _, j in ipairs(r.jobs) do
+    for _, kind in ipairs({ "cluster", "manifest" }) do
+      local name = j[kind]
+      if name then
+        local found = false
+        for _, e in ipairs(r[kind .. "s"]) do if e.name == name then found = true end end
+        if not found then
+          local l = loc_of(r, j.node, kind) or { line = 1, col = 1 }
+          r.warnings[#r.warnings + 1] = ("%s:%d:%d: job '%s': %s '%s' is not defined in this recipe; "
+            .. "it must exist in the db"):format(r.file, l.line, l.col, j.name, kind, name)
+        end
+      end
+    end
+  end
 end
 
 -- }======

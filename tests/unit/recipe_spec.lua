@@ -158,6 +158,16 @@ x-t:
       assert.equals("8", r.doc["x-t"].default_str)
     end)
 
+    it("takes Lua values from recipe.load's vars argument", function()
+      local r = recipe.load(write(dir .. "/r.yaml", base), { n = 5, flag = false, cols = { "x" } })
+      local t = r.doc["x-t"]
+      assert.same({ 5, "5", false, { "x" } }, { t.int, t.quoted, t.flag_plain, t.list })
+      local e = load_err(dir .. "/r.yaml", { name = { 1 } })
+      assert.matches("variable 'name' is a list: it can only be used as a whole unquoted value", e.message, 1, true)
+      assert.has_error(function() recipe.load(dir .. "/r.yaml", { ["bad name"] = "x" }) end)
+      assert.has_error(function() recipe.load(dir .. "/r.yaml", { f = print }) end)
+    end)
+
     it("lets vars defaults refer to other vars", function()
       local r = recipe.load(write(dir .. "/r.yaml", [[
 vars:
@@ -398,6 +408,24 @@ jobs:
       local _, n = package.path:gsub(dir:gsub("%p", "%%%0") .. "/sub/%?%.lua;", "")
       assert.equals(1, n)
       package.loaded.recipe_mod_xyz = nil
+    end)
+
+    it("warns when a job names a cluster or manifest the recipe does not define", function()
+      local r = recipe.load(write(dir .. "/r.yaml", [[
+db: ./db
+clusters: {here: {type: local, workers: 1}}
+jobs:
+  j:
+    table: docs
+    column: c
+    cluster: elsewhere
+    manifest: gone
+    udf: {module: string, function: upper, data_type: string, input_columns: [content]}
+]]))
+      assert.same({
+        dir .. "/r.yaml:7:14: job 'j': cluster 'elsewhere' is not defined in this recipe; it must exist in the db",
+        dir .. "/r.yaml:8:15: job 'j': manifest 'gone' is not defined in this recipe; it must exist in the db",
+      }, r.warnings)
     end)
 
     it("keeps absolute db paths and URIs", function()

@@ -99,7 +99,11 @@ local function do_main(opts, pos)
       io.stdout:write(result_line(res), "\n")
       io.stdout:flush()
     end or nil })
-    if opts.json then io.stdout:write(json.encode(arr(results), { indent = 2 }), "\n") end
+    if opts.json then
+      io.stdout:write(json.encode(arr(results), { indent = 2 }), "\n")
+    elseif #results == 0 then
+      io.stdout:write(("%s: no jobs to run\n"):format(r.file))
+    end
   end
   return 0
 end
