@@ -133,20 +133,26 @@ end
 
 -- Adds files matched by pattern under base to add(zipname, path).
 local function expand_files(path, pattern, base, add)
-  local matches = io_check(fs.glob(glob_escape(base) .. "/" .. pattern))
+  -- "x/." and "./x" name the same files as "x"
+  pattern = pattern:gsub("/%.$", ""):gsub("^%./", ""):gsub("/%./", "/")
+  local whole = pattern == "."
+  local matches = whole and { base } or io_check(fs.glob(glob_escape(base) .. "/" .. pattern))
+  local recursive = pattern:find("**", 1, true) ~= nil
   local n = 0
   local prefix = base .. "/"
   for _, m in ipairs(matches) do
     local st = fs.stat(m)
     local rel = m:sub(1, #prefix) == prefix and m:sub(#prefix + 1) or m
     if st and st.type == "file" then
-      add(rel, m) n = n + 1
-    elseif st and st.type == "dir" then
+      add(rel, m, st) n = n + 1
+    elseif st and st.type == "dir" and not recursive then
+      -- a directory stands for its files (hidden ones and symlinked dirs skipped)
+      local pre = whole and "" or rel .. "/"
       for _, r in ipairs(io_check(fs.walk(m))) do
         local hidden = ("/" .. r):find("/%.")
         local full = m .. "/" .. r
         local s2 = not hidden and fs.stat(full)
-        if s2 and s2.type == "file" then add(rel .. "/" .. r, full) n = n + 1 end
+        if s2 and s2.type == "file" then add(pre .. r, full, s2) n = n + 1 end
       end
     end
   end
@@ -331,7 +337,7 @@ local function hash_entries(entries, cache)
   local now_ns = math.floor(require("geneva.time").now() * 1e9)
   local realdirs, dirty, stale_bytes = {}, false, 0
   for _, e in ipairs(entries) do
-    local st = io_check(fs.stat(e.path))
+    local st = e.stat or io_check(fs.stat(e.path))   -- collect() may have it already
     if st.type ~= "file" then fail("files", ("%s is not a regular file"):format(e.path)) end
     local d = dirname(e.path)
     local rd = realdirs[d]
@@ -369,13 +375,13 @@ end
 local function collect(spec)
   local base = spec.base_dir and io_check(fs.realpath(spec.base_dir)) or io_check(fs.getcwd())
   local entries, by_name = {}, {}
-  local function add(name, path, what, mode)
+  local function add(name, path, what, mode, st)
     local prev = by_name[name]
     if prev then
       if prev.path == path then return end
       fail(what, ("'%s' would be packaged twice (%s and %s)"):format(name, prev.path, path))
     end
-    local e = { name = name, path = path, mode = mode }
+    local e = { name = name, path = path, mode = mode, stat = st }
     by_name[name] = e
     entries[#entries + 1] = e
   end
@@ -385,7 +391,8 @@ local function collect(spec)
     add(zipname, found, sub("modules", i))
   end
   for i, pat in ipairs(spec.files or {}) do
-    expand_files(sub("files", i), pat, base, function(rel, path) add(rel, path, sub("files", i)) end)
+    local where = sub("files", i)
+    expand_files(where, pat, base, function(rel, path, st) add(rel, path, where, nil, st) end)
   end
   local host
   if spec.ship_host then
@@ -395,16 +402,30 @@ local function collect(spec)
     for _, l in ipairs(libs) do add("lib/" .. l[1], l[2], "ship_host") end
     host = M.describe_binary(exe, libs)
   end
-  table.sort(entries, function(a, b) return a.name < b.name end)
+  local sorted = true   -- walks give sorted lists: skip the sort when possible
+  for i = 2, #entries do
+    if entries[i - 1].name >= entries[i].name then sorted = false break end
+  end
+  if not sorted then table.sort(entries, function(x, y) return x.name < y.name end) end
   return entries, host
 end
 
-local function strip_times(rec)
-  local t = {}
-  for k, v in pairs(rec) do
-    if k ~= "updated_at" and k ~= "created_at" then t[k] = v end
+-- Whether two records differ only in their times. The file list is
+-- covered by the checksum (a hash of it), so it is not compared again.
+local function same_record(a, b)
+  for k, v in pairs(a) do
+    if k ~= "updated_at" and k ~= "created_at" and k ~= "files" then
+      if type(v) == "table" or type(b[k]) == "table" then
+        if type(b[k]) ~= type(v) or json.canonical(v) ~= json.canonical(b[k]) then return false end
+      elseif v ~= b[k] then
+        return false
+      end
+    end
   end
-  return json.canonical(t)
+  for k in pairs(b) do
+    if a[k] == nil and k ~= "updated_at" and k ~= "created_at" then return false end
+  end
+  return type(a.files) == "table" and type(b.files) == "table" and #a.files == #b.files
 end
 
 --[[
@@ -476,7 +497,7 @@ function M.define(db, name, spec)
                 package = "_geneva/packages/" .. checksum .. ".zip" }
   local old, old_bytes = registry.read(db, KIND, name)
   local now = require("geneva.time").iso8601()
-  if old and strip_times(old) == strip_times(rec) then return old end
+  if old and same_record(old, rec) then return old end
   rec.created_at = old and old.created_at or now
   rec.updated_at = now
   registry.write(db, KIND, name, rec, old_bytes)
