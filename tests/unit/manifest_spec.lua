@@ -144,6 +144,20 @@ describe("geneva.manifest", function()
       assert.equal(1, rec.file_count)
     end)
 
+    it("takes '.', '**' and directory patterns, skipping hidden files", function()
+      local function paths(files)
+        local rec = db:define_manifest("p", { files = files, base_dir = proj .. "/data" })
+        local out = {}
+        for _, f in ipairs(rec.files) do out[#out + 1] = f.path end
+        return out
+      end
+      assert.same({ "sub/model.bin", "vocab.txt" }, paths{ "." })
+      assert.same({ "sub/model.bin", "vocab.txt" }, paths{ "**" })
+      assert.same({ "sub/model.bin" }, paths{ "**/*.bin" })
+      assert.same({ "sub/model.bin" }, paths{ "./sub" })
+      assert.same({ "sub/model.bin", "vocab.txt" }, paths{ "*.txt", "sub/." })
+    end)
+
     it("globs relative to the current directory without base_dir", function()
       local p = io.popen(("cd %s && %s -e %s"):format(q(proj), q(child.bin), q(([[
         local db = require("geneva").connect(%q)
@@ -274,6 +288,19 @@ describe("geneva.manifest", function()
       local elf = require "geneva.elf"
       local own = elf.glibc_min(assert(elf.parse(child.read(require("geneva.proc").exe()))))
       assert.is_true(elf.version_cmp(h.glibc_min, own) >= 0)
+    end)
+
+    it("parses ELF files defensively", function()
+      local elf = require "geneva.elf"
+      local info = assert(elf.parse(child.read(require("geneva.proc").exe())))
+      assert.truthy(#info.needed > 0)
+      assert.is_nil((elf.parse("not an elf")))
+      local none, msg = elf.parse("\127ELF\2\1" .. ("x"):rep(30))
+      assert.is_nil(none)
+      assert.matches("^malformed ELF file", msg)
+      assert.equal(1, elf.version_cmp("2.34", "2.4"))
+      assert.equal(0, elf.version_cmp("2.3", "2.3.0"))
+      assert.equal("2.36", elf.max_glibc{ "GLIBC_2.2.5", "GLIBC_2.36", "GLIBC_PRIVATE", "GLIBC_2.4" })
     end)
 
     it("reads the local host", function()
