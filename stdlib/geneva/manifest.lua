@@ -15,7 +15,10 @@
 -- changes nothing, and re-defining an unchanged manifest writes no byte.
 --
 -- Zip layout: lua/<a/b>.lua or lua/<a/b>/init.lua for modules, files at
--- their relative paths, bin/geneva and lib/<soname> for ship_host.
+-- their relative paths, bin/geneva and lib/<soname> for ship_host (a
+-- runner starts `LD_LIBRARY_PATH=<pkg>/lib <pkg>/bin/geneva worker` after
+-- manifest.check_host(record) on the worker). The stat cache is shared by
+-- all manifests of a db and never pruned (entries are ~150 bytes).
 local fs = require "geneva.fs"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
