@@ -1054,6 +1054,51 @@ static int stmt_m_insert_columns(lua_State *L) {
   return 1;
 }
 
+/*
+** stmt:fetch_columns(cols, max) -> n | nil, msg, code, extcode
+** The read side of insert_columns: steps up to max rows and stores column j
+** of the k-th of them at cols[j][k] (sqlite.null for NULL, so the arrays
+** have no holes); cols holds one table per result column. n < max means the
+** statement is done (a further call starts it over, as step() does).
+** Entries after n are left as they were. One call per
+** chunk instead of step() + row() per row: no row tables, no per-row method
+** dispatch. Raises when cols does not hold a table per column or max < 0.
+*/
+static int stmt_m_fetch_columns(lua_State *L) {
+  sq_stmt *s = check_stmt(L, 1);
+  sqlite3_stmt *st = s->st;
+  int nc = sqlite3_column_count(st), j, rc;
+  lua_Integer k, max;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  max = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, max >= 0, 3, "must be >= 0");
+  lua_settop(L, 2);
+  luaL_checkstack(L, nc + 2, "too many columns");
+  for (j = 1; j <= nc; j++)        /* [stmt, cols, col1 .. colnc] */
+    if (lua_rawgeti(L, 2, j) != LUA_TTABLE)
+      return luaL_argerror(L, 2, lua_pushfstring(L, "column %d is not a table", j));
+  for (k = 1; k <= max; k++) {
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+      s->has_row = 0;
+      if (rc == SQLITE_DONE) break;
+      {
+        sq_err e;
+        err_capture(&e, sqlite3_db_handle(st), rc, sqlite3_sql(st));
+        sqlite3_reset(st);
+        return err_push(L, &e);
+      }
+    }
+    s->has_row = 1;
+    for (j = 0; j < nc; j++) {
+      push_column(L, st, j, 1);
+      lua_rawseti(L, 3 + j, k);
+    }
+  }
+  lua_pushinteger(L, k - 1);
+  return 1;
+}
+
 /* Iterator body of stmt:rows()/named_rows(): the next row, or nil at the end
 ** (the statement is then reset). Raises on error: a for loop cannot carry
 ** nil, msg. */
@@ -1108,6 +1153,7 @@ static const luaL_Reg stmt_meth[] = {
   {"named_row", stmt_m_named_row}, {"values", stmt_m_values}, {"get", stmt_m_get},
   {"columns", stmt_m_columns}, {"param_count", stmt_m_param_count},
   {"insert_many", stmt_m_insert_many}, {"insert_columns", stmt_m_insert_columns},
+  {"fetch_columns", stmt_m_fetch_columns},
   {NULL, NULL}
 };
 static const luaL_Reg stmt_metameth[] = {

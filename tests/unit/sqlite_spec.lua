@@ -518,6 +518,64 @@ describe("geneva.sqlite", function()
       assert.error_matches(function() db:insert_columns("INSERT INTO t VALUES (?, ?)", { ids }) end,
         "1 columns for 2 parameters")
     end)
+
+    it("fetch_columns reads chunks of rows into column arrays, NULL as sqlite.null", function()
+      local db <close> = memdb()
+      assert(db:exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v, b)"))
+      local ids, vals, blobs = {}, {}, {}
+      for i = 1, 2500 do
+        ids[i] = i
+        vals[i] = i % 5 == 0 and null or (i % 2 == 0 and i * 0.5 or ("s" .. i))
+        blobs[i] = sqlite.blob("\0" .. i)
+      end
+      assert(db:insert_columns("INSERT INTO t VALUES (?, ?, ?)", { ids, vals, blobs }))
+      local st <close> = db:prepare("SELECT id, v, b FROM t WHERE id > ? ORDER BY id")
+      st:bind_all(0)
+      local got, sizes = { {}, {}, {} }, {}
+      repeat
+        local cols = { {}, {}, {} }
+        local n = assert(st:fetch_columns(cols, 1000))
+        sizes[#sizes + 1] = n
+        for k = 1, n do
+          for j = 1, 3 do got[j][#got[j] + 1] = cols[j][k] end
+        end
+        assert.is_nil(cols[1][n + 1])           -- nothing past n
+      until n < 1000
+      assert.same({ 1000, 1000, 500 }, sizes)
+      assert.same(ids, got[1])
+      for i = 1, 2500 do
+        assert.equal(vals[i], got[2][i])
+        assert.equal("\0" .. i, got[3][i])
+      end
+      assert.equal(2500, #got[2])              -- NULLs are sqlite.null: no holes
+      -- after the end, as with step(), the next call starts over
+      local again = { {}, {}, {} }
+      assert.equal(10, st:fetch_columns(again, 10))
+      assert.equal(1, again[1][1])
+      st:reset()
+      local cols = { { "old" }, {}, {} }
+      assert.equal(0, st:fetch_columns(cols, 0))
+      assert.equal("old", cols[1][1])          -- max = 0 reads nothing
+      assert.equal(2, st:fetch_columns(cols, 2))
+      assert.same({ 1, 2 }, cols[1])
+    end)
+
+    it("fetch_columns raises on misuse and returns SQLite errors", function()
+      local db <close> = memdb()
+      local st <close> = db:prepare("SELECT 1, 2")
+      assert.error_matches(function() st:fetch_columns({ {} }, 10) end, "column 2 is not a table")
+      assert.error_matches(function() st:fetch_columns({ {}, {} }, -1) end, "must be >= 0")
+      assert.error_matches(function() st:fetch_columns(nil, 1) end, "table expected")
+      -- a runtime error (abs of the smallest integer overflows) comes back as nil, msg, code
+      local bad <close> = db:prepare("SELECT abs(x) FROM (SELECT 1 AS x UNION ALL SELECT -9223372036854775807 - 1)")
+      local cols = { {} }
+      local n, msg, code = bad:fetch_columns(cols, 10)
+      assert.is_nil(n)
+      assert.matches("integer overflow", msg)
+      assert.equal("SQLITE_ERROR", code)
+      st:close()
+      assert.error_matches(function() st:fetch_columns({ {}, {} }, 1) end, "attempt to use a closed")
+    end)
   end)
 
   describe("lifetimes", function()
