@@ -180,6 +180,7 @@ function Context:enter()
     error(errors.from(res, "unavailable"), 0)
   end
   self.runner = res
+  self.prev_scope = self.scope:activate()   -- what fn creates belongs to the context
   self.state = "entered"
   active[#active + 1] = self
   return self
@@ -201,6 +202,7 @@ function Context:exit(err)
   for i = #active, 1, -1 do
     if active[i] == self then table.remove(active, i) break end
   end
+  if not self.prev_scope:is_closed() then self.prev_scope:activate() end
   local wait_err
   if self.on_exit ~= "retain" and not (err and errors.from(err).code == "interrupted") then
     for _, j in ipairs(self.jobs) do

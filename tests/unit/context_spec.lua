@@ -1,0 +1,254 @@
+-- Contexts: semantics, and guaranteed teardown with real signals and kill -9.
+local geneva = require "geneva"
+local fs = require "geneva.fs"
+local proc = require "geneva.proc"
+local time = require "geneva.time"
+local child = require "child"
+
+local function worker_pids(parent)
+  local out = {}
+  -- anchored, so the shell running pgrep (whose command line holds the
+  -- pattern) does not count
+  local p = io.popen("pgrep -P " .. math.tointeger(parent) .. " -f '^[^ ]*geneva worker --stdio$'")
+  for line in p:lines() do out[#out + 1] = math.tointeger(tonumber(line)) end
+  p:close()
+  return out
+end
+
+local function leases(dir)
+  return #(fs.list(dir .. "/_geneva/leases") or {})
+end
+
+describe("geneva.context", function()
+  local dir, db, tbl
+  before_each(function()
+    dir = child.tmpdir()
+    db = geneva.connect(dir)
+    local rows = {}
+    for i = 1, 3000 do rows[i] = { id = i, content = ("w "):rep(i % 4 + 1) } end
+    tbl = db:create_table("docs", rows)
+    tbl:add_columns { words = geneva.udf { data_type = "int64",
+      fn = function(content) return select(2, content:gsub("%S+", "")) end } }
+  end)
+  after_each(function() child.rmtree(dir) end)
+
+  describe("ctx(fn, ...)", function()
+    it("returns fn's results and tears down", function()
+      local a, b = geneva.context{ cluster = { type = "local", workers = 2 } }(function(x)
+        local pids = worker_pids(proc.self().pid)
+        assert.equals(2, #pids)                 -- started at enter
+        assert.equals(2, leases(dir))           -- one lease per worker
+        return x, tbl:backfill("words").rows.computed
+      end, "x")
+      assert.same({ "x", 3000 }, { a, b })
+      assert.equals(0, #worker_pids(proc.self().pid))
+      assert.equals(0, leases(dir))
+    end)
+
+    it("re-raises fn's error after teardown", function()
+      local ok, err = pcall(geneva.context{}, function()
+        error({ code = "mine" })
+      end)
+      assert.is_false(ok)
+      assert.same({ code = "mine" }, err)
+      assert.equals(0, #worker_pids(proc.self().pid))
+      assert.equals(0, leases(dir))
+    end)
+
+    it("reuses its workers for every backfill inside", function()
+      tbl:add_columns { twice = geneva.udf { data_type = "int64", fn = function(id) return 2 * id end } }
+      geneva.local_cluster{ workers = 2 }(function()
+        local before = worker_pids(proc.self().pid)
+        tbl:backfill("words")
+        tbl:backfill("twice")
+        assert.same(before, worker_pids(proc.self().pid))
+      end)
+    end)
+  end)
+
+  describe("enter and exit", function()
+    it("works with <close>", function()
+      do
+        local c <close> = geneva.local_cluster{ workers = 1 }:enter()
+        assert.equals(1, #worker_pids(proc.self().pid))
+      end
+      assert.equals(0, #worker_pids(proc.self().pid))
+    end)
+
+    it("refuses a second enter; a second exit does nothing", function()
+      local ctx = geneva.local_cluster{ workers = 1 }
+      ctx:enter()
+      local ok, err = pcall(ctx.enter, ctx)
+      assert.is_false(ok)
+      assert.equals("invalid_argument", err.code)
+      assert.is_true(ctx:exit())
+      assert.is_true(ctx:exit())
+      assert.equals(0, #worker_pids(proc.self().pid))
+    end)
+
+    it("nests: the innermost context runs the backfill", function()
+      local outer = geneva.local_cluster{ workers = 1 }:enter()
+      local inner = geneva.local_cluster{ workers = 2 }:enter()
+      assert.equals(3, #worker_pids(proc.self().pid))
+      assert.equals(inner, require("geneva.context").current())
+      tbl:backfill("words")
+      inner:exit()
+      assert.equals(outer, require("geneva.context").current())
+      assert.equals(1, #worker_pids(proc.self().pid))
+      outer:exit()
+      assert.equals(0, #worker_pids(proc.self().pid))
+    end)
+
+    it("waits for async jobs started inside before tearing down", function()
+      local j
+      geneva.context{}(function()
+        j = tbl:backfill_async("words", { batch_size = 200 })
+      end)
+      assert.equals("DONE", j:status())
+      assert.equals(3000, tbl:count_rows("words IS NOT NULL"))
+    end)
+
+    it("retains on failure when asked, marking the leases", function()
+      local ctx = geneva.local_cluster{ workers = 1, on_exit = "retain_on_failure" }
+      pcall(ctx, function() error("fail") end)
+      assert.equals(1, #worker_pids(proc.self().pid))
+      local l = require("geneva.json").decode(child.read(dir .. "/_geneva/leases/" ..
+        fs.list(dir .. "/_geneva/leases")[1]))
+      assert.equals("retained", l.state)
+      require("geneva.ledger").root():close()      -- what host exit does
+      assert.equals(0, #worker_pids(proc.self().pid))
+    end)
+
+    it("ships a manifest to its workers: modules, files and env", function()
+      local mdir = dir .. "/src"
+      assert(fs.mkdir_p(mdir .. "/data"))
+      assert(fs.write(mdir .. "/ctx_udfs.lua", [==[
+        local M = {}
+        function M.tagged(id)
+          local f = assert(io.open("data/tag.txt")); local tag = f:read("l"); f:close()
+          return tag .. ":" .. os.getenv("CTX_MODE") .. ":" .. id
+        end
+        return M]==]))
+      assert(fs.write(mdir .. "/data/tag.txt", "v1\n"))
+      local saved = package.path
+      package.path = mdir .. "/?.lua;" .. package.path
+      tbl:add_columns { tagged = geneva.udf { module = "ctx_udfs", ["function"] = "tagged",
+                                              data_type = "string" } }
+      db:define_manifest("m", { modules = { "ctx_udfs" }, files = { "data/**" },
+                                base_dir = mdir, env = { CTX_MODE = "shipped" } })
+      package.path = saved          -- workers must get the module from the package
+      geneva.context{ cluster = { type = "local", workers = 1 }, manifest = "m" }(function()
+        tbl:backfill("tagged")
+      end)
+      local rows = tbl:to_rows{ columns = { "id", "tagged" }, where = "id <= 2" }
+      assert.same({ "v1:shipped:1", "v1:shipped:2" }, { rows[1].tagged, rows[2].tagged })
+      assert.equals(0, leases(dir))
+    end)
+
+    it("refuses bad options and a missing database", function()
+      assert.has_error(function() geneva.context{ on_exit = "later" } end)
+      assert.has_error(function() geneva.context{ clusterr = "x" } end)
+      local ok, err = pcall(geneva.context{ cluster = "nope" }, function() end)
+      assert.is_false(ok)
+      assert.equals("not_found", err.code)
+      geneva._latest_db = nil
+      package.loaded["geneva.db"].latest = function() return nil end
+      ok, err = pcall(geneva.context{}, function() end)
+      package.loaded["geneva.db"] = nil
+      assert.is_false(ok)
+      assert.equals("invalid_argument", err.code)
+    end)
+  end)
+
+  describe("teardown after signals and kill -9", function()
+    local script = [[
+      local geneva = require "geneva"
+      local db = geneva.connect(arg[1])
+      local tbl = db:open_table("docs")
+      tbl:add_columns {
+        slow = geneva.udf { data_type = "int64",      -- seconds: signals land mid-job
+          fn = function(id) local x = 0 for k = 1, 300000 do x = x + k %% 3 end return id end },
+        quick = geneva.udf { data_type = "int64",
+          fn = function(id) local x = 0 for k = 1, 2000 do x = x + k %% 3 end return id end } }
+      geneva.context{ cluster = { type = "local", workers = 2 } }(function()
+        io.stdout:write("entered\n"); io.stdout:flush()
+        %s
+      end)
+    ]]
+
+    local function start(body)
+      local path = dir .. "/job.lua"
+      assert(fs.write(path, script:format(body)))
+      local p = assert(proc.spawn{ argv = { child.bin, path, dir }, stdout = "pipe", stderr = "pipe" })
+      assert.equals("entered", p:read_line("stdout", 30))
+      return p
+    end
+
+    local function assert_clean(pid)
+      assert.equals(0, #worker_pids(pid))
+      assert.equals(0, leases(dir))
+    end
+
+    for _, c in ipairs({ { "INT", 130 }, { "TERM", 143 } }) do
+      it("SIG" .. c[1] .. " during a backfill tears everything down", function()
+        local p = start('tbl:backfill("slow", { batch_size = 100 })')
+        local pid = p:pid()
+        time.sleep(0.3)
+        assert.equals(2, #worker_pids(pid))
+        assert(proc.kill(pid, c[1]))
+        local how, code = p:wait(20)
+        p:close()
+        assert.same({ "exited", c[2] }, { how, code })
+        assert_clean(pid)
+        local rec = db:jobs()[1]
+        assert.equals("FAILED", rec.status)
+        assert.equals("interrupted", rec.error.code)
+      end)
+
+      it("SIG" .. c[1] .. " before any backfill tears everything down", function()
+        local p = start('geneva.time.sleep(100)')
+        local pid = p:pid()
+        assert(proc.kill(pid, c[1]))
+        local how, code = p:wait(20)
+        p:close()
+        assert.same({ "exited", c[2] }, { how, code })
+        assert_clean(pid)
+      end)
+
+      it("SIG" .. c[1] .. " after a backfill tears everything down", function()
+        local p = start('tbl:backfill("quick", { batch_size = 1000 }); io.stdout:write("done\\n"); io.stdout:flush(); geneva.time.sleep(100)')
+        local pid = p:pid()
+        assert.equals("done", p:read_line("stdout", 60))
+        assert(proc.kill(pid, c[1]))
+        local how, code = p:wait(20)
+        p:close()
+        assert.same({ "exited", c[2] }, { how, code })
+        assert_clean(pid)
+        assert.equals(3000, tbl:count_rows("quick IS NOT NULL"))
+      end)
+    end
+
+    it("kill -9 of the driver, then geneva reap: everything is gone", function()
+      local p = start('tbl:backfill("slow", { batch_size = 100 })')
+      local pid = p:pid()
+      time.sleep(0.3)
+      local kids = worker_pids(pid)
+      assert.equals(2, #kids)
+      assert.equals(3, leases(dir))            -- two workers and the job
+      assert(proc.kill(pid, "KILL"))
+      p:wait(10)
+      p:close()
+      -- the leases name the dead driver as their owner
+      local list = proc.run{ argv = { child.bin, "reap", "--list", "--json", "--db", dir } }
+      local rows = require("geneva.json").decode(list.stdout)
+      assert.equals(3, #rows)
+      for _, r in ipairs(rows) do assert.equals("dead", r.owner) end
+      local res = proc.run{ argv = { child.bin, "reap", "--json", "--db", dir } }
+      assert.equals(0, res.code)
+      assert.equals(3, require("geneva.json").decode(res.stdout).reaped)
+      time.sleep(0.2)
+      for _, k in ipairs(kids) do assert.is_false(proc.alive(k)) end   -- zombies count as gone
+      assert.equals(0, leases(dir))
+    end)
+  end)
+end)
