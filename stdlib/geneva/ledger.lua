@@ -43,9 +43,13 @@ local function journal_of(scope)
   end
 end
 
-local function write_lease(path, lease)
+-- Leases are written atomically but not fsynced: they must survive the
+-- driver's death (the page cache does), and a machine crash takes local
+-- workers with it. Remote resources (Ray jobs, Kubernetes objects) outlive a
+-- crash: their scopes ask for durable = true.
+local function write_lease(path, lease, durable)
   local fs, json = require "geneva.fs", require "geneva.json"
-  local ok, err = fs.write_atomic(path, json.encode(lease, { indent = 1 }))
+  local ok, err = fs.write_atomic(path, json.encode(lease, { indent = 1 }), { fsync = durable or false })
   if not ok then error(("cannot journal lease '%s': %s"):format(path, err), 3) end
 end
 
@@ -53,7 +57,9 @@ local function remove_leases(paths)
   for _, p in ipairs(paths or {}) do os.remove(p) end
 end
 
--- ledger.scope{name=, parent=, journal=} -> scope (parent: the current one).
+-- ledger.scope{name=, parent=, journal=, durable=} -> scope (parent: the
+-- current one). durable: fsync each lease (for resources that outlive a
+-- machine crash).
 -- journal: a directory, or a list of them (the db's and a per-user mirror):
 -- each lease is written to every one.
 function ledger.scope(opts)
@@ -65,6 +71,7 @@ function ledger.scope(opts)
       local ok, err = require("geneva.fs").mkdir_p(d)
       if not ok then error(("cannot create lease journal: %s"):format(err), 2) end
     end
+    dirs.durable = opts.durable
     journals[s] = dirs
   end
   return s
@@ -90,10 +97,10 @@ function Scope:reserve(kind, name, info)
     local paths = {}
     for i, d in ipairs(dirs) do
       paths[i] = d .. "/" .. file
-      local ok, err = pcall(write_lease, paths[i], lease)
+      local ok, err = pcall(write_lease, paths[i], lease, dirs.durable)
       if not ok then remove_leases(paths); raw_forget(res); error(err, 2) end
     end
-    leases[res] = { paths = paths, lease = lease, scope = self }
+    leases[res] = { paths = paths, lease = lease, scope = self, durable = dirs.durable }
   end
   return res
 end
@@ -107,7 +114,7 @@ function Resource:update(info)
   local l = leases[self]
   if l then
     for k, v in pairs(info) do l.lease.info[k] = v end
-    for _, p in ipairs(l.paths) do write_lease(p, l.lease) end
+    for _, p in ipairs(l.paths) do write_lease(p, l.lease, l.durable) end
   end
   return self
 end
