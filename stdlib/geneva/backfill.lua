@@ -16,13 +16,7 @@ local ledger = require "geneva.ledger"
 
 local backfill = {}
 
--- (perf) Rows per task: the default fragment size, so a full backfill writes
--- one column file per fragment. With 10000, each fragment got 10 files and
--- the commit folded them (more than storage.MAX_COLUMN_FILES), copying every
--- value again in the driver, serially; and the per-task costs (reader setup,
--- a synced output file, a commit entry) were paid every 10000 rows, a task
--- of a trivial UDF being ~5 ms of work. Parallelism comes from fragments.
-local DEFAULT_BATCH = 100000
+local DEFAULT_BATCH = 10000
 local MAX_EVENTS = 200
 
 local function quote(name) return '"' .. name:gsub('"', '""') .. '"' end
@@ -60,6 +54,10 @@ local function current_runner()
   return r or backfill.default_runner()
 end
 
+-- Several drivers (backfill_async jobs) may share one runner: whoever polls
+-- it keeps its own events and parks the others' here until they step.
+local inboxes = setmetatable({}, { __mode = "k" })   -- runner -> {job id -> events}
+
 -- }======
 
 -- {====== Planning
@@ -68,6 +66,24 @@ local function column_of(manifest, name)
   for _, c in ipairs(manifest.schema) do
     if c.name == name then return c end
   end
+end
+
+local function all_columns(manifest)
+  local names = {}
+  for _, c in ipairs(manifest.schema) do names[#names + 1] = c.name end
+  return names
+end
+
+-- Rows in a staged output file (0 if it cannot be read: the commit will say)
+local function staged_rows(path)
+  local db = require("geneva.sqlite").open(path, { readonly = true })
+  if not db then return 0 end
+  local n = 0
+  local ok = pcall(function()
+    for row in db:rows("SELECT count(*) FROM col") do n = row[1] end
+  end)
+  db:close()
+  return ok and n or 0
 end
 
 -- Staged outputs: other UDF versions are garbage; this version's files are
@@ -92,55 +108,38 @@ local function recover_staged(tbl, column, udf_version, resume, rec)
     end
   end
   if #files > 0 then
-    tbl:_commit_column_files(column, udf_version, files)
-    rec.rows.recovered = #files
-    rec.events[#rec.events + 1] = ("resumed: committed %d checkpoint(s) of an earlier run"):format(#files)
+    local rows = 0
+    for _, f in ipairs(files) do rows = rows + staged_rows(f.path) end
+    local _, n = tbl:_commit_column_files(column, udf_version, files)
+    rec.rows.recovered, rec.tasks.recovered = rows, n
+    rec.rows.committed = rec.rows.committed + rows
+    rec.events[#rec.events + 1] = ("resumed: committed %d checkpoint(s) of an earlier run (%d rows)"):format(n, rows)
   end
-end
-
--- (perf) A fragment where no file holds the column and there is no `where`:
--- every row is missing, so its windows follow from its row count (rowids run
--- 1..rows) without the scan below, which reads every row (~0.2 s per 1M rows
--- before any worker can start). Appends them to tasks; returns the rows.
-local function all_windows(tasks, frag, batch_size)
-  for lo = 1, frag.rows, batch_size do
-    tasks[#tasks + 1] = { fragment = frag.id, lo = lo, hi = lo + batch_size - 1,
-                          rows = math.min(frag.rows, lo + batch_size - 1) - lo + 1 }
-  end
-  return frag.rows
 end
 
 -- Tasks over fixed windows [k*bs+1, (k+1)*bs] of each fragment's rowids.
 local function plan_tasks(tbl, manifest, column, udf_version, where, batch_size)
   local reader = require "geneva.reader"
   local tasks, planned = {}, 0
-  -- (perf) the scan reads only the column and what `where` mentions
-  local cols = { column }
-  if where then
-    for _, name in ipairs(reader.columns_in(manifest, where)) do cols[#cols + 1] = name end
-  end
+  local cols = all_columns(manifest)
   local sql = ("SELECT (_rowid - 1) / %d AS w, count(*) FROM t WHERE (%s IS NULL OR %s IS NOT ?)%s GROUP BY w ORDER BY w")
     :format(batch_size, quote(column), quote("__ver_" .. column),
             where and (" AND (" .. where .. ")") or "")
   for _, frag in ipairs(manifest.fragments) do
-    if not where and #((frag.columns or {})[column] or {}) == 0 then
-      planned = planned + all_windows(tasks, frag, batch_size)
-    else
-      local r = reader.open(tbl.dir, manifest, frag, { columns = cols })
-      local stmt, err = r:prepare(sql)
-      if not stmt then
-        r:close()
-        errors.throw("invalid_argument", ("bad where clause %q: %s"):format(where or "", err), { where = where })
-      end
-      stmt:bind_all({ udf_version })
-      for row in stmt:rows() do
-        local w, n = row[1], row[2]
-        tasks[#tasks + 1] = { fragment = frag.id, lo = w * batch_size + 1, hi = (w + 1) * batch_size, rows = n }
-        planned = planned + n
-      end
-      stmt:close()
+    local r = reader.open(tbl.dir, manifest, frag, { columns = cols })
+    local stmt, err = r:prepare(sql)
+    if not stmt then
       r:close()
+      errors.throw("invalid_argument", ("bad where clause %q: %s"):format(where or "", err), { where = where })
     end
+    stmt:bind_all({ udf_version })
+    for row in stmt:rows() do
+      local w, n = row[1], row[2]
+      tasks[#tasks + 1] = { fragment = frag.id, lo = w * batch_size + 1, hi = (w + 1) * batch_size, rows = n }
+      planned = planned + n
+    end
+    stmt:close()
+    r:close()
   end
   return tasks, planned
 end
@@ -191,11 +190,43 @@ local function finish(self, status, err)
     rec.error = errors.plain(e)
     event(self, ("%s: %s"):format(status, tostring(e)))
   end
-  rec.version_end = self.tbl:_manifest().version
+  local ok, v = pcall(self.tbl.version, self.tbl)
+  rec.version_end = ok and v or nil
   if self.bar then io.stderr:write("\n") end
+  job.live[rec.id] = nil
+  local box = inboxes[self.runner]
+  if box then box[rec.id] = nil end
   save(self, true)
   job.clear_cancel(self.db_dir, rec.id)
   if self.lease then self.lease:forget() end
+end
+
+-- This job's runner events: parked ones first, else a poll whose events for
+-- other jobs are parked for them.
+local function poll_events(self, timeout)
+  local boxes = inboxes[self.runner]
+  if not boxes then
+    boxes = {}
+    inboxes[self.runner] = boxes
+  end
+  local id = self.rec.id
+  if boxes[id] and #boxes[id] > 0 then
+    local mine = boxes[id]
+    boxes[id] = nil
+    return mine
+  end
+  local out = {}
+  for _, ev in ipairs(self.runner:poll(timeout)) do
+    local owner = ev.task and ev.task.job or ev.job
+    if owner == nil or owner == id or not job.live[owner] then
+      out[#out + 1] = ev
+    else
+      local b = boxes[owner] or {}
+      boxes[owner] = b
+      b[#b + 1] = ev
+    end
+  end
+  return out
 end
 
 local function commit_pending(self)
@@ -227,7 +258,7 @@ local function start(self)
   local spec = col.udf
   spec.version = col.udf_version
   for i, t in ipairs(tasks) do
-    t.id = ("%s/%d"):format(rec.id, i)
+    t.id, t.job = ("%s/%d"):format(rec.id, i), rec.id
     t.table_dir, t.version, t.column = self.tbl.dir, manifest.version, rec.column
     t.udf, t.where = spec, rec.options.where
   end
@@ -252,22 +283,28 @@ function Driver:step(timeout)
   local rec = self.rec
   if job.FINAL[rec.status] then return end
   local ok, err = pcall(function()
-    if rec.status == "PENDING" then start(self) end
-    if self.cancel_requested or (time.monotonic() - (self.cancel_checked or 0) >= 0.5
-        and job.cancel_requested(self.db_dir, rec.id)) then
-      self.runner:cancel()
-      commit_pending(self)
+    -- another process's cancel marker: looked for twice a second
+    local marker = false
+    if not self.cancel_requested and time.monotonic() - (self.cancel_checked or 0) >= 0.5 then
+      self.cancel_checked = time.monotonic()
+      marker = job.cancel_requested(self.db_dir, rec.id)
+    end
+    if self.cancel_requested or marker then
+      if rec.status ~= "PENDING" then
+        self.runner:cancel(rec.id)
+        commit_pending(self)
+      end
       finish(self, "CANCELLED", errors.new("cancelled", "job " .. rec.id .. " was cancelled"))
       return
     end
-    self.cancel_checked = time.monotonic()
+    if rec.status == "PENDING" then start(self) end
     submit_more(self)
     if self.in_flight == 0 then
       commit_pending(self)
       finish(self, "DONE")
       return
     end
-    for _, ev in ipairs(self.runner:poll(timeout or 0)) do
+    for _, ev in ipairs(poll_events(self, timeout or 0)) do
       if ev.kind == "log" then
         event(self, ev.line)
       elseif ev.kind == "done" then
@@ -284,9 +321,14 @@ function Driver:step(timeout)
         if #self.pending >= self.commit_every then commit_pending(self) end
       elseif ev.kind == "failed" then
         self.in_flight = self.in_flight - 1
-        self.runner:cancel()
+        self.runner:cancel(rec.id)
         commit_pending(self)
-        finish(self, "FAILED", ev.error)
+        local e = errors.from(ev.error)
+        if e.rowid ~= nil and e.fragment == nil then   -- rowids count within a fragment
+          e.fragment = ev.task.fragment
+          e.message = ("%s (fragment %d)"):format(e.message, ev.task.fragment)
+        end
+        finish(self, "FAILED", e)
         return
       end
     end
@@ -299,7 +341,7 @@ function Driver:step(timeout)
       pcall(finish, self, "FAILED", e)
       error(err, 0)
     end
-    pcall(self.runner.cancel, self.runner)
+    pcall(self.runner.cancel, self.runner, rec.id)
     pcall(finish, self, "FAILED", e)
   end
 end
@@ -343,9 +385,17 @@ function backfill.start(tbl, column, opts)
     errors.throw("invalid_argument", ("column '%s' has no UDF to backfill"):format(column), { column = column })
   end
   local db_dir = tbl.db.dir
+  -- two drivers on one column would compute the same rows and trip over
+  -- each other's staged files
+  for _, other in ipairs(job.list(db_dir, { table = tbl.name })) do
+    if not job.FINAL[other.status] and other.column == col.name then
+      errors.throw("conflict", ("column '%s' of table '%s' is being backfilled by job %s (%s): wait for it or cancel it")
+        :format(col.name, tbl.name, other.id, other.status), { column = col.name, job_id = other.id })
+    end
+  end
   local rec = {
     id = job.new_id(), kind = "backfill", status = "PENDING", table = tbl.name, column = column,
-    db = db_dir, created_at = time.iso8601(), owner = ledger.owner(),
+    db = db_dir, created_at = time.iso8601(time.now(), 6), owner = ledger.owner(),
     options = { where = opts.where, batch_size = opts.batch_size or DEFAULT_BATCH,
                 concurrency = opts.concurrency, commit_every = opts.commit_every,
                 resume = opts.resume ~= false },
@@ -363,6 +413,7 @@ function backfill.start(tbl, column, opts)
     end
   end)
   job.save(db_dir, rec)
+  job.live[rec.id] = self
   local j = job.object(db_dir, rec, self)
   if backfill.on_start then backfill.on_start(j) end   -- contexts track their jobs
   return j

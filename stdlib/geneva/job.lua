@@ -74,8 +74,15 @@ function job.load(db_dir, id)
 end
 
 -- job.list(db_dir [, {table=, status=}]) -> array of records, newest first
+-- (by created_at, then id: ids only order jobs to the second)
+-- Raises invalid_argument for a status that does not exist.
 function job.list(db_dir, filter)
   filter = filter or {}
+  if type(filter) ~= "table" then errors.throw("invalid_argument", "jobs: filter must be a table {table=, status=}") end
+  if filter.status ~= nil and not job.STATUSES[filter.status] then
+    errors.throw("invalid_argument", ("jobs: unknown status '%s' (PENDING, RUNNING, DONE, FAILED or CANCELLED)")
+      :format(tostring(filter.status)))
+  end
   local names = fs.list(jobs_dir(db_dir)) or {}
   local out = {}
   for i = #names, 1, -1 do
@@ -88,6 +95,11 @@ function job.list(db_dir, filter)
       end
     end
   end
+  table.sort(out, function(a, b)
+    local ca, cb = tostring(a.created_at or ""), tostring(b.created_at or "")
+    if ca ~= cb then return ca > cb end
+    return a.id > b.id
+  end)
   return out
 end
 
@@ -96,14 +108,18 @@ end
 function job.request_cancel(db_dir, id)
   local rec, err = job.load(db_dir, id)
   if not rec then error(err, 2) end
-  if FINAL[rec.status] and not (rec.error and rec.error.code == "abandoned") then return rec end
-  assert(fs.write_atomic(jobs_dir(db_dir) .. "/" .. id .. ".cancel", time.iso8601()))
   if rec.error and rec.error.code == "abandoned" then
+    -- nobody will see a marker: record the end ourselves (its workers died
+    -- with their driver: local workers have a parent-death signal)
     rec.status = "CANCELLED"
     rec.finished_at = time.iso8601()
     rec.error = { code = "cancelled", message = "cancelled after its driver was gone" }
     job.save(db_dir, rec)
+    return rec
   end
+  if FINAL[rec.status] then return rec end
+  local ok, err = fs.write_atomic(jobs_dir(db_dir) .. "/" .. id .. ".cancel", time.iso8601())
+  if not ok then errors.raise("unavailable", "cannot write the cancel marker of job %s: %s", id, err) end
   return rec
 end
 
@@ -125,9 +141,15 @@ end
 Job.__name = "geneva.Job"
 Job.__tostring = function(self) return ("geneva.Job %s (%s)"):format(self._rec.id, self:status()) end
 
+-- Drivers of the jobs this process runs, by id (set by geneva.backfill until
+-- the job ends), so db:job(id) can step a job started here.
+job.live = {}
+
 -- job.object(db_dir, rec [, driver]) -> Job. With a driver (this process
 -- runs the job) status/wait step it; without, they read the record.
 function job.object(db_dir, rec, driver)
+  driver = driver or job.live[rec.id]
+  if driver then rec = driver.rec end
   return setmetatable({ _db_dir = db_dir, _rec = rec, _driver = driver }, Job)
 end
 

@@ -36,7 +36,11 @@ function M.main(argv)
     end
     local db = opts.db
     if verb == "list" then
-      local recs = job.list(db, { table = opts.table, status = opts.status })
+      local status = opts.status and opts.status:upper()
+      if status and not job.STATUSES[status] then
+        error({ usage = ("unknown status '%s'"):format(opts.status) }, 0)
+      end
+      local recs = job.list(db, { table = opts.table, status = status })
       if opts.json then
         io.stdout:write(json.encode(json.array(recs)), "\n")
       else

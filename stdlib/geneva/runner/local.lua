@@ -7,8 +7,12 @@
 --       {kind="done", task=, result=} | {kind="failed", task=, error=}
 --       | {kind="log", line=}
 --   pool:pending() -> number of tasks queued or running
---   pool:cancel()              drop queued tasks, kill running workers
+--   pool:cancel([job])         drop queued tasks and kill the workers running
+--       tasks; with job, only the tasks whose task.job == job (several
+--       drivers may share one runner: events carry their task, whose .job
+--       says whom they belong to; log events carry .job when known)
 --   pool:close()               stop every worker (idempotent)
+-- The local pool also has pool:pids([busy_only]) -> array of worker pids.
 -- Workers are processes owned by the ledger scope that was current when the
 -- pool was made, so they die with it; a worker that dies mid-task has its
 -- task retried on a fresh worker, up to `max_attempts` times in all.
@@ -126,7 +130,8 @@ local function worker_died(self, w, events)
   if not task then return end
   self.running[task.id] = nil
   if task.attempts < self.max_attempts then
-    events[#events + 1] = { kind = "log", line = ("worker %d %s; retrying task %s"):format(w.id, why, task.id) }
+    events[#events + 1] = { kind = "log", job = task.job,
+                            line = ("worker %d %s; retrying task %s"):format(w.id, why, task.id) }
     self:submit(task)
   else
     events[#events + 1] = { kind = "failed", task = task, error = errors.new("internal",
@@ -136,7 +141,7 @@ end
 
 local function handle_line(self, w, line, events)
   if line:sub(1, #MARK) ~= MARK then
-    events[#events + 1] = { kind = "log", line = line }
+    events[#events + 1] = { kind = "log", line = line, job = w.task and w.task.job }
     return
   end
   local msg = json.decode(line:sub(#MARK + 1), { null_as_nil = true })
@@ -155,9 +160,11 @@ end
 function Pool:poll(timeout)
   local events = {}
   dispatch(self)
+  local gone = {}      -- collected first: worker_died edits self.workers
   for _, w in ipairs(self.workers) do
-    if w.dead then worker_died(self, w, events) end
+    if w.dead then gone[#gone + 1] = w end
   end
+  for _, w in ipairs(gone) do worker_died(self, w, events) end
   if #events > 0 then return events end
   local watch = {}
   for _, w in ipairs(self.workers) do
@@ -177,7 +184,7 @@ function Pool:poll(timeout)
       local line, _, rcode = w.p:read_line(which, 0)
       if line then
         if which == "stdout" then handle_line(self, w, line, events)
-        else events[#events + 1] = { kind = "log", line = line } end
+        else events[#events + 1] = { kind = "log", line = line, job = w.task and w.task.job } end
       else
         if rcode == "EOF" and which == "stdout" then dead[w] = true end
         break
@@ -189,15 +196,38 @@ function Pool:poll(timeout)
   return events
 end
 
--- pool:cancel(): queued tasks are dropped and busy workers killed (fresh ones
--- start on the next submit).
-function Pool:cancel()
-  self.queue, self.qhead, self.qtail = {}, 1, 0
+-- pool:cancel([job]): queued tasks are dropped and busy workers killed
+-- (fresh ones start on the next submit); with job, only that job's tasks.
+function Pool:cancel(job)
+  if job == nil then
+    self.queue, self.qhead, self.qtail = {}, 1, 0
+  else
+    local q = {}
+    for i = self.qhead, self.qtail do
+      local t = self.queue[i]
+      if t.job ~= job then q[#q + 1] = t end
+    end
+    self.queue, self.qhead, self.qtail = q, 1, #q
+  end
+  local doomed = {}
   for id, w in pairs(self.running) do
+    if job == nil or w.task.job == job then doomed[id] = w end
+  end
+  for id, w in pairs(doomed) do
     self.running[id] = nil
     w.task = nil
     remove_worker(self, w)
   end
+end
+
+-- pool:pids([busy_only]) -> array of the pids of the live workers (those
+-- running a task with busy_only). For monitoring and fault-injection tests.
+function Pool:pids(busy_only)
+  local out = {}
+  for _, w in ipairs(self.workers) do
+    if not w.dead and (w.task or not busy_only) then out[#out + 1] = w.p:pid() end
+  end
+  return out
 end
 
 function Pool:close()

@@ -1,0 +1,265 @@
+-- Specs for backfill under faults, with real processes and real signals:
+-- kill -9 of a worker, kill -9 of the driver then a resuming re-run, two
+-- drivers on one table at once, SIGTERM of a driver.
+local geneva = require "geneva"
+local backfill = require "geneva.backfill"
+local job = require "geneva.job"
+local json = require "geneva.json"
+local proc = require "geneva.proc"
+local time = require "geneva.time"
+local fs = require "geneva.fs"
+local sqlite = require "geneva.sqlite"
+local child = require "child"
+
+local function text_of(i) return ("r%d:"):format(i) .. ("xy"):rep(i % 9) end
+
+local function make_table(db, name, n, opts)
+  local rows = {}
+  for i = 1, n do rows[i] = { id = i, text = text_of(i) } end
+  return db:create_table(name, rows, opts)
+end
+
+-- A UDF that takes ~0.3 ms a row, so jobs last long enough to be hit
+local slow = function(id)
+  local t = os.clock() + 0.0003
+  while os.clock() < t do end
+  return id * 11
+end
+
+-- Checks that column col holds f(id) for ids 1..n, each id exactly once
+local function check_exact(tbl, n, col, f)
+  local rows = tbl:to_rows { columns = { "id", "text", col } }
+  assert.equal(n, #rows)
+  local seen, bad = {}, 0
+  for _, r in ipairs(rows) do
+    assert.is_nil(seen[r.id], "duplicate row " .. tostring(r.id))
+    seen[r.id] = true
+    if r[col] ~= f(r.id, r.text) then bad = bad + 1 end
+  end
+  for i = 1, n do assert.is_true(seen[i], "lost row " .. i) end
+  assert.equal(0, bad, ("%d wrong values in %s"):format(bad, col))
+end
+
+-- Paths of the staged outputs (checkpoints) of a column
+local function staged(tbl, column)
+  local out = {}
+  local base = tbl.dir .. "/_staging/" .. column
+  for _, v in ipairs(fs.list(base) or {}) do
+    for _, f in ipairs(fs.list(base .. "/" .. v) or {}) do
+      if f:match("^f%d+%-%d+%-%d+%.db$") then out[#out + 1] = base .. "/" .. v .. "/" .. f end
+    end
+  end
+  return out
+end
+
+local function wait_until(what, fn, timeout)
+  local deadline = time.monotonic() + (timeout or 60)
+  while true do
+    local v = fn()
+    if v then return v end
+    assert.is_true(time.monotonic() < deadline, "timed out waiting for " .. what)
+    time.sleep(0.02)
+  end
+end
+
+-- Starts `geneva SCRIPT args...` with the given Lua code as SCRIPT; output
+-- goes to files under dir. Returns the Process and a function reading its
+-- stdout and stderr.
+local function start_driver(dir, name, code, ...)
+  local script = ("%s/%s.lua"):format(dir, name)
+  local f = assert(io.open(script, "w"))
+  f:write(code)
+  f:close()
+  local out, err = dir .. "/" .. name .. ".out", dir .. "/" .. name .. ".err"
+  local p = assert(proc.spawn { argv = { child.bin, script, ... }, stdin = "null", stdout = out, stderr = err })
+  return p, function() return child.read(out) or "", child.read(err) or "" end
+end
+
+-- The driver script: backfills column arg[3] of table arg[2] in db arg[1]
+local DRIVER = [[
+local geneva = require "geneva"
+local db = geneva.connect(arg[1])
+local tbl = db:open_table(arg[2])
+local ok, res = pcall(tbl.backfill, tbl, arg[3], { batch_size = tonumber(arg[4]),
+                                                   commit_every = tonumber(arg[5] or "1") })
+if ok then
+  print("DONE " .. res.id .. " " .. res.rows.computed)
+else
+  print("ERROR " .. tostring(res.code) .. " " .. tostring(res.job_id))
+  os.exit(1)
+end
+]]
+
+describe("geneva.backfill faults", function()
+  local root, db
+  before_each(function()
+    root = child.tmpdir()
+    db = geneva.connect(root .. "/db")
+  end)
+  after_each(function() child.rmtree(root) end)
+
+  it("gives exact results when workers are killed -9 mid-job", function()
+    local N = 6000
+    local tbl = make_table(db, "docs", N, { fragment_size = 2000 })
+    tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
+    local pool = backfill.default_runner()
+    local j = tbl:backfill_async("s", { batch_size = 100, commit_every = 4 })
+    local killed, victims = 0, {}
+    while killed < 2 do
+      assert.equal("RUNNING", j:status(), "the job ended before the kills")
+      local busy = pool:pids(true)
+      if j:record().tasks.done >= 3 * (killed + 1) and busy[1] and not victims[busy[1]] then
+        victims[busy[1]] = true
+        assert.is_true(proc.kill(busy[1], "KILL"))
+        killed = killed + 1
+      end
+    end
+    local rec = j:wait()
+    assert.equal("DONE", rec.status)
+    assert.equal(N, rec.rows.planned)
+    assert.equal(N, rec.rows.committed)
+    local retried = 0
+    for _, line in ipairs(rec.events) do
+      if line:match("killed by signal") and line:match("retrying task") then retried = retried + 1 end
+    end
+    assert.equal(2, retried)
+    check_exact(tbl, N, "s", function(id) return id * 11 end)
+    for pid in pairs(victims) do assert.is_false(proc.alive(pid)) end
+    -- the pool replaced them and still works
+    tbl:add_columns { t = geneva.udf { data_type = "int64", fn = function(id) return -id end } }
+    assert.equal(N, tbl:backfill("t", { batch_size = 1000 }).rows.computed)
+  end)
+
+  it("fails the job when a task keeps killing its worker", function()
+    local tbl = make_table(db, "docs", 300, { fragment_size = 300 })
+    -- row 150 kills the worker process itself, every time
+    tbl:add_columns { d = geneva.udf { data_type = "int64", fn = function(id)
+      if id == 150 then
+        local pid = require("geneva.proc").self().pid
+        require("geneva.proc").kill(pid, "KILL")
+      end
+      return id
+    end } }
+    local ok, e = pcall(tbl.backfill, tbl, "d", { batch_size = 100 })
+    assert.is_false(ok)
+    assert.equal("internal", e.code)
+    assert.matches("failed 3 times", e.message)
+    assert.matches("signal 9", e.message)
+    assert.equal("FAILED", job.load(db.dir, e.job_id).status)
+    -- the windows before and after the bad one were computed
+    assert.equal(0, tbl:count_rows("d IS NOT NULL AND id BETWEEN 101 AND 200"))
+  end)
+
+  it("resumes after kill -9 of the driver: exact, computing less than from scratch", function()
+    local N = 8000
+    local tbl = make_table(db, "docs", N, { fragment_size = 2000 })
+    tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
+    local v0 = tbl:version()
+    local p, output = start_driver(root, "driver", DRIVER, db.dir, "docs", "s", "50", "4")
+    wait_until("commits", function() return tbl:version() >= v0 + 3 end)
+    local dpid = p:pid()
+    local r = assert(proc.run { argv = { "pgrep", "-P", tostring(dpid), "-f", "worker --stdio" } })
+    local workers = {}
+    for pid in r.stdout:gmatch("%d+") do workers[#workers + 1] = math.tointeger(tonumber(pid)) end
+    assert.is_true(#workers > 0, "no workers under the driver")
+    -- stop the driver so its workers' last outputs stay staged, uncommitted
+    assert.is_true(proc.kill(dpid, "STOP"))
+    wait_until("staged outputs", function() return #staged(tbl, "s") > 0 end, 20)
+    time.sleep(0.3)
+    assert.is_true(proc.kill(dpid, "KILL"))
+    local how, code = p:wait(10)
+    assert.equal("signaled", how)
+    assert.equal(9, code)
+    p:close()
+    local out = output()
+    assert.is_nil(out:match("DONE"), "the driver finished before the kill")
+
+    -- its record reads FAILED / abandoned
+    local jobs = db:jobs { table = "docs" }
+    assert.equal(1, #jobs)
+    local killed_id = jobs[1].id
+    local rec0 = job.load(db.dir, killed_id)
+    assert.equal("FAILED", rec0.status)
+    assert.equal("abandoned", rec0.error.code)
+    local committed = tbl:count_rows("s IS NOT NULL")
+    local checkpoint_rows = 0
+    for _, path in ipairs(staged(tbl, "s")) do
+      local sdb <close> = assert(sqlite.open(path, { readonly = true }))
+      for row in sdb:rows("SELECT count(*) FROM col") do checkpoint_rows = checkpoint_rows + row[1] end
+    end
+    assert.is_true(checkpoint_rows > 0)
+    assert.is_true(committed > 0 and committed < N, "committed " .. committed)
+    -- its workers died with it (parent-death signal)
+    wait_until("workers gone", function()
+      for _, pid in ipairs(workers) do
+        if proc.alive(pid) then return false end
+      end
+      return true
+    end, 10)
+
+    -- a re-run in this process resumes
+    local rec = tbl:backfill("s", { batch_size = 50 })
+    assert.equal("DONE", rec.status)
+    assert.equal(checkpoint_rows, rec.rows.recovered)
+    assert.equal(N - committed - checkpoint_rows, rec.rows.planned)
+    assert.equal(rec.rows.planned, rec.rows.computed)
+    assert.is_true(rec.rows.computed < N)
+    assert.equal(N - committed, rec.rows.committed)
+    check_exact(tbl, N, "s", function(id) return id * 11 end)
+    assert.matches("resumed: committed", rec.events[1])
+    -- no checkpoint is left behind
+    assert.same({}, staged(tbl, "s"))
+
+    -- geneva jobs cancel on the killed job marks it CANCELLED
+    r = assert(proc.run { argv = { child.bin, "jobs", "cancel", killed_id, "--db", db.dir, "--json" } })
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("CANCELLED", json.decode(r.stdout).status)
+    assert.equal("CANCELLED", job.load(db.dir, killed_id).status)
+    assert.is_false(fs.exists(db.dir .. "/_geneva/jobs/" .. killed_id .. ".cancel"))
+  end)
+
+  it("commits both of two drivers backfilling different columns at once", function()
+    local N = 5000
+    local tbl = make_table(db, "docs", N, { fragment_size = 1000 })
+    tbl:add_columns {
+      a = geneva.udf { data_type = "int64", fn = slow },
+      b = geneva.udf { data_type = "string", fn = function(text) return text:reverse() end },
+    }
+    local pa, outa = start_driver(root, "da", DRIVER, db.dir, "docs", "a", "100")
+    local pb, outb = start_driver(root, "db", DRIVER, db.dir, "docs", "b", "100")
+    for _, x in ipairs { { pa, outa }, { pb, outb } } do
+      local how, code = x[1]:wait(90)
+      local o, e = x[2]()
+      assert.equal("exited", how, e)
+      assert.equal(0, code, o .. e)
+      assert.matches("^DONE %S+ " .. N, o)
+      x[1]:close()
+    end
+    check_exact(tbl, N, "a", function(id) return id * 11 end)
+    check_exact(tbl, N, "b", function(_, text) return text:reverse() end)
+    local done = db:jobs { table = "docs", status = "DONE" }
+    assert.equal(2, #done)
+    -- 2 x 50 commits, all landed on distinct versions
+    assert.equal(2 + 100, tbl:version())
+  end)
+
+  it("marks the job FAILED/interrupted when its driver gets SIGTERM", function()
+    local tbl = make_table(db, "docs", 8000, { fragment_size = 2000 })
+    tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
+    local v0 = tbl:version()
+    local p = start_driver(root, "driver", DRIVER, db.dir, "docs", "s", "50")
+    wait_until("a commit", function() return tbl:version() > v0 end)
+    assert.is_true(proc.kill(p:pid(), "TERM"))
+    local how, code = p:wait(20)
+    assert.equal("exited", how)
+    assert.is_true(code ~= 0)
+    p:close()
+    local rec = db:jobs()[1]
+    assert.equal("FAILED", rec.status)
+    assert.equal("interrupted", rec.error.code)
+    -- what it committed stays, and a re-run finishes the job
+    assert.is_true(tbl:count_rows("s IS NOT NULL") > 0)
+    tbl:backfill("s", { batch_size = 500 })
+    check_exact(tbl, 8000, "s", function(id) return id * 11 end)
+  end)
+end)

@@ -1,0 +1,277 @@
+-- Specs for job records: db:jobs filters, db:job, and the CLI
+-- `geneva jobs list|show|cancel --db DIR [--json]`, including cancelling a
+-- job that another process is running.
+local geneva = require "geneva"
+local errors = require "geneva.errors"
+local job = require "geneva.job"
+local json = require "geneva.json"
+local proc = require "geneva.proc"
+local time = require "geneva.time"
+local fs = require "geneva.fs"
+local child = require "child"
+
+local function raises(code, fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok, "expected an error")
+  assert.is_true(errors.is(err), "expected a geneva.Error, got " .. tostring(err))
+  assert.equal(code, err.code, tostring(err))
+  return err
+end
+
+local function make_table(db, name, n, opts)
+  local rows = {}
+  for i = 1, n do rows[i] = { id = i, text = ("t%d"):format(i) } end
+  return db:create_table(name, rows, opts)
+end
+
+-- geneva jobs ARGS... -> exit code, stdout, stderr
+local function cli(...)
+  local r = assert(proc.run { argv = { child.bin, "jobs", ... } })
+  assert.equal("exited", r.status)
+  return r.code, r.stdout, r.stderr
+end
+
+-- the JSON document a --json command printed
+local function doc(out)
+  local v, err = json.decode(out, { null_as_nil = true })
+  assert.is_not_nil(v, ("not JSON (%s): %s"):format(tostring(err), out))
+  return v
+end
+
+local function ids(recs)
+  local out = {}
+  for i, r in ipairs(recs) do out[i] = r.id end
+  return out
+end
+
+local function wait_until(what, fn, timeout)
+  local deadline = time.monotonic() + (timeout or 60)
+  while true do
+    local v = fn()
+    if v then return v end
+    assert.is_true(time.monotonic() < deadline, "timed out waiting for " .. what)
+    time.sleep(0.02)
+  end
+end
+
+describe("geneva jobs", function()
+  local root, db
+  before_each(function()
+    root = child.tmpdir()
+    db = geneva.connect(root .. "/db")
+  end)
+  after_each(function() child.rmtree(root) end)
+
+  -- four jobs: a.x DONE, a.y FAILED, b.x DONE, b.z CANCELLED (newest)
+  local function history()
+    local a = make_table(db, "a", 300, { fragment_size = 100 })
+    local b = make_table(db, "b", 300, { fragment_size = 100 })
+    local x = geneva.udf { data_type = "int64", fn = function(id) return id + 1 end }
+    a:add_columns { x = x, y = geneva.udf { data_type = "int64", fn = function(id)
+      if id == 42 then error("no 42") end return id end } }
+    b:add_columns { x = x, z = geneva.udf { data_type = "int64", fn = function(id) return id end } }
+    local done_a = a:backfill("x", { batch_size = 50 })
+    local ok, failed = pcall(a.backfill, a, "y", { batch_size = 50 })
+    assert.is_false(ok)
+    local done_b = b:backfill("x", { batch_size = 50 })
+    local j = b:backfill_async("z")
+    j:cancel()
+    assert.equal("CANCELLED", j:status())
+    return { done_a = done_a.id, failed_a = failed.job_id, done_b = done_b.id, cancelled_b = j.id }
+  end
+
+  describe("db:jobs", function()
+    it("lists records newest first, filtered by table and status", function()
+      assert.same({}, db:jobs())
+      local h = history()
+      assert.same({ h.cancelled_b, h.done_b, h.failed_a, h.done_a }, ids(db:jobs()))
+      assert.same({ h.failed_a, h.done_a }, ids(db:jobs { table = "a" }))
+      assert.same({ h.failed_a }, ids(db:jobs { status = "FAILED" }))
+      assert.same({ h.done_b, h.done_a }, ids(db:jobs { status = "DONE" }))
+      assert.same({ h.cancelled_b }, ids(db:jobs { table = "b", status = "CANCELLED" }))
+      assert.same({}, ids(db:jobs { table = "a", status = "CANCELLED" }))
+      assert.same({}, db:jobs { table = "nope" })
+      raises("invalid_argument", db.jobs, db, { status = "BOGUS" })
+      -- records carry counts, timings, the error
+      local f = db:jobs { status = "FAILED" }[1]
+      assert.equal("a", f.table)
+      assert.equal("y", f.column)
+      assert.equal("udf_error", f.error.code)
+      assert.equal(42, f.error.rowid)
+      assert.is_string(f.created_at)
+      assert.is_string(f.finished_at)
+      assert.is_number(f.seconds)
+      local d = db:jobs { status = "DONE", table = "a" }[1]
+      assert.same({ planned = 300, computed = 300, committed = 300, failed = 0 }, d.rows)
+    end)
+
+    it("db:job(id) reads a record; not_found otherwise", function()
+      local h = history()
+      local j = db:job(h.done_a)
+      assert.equal(h.done_a, j.id)
+      assert.equal("DONE", j:status())
+      assert.equal(300, j:wait().rows.committed)
+      local e = raises("udf_error", db:job(h.failed_a).wait, db:job(h.failed_a))
+      assert.equal(h.failed_a, e.job_id)
+      raises("not_found", db.job, db, "20200101-000000-deadbeef")
+      raises("invalid_argument", db.job, db, "../etc")
+    end)
+  end)
+
+  describe("geneva jobs (CLI)", function()
+    it("list --json prints an array, filtered", function()
+      local code, out = cli("list", "--db", db.dir, "--json")
+      assert.equal(0, code)
+      assert.equal("[]", out:match("^%s*(.-)%s*$"))
+      local h = history()
+      code, out = cli("list", "--db", db.dir, "--json")
+      assert.equal(0, code)
+      local arr = doc(out)
+      assert.same({ h.cancelled_b, h.done_b, h.failed_a, h.done_a }, ids(arr))
+      assert.equal("CANCELLED", arr[1].status)
+      assert.equal("b", arr[1].table)
+      assert.equal(300, arr[4].rows.committed)
+      code, out = cli("list", "--db", db.dir, "--json", "--table", "a", "--status", "failed")
+      assert.equal(0, code)
+      assert.same({ h.failed_a }, ids(doc(out)))
+      -- the text form: one line per job
+      code, out = cli("list", "--db", db.dir)
+      assert.equal(0, code)
+      local n = 0
+      for line in out:gmatch("[^\n]+") do
+        n = n + 1
+        assert.truthy(line:match("^%d+%-%d+%-%x+%s+%u+"), line)
+      end
+      assert.equal(4, n)
+    end)
+
+    it("show --json prints one object; errors are JSON with exit 1", function()
+      local h = history()
+      local code, out = cli("show", h.failed_a, "--db", db.dir, "--json")
+      assert.equal(0, code)
+      local rec = doc(out)
+      assert.equal(h.failed_a, rec.id)
+      assert.equal("FAILED", rec.status)
+      assert.equal("udf_error", rec.error.code)
+      code, out = cli("show", "20200101-000000-deadbeef", "--db", db.dir, "--json")
+      assert.equal(1, code)
+      local e = doc(out).error
+      assert.equal("not_found", e.code)
+      assert.is_string(e.message)
+      code, out = cli("show", "bad/id", "--db", db.dir, "--json")
+      assert.equal(1, code)
+      assert.equal("invalid_argument", doc(out).error.code)
+      code, out = cli("list", "--db", root .. "/missing", "--json")
+      assert.equal(1, code)
+      assert.equal("not_found", doc(out).error.code)
+      local stderr
+      code, out, stderr = cli("show", "20200101-000000-deadbeef", "--db", db.dir)
+      assert.equal(1, code)
+      assert.equal("", out)
+      assert.matches("not_found", stderr)
+    end)
+
+    it("bad usage exits 2", function()
+      for _, argv in ipairs {
+        {}, { "--db", db.dir }, { "frob", "--db", db.dir }, { "list" }, { "list", "--db" },
+        { "list", "--db", db.dir, "--bogus" }, { "show", "--db", db.dir, "--json" },
+        { "cancel", "--db", db.dir }, { "list", "--db", db.dir, "--status", "sideways" },
+        { "list", "--db", db.dir, "--json=yes" },
+      } do
+        local code, out, err = cli(table.unpack(argv))
+        assert.equal(2, code, table.concat(argv, " ") .. ": " .. out .. err)
+        assert.matches("usage:", err)
+      end
+      local code, out = cli("--help")
+      assert.equal(0, code)
+      assert.matches("geneva jobs list", out)
+    end)
+
+    it("cancel of a finished job changes nothing", function()
+      local h = history()
+      local code, out = cli("cancel", h.done_a, "--db", db.dir, "--json")
+      assert.equal(0, code)
+      assert.equal("DONE", doc(out).status)
+      assert.equal("DONE", job.load(db.dir, h.done_a).status)
+      assert.is_false(fs.exists(db.dir .. "/_geneva/jobs/" .. h.done_a .. ".cancel"))
+      code, out = cli("cancel", "20200101-000000-deadbeef", "--db", db.dir, "--json")
+      assert.equal(1, code)
+      assert.equal("not_found", doc(out).error.code)
+    end)
+
+    it("a job whose driver is gone reads FAILED/abandoned; cancel marks it CANCELLED", function()
+      -- a record owned by a process that has exited
+      local r = assert(proc.run { argv = { "true" } })
+      assert.is_true(r.ok)
+      local me = proc.self()
+      local id = job.new_id()
+      job.save(db.dir, { id = id, kind = "backfill", status = "RUNNING", table = "t", column = "c",
+        created_at = time.iso8601(), rows = { planned = 10, computed = 3, committed = 0, failed = 0 },
+        owner = { hostname = me.hostname, boot_id = me.boot_id, pid = me.pid, start_time = me.start_time - 1 } })
+      local code, out = cli("show", id, "--db", db.dir, "--json")
+      assert.equal(0, code)
+      local rec = doc(out)
+      assert.equal("FAILED", rec.status)
+      assert.equal("abandoned", rec.error.code)
+      assert.same({ id }, ids(db:jobs { status = "FAILED" }))
+      assert.has_error(function() db:job(id):wait() end)
+      code, out = cli("cancel", id, "--db", db.dir, "--json")
+      assert.equal(0, code)
+      assert.equal("CANCELLED", doc(out).status)
+      assert.equal("CANCELLED", job.load(db.dir, id).status)
+      code, out = cli("list", "--db", db.dir)
+      assert.equal(0, code)
+      assert.matches(id:gsub("%-", "%%-") .. "%s+CANCELLED", out)
+    end)
+
+    it("cancel stops a job running in another process within ~2 s", function()
+      local tbl = make_table(db, "docs", 20000, { fragment_size = 5000 })
+      tbl:add_columns { s = geneva.udf { data_type = "int64", fn = function(id)
+        local t = os.clock() + 0.0005
+        while os.clock() < t do end
+        return id * 3
+      end } }
+      local script = root .. "/driver.lua"
+      local f = assert(io.open(script, "w"))
+      f:write([[
+local geneva = require "geneva"
+local tbl = geneva.connect(arg[1]):open_table("docs")
+local ok, e = pcall(tbl.backfill, tbl, "s", { batch_size = 100, commit_every = 2 })
+print(ok and "DONE" or ("ERROR " .. tostring(e.code)))
+]])
+      f:close()
+      local p = assert(proc.spawn { argv = { child.bin, script, db.dir }, stdin = "null",
+                                    stdout = root .. "/out", stderr = root .. "/err" })
+      local v0 = tbl:version()
+      local id = wait_until("a running job with commits", function()
+        local recs = db:jobs { status = "RUNNING" }
+        return recs[1] and tbl:version() > v0 + 1 and recs[1].id
+      end)
+      -- another process's job: a Job object reading its record
+      local j = db:job(id)
+      assert.equal("RUNNING", j:status())
+      local t0 = time.monotonic()
+      local code, out = cli("cancel", id, "--db", db.dir, "--json")
+      assert.equal(0, code)
+      assert.equal(id, doc(out).id)
+      local how, status = p:wait(30)
+      local elapsed = time.monotonic() - t0
+      assert.equal("exited", how)
+      assert.equal(0, status)
+      p:close()
+      assert.matches("ERROR cancelled", child.read(root .. "/out"))
+      assert.is_true(elapsed < 3, ("cancel took %.2f s"):format(elapsed))
+      local rec = job.load(db.dir, id)
+      assert.equal("CANCELLED", rec.status)
+      assert.equal("cancelled", rec.error.code)
+      assert.is_true(rec.rows.committed > 0 and rec.rows.committed < 20000)
+      assert.equal(rec.rows.committed, tbl:count_rows("s IS NOT NULL"))
+      assert.equal(0, tbl:count_rows("s IS NOT NULL AND s <> id * 3"))
+      assert.is_false(fs.exists(db.dir .. "/_geneva/jobs/" .. id .. ".cancel"))
+      local ok, e = pcall(j.wait, j)
+      assert.is_false(ok)
+      assert.equal("cancelled", e.code)
+      assert.equal(id, e.job_id)
+    end)
+  end)
+end)
