@@ -52,7 +52,11 @@ end
 local function spawn_worker(self)
   local lease = self.scope:reserve("proc", "worker", { exe = self.exe })
   local prev = self.scope:activate()     -- the processes belong to the pool's scope
-  local p, err = proc.spawn{ argv = { self.exe, "worker", "--stdio" }, env_add = self.env_add,
+  -- workers resolve module UDFs as the driver does now (a recipe or script
+  -- may have extended package.path), unless a manifest gave their path
+  local env = { LUA_PATH = package.path }
+  for k, v in pairs(self.env_add or {}) do env[k] = v end
+  local p, err = proc.spawn{ argv = { self.exe, "worker", "--stdio" }, env_add = env,
                              cwd = self.cwd, stdin = "pipe", stdout = "pipe", stderr = "pipe" }
   prev:activate()
   if not p then
