@@ -179,7 +179,8 @@ describe("geneva.context", function()
     local function start(body)
       local path = dir .. "/job.lua"
       assert(fs.write(path, script:format(body)))
-      local p = assert(proc.spawn{ argv = { child.bin, path, dir }, stdout = "pipe", stderr = "pipe" })
+      local p = assert(proc.spawn{ argv = { child.bin, path, dir }, stdout = "pipe", stderr = "pipe",
+                                   env_add = { XDG_STATE_HOME = dir .. "/state" } })
       assert.equals("entered", p:read_line("stdout", 30))
       return p
     end
@@ -239,16 +240,18 @@ describe("geneva.context", function()
       p:wait(10)
       p:close()
       -- the leases name the dead driver as their owner
-      local list = proc.run{ argv = { child.bin, "reap", "--list", "--json", "--db", dir } }
+      local state = { XDG_STATE_HOME = dir .. "/state" }   -- this test's leases only
+      local list = proc.run{ argv = { child.bin, "reap", "--list", "--json", "--db", dir }, env_add = state }
       local rows = require("geneva.json").decode(list.stdout)
       assert.equals(3, #rows)
       for _, r in ipairs(rows) do assert.equals("dead", r.owner) end
-      local res = proc.run{ argv = { child.bin, "reap", "--json", "--db", dir } }
+      local res = proc.run{ argv = { child.bin, "reap", "--json", "--db", dir }, env_add = state }
       assert.equals(0, res.code)
       assert.equals(3, require("geneva.json").decode(res.stdout).reaped)
       time.sleep(0.2)
       for _, k in ipairs(kids) do assert.is_false(proc.alive(k)) end   -- zombies count as gone
       assert.equals(0, leases(dir))
+      assert.same({}, fs.list(dir .. "/state/geneva/leases"))   -- the mirror too
     end)
   end)
 end)
