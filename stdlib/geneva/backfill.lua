@@ -16,13 +16,14 @@ local ledger = require "geneva.ledger"
 
 local backfill = {}
 
--- (perf) Rows per task: the default fragment size, so a full backfill writes
--- one column file per fragment. With 10000, each fragment got 10 files and
--- the commit folded them (more than storage.MAX_COLUMN_FILES), copying every
--- value again in the driver, serially; and the per-task costs (reader setup,
--- a synced output file, a commit entry) were paid every 10000 rows, a task
--- of a trivial UDF being ~5 ms of work. Parallelism comes from fragments.
-local DEFAULT_BATCH = 100000
+-- (perf) Rows per task. Was 10000: each 100k-row fragment then got 10
+-- column files and the commit folded them (more than
+-- storage.MAX_COLUMN_FILES), copying every value again in the driver,
+-- serially; and the per-task costs (reader setup, a synced output file, a
+-- commit entry) came every ~5 ms of a trivial UDF's work. 50000 writes two
+-- files per default-size fragment (no fold) and still gives a 100k-row
+-- table two tasks for two workers (100000 would save only ~3% CPU).
+local DEFAULT_BATCH = 50000
 local MAX_EVENTS = 200
 
 local function quote(name) return '"' .. name:gsub('"', '""') .. '"' end
