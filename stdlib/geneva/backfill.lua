@@ -69,11 +69,7 @@ local inboxes = setmetatable({}, { __mode = "k" })   -- runner -> {job id -> eve
 
 -- {====== Planning
 
-local function column_of(manifest, name)
-  for _, c in ipairs(manifest.schema) do
-    if c.name == name then return c end
-  end
-end
+local column_of = require("geneva.reader").find_column
 
 -- Rows in a staged output file (0 if it cannot be read: the commit will say)
 local function staged_rows(path)

@@ -75,12 +75,6 @@ local function find_fragment(manifest, id)
   end
 end
 
-local function column_type(manifest, name)
-  for _, c in ipairs(manifest.schema) do
-    if c.name == name then return c end
-  end
-end
-
 -- Opens the staged output file (a temp name until finish()).
 local function open_output(path)
   assert(fs.mkdir_p(path:match("^(.*)/[^/]*$")))
@@ -149,13 +143,13 @@ function worker.run_task(state, task)
     errors.throw("not_found", ("fragment %d is not in version %d"):format(task.fragment, task.version))
   end
   local spec = task.udf
-  local col = column_type(manifest, task.column)
+  local col = require("geneva.reader").find_column(manifest, task.column)
   if not col then errors.throw("not_found", ("no column '%s'"):format(task.column)) end
   local out_type = assert(types.parse(col.data_type))
   local inputs = spec.input_columns
   local in_types = {}
   for i, name in ipairs(inputs) do
-    local c = column_type(manifest, name)
+    local c = require("geneva.reader").find_column(manifest, name)
     if not c then errors.throw("invalid_argument", ("UDF input column '%s' does not exist"):format(name)) end
     in_types[i] = assert(types.parse(c.data_type))
   end

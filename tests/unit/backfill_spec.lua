@@ -10,14 +10,7 @@ local job = require "geneva.job"
 local fs = require "geneva.fs"
 local child = require "child"
 
--- Runs fn, which must raise a geneva.Error of code; returns the error.
-local function raises(code, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  assert.is_true(errors.is(err), "expected a geneva.Error, got " .. tostring(err))
-  assert.equal(code, err.code, tostring(err))
-  return err
-end
+local raises = require("expect").raises
 
 -- The text of row i (varied lengths, some empty)
 local function text_of(i) return ("r%d:"):format(i) .. ("ab"):rep(i % 11) end

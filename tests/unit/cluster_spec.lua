@@ -9,14 +9,7 @@ local child = require "child"
 
 local q = child.quote
 
--- Runs fn, which must raise a geneva.Error of code; returns the error.
-local function raises(code, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  assert.is_true(errors.is(err), "expected a geneva.Error, got " .. tostring(err))
-  assert.equal(code, err.code, tostring(err))
-  return err
-end
+local raises = require("expect").raises
 
 local function invalid(spec, message)
   local err = raises("invalid_argument", cluster.validate, spec)

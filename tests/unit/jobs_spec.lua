@@ -10,13 +10,7 @@ local time = require "geneva.time"
 local fs = require "geneva.fs"
 local child = require "child"
 
-local function raises(code, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  assert.is_true(errors.is(err), "expected a geneva.Error, got " .. tostring(err))
-  assert.equal(code, err.code, tostring(err))
-  return err
-end
+local raises = require("expect").raises
 
 local function make_table(db, name, n, opts)
   local rows = {}

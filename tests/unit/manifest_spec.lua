@@ -11,13 +11,7 @@ local child = require "child"
 
 local q = child.quote
 
-local function raises(code, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  assert.is_true(errors.is(err), "expected a geneva.Error, got " .. tostring(err))
-  assert.equal(code, err.code, tostring(err))
-  return err
-end
+local raises = require("expect").raises
 
 local function write(p, s)
   assert(fs.mkdir_p(p:match("^(.*)/")))

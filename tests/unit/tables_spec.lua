@@ -8,14 +8,7 @@ local proc = require "geneva.proc"
 local fs = require "geneva.fs"
 local child = require "child"
 
--- Runs fn, which must raise a geneva.Error of code; returns the error.
-local function raises(code, fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  assert.is_true(errors.is(err), "expected a geneva.Error, got " .. tostring(err))
-  assert.equal(code, err.code, tostring(err))
-  return err
-end
+local raises = require("expect").raises
 
 -- A stand-in for geneva.udf objects: what the table layer relies on.
 local function fake_udf(version, data_type, inputs)
