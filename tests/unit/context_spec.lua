@@ -145,6 +145,21 @@ describe("geneva.context", function()
       assert.equals(0, leases(dir))
     end)
 
+    it("stores ray and kuberay clusters, but entering them is unavailable for now", function()
+      db:define_cluster("ray", { type = "ray", address = "http://127.0.0.1:8265" })
+      db:define_cluster("k8s", { type = "kuberay", namespace = "geneva",
+        head_group = { image = "rayproject/ray:2.9.0", num_cpus = 1, memory = "2Gi" },
+        worker_groups = { { name = "cpu", image = "rayproject/ray:2.9.0", num_cpus = 2,
+                            memory = "4Gi", replicas = 1 } } })
+      for _, name in ipairs({ "ray", "k8s" }) do
+        local ok, err = pcall(geneva.context{ cluster = name }, function() end)
+        assert.is_false(ok)
+        assert.equals("unavailable", err.code)
+      end
+      assert.equals(0, leases(dir))
+      assert.equals(0, #worker_pids(proc.self().pid))
+    end)
+
     it("refuses bad options and a missing database", function()
       assert.has_error(function() geneva.context{ on_exit = "later" } end)
       assert.has_error(function() geneva.context{ clusterr = "x" } end)
