@@ -131,6 +131,34 @@ local function close_output(o, keep)
   end
 end
 
+-- {====== Per-row watchdog (UDFs with a timeout)
+
+local hb_file
+local function heartbeat_file()
+  local path = os.getenv("GENEVA_HEARTBEAT")
+  if not path then return nil end
+  if not hb_file then hb_file = io.open(path, "w") end
+  return hb_file
+end
+
+-- "<rowid> <monotonic seconds>": the row this worker is computing, and since when
+local function beat(f, rowid)
+  f:seek("set", 0)
+  f:write(("%d %.3f\n"):format(rowid, require("geneva.time").monotonic()))
+  f:flush()
+end
+
+-- The row a previous attempt was killed on: on_error decides, no second run.
+local function timed_out_row(spec, task, rowid)
+  local e = errors.new("udf_error", ("UDF '%s' (column '%s') timed out after %gs at fragment %d rowid %d; its worker was killed")
+    :format(spec.name or "?", task.column, spec.timeout, task.fragment, rowid),
+    { column = task.column, rowid = rowid, fragment = task.fragment, timeout = spec.timeout })
+  if spec.on_error ~= "null" then error(e, 0) end
+  return { n = 1, values = { json.null }, failed = { { index = 1, rowid = rowid, error = e } } }
+end
+
+-- }======
+
 -- worker.run_task(state, task) -> result {computed=, failed=, staged=, errors=}
 -- | raises an Error (udf_error for on_error="fail", others for bad tasks).
 -- task: {table_dir, version, fragment, lo, hi, column, udf (spec with
@@ -189,13 +217,20 @@ function worker.run_task(state, task)
   end
   local wrap = out_type.kind == "blob" or out_type.kind == "vector"
   local from_sql, to_sql = types.from_sql, types.to_sql
+  -- A UDF with a timeout runs one row per chunk and says which row it is on
+  -- (heartbeat), so the runner can kill a worker stuck inside C code and
+  -- hand the row to on_error when it retries the task (task.timed_out).
+  local chunk = spec.timeout and 1 or CHUNK
+  local hb = spec.timeout and heartbeat_file()
+  local timed_out = {}
+  for _, id in ipairs(task.timed_out or {}) do timed_out[id] = true end
   local ok, perr = pcall(function()
     local ncols = #inputs
     while true do
       local rowids = {}
       local arrays = { rowids }          -- fresh each chunk: batch UDFs get them
       for i = 1, ncols do arrays[i + 1] = {} end
-      local n, serr, scode = stmt:fetch_columns(arrays, CHUNK)
+      local n, serr, scode = stmt:fetch_columns(arrays, chunk)
       if not n then
         if scode == "EINTR" then errors.throw("interrupted", "interrupted") end
         errors.throw("internal", ("reading fragment %d: %s"):format(task.fragment, serr))
@@ -213,7 +248,13 @@ function worker.run_task(state, task)
           end
         end
       end
-      local res = ex:run({ n = n, rowids = rowids, columns = columns })
+      local res
+      if timed_out[rowids[1]] and n == 1 then
+        res = timed_out_row(spec, task, rowids[1])
+      else
+        if hb then beat(hb, rowids[1]) end
+        res = ex:run({ n = n, rowids = rowids, columns = columns })
+      end
       local values = res.values
       if wrap then
         local w = {}
@@ -229,7 +270,7 @@ function worker.run_task(state, task)
       for _, f in ipairs(res.failed) do
         if #first_errors < 5 then first_errors[#first_errors + 1] = errors.plain(errors.from(f.error, "udf_error")) end
       end
-      if n < CHUNK then break end
+      if n < chunk then break end
     end
   end)
   stmt:close()

@@ -262,4 +262,26 @@ describe("geneva.backfill faults", function()
     tbl:backfill("s", { batch_size = 500 })
     check_exact(tbl, 8000, "s", function(id) return id * 11 end)
   end)
+
+  it("kills a worker stuck in C past the UDF's timeout and leaves the row to on_error", function()
+    local rows = {}
+    for i = 1, 40 do rows[i] = { id = i } end
+    local tbl = db:create_table("stuck", rows)
+    -- os.execute blocks in C: the in-process timeout hook cannot reach it
+    tbl:add_columns {
+      hang = geneva.udf { data_type = "int64", timeout = 1, on_error = "null",
+        fn = function(id) if id == 7 then os.execute("sleep 60") end return id * 10 end },
+      hangfail = geneva.udf { data_type = "int64", timeout = 1,
+        fn = function(id) if id == 9 then os.execute("sleep 60") end return id end } }
+    local t0 = require("geneva.time").monotonic()
+    local rec = tbl:backfill("hang")
+    assert.same({ "DONE", 39, 1 }, { rec.status, rec.rows.computed, rec.rows.failed })
+    local got = tbl:to_rows{ where = "id IN (6, 7, 8)", columns = { "id", "hang" } }
+    assert.same({ 60, nil, 80 }, { got[1].hang, got[2].hang, got[3].hang })
+    local err = select(2, pcall(tbl.backfill, tbl, "hangfail"))
+    assert.equals("udf_error", err.code)
+    assert.equals(9, err.rowid)
+    assert.matches("timed out after 1s", err.message)
+    assert.is_true(require("geneva.time").monotonic() - t0 < 30)
+  end)
 end)

@@ -37,7 +37,7 @@ describe("geneva.context", function()
       local a, b = geneva.context{ cluster = { type = "local", workers = 2 } }(function(x)
         local pids = worker_pids(proc.self().pid)
         assert.equals(2, #pids)                 -- started at enter
-        assert.equals(2, leases(dir))           -- one lease per worker
+        assert.equals(3, leases(dir))           -- a lease per worker, one for their heartbeat dir
         return x, tbl:backfill("words").rows.computed
       end, "x")
       assert.same({ "x", 3000 }, { a, b })
@@ -250,7 +250,7 @@ describe("geneva.context", function()
       time.sleep(0.3)
       local kids = worker_pids(pid)
       assert.equals(2, #kids)
-      assert.equals(3, leases(dir))            -- two workers and the job
+      assert.equals(4, leases(dir))            -- two workers, their heartbeat dir, the job
       assert(proc.kill(pid, "KILL"))
       p:wait(10)
       p:close()
@@ -258,11 +258,17 @@ describe("geneva.context", function()
       local state = { XDG_STATE_HOME = dir .. "/state" }   -- this test's leases only
       local list = proc.run{ argv = { child.bin, "reap", "--list", "--json", "--db", dir }, env_add = state }
       local rows = require("geneva.json").decode(list.stdout)
-      assert.equals(3, #rows)
-      for _, r in ipairs(rows) do assert.equals("dead", r.owner) end
+      assert.equals(4, #rows)
+      local hb
+      for _, r in ipairs(rows) do
+        assert.equals("dead", r.owner)
+        if r.kind == "tmpdir" then hb = r.info.path end
+      end
+      assert.is_true(fs.exists(hb))              -- left behind by the kill
       local res = proc.run{ argv = { child.bin, "reap", "--json", "--db", dir }, env_add = state }
       assert.equals(0, res.code)
-      assert.equals(3, require("geneva.json").decode(res.stdout).reaped)
+      assert.equals(4, require("geneva.json").decode(res.stdout).reaped)
+      assert.is_false(fs.exists(hb))
       time.sleep(0.2)
       for _, k in ipairs(kids) do assert.is_false(proc.alive(k)) end   -- zombies count as gone
       assert.equals(0, leases(dir))

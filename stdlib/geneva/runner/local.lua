@@ -20,6 +20,9 @@ local proc = require "geneva.proc"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
 local ledger = require "geneva.ledger"
+local time = require "geneva.time"
+
+local watchdog
 
 local M = {}
 
@@ -49,12 +52,28 @@ end
 -- A worker's lease is journalled (when the pool's scope has a journal)
 -- before the process exists, then completed with its pid, so `geneva reap`
 -- can kill what a kill -9 of the driver left behind.
+-- A directory for the workers' heartbeat files (per-row watchdog), owned
+-- and leased like the workers.
+local function heartbeat_dir(self)
+  if not self.hb_dir then
+    local lease = self.scope:reserve("tmpdir", "worker heartbeats")
+    local prev = self.scope:activate()
+    local tmp = require("geneva.fs").tmpdir("geneva-hb-")
+    prev:activate()
+    lease:update{ path = tmp.path }
+    lease:bind(function() tmp:close() end)
+    self.hb_dir = tmp.path
+  end
+  return self.hb_dir
+end
+
 local function spawn_worker(self)
+  local hb = ("%s/w%d"):format(heartbeat_dir(self), self.spawned + 1)
   local lease = self.scope:reserve("proc", "worker", { exe = self.exe })
   local prev = self.scope:activate()     -- the processes belong to the pool's scope
   -- workers resolve module UDFs as the driver does now (a recipe or script
   -- may have extended package.path), unless a manifest gave their path
-  local env = { LUA_PATH = package.path }
+  local env = { LUA_PATH = package.path, GENEVA_HEARTBEAT = hb }
   for k, v in pairs(self.env_add or {}) do env[k] = v end
   local p, err = proc.spawn{ argv = { self.exe, "worker", "--stdio" }, env_add = env,
                              cwd = self.cwd, stdin = "pipe", stdout = "pipe", stderr = "pipe" }
@@ -67,7 +86,7 @@ local function spawn_worker(self)
   lease:update{ pid = p:pid(), pgid = p:pgid(), start_time = info and info.start_time }
   lease:bind(function() p:close() end)
   self.spawned = self.spawned + 1
-  local w = { p = p, lease = lease, task = nil, id = self.spawned }
+  local w = { p = p, lease = lease, task = nil, id = self.spawned, heartbeat = hb }
   self.workers[#self.workers + 1] = w
   return w
 end
@@ -112,6 +131,7 @@ local function dispatch(self)
     self.qhead = self.qhead + 1
     task.attempts = task.attempts + 1
     idle.task = task
+    idle.started = time.monotonic()
     self.running[task.id] = idle
     if not send(idle, { op = "task", task = task }) then idle.dead = true end
   end
@@ -161,6 +181,39 @@ local function handle_line(self, w, line, events)
   end
 end
 
+-- A task whose UDF has a timeout: if its worker has been on one row longer
+-- than that (stuck in C code, where the in-process hook cannot reach), kill
+-- the worker and retry the task with the row marked timed out, so on_error
+-- decides its fate instead of a second hang. Not counted as an attempt.
+local GRACE = 1.0
+watchdog = function(self, events)
+  local now = time.monotonic()
+  for _, w in ipairs(self.workers) do
+    local task = w.task
+    local limit = task and task.udf and task.udf.timeout
+    if limit and now - w.started > limit + GRACE then
+      local f = io.open(w.heartbeat)
+      local text = f and f:read("a") or ""
+      if f then f:close() end
+      local rowid, since = text:match("^(%d+) ([%d.]+)")
+      rowid, since = math.tointeger(tonumber(rowid)), tonumber(since)
+      if rowid and since >= w.started and now - since > limit + GRACE then
+        task.timed_out = task.timed_out or {}
+        task.timed_out[#task.timed_out + 1] = rowid
+        task.attempts = task.attempts - 1
+        w.task = nil
+        self.running[task.id] = nil
+        remove_worker(self, w)
+        events[#events + 1] = { kind = "log", job = task.job,
+          line = ("task %s: rowid %d ran over its %gs timeout; worker killed, row left to on_error")
+            :format(task.id, rowid, limit) }
+        self:submit(task)
+        return watchdog(self, events)    -- self.workers changed
+      end
+    end
+  end
+end
+
 function Pool:poll(timeout)
   local events = {}
   dispatch(self)
@@ -196,6 +249,7 @@ function Pool:poll(timeout)
     end
   end
   for w in pairs(dead) do worker_died(self, w, events) end
+  watchdog(self, events)
   dispatch(self)
   return events
 end
