@@ -122,7 +122,9 @@ describe("geneva.backfill faults", function()
     for _, line in ipairs(rec.events) do
       if line:match("killed by signal") and line:match("retrying task") then retried = retried + 1 end
     end
-    assert.equal(2, retried)
+    -- a kill can land just after a worker reported its task done (nothing
+    -- to retry then), so at least one of the two kills hit a running task
+    assert.is_true(retried >= 1 and retried <= 2, "retried " .. retried)
     check_exact(tbl, N, "s", function(id) return id * 11 end)
     for pid in pairs(victims) do assert.is_false(proc.alive(pid)) end
     -- the pool replaced them and still works
