@@ -360,6 +360,8 @@ static int fs_sort(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   n = luaL_len(L, 1);
   if (n < 2) { lua_settop(L, 1); return 1; }
+  /* __len may lie: bound n before n * sizeof *refs can wrap */
+  luaL_argcheck(L, n <= INT_MAX, 1, "too many elements");
   refs = (str_ref *)lua_newuserdatauv(L, (size_t)n * sizeof *refs, 0);  /* [t, refs] */
   for (i = 1; i <= n; i++) {
     if (lua_rawgeti(L, 1, i) != LUA_TSTRING)

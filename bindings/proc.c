@@ -848,6 +848,8 @@ static int proc_spawn(lua_State *L) {
   luaL_argcheck(L, lua_istable(L, -1), 1, "option 'argv' must be a table");
   argc = (size_t)luaL_len(L, -1);
   luaL_argcheck(L, argc > 0, 1, "option 'argv' is empty");
+  /* __len may lie (or be negative): bound argc before (argc + 1) * size wraps */
+  luaL_argcheck(L, argc < INT_MAX, 1, "option 'argv' is too long");
   argvp = new_ptr_array(L, argc);          /* [argv, argvp, keep] */
   lua_createtable(L, (int)argc, 0);        /* keeps the (converted) strings */
   for (i = 0; i < argc; i++) {

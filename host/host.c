@@ -126,6 +126,15 @@ static int os_exit_safe(lua_State *L) {
     h->exit_code = code;
   }
   lua_sethook(L, exit_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  {  /* from a coroutine, resume would return the error and the main thread
+     ** (the host's pcall; geneva_host_pcall clears its hook) would go on */
+    lua_State *main;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    main = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    if (main && main != L)
+      lua_sethook(main, exit_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  }
   lua_pushlightuserdata(L, (void *)&exit_sentinel);
   return lua_error(L);
 }

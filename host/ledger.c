@@ -308,8 +308,23 @@ static int ledger_set_step_deadline(lua_State *L) {
   return 0;
 }
 
+/* Runs body (a listing) on the arguments with the collector stopped: the
+** listing holds entry pointers across allocations, and an allocation may run
+** a finalizer whose release untracks (frees) the very entry being read. The
+** collector restarts even when body raises. */
+static int call_without_gc(lua_State *L, lua_CFunction body) {
+  int running = lua_gc(L, LUA_GCISRUNNING) == 1, status;
+  lua_pushcfunction(L, body);
+  lua_insert(L, 1);
+  if (running) lua_gc(L, LUA_GCSTOP);
+  status = lua_pcall(L, lua_gettop(L) - 1, 1, 0);
+  if (running) lua_gc(L, LUA_GCRESTART);
+  if (status != LUA_OK) return lua_error(L);
+  return 1;
+}
+
 /* core.list() -> array of {id, kind, name, scope} for every live entry */
-static int ledger_list(lua_State *L) {
+static int ledger_list_body(lua_State *L) {
   geneva_ledger *g = get_ledger(L);
   geneva_resource *r;
   int i = 0;
@@ -324,6 +339,8 @@ static int ledger_list(lua_State *L) {
   }
   return 1;
 }
+
+static int ledger_list(lua_State *L) { return call_without_gc(L, ledger_list_body); }
 
 /* scope:activate() -> previous current scope */
 static int scope_m_activate(lua_State *L) {
@@ -372,7 +389,7 @@ static int scope_m_is_closed(lua_State *L) {
 }
 
 /* scope:resources() -> array of {id, kind, name} inside the scope */
-static int scope_m_resources(lua_State *L) {
+static int scope_m_resources_body(lua_State *L) {
   geneva_ledger *g = get_ledger(L);
   scope *s = check_scope(L, 1);
   geneva_resource *r;
@@ -387,6 +404,10 @@ static int scope_m_resources(lua_State *L) {
     lua_rawseti(L, -2, ++i);
   }
   return 1;
+}
+
+static int scope_m_resources(lua_State *L) {
+  return call_without_gc(L, scope_m_resources_body);
 }
 
 static int scope_m_parent(lua_State *L) {
@@ -425,6 +446,8 @@ static int res_m_adopt(lua_State *L) {
 /* res:release() -> true | false, msg: tears down now. Idempotent. */
 static int res_m_release(lua_State *L) {
   res_ud *u = (res_ud *)luaL_checkudata(L, 1, RES_MT);
+  lua_Hook hook = lua_gethook(L);
+  int mask = lua_gethookmask(L), count = lua_gethookcount(L);
   int errtab;
   if (!u->r->linked || u->r->in_teardown) { lua_pushboolean(L, 1); return 1; }
   lua_newtable(L);
@@ -432,6 +455,12 @@ static int res_m_release(lua_State *L) {
   geneva_teardown_begin();
   teardown_one(L, u->r, errtab);
   geneva_teardown_end();
+  /* teardown_one left no hook: as in scope_close, restore the caller's, or
+  ** arm the interrupt hook for a signal held off during the teardown */
+  if (geneva_interrupted() && geneva_teardown_depth() == 0)
+    geneva_signals_rearm(L);
+  else
+    lua_sethook(L, hook, mask, count);
   if (luaL_len(L, errtab) == 0) { lua_pushboolean(L, 1); return 1; }
   lua_pushboolean(L, 0);
   lua_rawgeti(L, errtab, 1);

@@ -96,6 +96,14 @@ describe("geneva.fs", function()
       assert.same({}, fs.glob(dir .. "/*.zzz"))
       assert.has_error(function() fs.glob(42) end)
     end)
+
+    it("core.sort raises on a table whose __len lies (no buffer overflow)", function()
+      local core = require "geneva.fs.core"
+      -- 2^61 * sizeof(str_ref) wraps to 0 bytes in size_t
+      local t = setmetatable({ "b", "a", "c" }, { __len = function() return 1 << 61 end })
+      assert.has_error(function() core.sort(t) end, "bad argument #1 to 'sort' (too many elements)")
+      assert.same({ "a", "b", "c" }, core.sort({ "b", "c", "a" }))
+    end)
   end)
 
   describe("stat", function()

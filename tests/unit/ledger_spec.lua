@@ -199,6 +199,53 @@ describe("geneva.ledger", function()
     end)
   end)
 
+  describe("res:release", function()
+    it("keeps the caller's debug hook", function()
+      local hook = function() end
+      debug.sethook(hook, "", 100000)
+      ledger.current():reserve("a", "hooked"):bind(function() end):release()
+      local after = debug.gethook()
+      debug.sethook()
+      assert.equals(hook, after)
+    end)
+
+    it("does not lose a signal that lands during the teardown", function()
+      local status, out = child.run([[
+        local ledger = require "geneva.ledger"
+        local proc = require "geneva.proc"
+        ledger.current():reserve("a", "signals itself"):bind(function()
+          proc.kill(proc.self().pid, "INT")
+        end):release()
+        local x = 0
+        for _ = 1, 3e7 do x = x + 1 end
+        print("unreachable")
+      ]])
+      assert.equals(130, status)
+      assert.not_matches("unreachable", out)
+    end)
+  end)
+
+  describe("listing", function()
+    it("survives handles finalized while it runs", function()
+      -- list() allocates per entry; an allocation may run a finalizer that
+      -- untracks (frees) the entry being read
+      local fs = require "geneva.fs.core"
+      local dir = child.tmpdir()
+      collectgarbage("incremental", 0, 100)
+      local ok, err = pcall(function()
+        for round = 1, 3000 do
+          fs.lock(dir .. "/l" .. (round % 20), true, false)   -- left to __gc
+          core.list()
+          ledger.current():resources()
+        end
+      end)
+      collectgarbage("incremental", 200, 100)
+      collectgarbage()
+      child.rmtree(dir)
+      assert(ok, err)
+    end)
+  end)
+
   describe("host teardown", function()
     local dir
     before_each(function() dir = child.tmpdir() end)
@@ -218,6 +265,10 @@ describe("geneva.ledger", function()
       { "a script error", "error('boom')", 1 },
       { "os.exit", "os.exit(3)", 3 },
       { "os.exit caught by pcall", "pcall(os.exit, 4); print('unreachable')", 4 },
+      { "os.exit in a coroutine",
+        "coroutine.resume(coroutine.create(function() os.exit(5) end)); print('unreachable')", 5 },
+      { "os.exit in a wrapped coroutine under pcall",
+        "pcall(coroutine.wrap(function() os.exit(6) end)); print('unreachable')", 6 },
     }) do
       it("runs on " .. case[1], function()
         local marker = dir .. "/marker"

@@ -186,6 +186,16 @@ describe("geneva.proc", function()
   end)
 
   describe("exec failures", function()
+    it("raises on an argv whose __len lies (no buffer overflow)", function()
+      local core = require "geneva.proc.core"
+      -- (2^61 - 1 + 1) * sizeof(char *) wraps to 0 bytes in size_t
+      local argv = setmetatable({ "true", "x", "y" }, { __len = function() return (1 << 61) - 1 end })
+      assert.has_error(function() core.spawn { argv = argv } end,
+        "bad argument #1 to 'spawn' (option 'argv' is too long)")
+      argv = setmetatable({ "true" }, { __len = function() return -1 end })
+      assert.has_error(function() core.spawn { argv = argv } end)
+    end)
+
     it("reports ENOENT from the child", function()
       local p, msg, code = proc.spawn { argv = { "nosuch-geneva-cmd" } }
       assert.is_nil(p)
