@@ -113,8 +113,17 @@ end
 -- their package.path, its env is set, and they run inside it.
 local function unpack_manifest(self, db, rec)
   local scope = self.scope
-  local tmp = fs.tmpdir("geneva-pkg-")
-  local res = scope:reserve("tmpdir", "package " .. rec.checksum:sub(1, 12), { path = tmp.path })
+  -- the lease first (the dir's path is known once it exists), and the dir
+  -- owned by the context's scope, as every resource inside it
+  local res = scope:reserve("tmpdir", "package " .. rec.checksum:sub(1, 12))
+  local prev = scope:activate()
+  local tmp, terr = fs.tmpdir("geneva-pkg-")
+  prev:activate()
+  if not tmp then
+    res:forget()
+    errors.throw("unavailable", ("cannot create a directory for the manifest package: %s"):format(terr))
+  end
+  res:update{ path = tmp.path }
   res:bind(function() tmp:close() end)
   local ok, err, code = require("geneva.zip").extract(package_path(db, rec), tmp.path)
   if not ok then errors.throw("unavailable", ("cannot unpack manifest package: %s (%s)"):format(err, code)) end

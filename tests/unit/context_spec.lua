@@ -145,6 +145,32 @@ describe("geneva.context", function()
       assert.equals(0, leases(dir))
     end)
 
+    it("journals the manifest package's lease before its temp dir exists", function()
+      local mdir = dir .. "/src"
+      assert(fs.mkdir_p(mdir))
+      assert(fs.write(mdir .. "/lease_udfs.lua", "return {}"))
+      db:define_manifest("lm", { files = { "lease_udfs.lua" }, base_dir = mdir })
+      local json = require "geneva.json"
+      local real, seen = fs.tmpdir, nil
+      fs.tmpdir = function(prefix)
+        if prefix == "geneva-pkg-" then      -- the package's lease must be on disk now
+          seen = false
+          for _, name in ipairs(fs.list(dir .. "/_geneva/leases") or {}) do
+            local l = json.decode(child.read(dir .. "/_geneva/leases/" .. name))
+            if l.kind == "tmpdir" and l.name:match("^package ") then seen = true end
+          end
+        end
+        return real(prefix)
+      end
+      local ok, err = pcall(function()
+        geneva.context{ cluster = { type = "local", workers = 1 }, manifest = "lm" }(function() end)
+      end)
+      fs.tmpdir = real
+      assert(ok, tostring(err))
+      assert.is_true(seen)
+      assert.equals(0, leases(dir))
+    end)
+
     it("stores ray and kuberay clusters, but entering them is unavailable for now", function()
       db:define_cluster("ray", { type = "ray", address = "http://127.0.0.1:8265" })
       db:define_cluster("k8s", { type = "kuberay", namespace = "geneva",
