@@ -171,6 +171,10 @@ describe("geneva jobs", function()
         { "list", "--db", db.dir, "--bogus" }, { "show", "--db", db.dir, "--json" },
         { "cancel", "--db", db.dir }, { "list", "--db", db.dir, "--status", "sideways" },
         { "list", "--db", db.dir, "--json=yes" },
+        -- bad syntax is exit 2 even when the database is missing too
+        { "frob", "--db", db.dir .. "/nope" }, { "show", "--db", db.dir .. "/nope", "--json" },
+        { "list", "--db", db.dir .. "/nope", "--status", "sideways" },
+        { "show", "x", "y", "--db", db.dir },
       } do
         local code, out, err = cli(table.unpack(argv))
         assert.equal(2, code, table.concat(argv, " ") .. ": " .. out .. err)

@@ -28,26 +28,33 @@ function M.main(argv)
     if opts.help then io.stdout:write(usage) return 0 end
     local verb = pos[1]
     if not verb then error({ usage = "missing action (list, show or cancel)" }, 0) end
-    if not opts.db then error({ usage = "missing --db URI" }, 0) end
     local job = require "geneva.job"
+    -- the whole command line is checked before the database: bad syntax is 2
+    if verb ~= "list" and verb ~= "show" and verb ~= "cancel" then
+      error({ usage = ("unknown action '%s'"):format(verb) }, 0)
+    end
+    if verb ~= "list" and not pos[2] then error({ usage = "missing job ID" }, 0) end
+    if #pos > (verb == "list" and 1 or 2) then
+      error({ usage = ("unexpected argument '%s'"):format(pos[verb == "list" and 2 or 3]) }, 0)
+    end
+    local status = opts.status and opts.status:upper()
+    if status and not job.STATUSES[status] then
+      error({ usage = ("unknown status '%s'"):format(opts.status) }, 0)
+    end
+    if not opts.db then error({ usage = "missing --db URI" }, 0) end
     local st = require("geneva.fs").stat(opts.db)
     if not st or st.type ~= "dir" then
       require("geneva.errors").throw("not_found", ("no database at '%s'"):format(opts.db))
     end
     local db = opts.db
     if verb == "list" then
-      local status = opts.status and opts.status:upper()
-      if status and not job.STATUSES[status] then
-        error({ usage = ("unknown status '%s'"):format(opts.status) }, 0)
-      end
       local recs = job.list(db, { table = opts.table, status = status })
       if opts.json then
         io.stdout:write(json.encode(json.array(recs)), "\n")
       else
         for _, rec in ipairs(recs) do io.stdout:write(line(rec), "\n") end
       end
-    elseif verb == "show" or verb == "cancel" then
-      if not pos[2] then error({ usage = "missing job ID" }, 0) end
+    else
       local rec, err
       if verb == "show" then
         rec, err = job.load(db, pos[2])
@@ -63,8 +70,6 @@ function M.main(argv)
       else
         io.stdout:write(json.encode(rec, { indent = 2 }), "\n")
       end
-    else
-      error({ usage = ("unknown action '%s'"):format(verb) }, 0)
     end
     return 0
   end)
