@@ -403,7 +403,15 @@ function backfill.start(tbl, column, opts)
   end
   local db_dir = tbl.db.dir
   -- two drivers on one column would compute the same rows and trip over
-  -- each other's staged files
+  -- each other's staged files. The check and this job's PENDING record are
+  -- made under a lock (released on return), so of two drivers starting at
+  -- once the second sees the first.
+  fs.mkdir_p(db_dir .. "/_geneva/jobs")
+  local lock <close>, lerr, lcode = fs.lock(db_dir .. "/_geneva/jobs/.start.lock", { timeout = 30 })
+  if not lock then
+    errors.throw(lcode == "EINTR" and "interrupted" or "unavailable",
+      ("cannot lock the job records of '%s': %s"):format(db_dir, tostring(lerr)))
+  end
   for _, other in ipairs(job.list(db_dir, { table = tbl.name })) do
     if not job.FINAL[other.status] and other.column == col.name then
       errors.throw("conflict", ("column '%s' of table '%s' is being backfilled by job %s (%s): wait for it or cancel it")

@@ -245,6 +245,48 @@ describe("geneva.backfill faults", function()
     assert.equal(2 + 100, tbl:version())
   end)
 
+  it("lets only one of two drivers starting on one column at the same instant run", function()
+    local tbl = make_table(db, "docs", 2000, { fragment_size = 1000 })
+    tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
+    -- each driver spins until the same wall-clock instant, then starts; the
+    -- one that started holds its job until both have answered
+    local START = [[
+local geneva = require "geneva"
+local time = require "geneva.time"
+local tbl = geneva.connect(arg[1]):open_table("docs")
+local at = tonumber(arg[2])
+while time.now() < at do end
+local ok, j = pcall(tbl.backfill_async, tbl, "s")
+io.stdout:write(ok and "STARTED\n" or ("REFUSED " .. tostring(j.code) .. "\n"))
+io.stdout:flush()
+if ok then
+  while not io.open(arg[3]) do time.sleep(0.01) end
+  j:cancel()
+end
+]]
+    for round = 1, 4 do
+      local release = ("%s/release%d"):format(root, round)
+      local at = ("%.3f"):format(time.now() + 1.5)
+      local pa, outa = start_driver(root, "sa" .. round, START, db.dir, at, release)
+      local pb, outb = start_driver(root, "sb" .. round, START, db.dir, at, release)
+      wait_until("both drivers to answer", function()
+        return outa() ~= "" and outb() ~= ""
+      end, 60)
+      assert(fs.write(release, ""))
+      local started, refused = 0, 0
+      for _, x in ipairs { { pa, outa }, { pb, outb } } do
+        local how, code = x[1]:wait(30)
+        local o, e = x[2]()
+        assert.equal("exited", how, e)
+        assert.equal(0, code, o .. e)
+        if o:match("^STARTED") then started = started + 1 end
+        if o:match("^REFUSED conflict") then refused = refused + 1 end
+        x[1]:close()
+      end
+      assert.same({ 1, 1 }, { started, refused }, "round " .. round)
+    end
+  end)
+
   it("marks the job FAILED/interrupted when its driver gets SIGTERM", function()
     local tbl = make_table(db, "docs", 8000, { fragment_size = 2000 })
     tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
