@@ -123,10 +123,18 @@ end
 local function publish(tbl_dir, n, m)
   m.format, m.version = storage.FORMAT, n
   m.created_at = time.iso8601(time.now(), 6)
-  local ok, msg, code = fs.create_exclusive(version_path(tbl_dir, n),
-                                            json.encode(mark_arrays(m), { indent = 1, sort_keys = true }))
+  local path = version_path(tbl_dir, n)
+  local text = json.encode(mark_arrays(m), { indent = 1, sort_keys = true })
+  local ok, msg, code = fs.create_exclusive(path, text)
   if ok then return true end
   if code == "EEXIST" then return false end
+  -- A step after the link can fail (the directory's fsync): our file is
+  -- then in place and readers see the version, so it is committed, and the
+  -- caller must not roll back the files it references.
+  if fs.read(path) == text then
+    fs.fsync_dir(join(tbl_dir, "_versions"))
+    return true
+  end
   check(nil, msg, code)
 end
 

@@ -530,6 +530,35 @@ describe("geneva tables", function()
   end)
 
   describe("concurrency", function()
+    it("keeps what a commit published when a step after publishing fails", function()
+      local t = docs(4, { fragment_size = 2 })
+      t:add_columns { words = fake_udf("v1") }
+      -- the version file is linked in place, then the directory's fsync fails
+      local real = fs.create_exclusive
+      fs.create_exclusive = function(path, ...)
+        local ok, msg, code = real(path, ...)
+        if ok and path:match("/_versions/%d+%.json$") then return nil, path .. ": fsync: I/O error", "EIO" end
+        return ok, msg, code
+      end
+      local ok, err = pcall(function()
+        t:add { { id = 5, content = "a b" }, { id = 6, content = "c" } }
+        local path, lo, hi = staged(root, { [1] = 10, [2] = 20 })
+        t:_commit_column_files("words", "v1", { { fragment = 1, path = path, lo = lo, hi = hi } })
+      end)
+      fs.create_exclusive = real
+      -- whether or not the calls reported the failure, every published
+      -- version must still read: its files were not rolled back
+      local latest = geneva.connect(root .. "/db"):open_table("docs")
+      for v = 1, latest:version() do
+        local tv = geneva.connect(root .. "/db"):open_table("docs"):checkout(v)
+        local rok, rerr = pcall(tv.to_rows, tv)
+        assert(rok, ("version %d unreadable (%s) after: %s"):format(v, tostring(rerr), tostring(err)))
+      end
+      assert.equal(6, latest:count_rows())
+      assert.same({ 10, 20 }, ids(latest:to_rows { where = "id <= 2" }, "words"))
+      assert.is_true(ok, tostring(err))
+    end)
+
     it("lands every commit of two processes, with dense versions", function()
       local t = docs(4, { fragment_size = 2 })
       t:add_columns { a = fake_udf("va"), b = fake_udf("vb") }
