@@ -167,6 +167,7 @@ int geneva_host_pcall(geneva_host *h, int nargs, int nres, int interactive) {
   int status;
   lua_pushcfunction(L, msghandler);
   lua_insert(L, base);
+  h->interrupted = 0;
   status = lua_pcall(L, nargs, nres, base);
   lua_remove(L, base);
   if (h->exiting) {
@@ -181,6 +182,7 @@ int geneva_host_pcall(geneva_host *h, int nargs, int nres, int interactive) {
     set_error(h, "interrupted");
     if (interactive) {           /* the REPL goes back to its prompt */
       geneva_signals_clear();
+      h->interrupted = 1;
       return 1;
     }
     geneva_ledger_teardown_all(L);

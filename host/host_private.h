@@ -13,6 +13,7 @@ struct geneva_host {
   geneva_ledger *ledger;
   char *err;        /* last error with traceback, or NULL */
   int exiting;      /* os.exit was called */
+  int interrupted;  /* the last interactive call ended by Ctrl-C */
   int exit_code;
 };
 

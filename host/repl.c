@@ -161,6 +161,22 @@ static void print_results(geneva_host *h, int n) {
   lua_settop(L, base);
 }
 
+/* Calls geneva.repl.<name>() (statement scopes); its errors are reported,
+** never fatal: the REPL keeps going. */
+static void repl_step(geneva_host *h, const char *name) {
+  lua_State *L = geneva_host_lua(h);
+  int base = lua_gettop(L);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "geneva.repl");
+  if (geneva_host_pcall(h, 1, 1, 1) == 0) {
+    lua_getfield(L, -1, name);
+    lua_remove(L, -2);
+    if (geneva_host_pcall(h, 0, 0, 1) != 0 && geneva_host_error(h))
+      fprintf(stderr, "geneva: %s\n", geneva_host_error(h));
+  }
+  lua_settop(L, base);
+}
+
 int geneva_repl(geneva_host *h) {
   lua_State *L = geneva_host_lua(h);
   char *source = NULL;
@@ -191,13 +207,17 @@ int geneva_repl(geneva_host *h) {
     }
     if (status == LUA_OK) {
       int base = lua_gettop(L) - 1, code;
+      repl_step(h, "before");       /* the statement gets a scope of its own */
       code = geneva_host_pcall(h, 0, LUA_MULTRET, 1);
       if (code == 0) {
         print_results(h, lua_gettop(L) - base);
+        repl_step(h, "after");
       } else {
+        int interrupted = h->interrupted;
         lua_settop(L, base);
         if (h->exiting) break;
         fprintf(stderr, "%s\n", geneva_host_error(h));
+        repl_step(h, interrupted ? "interrupted" : "after");
       }
     } else {
       fprintf(stderr, "%s\n", lua_tostring(L, -1));

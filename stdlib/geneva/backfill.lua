@@ -432,6 +432,7 @@ function backfill.start(tbl, column, opts)
   -- if the process is torn down mid-job, the record says so
   self.lease = ledger.current():reserve("job", rec.id):bind(function()
     if not job.FINAL[rec.status] then
+      pcall(self.runner.cancel, self.runner, rec.id)   -- its tasks stop with it
       rec.status, rec.finished_at = "FAILED", time.iso8601()
       rec.error = { code = "interrupted", message = "the driver was interrupted" }
       job.save(db_dir, rec)

@@ -27,6 +27,18 @@ local active = {}          -- stack of entered contexts, innermost last
 
 function context.current() return active[#active] end
 
+-- context.forget_closed(): drops contexts whose scope was torn down under
+-- them (the REPL closing an interrupted statement) from the active stack.
+function context.forget_closed()
+  for i = #active, 1, -1 do
+    local c = active[i]
+    if c.scope and c.scope:is_closed() then
+      table.remove(active, i)
+      c.state = "exited"
+    end
+  end
+end
+
 -- backfills inside a context use its runner and are tracked by it
 local function install_hooks()
   local backfill = require "geneva.backfill"

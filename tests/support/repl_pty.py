@@ -89,6 +89,22 @@ def main():
     read_until(fd, "> ")
     out = step("=3*3\n", "9")
     check("Ctrl-C at the prompt", "9" in out and "interrupted" not in out, out)
+    # Ctrl-C inside a context tears down what that statement created, and
+    # only that: a context entered by an earlier statement stays.
+    workers = ("=#io.popen(\"pgrep -P \" .. require('geneva.proc').self().pid .. "
+               "\" -f '^[^ ]*geneva worker --stdio$'\"):read('a'):gsub('%d+', '')\n")
+    step("geneva = require 'geneva'; db = geneva.connect(%r)\n" % os.path.join(tmp, "db"), "")
+    out = step("kept = geneva.local_cluster{ workers = 1 }:enter()\n", "")
+    send("geneva.local_cluster{ workers = 2 }(function() geneva.time.sleep(60) end)\n")
+    time.sleep(1.5)
+    send("\x03")
+    out = read_until(fd, "interrupted", then="> ")
+    out = step(workers, "\n")
+    check("Ctrl-C tears down the statement's context only", out.split()[-2:-1] == ["1"], out)
+    step("kept:exit()\n", "")
+    out = step(workers, "\n")
+    check("a kept context exits when asked", out.split()[-2:-1] == ["0"], out)
+
     # Ctrl-D ends the session. A loaded machine can still lose a key typed
     # while libedit switches terminal modes, so it is sent again if needed.
     status = None
