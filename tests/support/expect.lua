@@ -14,4 +14,17 @@ function expect.raises(code, fn, ...)
   return err
 end
 
+-- expect.wait_until(what, fn [, timeout_s = 60]) -> fn's first truthy
+-- result, polling every 20 ms; fails the spec naming `what` on timeout.
+function expect.wait_until(what, fn, timeout)
+  local time = require "geneva.time"
+  local deadline = time.monotonic() + (timeout or 60)
+  while true do
+    local v = fn()
+    if v then return v end
+    assert.is_true(time.monotonic() < deadline, "timed out waiting for " .. what)
+    time.sleep(0.02)
+  end
+end
+
 return expect

@@ -52,15 +52,7 @@ local function staged(tbl, column)
   return out
 end
 
-local function wait_until(what, fn, timeout)
-  local deadline = time.monotonic() + (timeout or 60)
-  while true do
-    local v = fn()
-    if v then return v end
-    assert.is_true(time.monotonic() < deadline, "timed out waiting for " .. what)
-    time.sleep(0.02)
-  end
-end
+local wait_until = require("expect").wait_until
 
 -- Starts `geneva SCRIPT args...` with the given Lua code as SCRIPT; output
 -- goes to files under dir. Returns the Process and a function reading its
