@@ -223,13 +223,7 @@ end
 
 -- {===== host description and checks
 
-local function read_file(p)
-  local f = io.open(p, "rb")
-  if not f then return nil end
-  local d = f:read("a")
-  f:close()
-  return d
-end
+local read_file = fs.read   -- bytes | nil, msg, code
 
 -- M.machine() -> `uname -m` of this host
 function M.machine()

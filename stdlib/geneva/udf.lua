@@ -174,13 +174,7 @@ local function param_names(f)
   return names, info
 end
 
-local function read_file(path)
-  local fh = io.open(path, "rb")
-  if not fh then return nil end
-  local s = fh:read("a")
-  fh:close()
-  return s
-end
+local read_file = fs.read   -- bytes | nil, msg, code
 
 -- Identity of a module's code for the version hash: the sha256 of its source
 -- file on package.path (or binary on package.cpath); a module with no file
