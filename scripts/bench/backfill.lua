@@ -62,7 +62,7 @@ end
 
 -- sum and count of a column over every fragment of the latest version
 local function column_sum(tbl, col)
-  local reader = require "geneva.reader"
+  local reader = require "geneva.store.reader"
   local m = tbl:_manifest()
   local sum, nonnull = 0, 0
   for _, f in ipairs(m.fragments) do

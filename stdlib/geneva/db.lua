@@ -1,12 +1,12 @@
 -- geneva.db: `geneva.connect` and Db objects (design §3). A database is a
--- directory; each table a sub-directory with its version log (geneva.storage).
+-- directory; each table a sub-directory with its version log (geneva.store.versions).
 -- Errors are raised geneva.Error tables (not_found, conflict,
 -- invalid_argument, unavailable).
 local fs = require "geneva.fs"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
-local storage = require "geneva.storage"
-local ingest = require "geneva.ingest"
+local storage = require "geneva.store.versions"
+local ingest = require "geneva.store.ingest"
 local table_mod = require "geneva.table"
 
 local M = {}
@@ -72,12 +72,12 @@ end
 
 -- db:jobs([{table=, status=}]) -> array of job records, newest first
 function Db:jobs(filter)
-  return require("geneva.job").list(self.path, filter)
+  return require("geneva.backfill.job").list(self.path, filter)
 end
 
 -- db:job(id) -> Job (reads its record; raises not_found)
 function Db:job(id)
-  local job = require "geneva.job"
+  local job = require "geneva.backfill.job"
   local rec, err = job.load(self.path, id)
   if not rec then error(err, 2) end
   return job.object(self.path, rec)
@@ -170,25 +170,25 @@ function Db:create_table(name, source, opts)
   return table_mod.new(self, name, dir)
 end
 
--- {====== clusters and manifests (geneva.cluster, geneva.manifest)
+-- {====== clusters and manifests (geneva.context.cluster, geneva.context.manifest)
 
 -- db:define_cluster(name, spec) -> normalized spec | raises invalid_argument
 -- db:get_cluster(name) -> spec | nil, Error(not_found)   (a probe)
 -- db:list_clusters() -> array of {name=, type=, spec=, ...}, sorted by name
 -- db:delete_cluster(name) -> true | raises not_found
-function Db:define_cluster(name, spec) return require("geneva.cluster").define(self, name, spec) end
-function Db:get_cluster(name) return require("geneva.cluster").get(self, name) end
-function Db:list_clusters() return require("geneva.cluster").list(self) end
-function Db:delete_cluster(name) return require("geneva.cluster").delete(self, name) end
+function Db:define_cluster(name, spec) return require("geneva.context.cluster").define(self, name, spec) end
+function Db:get_cluster(name) return require("geneva.context.cluster").get(self, name) end
+function Db:list_clusters() return require("geneva.context.cluster").list(self) end
+function Db:delete_cluster(name) return require("geneva.context.cluster").delete(self, name) end
 
 -- db:define_manifest(name, spec) -> record (packages; writes nothing when unchanged)
 -- db:get_manifest(name) -> record | nil, Error(not_found)   (a probe)
 -- db:list_manifests() -> array of records, sorted by name
 -- db:delete_manifest(name) -> true | raises not_found (the package stays)
-function Db:define_manifest(name, spec) return require("geneva.manifest").define(self, name, spec) end
-function Db:get_manifest(name) return require("geneva.manifest").get(self, name) end
-function Db:list_manifests() return require("geneva.manifest").list(self) end
-function Db:delete_manifest(name) return require("geneva.manifest").delete(self, name) end
+function Db:define_manifest(name, spec) return require("geneva.context.manifest").define(self, name, spec) end
+function Db:get_manifest(name) return require("geneva.context.manifest").get(self, name) end
+function Db:list_manifests() return require("geneva.context.manifest").list(self) end
+function Db:delete_manifest(name) return require("geneva.context.manifest").delete(self, name) end
 
 -- }======
 

@@ -10,12 +10,12 @@
 -- version or table), conflict (existing column, column changed under a
 -- commit), unavailable (I/O).
 local json = require "geneva.json"
-local types = require "geneva.types"
+local types = require "geneva.store.types"
 local errors = require "geneva.errors"
 local sqlite = require "geneva.sqlite"
-local storage = require "geneva.storage"
-local reader = require "geneva.reader"
-local ingest = require "geneva.ingest"
+local storage = require "geneva.store.versions"
+local reader = require "geneva.store.reader"
+local ingest = require "geneva.store.ingest"
 
 local M = {}
 
@@ -39,7 +39,7 @@ end
 
 local function invalid(msg, fields) errors.throw("invalid_argument", msg, fields) end
 
--- The manifest a read uses: the pinned version, else the latest.
+-- The snapshot a read uses: the pinned version, else the latest.
 local function current(self)
   if self._pinned then return storage.read(self.dir, self._pinned) end
   local m = storage.latest(self.dir)
@@ -58,9 +58,9 @@ local function commit(self, operation, mutate, opts)
   return storage.commit(self.dir, operation, mutate, opts)
 end
 
--- tbl:_manifest([version]) -> manifest (a fresh decoded copy: the caller may
+-- tbl:_snapshot([version]) -> snapshot (a fresh decoded copy: the caller may
 -- keep or change it). Without version: the pinned one, else the latest.
-function Table:_manifest(version)
+function Table:_snapshot(version)
   if version then return storage.read(self.dir, version) end
   return current(self)
 end

@@ -32,7 +32,7 @@
 -- NULL: nil in scalar arguments and u:call records; geneva.null (json.null)
 -- in batch column arrays and in results.values (so arrays have no holes).
 local errors = require "geneva.errors"
-local types = require "geneva.types"
+local types = require "geneva.store.types"
 local json = require "geneva.json"
 local fs = require "geneva.fs"
 

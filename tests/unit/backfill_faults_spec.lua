@@ -3,7 +3,7 @@
 -- drivers on one table at once, SIGTERM of a driver.
 local geneva = require "geneva"
 local backfill = require "geneva.backfill"
-local job = require "geneva.job"
+local job = require "geneva.backfill.job"
 local json = require "geneva.json"
 local proc = require "geneva.proc"
 local time = require "geneva.time"

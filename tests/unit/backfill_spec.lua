@@ -6,7 +6,7 @@
 local geneva = require "geneva"
 local errors = require "geneva.errors"
 local backfill = require "geneva.backfill"
-local job = require "geneva.job"
+local job = require "geneva.backfill.job"
 local fs = require "geneva.fs"
 local child = require "child"
 

@@ -1,7 +1,7 @@
 -- Specs for cluster specs: validation, secrets as references, the registry
 -- (db:define_cluster & co.) and `geneva cluster` on the command line.
 local geneva = require "geneva"
-local cluster = require "geneva.cluster"
+local cluster = require "geneva.context.cluster"
 local errors = require "geneva.errors"
 local json = require "geneva.json"
 local fs = require "geneva.fs"
@@ -42,7 +42,7 @@ local GOOD = {
   },
 }
 
-describe("geneva.cluster", function()
+describe("geneva.context.cluster", function()
   describe("validate", function()
     it("accepts the three types and returns a normalized copy", function()
       local l = cluster.validate{ type = "local", workers = 2 }

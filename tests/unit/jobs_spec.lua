@@ -3,7 +3,7 @@
 -- job that another process is running.
 local geneva = require "geneva"
 local errors = require "geneva.errors"
-local job = require "geneva.job"
+local job = require "geneva.backfill.job"
 local json = require "geneva.json"
 local proc = require "geneva.proc"
 local time = require "geneva.time"

@@ -2,7 +2,7 @@
 -- content-addressed zip and its stat cache, ship_host records, the size
 -- cap, and `geneva manifest` on the command line.
 local geneva = require "geneva"
-local manifest = require "geneva.manifest"
+local manifest = require "geneva.context.manifest"
 local errors = require "geneva.errors"
 local json = require "geneva.json"
 local zip = require "geneva.zip"
@@ -45,7 +45,7 @@ local function names_in(zpath)
   return out
 end
 
-describe("geneva.manifest", function()
+describe("geneva.context.manifest", function()
   local dir, proj, db, old_path, old_cwd, old_racy
 
   before_each(function()
@@ -279,13 +279,13 @@ describe("geneva.manifest", function()
       -- packages without ship_host run anywhere
       assert.is_true(manifest.check_host({ name = "plain" }, { os = "linux", arch = "s390x" }))
       -- glibc_min covers the binary and every bundled library
-      local elf = require "geneva.elf"
+      local elf = require "geneva.context.elf"
       local own = elf.glibc_min(assert(elf.parse(child.read(require("geneva.proc").exe()))))
       assert.is_true(elf.version_cmp(h.glibc_min, own) >= 0)
     end)
 
     it("parses ELF files defensively", function()
-      local elf = require "geneva.elf"
+      local elf = require "geneva.context.elf"
       local info = assert(elf.parse(child.read(require("geneva.proc").exe())))
       assert.truthy(#info.needed > 0)
       assert.is_nil((elf.parse("not an elf")))

@@ -2,8 +2,8 @@
 local geneva = require "geneva"
 local errors = require "geneva.errors"
 local sqlite = require "geneva.sqlite"
-local storage = require "geneva.storage"
-local reader = require "geneva.reader"
+local storage = require "geneva.store.versions"
+local reader = require "geneva.store.reader"
 local proc = require "geneva.proc"
 local fs = require "geneva.fs"
 local child = require "child"
@@ -175,7 +175,7 @@ describe("geneva tables", function()
       assert.equal(123456789012345678, out[3].i)
       assert.is_nil(out[3].v)
       -- on disk: vectors are little-endian float32 blobs, bools 0/1
-      local m = t:_manifest()
+      local m = t:_snapshot()
       local f <close> = assert(sqlite.open(t.dir .. "/" .. m.fragments[1].data, { readonly = true }))
       assert.equal(string.pack("<fff", 1.5, -2, 0.25), f:value("SELECT v FROM data WHERE _rowid = 1"))
       assert.equal("blob", f:value("SELECT typeof(v) FROM data WHERE _rowid = 1"))
@@ -195,11 +195,11 @@ describe("geneva tables", function()
   describe("Table reads", function()
     it("adds fragments of fragment_size rows", function()
       local t = docs(5, { fragment_size = 2 })
-      assert.equal(3, #t:_manifest().fragments)
+      assert.equal(3, #t:_snapshot().fragments)
       local rows = {}
       for i = 6, 12 do rows[#rows + 1] = { id = i, content = "x" } end
       t:add(rows)
-      local m = t:_manifest()
+      local m = t:_snapshot()
       assert.equal(2, m.version)
       assert.equal("add", m.operation)
       assert.same({ 2, 2, 1, 2, 2, 2, 1 }, (function()
@@ -296,7 +296,7 @@ describe("geneva tables", function()
       assert.equal(2, t:count_rows("words IS NOT NULL"))
       assert.same({ 3 }, ids(t:to_rows { columns = { "id" }, where = "words > 20" }))
       -- the reader exposes the winning file's udf_version
-      local m = t:_manifest()
+      local m = t:_snapshot()
       local r <close> = reader.open(t.dir, m, m.fragments[1], { columns = { "words" } })
       local vers = {}
       for row in r:rows('SELECT "__ver_words" FROM t ORDER BY _rowid') do vers[#vers + 1] = row[1] end
@@ -399,7 +399,7 @@ describe("geneva tables", function()
       for k = 1, 5 do
         t:_commit_column_files("b", "vb", { { fragment = 1, path = staged(root, { [k] = -k }), lo = k, hi = k } })
       end
-      local m = t:_manifest()
+      local m = t:_snapshot()
       assert.equal(8, #m.fragments[1].columns.a)
       assert.equal(5, #m.fragments[1].columns.b)
       local expect_a = { 8, 500, 600, 700, 800, 400 }    -- rowid 1: k=8 wins; others by k % 5 + 2
@@ -409,13 +409,13 @@ describe("geneva tables", function()
       local before = t:version()
       -- a 9th file for a: the commit folds the list
       t:_commit_column_files("a", "va", { { fragment = 1, path = staged(root, { [2] = false }), lo = 2, hi = 2 } })
-      m = t:_manifest()
+      m = t:_snapshot()
       assert.equal(1, #m.fragments[1].columns.a)
       expect_a[2] = "nil"
       assert.same(expect_a, ids(t:to_rows { columns = { "a" }, where = "id <= 6" }, "a"))
       -- compact folds b; older versions still read the same
       t:compact()
-      m = t:_manifest()
+      m = t:_snapshot()
       assert.equal(1, #m.fragments[1].columns.b)
       assert.equal("compact", m.operation)
       assert.same({ -1, -2, -3, -4, -5, "nil" }, ids(t:to_rows { columns = { "b" }, where = "id <= 6" }, "b"))
@@ -430,7 +430,7 @@ describe("geneva tables", function()
     it("reader folds one column's list when it holds more files than SQLite attaches", function()
       local t = docs(20)
       t:add_columns { a = fake_udf("va") }
-      local m = t:_manifest()
+      local m = t:_snapshot()
       local list = {}
       for k = 1, 14 do      -- file k holds rowid k (= k) and rowid 20 (= k, or NULL for the last)
         local path = staged(root, { [k] = k, [20] = k < 14 and k or false })
@@ -596,7 +596,7 @@ describe("geneva tables", function()
       assert.equal(4 + 2 * n, t:count_rows())
       assert.equal(n, t:count_rows("content = 'a'"))
       assert.equal(n, t:count_rows("content = 'b'"))
-      local m = t:_manifest()
+      local m = t:_snapshot()
       local files = 0
       for _, f in ipairs(m.fragments) do
         for _, list in pairs(f.columns) do files = files + #list end
@@ -610,8 +610,8 @@ describe("geneva tables", function()
     end)
   end)
 
-  describe("geneva.types", function()
-    local types = require "geneva.types"
+  describe("geneva.store.types", function()
+    local types = require "geneva.store.types"
     it("wraps blobs and vectors for binding and reads them back", function()
       local vt = assert(types.parse("float32[2]"))
       local w = types.to_sql(vt, { 1, 2 })

@@ -1,10 +1,10 @@
--- Specs for geneva.worker's task execution (the backfill hot path): every
+-- Specs for geneva.backfill.worker's task execution (the backfill hot path): every
 -- data type in and out, NULLs, chunk and insert-block boundaries, on_error,
 -- and staged files that are complete or absent. Runs tasks in-process with
 -- worker.run_task; backfill_spec.lua covers the same path through workers.
 local geneva = require "geneva"
 local errors = require "geneva.errors"
-local worker = require "geneva.worker"
+local worker = require "geneva.backfill.worker"
 local sqlite = require "geneva.sqlite"
 local fs = require "geneva.fs"
 local child = require "child"
@@ -34,7 +34,7 @@ local SCHEMA = {
 
 -- A task for column of tbl over rows lo..hi of fragment 1
 local function task_for(tbl, column, lo, hi, where)
-  local m = tbl:_manifest()
+  local m = tbl:_snapshot()
   for _, c in ipairs(m.schema) do
     if c.name == column then
       local spec = c.udf
@@ -66,7 +66,7 @@ local function leftovers(dir)
   return out
 end
 
-describe("geneva.worker", function()
+describe("geneva.backfill.worker", function()
   local root, db, tbl
   before_each(function()
     root = child.tmpdir()

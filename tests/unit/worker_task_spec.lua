@@ -19,7 +19,7 @@ describe("geneva worker --task", function()
   after_each(function() child.rmtree(dir) end)
 
   local function task_for(column, lo, hi)
-    local m = tbl:_manifest()
+    local m = tbl:_snapshot()
     local col
     for _, c in ipairs(m.schema) do if c.name == column then col = c end end
     local spec = col.udf

@@ -1,6 +1,6 @@
 -- geneva cluster list|show NAME|delete NAME --db URI [--json]
 local json = require "geneva.json"
-local cluster = require "geneva.cluster"
+local cluster = require "geneva.context.cluster"
 
 local M = {}
 

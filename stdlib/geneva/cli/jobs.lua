@@ -28,7 +28,7 @@ function M.main(argv)
     if opts.help then io.stdout:write(usage) return 0 end
     local verb = pos[1]
     if not verb then error({ usage = "missing action (list, show or cancel)" }, 0) end
-    local job = require "geneva.job"
+    local job = require "geneva.backfill.job"
     -- the whole command line is checked before the database: bad syntax is 2
     if verb ~= "list" and verb ~= "show" and verb ~= "cancel" then
       error({ usage = ("unknown action '%s'"):format(verb) }, 0)

@@ -1,6 +1,6 @@
 -- geneva manifest list|show NAME|delete NAME --db URI [--json]
 local json = require "geneva.json"
-local manifest = require "geneva.manifest"
+local manifest = require "geneva.context.manifest"
 
 local M = {}
 

@@ -22,7 +22,7 @@ function M.main(argv)
                                    force = "flag", json = "flag", help = "flag" })
     if opts.help then io.stdout:write(usage) return 0 end
     if #pos > 0 then error({ usage = ("unexpected argument '%s'"):format(pos[1]) }, 0) end
-    local reap = require "geneva.reap"
+    local reap = require "geneva.context.reap"
     if opts.list then
       local rows = {}
       for _, e in ipairs(reap.list{ db = opts.db }) do

@@ -12,8 +12,8 @@ Internal: runs backfill tasks for a driver (see docs/internals.md).
 function M.main(args)
   local a = args[1]
   if a == "--help" or a == "-h" then io.stdout:write(usage) return 0 end
-  if a == "--stdio" then return require("geneva.worker").stdio_main() end
-  if a == "--task" and args[2] then return require("geneva.worker").task_main(args[2]) end
+  if a == "--stdio" then return require("geneva.backfill.worker").stdio_main() end
+  if a == "--task" and args[2] then return require("geneva.backfill.worker").task_main(args[2]) end
   io.stderr:write(usage)
   return 2
 end

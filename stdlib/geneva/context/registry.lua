@@ -1,4 +1,4 @@
--- geneva.registry: named JSON records under <db>/_geneva/<kind>/<name>.json
+-- geneva.context.registry: named JSON records under <db>/_geneva/<kind>/<name>.json
 -- (clusters, manifests). Writes are atomic (temp file, fsync, rename) and
 -- skipped when the stored bytes would not change, so re-defining an
 -- unchanged object writes nothing. Errors are raised geneva.Errors.

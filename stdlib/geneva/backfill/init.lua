@@ -10,7 +10,7 @@
 -- methods step it, and backfill() is start + wait.
 local errors = require "geneva.errors"
 local fs = require "geneva.fs"
-local job = require "geneva.job"
+local job = require "geneva.backfill.job"
 local time = require "geneva.time"
 local ledger = require "geneva.ledger"
 
@@ -69,7 +69,7 @@ local inboxes = setmetatable({}, { __mode = "k" })   -- runner -> {job id -> eve
 
 -- {====== Planning
 
-local column_of = require("geneva.reader").find_column
+local column_of = require("geneva.store.reader").find_column
 
 -- Rows in a staged output file (0 if it cannot be read: the commit will say)
 local function staged_rows(path)
@@ -127,22 +127,22 @@ local function all_windows(tasks, frag, batch_size)
 end
 
 -- Tasks over fixed windows [k*bs+1, (k+1)*bs] of each fragment's rowids.
-local function plan_tasks(tbl, manifest, column, udf_version, where, batch_size)
-  local reader = require "geneva.reader"
+local function plan_tasks(tbl, snapshot, column, udf_version, where, batch_size)
+  local reader = require "geneva.store.reader"
   local tasks, planned = {}, 0
   -- (perf) the scan reads only the column and what `where` mentions
   local cols = { column }
   if where then
-    for _, name in ipairs(reader.columns_in(manifest, where)) do cols[#cols + 1] = name end
+    for _, name in ipairs(reader.columns_in(snapshot, where)) do cols[#cols + 1] = name end
   end
   local sql = ("SELECT (_rowid - 1) / %d AS w, count(*) FROM t WHERE (%s IS NULL OR %s IS NOT ?)%s GROUP BY w ORDER BY w")
     :format(batch_size, quote(column), quote("__ver_" .. column),
             where and (" AND (" .. where .. ")") or "")
-  for _, frag in ipairs(manifest.fragments) do
+  for _, frag in ipairs(snapshot.fragments) do
     if not where and #((frag.columns or {})[column] or {}) == 0 then
       planned = planned + all_windows(tasks, frag, batch_size)
     else
-      local r = reader.open(tbl.dir, manifest, frag, { columns = cols })
+      local r = reader.open(tbl.dir, snapshot, frag, { columns = cols })
       local stmt, err = r:prepare(sql)
       if not stmt then
         r:close()
@@ -261,14 +261,14 @@ local function start(self)
   local rec = self.rec
   rec.status = "RUNNING"
   rec.started_at = time.iso8601()
-  local manifest = self.tbl:_manifest()
-  local col = column_of(manifest, rec.column)
+  local snapshot = self.tbl:_snapshot()
+  local col = column_of(snapshot, rec.column)
   self.udf_version = col.udf_version
   rec.udf_version = col.udf_version
   recover_staged(self.tbl, rec.column, col.udf_version, rec.options.resume, rec)
-  manifest = self.tbl:_manifest()
-  rec.version_start = manifest.version
-  local tasks, planned = plan_tasks(self.tbl, manifest, rec.column, col.udf_version,
+  snapshot = self.tbl:_snapshot()
+  rec.version_start = snapshot.version
+  local tasks, planned = plan_tasks(self.tbl, snapshot, rec.column, col.udf_version,
                                     rec.options.where, rec.options.batch_size)
   rec.rows.planned = planned
   rec.tasks.planned = #tasks
@@ -276,11 +276,11 @@ local function start(self)
   spec.version = col.udf_version
   for i, t in ipairs(tasks) do
     t.id, t.job = ("%s/%d"):format(rec.id, i), rec.id
-    t.table_dir, t.version, t.column = self.tbl.dir, manifest.version, rec.column
+    t.table_dir, t.version, t.column = self.tbl.dir, snapshot.version, rec.column
     t.udf, t.where = spec, rec.options.where
   end
   self.tasks, self.next_task, self.in_flight = tasks, 1, 0
-  event(self, ("planned %d rows in %d tasks at version %d"):format(planned, #tasks, manifest.version))
+  event(self, ("planned %d rows in %d tasks at version %d"):format(planned, #tasks, snapshot.version))
   self.commit_every = rec.options.commit_every or math.max(1, math.ceil(#tasks / 10))
   save(self, true)
 end
@@ -395,8 +395,8 @@ function backfill.start(tbl, column, opts)
     errors.throw("invalid_argument", ("table '%s' is checked out at version %d: backfill needs the latest")
       :format(tbl.name, tbl._pinned))
   end
-  local manifest = tbl:_manifest()
-  local col = column_of(manifest, column)
+  local snapshot = tbl:_snapshot()
+  local col = column_of(snapshot, column)
   if not col then errors.throw("not_found", ("table '%s' has no column '%s'"):format(tbl.name, column), { column = column }) end
   if not col.virtual or not col.udf then
     errors.throw("invalid_argument", ("column '%s' has no UDF to backfill"):format(column), { column = column })

@@ -1,4 +1,4 @@
--- geneva.ingest: turning input rows into fragment data files, for
+-- geneva.store.ingest: turning input rows into fragment data files, for
 -- db:create_table and tbl:add.
 --
 -- Input is Lua rows ({col = value}, NULL as nil, geneva.null or sqlite.null),
@@ -8,9 +8,9 @@
 -- `path` and `line` for files ("file.csv:LINE: ...") and `column`.
 local fs = require "geneva.fs"
 local json = require "geneva.json"
-local types = require "geneva.types"
+local types = require "geneva.store.types"
 local errors = require "geneva.errors"
-local storage = require "geneva.storage"
+local storage = require "geneva.store.versions"
 
 local ingest = {}
 

@@ -98,7 +98,7 @@ local function resolve_cluster(db, c)
     if not spec then error(err, 0) end
     return spec, c
   end
-  return require("geneva.cluster").validate(c), "inline"
+  return require("geneva.context.cluster").validate(c), "inline"
 end
 
 local function resolve_manifest(db, m)
@@ -140,7 +140,7 @@ local function unpack_manifest(self, db, rec)
   local ok, err, code = require("geneva.zip").extract(package_path(db, rec), tmp.path)
   if not ok then errors.throw("unavailable", ("cannot unpack manifest package: %s (%s)"):format(err, code)) end
   local env = {}
-  local cluster = require "geneva.cluster"
+  local cluster = require "geneva.context.cluster"
   local spec_env = rec.spec and rec.spec.env
   if spec_env then
     for k, v in pairs(cluster.resolve_env(spec_env)) do env[k] = v end
@@ -155,7 +155,7 @@ local function provision_local(self, db, spec, manifest_rec)
   if manifest_rec then env, cwd = unpack_manifest(self, db, manifest_rec) end
   if spec.env then
     env = env or {}
-    for k, v in pairs(require("geneva.cluster").resolve_env(spec.env)) do env[k] = v end
+    for k, v in pairs(require("geneva.context.cluster").resolve_env(spec.env)) do env[k] = v end
   end
   local pool = require("geneva.runner.local").new{
     workers = spec.workers, scope = self.scope, env_add = env, cwd = cwd }
@@ -180,7 +180,7 @@ function Context:enter()
   local db = resolve_db(self.opts)
   self.db = db
   local db_dir = db.path or db.dir
-  require("geneva.reap").run{ db = db_dir, quiet = true }
+  require("geneva.context.reap").run{ db = db_dir, quiet = true }
   local spec, cname = resolve_cluster(db, self.opts.cluster)
   local manifest_rec = resolve_manifest(db, self.opts.manifest)
   local provision = provisioners[spec.type]
@@ -188,7 +188,7 @@ function Context:enter()
     errors.throw("unavailable", ("context: clusters of type '%s' are not available in this build yet")
       :format(tostring(spec.type)))
   end
-  if manifest_rec then require("geneva.manifest").check_size(manifest_rec, spec.type) end
+  if manifest_rec then require("geneva.context.manifest").check_size(manifest_rec, spec.type) end
   self.cluster, self.cluster_name, self.manifest = spec, cname, manifest_rec
   self.scope = ledger.scope{
     name = "context " .. (self.opts.name or cname),

@@ -1,8 +1,8 @@
--- geneva.elf: what a Linux executable needs from its host, read from its
+-- geneva.context.elf: what a Linux executable needs from its host, read from its
 -- ELF section headers in pure Lua (string.unpack): machine, DT_NEEDED
 -- libraries, the GLIBC_x.y versions it references (.gnu.version_r) and the
 -- ones a library defines (.gnu.version_d). Used by ship_host packaging and
--- the worker-side host check (geneva.manifest).
+-- the worker-side host check (geneva.context.manifest).
 local M = {}
 
 local SHT_DYNAMIC, SHT_VERDEF, SHT_VERNEED = 6, 0x6ffffffd, 0x6ffffffe

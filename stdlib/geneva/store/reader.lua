@@ -1,4 +1,4 @@
--- geneva.reader: one fragment of one table version as a SQLite view
+-- geneva.store.reader: one fragment of one table version as a SQLite view
 -- (docs/internals.md "The reader").
 --
 -- reader.open gives an in-memory geneva.sqlite Db where the TEMP VIEW `t`
@@ -11,7 +11,7 @@
 -- TEMP tables (INSERT OR REPLACE in list order keeps "newest wins").
 local sqlite = require "geneva.sqlite"
 local errors = require "geneva.errors"
-local storage = require "geneva.storage"
+local storage = require "geneva.store.versions"
 
 local reader = {}
 
@@ -29,7 +29,7 @@ local function check(ok, msg, code)
   return ok
 end
 
--- reader.find_column(manifest, name) -> schema entry | nil (case-insensitive,
+-- reader.find_column(snapshot, name) -> schema entry | nil (case-insensitive,
 -- as SQLite identifiers are)
 function reader.find_column(m, name)
   local lname = name:lower()
@@ -38,7 +38,7 @@ function reader.find_column(m, name)
   end
 end
 
--- reader.columns_in(manifest, sql) -> array of the schema's column names
+-- reader.columns_in(snapshot, sql) -> array of the schema's column names
 -- that occur as words in sql (a superset of what the SQL can reference).
 function reader.columns_in(m, sql)
   local words = {}
@@ -66,7 +66,7 @@ local function fold(db, tbl_dir, list, tname)
 end
 
 --[[
-reader.open(tbl_dir, manifest, fragment [, {columns = {...}}]) -> Db
+reader.open(tbl_dir, snapshot, fragment [, {columns = {...}}]) -> Db
 columns defaults to every column of the schema; an unknown name raises
 invalid_argument. Raises unavailable when a file cannot be opened. The
 caller owns the Db (close it, or `local db <close> = reader.open(...)`).

@@ -1,10 +1,10 @@
--- geneva.storage: one table directory on disk (docs/internals.md "On disk").
+-- geneva.store.versions: one table directory on disk (docs/internals.md "On disk").
 --
 --   <tbl>/_versions/<N>.json   the version log (dotfiles there are temp files)
 --   <tbl>/data/*.db            immutable SQLite files (fragment data, columns)
 --   <tbl>/_staging/...         worker outputs (owned by geneva.backfill)
 --
--- A manifest is the decoded JSON of one version. Commits are optimistic:
+-- A snapshot is the decoded JSON of one version. Commits are optimistic:
 -- storage.commit re-reads the latest version and re-applies the caller's
 -- mutation when another writer published N+1 first (fs.create_exclusive gives
 -- EEXIST), so concurrent appends and column commits all land, densely numbered.
@@ -83,7 +83,7 @@ local function version_path(tbl_dir, n)
   return ("%s/_versions/%d.json"):format(tbl_dir, n)
 end
 
--- storage.read(tbl_dir, n) -> manifest (a fresh table the caller may
+-- storage.read(tbl_dir, n) -> snapshot (a fresh table the caller may
 -- modify). Raises not_found for a missing version, internal for bad JSON.
 function storage.read(tbl_dir, n)
   local path = version_path(tbl_dir, n)
@@ -99,14 +99,14 @@ function storage.read(tbl_dir, n)
   return m
 end
 
--- storage.latest(tbl_dir) -> manifest, N | nil when there is no version
+-- storage.latest(tbl_dir) -> snapshot, N | nil when there is no version
 function storage.latest(tbl_dir)
   local n = storage.latest_version(tbl_dir)
   if not n then return nil end
   return storage.read(tbl_dir, n), n
 end
 
--- Marks the arrays of a manifest so that empty ones encode as [] again.
+-- Marks the arrays of a snapshot so that empty ones encode as [] again.
 local function mark_arrays(m)
   m.schema = json.array(setmetatable(m.schema or {}, nil))
   m.fragments = json.array(setmetatable(m.fragments or {}, nil))
@@ -119,7 +119,7 @@ local function mark_arrays(m)
   return m
 end
 
--- Writes manifest m as version n; true | false on EEXIST. Raises otherwise.
+-- Writes snapshot m as version n; true | false on EEXIST. Raises otherwise.
 local function publish(tbl_dir, n, m)
   m.format, m.version = storage.FORMAT, n
   m.created_at = time.iso8601(time.now(), 6)
@@ -138,7 +138,7 @@ local function publish(tbl_dir, n, m)
   check(nil, msg, code)
 end
 
--- storage.init(tbl_dir, manifest) -> manifest: publishes version 1 of a new
+-- storage.init(tbl_dir, snapshot) -> snapshot: publishes version 1 of a new
 -- table. Raises conflict when a version 1 exists already.
 function storage.init(tbl_dir, m)
   check(fs.mkdir_p(join(tbl_dir, "_versions")))
@@ -151,8 +151,8 @@ function storage.init(tbl_dir, m)
 end
 
 --[[
-storage.commit(tbl_dir, operation, mutate [, opts]) -> new manifest
-mutate(latest) gets a fresh copy of the latest manifest and returns the new
+storage.commit(tbl_dir, operation, mutate [, opts]) -> new snapshot
+mutate(latest) gets a fresh copy of the latest snapshot and returns the new
 one (it may modify and return its argument) or raises. When another writer
 publishes the same version first, the latest is read again and mutate runs
 again: it must be safe to repeat (see also opts.on_retry). Retries are
@@ -168,7 +168,7 @@ function storage.commit(tbl_dir, operation, mutate, opts)
     if not cur then errors.throw("not_found", ("no table at '%s'"):format(tbl_dir), { path = tbl_dir }) end
     local new = mutate(cur, attempt)
     if type(new) ~= "table" then
-      errors.throw("internal", "storage.commit: mutate must return the new manifest")
+      errors.throw("internal", "storage.commit: mutate must return the new snapshot")
     end
     new.operation = operation
     if publish(tbl_dir, n + 1, new) then return new end
@@ -184,7 +184,7 @@ end
 -- {====== Data files
 
 -- storage.temp_data_path(tbl_dir) -> absolute path of a fresh dotfile in
--- data/ (a file being built; never referenced by a manifest)
+-- data/ (a file being built; never referenced by a snapshot)
 function storage.temp_data_path(tbl_dir)
   return ("%s/data/.tmp-%s.db"):format(tbl_dir, storage.random_hex(16))
 end

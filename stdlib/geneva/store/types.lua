@@ -1,4 +1,4 @@
--- geneva.types: column data types (design §3): int64, float64, string, bool,
+-- geneva.store.types: column data types (design §3): int64, float64, string, bool,
 -- blob and float32[N] vectors. Checks values returned by UDFs and converts
 -- between Lua values and what SQLite stores (vectors are little-endian
 -- float32 blobs, bools 0/1). NULL is nil everywhere here.

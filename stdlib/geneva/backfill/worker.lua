@@ -1,4 +1,4 @@
--- geneva.worker: what a worker process does with backfill tasks.
+-- geneva.backfill.worker: what a worker process does with backfill tasks.
 --
 -- A task is one rowid window of one fragment: the worker selects the rows of
 -- the window that still need computing (missing or stale, matching `where`),
@@ -11,9 +11,9 @@
 -- runner); `--task FILE` runs one task and writes FILE's result next to it.
 local json = require "geneva.json"
 local errors = require "geneva.errors"
-local types = require "geneva.types"
+local types = require "geneva.store.types"
 local fs = require "geneva.fs"
-local storage = require "geneva.storage"
+local storage = require "geneva.store.versions"
 
 local worker = {}
 
@@ -31,12 +31,12 @@ function worker.staged_path(tbl_dir, column, udf_version, frag, lo, hi)
 end
 
 -- State kept across tasks: loaded UDFs (by version) and their executors, so
--- a stateful UDF's setup runs once per worker, and manifests by version.
+-- a stateful UDF's setup runs once per worker, and snapshots by version.
 local State = {}
 State.__index = State
 
 function worker.state()
-  return setmetatable({ executors = {}, manifests = {} }, State)
+  return setmetatable({ executors = {}, snapshots = {} }, State)
 end
 
 local function spec_key(spec, column) return column .. "\0" .. (spec.version or json.canonical(spec)) end
@@ -55,22 +55,22 @@ end
 
 -- Manifests are cached for the tasks of a job (one pinned version); a
 -- long-lived worker sees a new version per job, so the cache is bounded.
-local MAX_MANIFESTS = 4
+local MAX_SNAPSHOTS = 4
 
-function State:manifest(tbl_dir, version)
+function State:snapshot(tbl_dir, version)
   local key = tbl_dir .. "\0" .. version
-  local m = self.manifests[key]
+  local m = self.snapshots[key]
   if not m then
-    m = require("geneva.storage").read(tbl_dir, version)
-    self.nmanifests = (self.nmanifests or 0) + 1
-    if self.nmanifests > MAX_MANIFESTS then self.manifests, self.nmanifests = {}, 1 end
-    self.manifests[key] = m
+    m = require("geneva.store.versions").read(tbl_dir, version)
+    self.nsnapshots = (self.nsnapshots or 0) + 1
+    if self.nsnapshots > MAX_SNAPSHOTS then self.snapshots, self.nsnapshots = {}, 1 end
+    self.snapshots[key] = m
   end
   return m
 end
 
-local function find_fragment(manifest, id)
-  for _, f in ipairs(manifest.fragments) do
+local function find_fragment(snapshot, id)
+  for _, f in ipairs(snapshot.fragments) do
     if f.id == id then return f end
   end
 end
@@ -164,20 +164,20 @@ end
 -- task: {table_dir, version, fragment, lo, hi, column, udf (spec with
 -- .version), where}
 function worker.run_task(state, task)
-  local reader = require "geneva.reader"
-  local manifest = state:manifest(task.table_dir, task.version)
-  local frag = find_fragment(manifest, task.fragment)
+  local reader = require "geneva.store.reader"
+  local snapshot = state:snapshot(task.table_dir, task.version)
+  local frag = find_fragment(snapshot, task.fragment)
   if not frag then
     errors.throw("not_found", ("fragment %d is not in version %d"):format(task.fragment, task.version))
   end
   local spec = task.udf
-  local col = require("geneva.reader").find_column(manifest, task.column)
+  local col = require("geneva.store.reader").find_column(snapshot, task.column)
   if not col then errors.throw("not_found", ("no column '%s'"):format(task.column)) end
   local out_type = assert(types.parse(col.data_type))
   local inputs = spec.input_columns
   local in_types = {}
   for i, name in ipairs(inputs) do
-    local c = require("geneva.reader").find_column(manifest, name)
+    local c = require("geneva.store.reader").find_column(snapshot, name)
     if not c then errors.throw("invalid_argument", ("UDF input column '%s' does not exist"):format(name)) end
     in_types[i] = assert(types.parse(c.data_type))
   end
@@ -185,9 +185,9 @@ function worker.run_task(state, task)
   for _, name in ipairs(inputs) do wanted[#wanted + 1] = name end
   -- and what `where` mentions (the reader ignores repeated names)
   if task.where then
-    for _, name in ipairs(reader.columns_in(manifest, task.where)) do wanted[#wanted + 1] = name end
+    for _, name in ipairs(reader.columns_in(snapshot, task.where)) do wanted[#wanted + 1] = name end
   end
-  local r = reader.open(task.table_dir, manifest, frag, { columns = wanted })
+  local r = reader.open(task.table_dir, snapshot, frag, { columns = wanted })
   local sel = {}
   for i, name in ipairs(inputs) do sel[i] = quote(name) end
   local sql = ("SELECT _rowid%s FROM t WHERE _rowid BETWEEN ? AND ? AND (%s IS NULL OR %s IS NOT ?)%s ORDER BY _rowid")

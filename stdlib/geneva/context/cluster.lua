@@ -1,4 +1,4 @@
--- geneva.cluster: cluster specs (design §3, contract) — validation, secret
+-- geneva.context.cluster: cluster specs (design §3, contract) — validation, secret
 -- references and the registry behind db:define_cluster & co.
 --
 -- Types:  local   {workers, env}
@@ -19,7 +19,7 @@
 -- time, for a child process; nothing here stores or logs their values.
 local json = require "geneva.json"
 local errors = require "geneva.errors"
-local registry = require "geneva.registry"
+local registry = require "geneva.context.registry"
 
 local M = {}
 

@@ -1,4 +1,4 @@
--- geneva.manifest: manifests (design §3, contract) and their packages.
+-- geneva.context.manifest: manifests (design §3, contract) and their packages.
 --
 -- A manifest says what workers need: Lua `modules` (resolved as `require`
 -- would, on package.path), `files` (globs, `**` allowed, relative to the
@@ -22,8 +22,8 @@
 local fs = require "geneva.fs"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
-local cluster = require "geneva.cluster"
-local registry = require "geneva.registry"
+local cluster = require "geneva.context.cluster"
+local registry = require "geneva.context.registry"
 
 local M = {}
 
@@ -96,7 +96,7 @@ local FIELDS = {
 
 --[[
 M.validate(spec [, where]) -> normalized copy | raises invalid_argument
-Like geneva.cluster.validate: unknown fields, wrong types, bad module names,
+Like geneva.context.cluster.validate: unknown fields, wrong types, bad module names,
 absolute or '..' file patterns and plain-string secrets in env are refused
 with the field's path. A single string is accepted for modules and files.
 ]]
@@ -239,7 +239,7 @@ end
 -- M.local_host() -> {os = "linux", arch = "x86_64", glibc = "2.36" | nil}
 -- glibc comes from the version definitions of the libc this process runs on.
 function M.local_host()
-  local elf = require "geneva.elf"
+  local elf = require "geneva.context.elf"
   local host = { os = "linux", arch = M.machine() }
   local maps = io.open("/proc/self/maps")
   local libc
@@ -264,7 +264,7 @@ end
 -- M.describe_binary(exe, libs) -> {os, arch, glibc_min, libs, bundled}:
 -- what a worker needs to run exe with the bundled libraries.
 function M.describe_binary(exe, libs)
-  local elf = require "geneva.elf"
+  local elf = require "geneva.context.elf"
   local info, err = elf.parse(read_file(exe) or "")
   if not info then errors.throw("internal", ("ship_host: cannot read %s: %s"):format(exe, err)) end
   local glibc = elf.glibc_min(info)
@@ -289,7 +289,7 @@ function M.check_host(record, host)
   local want = record and record.host
   if not want then return true end
   host = host or M.local_host()
-  local elf = require "geneva.elf"
+  local elf = require "geneva.context.elf"
   local ok = want.os == host.os and want.arch == host.arch
       and (not want.glibc_min or (host.glibc and elf.version_cmp(host.glibc, want.glibc_min) >= 0))
   if not ok then

@@ -1,4 +1,4 @@
--- geneva.reap: tear down what crashed drivers left (design §8).
+-- geneva.context.reap: tear down what crashed drivers left (design §8).
 --
 -- Leases live in `<db>/_geneva/leases` and in the per-user state directory
 -- (`<state>/leases`, which lets `geneva reap` without --db find them). A

@@ -1,4 +1,4 @@
--- geneva.job: job records and the Job object (design §3, contract).
+-- geneva.backfill.job: job records and the Job object (design §3, contract).
 --
 -- A record is `<db>/_geneva/jobs/<id>.json`, rewritten atomically on every
 -- state change and at most about once a second for progress. A cancel

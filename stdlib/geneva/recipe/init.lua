@@ -899,9 +899,9 @@ function recipe.validate(r)
     local e = located_error(r, loc, prefix, err)
     problems:add(loc, "%s", (e.message:gsub("^.-:%d+:%d+: ", "")))
   end
-  local cluster_mod = optional_module("geneva.cluster")
-  local manifest_mod = optional_module("geneva.manifest")
-  local registry = optional_module("geneva.registry")
+  local cluster_mod = optional_module("geneva.context.cluster")
+  local manifest_mod = optional_module("geneva.context.manifest")
+  local registry = optional_module("geneva.context.registry")
   for _, section in ipairs({ { "clusters", "cluster", cluster_mod, resolve_cluster_spec },
                              { "manifests", "manifest", manifest_mod, resolve_manifest_spec } }) do
     local list, kind, mod, resolve = section[1], section[2], section[3], section[4]
