@@ -16,8 +16,6 @@ Db.__index = Db
 Db.__name = "geneva.Db"
 M.Db = Db
 
-local latest   -- the Db of the latest connect in this Lua state
-
 local function invalid(msg, fields) errors.throw("invalid_argument", msg, fields) end
 
 -- M.check_table_name(name) -> name | raises invalid_argument
@@ -45,12 +43,12 @@ function M.connect(uri, opts)
   path = storage.check(fs.realpath(path))
   -- dir: alias of path, for modules that say tbl.db.dir
   local db = setmetatable({ uri = uri, path = path, dir = path, opts = opts or {} }, Db)
-  latest = db
+  require("geneva.context").use_db(db)   -- names resolve against it
   return db
 end
 
--- M.latest() -> the Db of the latest connect, or nil
-function M.latest() return latest end
+-- M.latest() -> the Db of the latest connect in this Lua state, or nil
+function M.latest() return require("geneva.context").latest_db() end
 
 function Db:__tostring() return ("geneva.Db '%s'"):format(self.path) end
 

@@ -143,4 +143,17 @@ function M.run(opts)
   }
 end
 
+-- cpu_count() -> the number of online CPUs (at least 1): the default size
+-- of local worker pools.
+function M.cpu_count()
+  local f = io.open("/sys/devices/system/cpu/online")
+  local s = f and f:read("a") or ""
+  if f then f:close() end
+  local n = 0
+  for a, b in s:gmatch("(%d+)%-?(%d*)") do
+    n = n + (b ~= "" and (tonumber(b) - tonumber(a) + 1) or 1)
+  end
+  return math.max(n, 1)
+end
+
 return M

@@ -552,7 +552,7 @@ end
 
 -- tbl:backfill_async(column [, opts]) -> Job (status, wait, cancel, record, logs)
 function Table:backfill_async(column, opts)
-  return require("geneva.backfill").start(self, column, opts)
+  return require("geneva.backfill").start_async(self, column, opts)
 end
 
 function Table:_commit_column_files(column, udf_version, files)

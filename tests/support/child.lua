@@ -44,6 +44,17 @@ function child.read(p)
   return s
 end
 
+-- child.worker_pids(parent [, mode]) -> pids of the `geneva worker --stdio`
+-- (mode "--driver": background drivers) children of parent. Anchored, so
+-- the shell running pgrep (whose command line holds the pattern) does not count.
+function child.worker_pids(parent, mode)
+  local out = {}
+  local p = io.popen(("pgrep -P %d -f '^[^ ]*geneva worker %s$'"):format(math.tointeger(parent), mode or "--stdio"))
+  for line in p:lines() do out[#out + 1] = math.tointeger(tonumber(line)) end
+  p:close()
+  return out
+end
+
 -- child.pid_alive(pid) -> boolean (kill -0)
 function child.pid_alive(pid)
   return os.execute("kill -0 " .. math.tointeger(pid) .. " 2>/dev/null") == true

@@ -5,15 +5,7 @@ local proc = require "geneva.proc"
 local time = require "geneva.time"
 local child = require "child"
 
-local function worker_pids(parent)
-  local out = {}
-  -- anchored, so the shell running pgrep (whose command line holds the
-  -- pattern) does not count
-  local p = io.popen("pgrep -P " .. math.tointeger(parent) .. " -f '^[^ ]*geneva worker --stdio$'")
-  for line in p:lines() do out[#out + 1] = math.tointeger(tonumber(line)) end
-  p:close()
-  return out
-end
+local worker_pids = child.worker_pids
 
 local function leases(dir)
   return #(fs.list(dir .. "/_geneva/leases") or {})
@@ -192,10 +184,10 @@ describe("geneva.context", function()
       local ok, err = pcall(geneva.context{ cluster = "nope" }, function() end)
       assert.is_false(ok)
       assert.equals("not_found", err.code)
-      geneva._latest_db = nil
-      package.loaded["geneva.db"].latest = function() return nil end
+      local latest = require("geneva.context").latest_db()
+      require("geneva.context").use_db(nil)
       ok, err = pcall(geneva.context{}, function() end)
-      package.loaded["geneva.db"] = nil
+      require("geneva.context").use_db(latest)
       assert.is_false(ok)
       assert.equals("invalid_argument", err.code)
     end)

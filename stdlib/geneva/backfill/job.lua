@@ -141,16 +141,43 @@ end
 Job.__name = "geneva.Job"
 Job.__tostring = function(self) return ("geneva.Job %s (%s)"):format(self._rec.id, self:status()) end
 
--- Drivers of the jobs this process runs, by id (set by geneva.backfill until
--- the job ends), so db:job(id) can step a job started here.
+-- Drivers of the jobs this process steps itself, by id (set by the driver
+-- until the job ends), so db:job(id) can step a job run here.
 job.live = {}
 
--- job.object(db_dir, rec [, driver]) -> Job. With a driver (this process
--- runs the job) status/wait step it; without, they read the record.
-function job.object(db_dir, rec, driver)
+-- job.object(db_dir, rec [, driver [, bg]]) -> Job. With a driver, this
+-- process runs the job and status/wait step it. With bg = {proc=, lease=},
+-- the job runs in that background driver process and the Job reads its
+-- record (and owns the process). Else it reads the record.
+function job.object(db_dir, rec, driver, bg)
   driver = driver or job.live[rec.id]
   if driver then rec = driver.rec end
-  return setmetatable({ _db_dir = db_dir, _rec = rec, _driver = driver }, Job)
+  return setmetatable({ _db_dir = db_dir, _rec = rec, _driver = driver, _bg = bg }, Job)
+end
+
+-- A background driver that is gone with its record not final: say so.
+local function check_bg(self)
+  local bg = self._bg
+  if not bg or bg.done then return end
+  local rec = self._rec
+  local how, code = bg.proc:wait(0)
+  if FINAL[rec.status] or how then
+    if how and not FINAL[rec.status] then
+      rec = job.load(self._db_dir, rec.id) or rec    -- it may have written it as it went
+      if not FINAL[rec.status] then
+        rec.status, rec.finished_at = "FAILED", time.iso8601()
+        rec.error = { code = "abandoned",
+          message = ("the job's driver process %s %s"):format(how, tostring(code)) }
+        job.save(self._db_dir, rec)
+      end
+      self._rec = rec
+    end
+    if FINAL[rec.status] then
+      bg.done = true
+      bg.proc:wait(2)          -- it exits right after its last record
+      bg.lease:release()
+    end
+  end
 end
 
 local function refresh(self)
@@ -158,8 +185,11 @@ local function refresh(self)
     self._driver:step(0)
     return self._rec
   end
-  local rec = job.load(self._db_dir, self._rec.id)
-  if rec then self._rec = rec end
+  if not FINAL[self._rec.status] then
+    local rec = job.load(self._db_dir, self._rec.id)
+    if rec then self._rec = rec end
+  end
+  check_bg(self)
   return self._rec
 end
 
@@ -176,14 +206,15 @@ end
 -- FAILED or CANCELLED; returns nil, "timeout" if timeout_s passed first.
 function Job:wait(timeout)
   local deadline = timeout and time.monotonic() + timeout
-  while not FINAL[self._rec.status] do
+  local nap = 0.01               -- short jobs end fast: look often at first
+  while not FINAL[refresh(self).status] do
     if deadline and time.monotonic() >= deadline then return nil, "timeout" end
     if self._driver then
       self._driver:step(0.2)
     else
-      local ok = time.sleep(0.2)
+      local ok = time.sleep(nap)
       if not ok then errors.raise("interrupted", "interrupted while waiting for job %s", self.id) end
-      refresh(self)
+      nap = math.min(nap * 2, 0.1)
     end
   end
   local rec = self._rec
@@ -197,12 +228,21 @@ function Job:wait(timeout)
   return self:record()
 end
 
--- job:cancel() -> true: kills the workers, keeps what was committed
+-- job:cancel() -> true: stops its tasks, keeps what was committed. A
+-- background or other process's job is asked through its cancel marker;
+-- one of this process's background jobs is waited for until it has ended.
 function Job:cancel()
   if self._driver then
     self._driver:cancel()
-  else
-    job.request_cancel(self._db_dir, self._rec.id)
+    return true
+  end
+  job.request_cancel(self._db_dir, self._rec.id)
+  if self._bg then
+    local deadline = time.monotonic() + 5
+    while not FINAL[refresh(self).status] and time.monotonic() < deadline do
+      if not time.sleep(0.02) then errors.raise("interrupted", "interrupted while cancelling job %s", self.id) end
+    end
+    if not FINAL[self._rec.status] then self._bg.lease:release() refresh(self) end
   end
   return true
 end
@@ -213,7 +253,7 @@ function Job:logs(opts)
   local lines = {}
   for _, ev in ipairs(rec.events or {}) do lines[#lines + 1] = ev end
   if opts and opts.follow and not FINAL[rec.status] then
-    self:wait()
+    pcall(self.wait, self)
     return self:logs()
   end
   return lines

@@ -16,6 +16,7 @@ local errors = require "geneva.errors"
 local ledger = require "geneva.ledger"
 local fs = require "geneva.fs"
 local json = require "geneva.json"
+local runner = require "geneva.runner"
 
 local context = {}
 
@@ -34,21 +35,9 @@ function context.forget_closed()
     local c = active[i]
     if c.scope and c.scope:is_closed() then
       table.remove(active, i)
+      runner.pop(c.frame)
       c.state = "exited"
     end
-  end
-end
-
--- backfills inside a context use its runner and are tracked by it
-local function install_hooks()
-  local backfill = require "geneva.backfill"
-  backfill.runner_provider = function()
-    local c = active[#active]
-    return c and c.runner
-  end
-  backfill.on_start = function(j)
-    local c = active[#active]
-    if c then c.jobs[#c.jobs + 1] = j end
   end
 end
 
@@ -79,9 +68,19 @@ end
 
 -- {====== Resolving names
 
+-- The database names resolve against when a context gives no db: the one
+-- of the latest geneva.connect in this Lua state (geneva.db tells us).
+local latest_db = setmetatable({}, { __mode = "v" })
+
+-- context.use_db(db): called by geneva.db's connect
+function context.use_db(db) latest_db[1] = db end
+
+-- context.latest_db() -> that Db, or nil
+function context.latest_db() return latest_db[1] end
+
 local function resolve_db(opts)
   if opts.db then return opts.db end
-  local db = require("geneva.db").latest and require("geneva.db").latest()
+  local db = latest_db[1]
   if not db then
     errors.throw("invalid_argument",
       "context: no database: pass db = ... or call geneva.connect first")
@@ -91,7 +90,7 @@ end
 
 local function resolve_cluster(db, c)
   if c == nil then
-    return { type = "local", workers = require("geneva.backfill").cpu_count() }, "local"
+    return { type = "local", workers = require("geneva.proc").cpu_count() }, "local"
   end
   if type(c) == "string" then
     local spec, err = db:get_cluster(c)
@@ -115,60 +114,6 @@ end
 
 -- }======
 
--- {====== Runners by cluster type
-
-local function package_path(db, rec)
-  return (db.path or db.dir) .. "/_geneva/packages/" .. rec.checksum .. ".zip"
-end
-
--- Unpacks the manifest's package for local workers: its lua/ goes first on
--- their package.path, its env is set, and they run inside it.
-local function unpack_manifest(self, db, rec)
-  local scope = self.scope
-  -- the lease first (the dir's path is known once it exists), and the dir
-  -- owned by the context's scope, as every resource inside it
-  local res = scope:reserve("tmpdir", "package " .. rec.checksum:sub(1, 12))
-  local prev = scope:activate()
-  local tmp, terr = fs.tmpdir("geneva-pkg-")
-  prev:activate()
-  if not tmp then
-    res:forget()
-    errors.throw("unavailable", ("cannot create a directory for the manifest package: %s"):format(terr))
-  end
-  res:update{ path = tmp.path }
-  res:bind(function() tmp:close() end)
-  local ok, err, code = require("geneva.zip").extract(package_path(db, rec), tmp.path)
-  if not ok then errors.throw("unavailable", ("cannot unpack manifest package: %s (%s)"):format(err, code)) end
-  local env = {}
-  local cluster = require "geneva.context.cluster"
-  local spec_env = rec.spec and rec.spec.env
-  if spec_env then
-    for k, v in pairs(cluster.resolve_env(spec_env)) do env[k] = v end
-  end
-  env.LUA_PATH = ("%s/lua/?.lua;%s/lua/?/init.lua;%s"):format(tmp.path, tmp.path,
-    os.getenv("LUA_PATH") or ";")
-  return env, tmp.path
-end
-
-local function provision_local(self, db, spec, manifest_rec)
-  local env, cwd
-  if manifest_rec then env, cwd = unpack_manifest(self, db, manifest_rec) end
-  if spec.env then
-    env = env or {}
-    for k, v in pairs(require("geneva.context.cluster").resolve_env(spec.env)) do env[k] = v end
-  end
-  local pool = require("geneva.runner.local").new{
-    workers = spec.workers, scope = self.scope, env_add = env, cwd = cwd }
-  pool:start()
-  return pool
-end
-
-local provisioners = {
-  ["local"] = provision_local,
-}
-
--- }======
-
 -- ctx:enter() -> ctx. Raises if already entered, or if provisioning fails
 -- (after tearing down whatever it had created).
 function Context:enter()
@@ -176,15 +121,13 @@ function Context:enter()
     errors.throw("invalid_argument", "context already " .. (self.state == "entered" and "entered" or "exited")
       .. ": make a new one")
   end
-  install_hooks()
   local db = resolve_db(self.opts)
   self.db = db
   local db_dir = db.path or db.dir
   require("geneva.context.reap").run{ db = db_dir, quiet = true }
   local spec, cname = resolve_cluster(db, self.opts.cluster)
   local manifest_rec = resolve_manifest(db, self.opts.manifest)
-  local provision = provisioners[spec.type]
-  if not provision then
+  if not runner.types[spec.type] then
     errors.throw("unavailable", ("context: clusters of type '%s' are not available in this build yet")
       :format(tostring(spec.type)))
   end
@@ -194,13 +137,15 @@ function Context:enter()
     name = "context " .. (self.opts.name or cname),
     journal = { db_dir .. "/_geneva/leases", fs.state_dir() .. "/leases" },
   }
-  local ok, res = pcall(provision, self, db, spec, manifest_rec)
+  local ok, res = pcall(runner.provision, spec, { scope = self.scope, db = db, manifest = manifest_rec })
   if not ok then
     self.scope:close()
     self.state = "exited"
     error(errors.from(res, "unavailable"), 0)
   end
   self.runner = res
+  self.frame = runner.push(res)        -- backfills inside run on it
+  self.jobs = self.frame.jobs
   self.prev_scope = self.scope:activate()   -- what fn creates belongs to the context
   self.state = "entered"
   active[#active + 1] = self
@@ -223,6 +168,7 @@ function Context:exit(err)
   for i = #active, 1, -1 do
     if active[i] == self then table.remove(active, i) break end
   end
+  runner.pop(self.frame)
   if not self.prev_scope:is_closed() then self.prev_scope:activate() end
   local wait_err
   if self.on_exit ~= "retain" and not (err and errors.from(err).code == "interrupted") then
@@ -248,19 +194,17 @@ function Context:exit(err)
   return true
 end
 
-Context.__close = function(self, err) self:exit(err) end
+-- On an error the teardown's own failure must not hide it.
+Context.__close = function(self, err)
+  if err ~= nil then pcall(self.exit, self, err) else self:exit() end
+end
 
--- ctx(fn, ...) -> fn's results; fn's error is re-raised after teardown
+-- ctx(fn, ...) -> fn's results; fn's error goes on, with its own traceback,
+-- after teardown
 Context.__call = function(self, fn, ...)
   if type(fn) ~= "function" then errors.throw("invalid_argument", "context: expected a function to run") end
-  self:enter()
-  local res = table.pack(pcall(fn, ...))
-  if not res[1] then
-    pcall(self.exit, self, res[2])
-    error(res[2], 0)
-  end
-  self:exit()
-  return table.unpack(res, 2, res.n)
+  local entered <close> = self:enter()
+  return fn(...)
 end
 
 Context.__tostring = function(self)

@@ -1,21 +1,12 @@
 -- geneva.runner.local: a pool of `geneva worker --stdio` processes on this
--- machine, the embedded default and what local contexts provision.
+-- machine: what local contexts provision and the embedded default cluster.
+-- It implements the runner interface of geneva.runner; besides, pool:pids()
+-- lists its workers (monitoring, fault-injection tests).
 --
--- The runner interface (the Ray and KubeRay runners implement the same):
---   pool:submit(task)          queue a task (a table with a unique .id)
---   pool:poll(timeout) -> events   dispatch, then wait up to timeout for
---       {kind="done", task=, result=} | {kind="failed", task=, error=}
---       | {kind="log", line=}
---   pool:pending() -> number of tasks queued or running
---   pool:cancel([job])         drop queued tasks and kill the workers running
---       tasks; with job, only the tasks whose task.job == job (several
---       drivers may share one runner: events carry their task, whose .job
---       says whom they belong to; log events carry .job when known)
---   pool:close()               stop every worker (idempotent)
--- The local pool also has pool:pids([busy_only]) -> array of worker pids.
--- Workers are processes owned by the ledger scope that was current when the
--- pool was made, so they die with it; a worker that dies mid-task has its
--- task retried on a fresh worker, up to `max_attempts` times in all.
+-- Workers are processes owned by the ledger scope the pool was made in, so
+-- they die with it; a worker that dies mid-task has its task retried on a
+-- fresh worker, up to `max_attempts` times in all. Tasks carry .job: events
+-- carry their task, and cancel(job) touches only that job's tasks.
 local proc = require "geneva.proc"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
@@ -30,7 +21,7 @@ local Pool = {}
 Pool.__index = Pool
 Pool.__name = "geneva.runner.local.Pool"
 
-local MARK = "\30GENEVA "
+local protocol = require "geneva.backfill.protocol"
 
 -- M.new{workers = n [, max_attempts = 3, scope = ledger scope, exe = path,
 --        env_add = {NAME = value}, cwd = dir for the worker processes]}
@@ -164,12 +155,12 @@ local function worker_died(self, w, events)
 end
 
 local function handle_line(self, w, line, events)
-  if line:sub(1, #MARK) ~= MARK then
+  local msg = protocol.parse(line)
+  if not msg then
     events[#events + 1] = { kind = "log", line = line, job = w.task and w.task.job }
     return
   end
-  local msg = json.decode(line:sub(#MARK + 1), { null_as_nil = true })
-  if not msg or (msg.op ~= "done" and msg.op ~= "failed") then return end
+  if msg.op ~= "done" and msg.op ~= "failed" then return end
   local task = w.task
   if not task or msg.task ~= task.id then return end
   w.task = nil
@@ -300,5 +291,71 @@ function Pool:close()
 end
 
 Pool.__close = Pool.close
+
+-- pool:describe() -> {type = "local", workers = n, busy = n}
+function Pool:describe()
+  local busy = 0
+  for _ in pairs(self.running) do busy = busy + 1 end
+  return { type = "local", workers = self.size, busy = busy, closed = self.closed or nil }
+end
+
+-- pool:handoff() -> what M.attach needs for a pool like this one in another
+-- process (env_add may hold resolved secrets: it travels over a pipe)
+function Pool:handoff()
+  return { type = "local", workers = self.size, env_add = self.env_add, cwd = self.cwd }
+end
+
+-- {====== Provisioning (the runner interface)
+
+-- Unpacks a manifest's package for the workers: its lua/ goes first on
+-- their package.path, its env is set, and they run inside it. The lease
+-- comes first (the dir's path is known once it exists); the dir belongs to
+-- scope, as every resource of the context.
+local function unpack_manifest(scope, db, rec)
+  local fs = require "geneva.fs"
+  local res = scope:reserve("tmpdir", "package " .. rec.checksum:sub(1, 12))
+  local prev = scope:activate()
+  local tmp, terr = fs.tmpdir("geneva-pkg-")
+  prev:activate()
+  if not tmp then
+    res:forget()
+    errors.throw("unavailable", ("cannot create a directory for the manifest package: %s"):format(terr))
+  end
+  res:update{ path = tmp.path }
+  res:bind(function() tmp:close() end)
+  local zip = require("geneva.context.manifest").package_path(db, rec)
+  local ok, err, code = require("geneva.zip").extract(zip, tmp.path)
+  if not ok then errors.throw("unavailable", ("cannot unpack manifest package: %s (%s)"):format(err, code)) end
+  local env = {}
+  if rec.spec and rec.spec.env then
+    for k, v in pairs(require("geneva.context.cluster").resolve_env(rec.spec.env)) do env[k] = v end
+  end
+  env.LUA_PATH = ("%s/lua/?.lua;%s/lua/?/init.lua;%s"):format(tmp.path, tmp.path, os.getenv("LUA_PATH") or ";")
+  return env, tmp.path
+end
+
+-- M.provision(spec, {scope=, db=, manifest=, lazy=}) -> Pool. The workers
+-- start now (so the first backfill does not wait for them) unless lazy.
+function M.provision(spec, env)
+  local add, cwd
+  if env.manifest then add, cwd = unpack_manifest(env.scope, env.db, env.manifest) end
+  if spec.env then
+    add = add or {}
+    for k, v in pairs(require("geneva.context.cluster").resolve_env(spec.env)) do add[k] = v end
+  end
+  local pool = M.new{ workers = spec.workers or require("geneva.proc").cpu_count(), scope = env.scope,
+                      env_add = add, cwd = cwd }
+  if not env.lazy then pool:start() end
+  return pool
+end
+
+-- M.attach(handoff, scope) -> Pool: the same workers' setup in this process
+-- (the manifest dir is the provisioning context's, alive while it is);
+-- workers start on first use.
+function M.attach(h, scope)
+  return M.new{ workers = h.workers, scope = scope, env_add = h.env_add, cwd = h.cwd }
+end
+
+-- }======
 
 return M
