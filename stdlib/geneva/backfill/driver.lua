@@ -19,13 +19,14 @@ local driver = {}
 
 local MAX_EVENTS = 200
 local CANCEL_POLL = 0.25       -- seconds between looks for a cancel marker
+local SAVE_EVERY = 0.5         -- seconds between progress writes of the record (others read it)
 
 local Driver = {}
 Driver.__index = Driver
 
 local function save(self, force)
   local now = time.monotonic()
-  if force or now - (self.saved_at or 0) >= 1 then
+  if force or now - (self.saved_at or 0) >= SAVE_EVERY then
     job.save(self.db_dir, self.rec)
     self.saved_at = now
   end

@@ -1,0 +1,188 @@
+-- Background jobs (design §3): backfill_async makes progress whatever its
+-- caller does, other processes see it and stop it, and it belongs to its
+-- context and its owner. Real processes, real signals.
+local geneva = require "geneva"
+local job = require "geneva.backfill.job"
+local json = require "geneva.json"
+local proc = require "geneva.proc"
+local time = require "geneva.time"
+local child = require "child"
+local wait_until = require("expect").wait_until
+
+-- ~0.3 ms a row: a 6000-row job lasts a couple of seconds on 2 workers
+local slow = function(id)
+  local t = os.clock() + 0.0003
+  while os.clock() < t do end
+  return id * 3
+end
+
+local function make_table(db, n)
+  local rows = {}
+  for i = 1, n do rows[i] = { id = i } end
+  local tbl = db:create_table("docs", rows, { fragment_size = 2000 })
+  tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
+  return tbl
+end
+
+-- what another process sees: the record on disk
+local function on_disk(dir, id) return assert(job.load(dir, id)) end
+
+local function jobs_cli(dir, ...)
+  local args = { child.bin, "jobs", ... }
+  args[#args + 1] = "--db"
+  args[#args + 1] = dir
+  args[#args + 1] = "--json"
+  local r = assert(proc.run { argv = args, timeout = 30 })
+  return r
+end
+
+describe("background jobs", function()
+  local dir, db
+  before_each(function()
+    dir = child.tmpdir()
+    db = geneva.connect(dir)
+  end)
+  after_each(function() child.rmtree(dir) end)
+
+  it("progress while the caller sleeps, without touching the job", function()
+    local tbl = make_table(db, 12000)
+    local j = tbl:backfill_async("s", { batch_size = 200, commit_every = 2 })
+    -- no status(), no wait(): only time passes here
+    assert.is_true(time.sleep(1.5))
+    local rec = on_disk(dir, j.id)
+    assert.is_truthy(({ RUNNING = true, DONE = true })[rec.status], rec.status)
+    assert.is_true(rec.tasks.done > 0, "no task done while the caller slept")
+    assert.is_true(rec.rows.committed > 0, "nothing committed while the caller slept")
+    assert.equal("DONE", j:wait().status)
+    assert.equal(0, tbl:count_rows("s IS NULL OR s <> id * 3"))
+  end)
+
+  it("progress while the caller busy-loops in Lua, and is seen live by `geneva jobs show`", function()
+    local tbl = make_table(db, 6000)
+    local j = tbl:backfill_async("s", { batch_size = 200, commit_every = 2 })
+    local t = os.clock() + 1.0
+    local spins = 0
+    while os.clock() < t do spins = spins + 1 end
+    local r = jobs_cli(dir, "show", j.id)
+    assert.is_true(r.ok, r.stderr)
+    local shown = json.decode(r.stdout)
+    assert.equal(j.id, shown.id)
+    assert.is_true(shown.tasks.done > 0, "another shell saw no progress")
+    -- and the progress goes on while we look
+    wait_until("more progress", function()
+      local again = json.decode(jobs_cli(dir, "show", j.id).stdout)
+      return again.tasks.done > shown.tasks.done or again.status == "DONE"
+    end, 30)
+    j:wait()
+  end)
+
+  it("is cancelled from another process within a second, keeping what was committed", function()
+    local tbl = make_table(db, 20000)
+    local j = tbl:backfill_async("s", { batch_size = 200, commit_every = 1 })
+    wait_until("a commit", function() return on_disk(dir, j.id).rows.committed > 0 end, 30)
+    local t0 = time.monotonic()
+    local r = jobs_cli(dir, "cancel", j.id)
+    assert.is_true(r.ok, r.stderr)
+    wait_until("CANCELLED", function() return on_disk(dir, j.id).status == "CANCELLED" end, 10)
+    local took = time.monotonic() - t0
+    -- a bounded wait, not a timing assertion: the marker is polled every 250 ms
+    print(("  (cancel took %.2f s)"):format(took))
+    local rec = on_disk(dir, j.id)
+    assert.is_true(rec.rows.committed < 20000)
+    assert.equal(rec.rows.committed, tbl:count_rows("s IS NOT NULL"))
+    local ok, err = pcall(j.wait, j)
+    assert.is_false(ok)
+    assert.equal("cancelled", err.code)
+    -- its driver process and its workers are gone
+    wait_until("no driver", function() return #child.worker_pids(proc.self().pid, "--driver") == 0 end, 10)
+    if rec.driver_pid then
+      wait_until("no workers", function() return #child.worker_pids(rec.driver_pid) == 0 end, 10)
+    end
+  end)
+
+  it("belongs to its context: exit waits for it, an interrupt of the owner stops it", function()
+    local tbl = make_table(db, 3000)
+    local j
+    geneva.local_cluster{ workers = 2 }(function()
+      j = tbl:backfill_async("s", { batch_size = 300 })
+    end)
+    assert.equal("DONE", on_disk(dir, j.id).status)
+    assert.equal(0, #child.worker_pids(proc.self().pid, "--driver"))
+
+    -- a script that starts a job and is then SIGTERMed: teardown stops it
+    local script = dir .. "/owner.lua"
+    local f = assert(io.open(script, "w"))
+    f:write([[
+local geneva = require "geneva"
+local db = geneva.connect(arg[1])
+local tbl = db:open_table("docs")
+tbl:add_columns { u = geneva.udf { data_type = "int64", fn = function(id)
+  local t = os.clock() + 0.002 while os.clock() < t do end return id end } }
+geneva.local_cluster{ workers = 1 }(function()
+  local j = tbl:backfill_async("u", { batch_size = 100 })
+  print(j.id)
+  io.stdout:flush()
+  require("geneva.time").sleep(60)
+end)
+]])
+    f:close()
+    local out = dir .. "/owner.out"
+    local p = assert(proc.spawn { argv = { child.bin, script, dir }, stdout = out, stdin = "null" })
+    local id = wait_until("the job id", function()
+      local s = child.read(out)
+      return s and s:match("^(%S+)\n")
+    end, 30)
+    wait_until("RUNNING", function() return on_disk(dir, id).status == "RUNNING" end, 30)
+    local driver_pid = on_disk(dir, id).driver_pid
+    assert.is_true(proc.alive(driver_pid))
+    assert.is_true(proc.kill(p:pid(), "TERM"))
+    local how, code = p:wait(30)
+    assert.equal("exited", how)
+    assert.equal(143, code)
+    assert.is_false(proc.alive(driver_pid))
+    local rec = on_disk(dir, id)
+    assert.equal("FAILED", rec.status)
+    assert.equal("interrupted", rec.error.code)
+    p:close()
+  end)
+
+  it("dies with its owner after kill -9", function()
+    local tbl = make_table(db, 2000)
+    local script = dir .. "/owner.lua"
+    local f = assert(io.open(script, "w"))
+    f:write([[
+local geneva = require "geneva"
+local tbl = geneva.connect(arg[1]):open_table("docs")
+tbl:add_columns { u = geneva.udf { data_type = "int64", fn = function(id)
+  local t = os.clock() + 0.005 while os.clock() < t do end return id end } }
+local j = tbl:backfill_async("u", { batch_size = 50 })
+print(j.id)
+io.stdout:flush()
+require("geneva.time").sleep(60)
+]])
+    f:close()
+    assert.is_not_nil(tbl)
+    local out = dir .. "/owner.out"
+    local p = assert(proc.spawn { argv = { child.bin, script, dir }, stdout = out, stdin = "null" })
+    local id = wait_until("the job id", function()
+      local s = child.read(out)
+      return s and s:match("^(%S+)\n")
+    end, 30)
+    wait_until("RUNNING", function() return on_disk(dir, id).status == "RUNNING" end, 30)
+    local driver_pid = on_disk(dir, id).driver_pid
+    local workers = wait_until("workers", function()
+      local w = child.worker_pids(driver_pid)
+      return #w > 0 and w
+    end, 30)
+    assert.is_true(proc.kill(p:pid(), "KILL"))
+    p:wait(10)
+    wait_until("the driver process gone", function() return not proc.alive(driver_pid) end, 10)
+    for _, w in ipairs(workers) do
+      wait_until("worker gone", function() return not proc.alive(w) end, 10)
+    end
+    local rec = on_disk(dir, id)
+    assert.equal("FAILED", rec.status)
+    assert.truthy(({ interrupted = true, abandoned = true })[rec.error.code], rec.error.code)
+    p:close()
+  end)
+end)
