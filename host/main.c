@@ -30,7 +30,7 @@ static const char usage_text[] =
   "  -v, --version  print the version and exit\n"
   "  -h, --help     print this help and exit\n"
   "\n"
-  "commands: run, worker, cluster, manifest, jobs, recipe, reap\n"
+  "commands: run, %s\n"
   "exit codes: 0 ok, 1 script or job failure, 2 usage error,\n"
   "            129/130/143 after SIGHUP/SIGINT/SIGTERM (teardown done)\n";
 
@@ -47,14 +47,26 @@ static int report(geneva_host *h, int code) {
   return code;
 }
 
-/* Subcommands are Lua: geneva.cli.main(name, args...) -> exit code */
+/* Subcommands are Lua modules geneva.cli.<name>, run by
+** geneva.cli.main(name, args...) -> exit code. The one list of them: */
+static const char *const commands[] = {"cluster", "manifest", "jobs", "recipe",
+                                       "reap", "worker", NULL};
+
 static int is_command(const char *s) {
-  static const char *const cmds[] = {"worker", "cluster", "manifest", "jobs",
-                                     "recipe", "reap", NULL};
   int i;
-  for (i = 0; cmds[i]; i++)
-    if (strcmp(s, cmds[i]) == 0) return 1;
+  for (i = 0; commands[i]; i++)
+    if (strcmp(s, commands[i]) == 0) return 1;
   return 0;
+}
+
+static void print_usage(void) {
+  char list[256] = "";
+  int i;
+  for (i = 0; commands[i]; i++) {
+    if (i > 0) strncat(list, ", ", sizeof list - strlen(list) - 1);
+    strncat(list, commands[i], sizeof list - strlen(list) - 1);
+  }
+  printf(usage_text, list);
 }
 
 static int run_command(geneva_host *h, int argc, char **argv) {
@@ -78,7 +90,7 @@ static int run(geneva_host *h, int argc, char **argv) {
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      fputs(usage_text, stdout);
+      print_usage();
       return 0;
     } else if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
       printf("geneva %s (%s)\n", GENEVA_VERSION, LUA_RELEASE);

@@ -39,8 +39,8 @@ function M.connect(uri, opts)
     invalid(("connect: '%s': only local directories are supported for now"):format(uri))
   end
   local path = uri:gsub("^file://", "")
-  storage.check(fs.mkdir_p(path))
-  path = storage.check(fs.realpath(path))
+  errors.io(fs.mkdir_p(path))
+  path = errors.io(fs.realpath(path))
   -- dir: alias of path, for modules that say tbl.db.dir
   local db = setmetatable({ uri = uri, path = path, dir = path, opts = opts or {} }, Db)
   require("geneva.context").use_db(db)   -- names resolve against it
@@ -82,7 +82,7 @@ function Db:job(id)
 end
 
 function Db:table_names()
-  local names = storage.check(fs.list(self.path))
+  local names = errors.io(fs.list(self.path))
   local out = {}
   for _, name in ipairs(names) do
     if name:match("^[%a][%w_%-]*$") and exists(self, name) then out[#out + 1] = name end
@@ -105,7 +105,7 @@ function Db:drop_table(name)
   if not exists(self, name) then
     errors.throw("not_found", ("table '%s' does not exist in %s"):format(name, self.path), { path = self:table_dir(name) })
   end
-  storage.check(fs.remove_tree(self:table_dir(name)))
+  errors.io(fs.remove_tree(self:table_dir(name)))
   return true
 end
 
@@ -142,9 +142,9 @@ function Db:create_table(name, source, opts)
   local cols, names, sqltypes = ingest.to_columns(batch, schema)
 
   local dir = self:table_dir(name)
-  if mode == "overwrite" and exists(self, name) then storage.check(fs.remove_tree(dir)) end
+  if mode == "overwrite" and exists(self, name) then errors.io(fs.remove_tree(dir)) end
   local fresh = not fs.exists(dir)
-  storage.check(fs.mkdir_p(dir .. "/data"))
+  errors.io(fs.mkdir_p(dir .. "/data"))
   local ok, err = pcall(function()
     local frags = ingest.write_fragments(dir, cols, names, sqltypes, batch.n, fsize)
     local m = { table = name, fragment_size = fsize, schema = json.array(), fragments = json.array() }

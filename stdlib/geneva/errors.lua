@@ -60,6 +60,18 @@ function errors.check(ok, err, code, context)
   return ok
 end
 
+-- errors.io(ok, msg, code, ...) -> ok, msg, code, ... | raises. The one
+-- adapter from the bindings' `nil, msg, code` convention to an Error: EINTR
+-- (a signal arrived) is `interrupted`, anything else `unavailable` with the
+-- binding's message (which names the path) and its code as `errno`.
+function errors.io(ok, msg, code, ...)
+  if ok == nil then
+    if code == "EINTR" then error(errors.new("interrupted", "interrupted"), 2) end
+    error(errors.new("unavailable", tostring(msg), { errno = code }), 2)
+  end
+  return ok, msg, code, ...
+end
+
 -- errors.plain(e) -> table without metatable (for JSON job records)
 function errors.plain(e)
   local t = {}

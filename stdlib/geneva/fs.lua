@@ -266,4 +266,23 @@ function fs.state_dir()
   return dir
 end
 
+-- fs.random_hex([n=16]) -> n hex digits for unique file names, from
+-- /dev/urandom: math.random is not enough, as processes started in the same
+-- second can share its seed (seen under ASan, where addresses repeat).
+function fs.random_hex(n)
+  n = n or 16
+  local bytes
+  local f = io.open("/dev/urandom", "rb")
+  if f then
+    bytes = f:read((n + 1) // 2)
+    f:close()
+  end
+  if not bytes or #bytes < (n + 1) // 2 then
+    local parts = {}
+    for i = 1, math.ceil(n / 8) do parts[i] = ("%08x"):format(math.random(0, 0xffffffff)) end
+    return table.concat(parts):sub(1, n)
+  end
+  return (bytes:gsub(".", function(c) return ("%02x"):format(c:byte()) end)):sub(1, n)
+end
+
 return fs

@@ -142,13 +142,13 @@ end
 -- Checks where against a table with the schema's columns (for a table
 -- without fragments, where nothing else would look at it).
 local function validate_where(m, where)
-  local db <close> = storage.check(sqlite.open(":memory:"))
+  local db <close> = errors.io(sqlite.open(":memory:"))
   local defs = { "_rowid INTEGER PRIMARY KEY" }
   for _, c in ipairs(m.schema) do
     defs[#defs + 1] = qi(c.name)
     if c.virtual then defs[#defs + 1] = qi("__ver_" .. c.name) end
   end
-  storage.check(db:exec(("CREATE TEMP TABLE t(%s)"):format(table.concat(defs, ", "))))
+  errors.io(db:exec(("CREATE TEMP TABLE t(%s)"):format(table.concat(defs, ", "))))
   prepare(db, ("SELECT 1 FROM t WHERE (%s)"):format(where), where):close()
 end
 

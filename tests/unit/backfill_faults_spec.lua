@@ -240,16 +240,17 @@ describe("geneva.backfill faults", function()
 
   it("lets only one of two drivers starting on one column at the same instant run", function()
     local tbl = make_table(db, "docs", 2000, { fragment_size = 1000 })
-    tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
     -- each driver spins until the same wall-clock instant, then starts; the
-    -- one that started holds its job until both have answered
+    -- one that started cancels its job once both have answered. Each round
+    -- has a column of its own: a job with nothing to compute would end
+    -- (rightly) before the other driver looks.
     local START = [[
 local geneva = require "geneva"
 local time = require "geneva.time"
 local tbl = geneva.connect(arg[1]):open_table("docs")
 local at = tonumber(arg[2])
 while time.now() < at do end
-local ok, j = pcall(tbl.backfill_async, tbl, "s")
+local ok, j = pcall(tbl.backfill_async, tbl, arg[4])
 io.stdout:write(ok and "STARTED\n" or ("REFUSED " .. tostring(j.code) .. "\n"))
 io.stdout:flush()
 if ok then
@@ -259,9 +260,11 @@ end
 ]]
     for round = 1, 4 do
       local release = ("%s/release%d"):format(root, round)
+      local column = "s" .. round
+      tbl:add_columns { [column] = geneva.udf { data_type = "int64", fn = slow } }
       local at = ("%.3f"):format(time.now() + 1.5)
-      local pa, outa = start_driver(root, "sa" .. round, START, db.dir, at, release)
-      local pb, outb = start_driver(root, "sb" .. round, START, db.dir, at, release)
+      local pa, outa = start_driver(root, "sa" .. round, START, db.dir, at, release, column)
+      local pb, outb = start_driver(root, "sb" .. round, START, db.dir, at, release, column)
       wait_until("both drivers to answer", function()
         return outa() ~= "" and outb() ~= ""
       end, 60)

@@ -21,7 +21,7 @@ end
 -- Writes a staged column file col(_rowid, value) holding {rowid = value}
 -- (a value of false stores NULL).
 local function staged(dir, values)
-  local path = ("%s/staged-%s.db"):format(dir, storage.random_hex(8))
+  local path = ("%s/staged-%s.db"):format(dir, require("geneva.fs").random_hex(8))
   local db <close> = assert(sqlite.open(path))
   assert(db:exec("CREATE TABLE col(_rowid INTEGER PRIMARY KEY, value)"))
   local lo, hi

@@ -72,8 +72,7 @@ local function new_job(tbl, column, opts)
   fs.mkdir_p(db_dir .. "/_geneva/jobs")
   local lock <close>, lerr, lcode = fs.lock(db_dir .. "/_geneva/jobs/.start.lock", { timeout = 30 })
   if not lock then
-    errors.throw(lcode == "EINTR" and "interrupted" or "unavailable",
-      ("cannot lock the job records of '%s': %s"):format(db_dir, tostring(lerr)))
+    errors.io(nil, ("cannot lock the job records of '%s': %s"):format(db_dir, tostring(lerr)), lcode)
   end
   for _, other in ipairs(job.list(db_dir, { table = tbl.name })) do
     if not job.FINAL[other.status] and other.column == col.name then

@@ -18,16 +18,10 @@ job.FINAL = FINAL
 
 local function jobs_dir(db_dir) return db_dir .. "/_geneva/jobs" end
 
-local function random_hex(n)
-  local f = assert(io.open("/dev/urandom", "rb"))
-  local b = f:read(n)
-  f:close()
-  return (b:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
-end
 
 -- job.new_id() -> "20261124-231500-1a2b3c4d": sortable by start time
 function job.new_id()
-  return os.date("!%Y%m%d-%H%M%S") .. "-" .. random_hex(4)
+  return os.date("!%Y%m%d-%H%M%S") .. "-" .. fs.random_hex(8)
 end
 
 local function record_path(db_dir, id) return jobs_dir(db_dir) .. "/" .. id .. ".json" end

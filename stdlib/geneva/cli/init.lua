@@ -1,16 +1,11 @@
 -- geneva.cli: the subcommands of the geneva executable. Each command is a
--- module geneva.cli.<name> exporting main(args) -> exit code.
+-- module geneva.cli.<name> exporting main(args) -> exit code; the list of
+-- commands is host/main.c's (it decides what is a command).
 local cli = {}
 
-local commands = {
-  worker = "geneva.cli.worker", cluster = "geneva.cli.cluster",
-  manifest = "geneva.cli.manifest", jobs = "geneva.cli.jobs",
-  recipe = "geneva.cli.recipe", reap = "geneva.cli.reap",
-}
-
 function cli.main(name, ...)
-  local modname = commands[name]
-  local ok, mod = pcall(require, modname)
+  local ok, mod = false, nil
+  if type(name) == "string" and name:match("^%l+$") then ok, mod = pcall(require, "geneva.cli." .. name) end
   if not ok then
     io.stderr:write(("geneva: command '%s' is not available in this build\n"):format(name))
     return 2

@@ -35,14 +35,7 @@ M.CACHE_FORMAT = 1
 local KIND = "manifests"
 local fail, expected, sub = cluster.fail, cluster.expected, cluster.sub
 
-local function io_check(ok, ...)
-  if ok == nil then
-    local msg, code = ...
-    if code == "EINTR" then errors.throw("interrupted", "interrupted") end
-    errors.throw("unavailable", tostring(msg), { errno = code })
-  end
-  return ok, ...
-end
+local io_check = errors.io
 
 -- {===== spec validation
 

@@ -19,11 +19,7 @@ function M.check_name(kind, name)
   return name
 end
 
-local function io_check(ok, msg, code)
-  if ok == nil then errors.throw("unavailable", tostring(msg), { errno = code }) end
-  return ok
-end
-M.io_check = io_check
+local io_check = errors.io
 
 -- M.dir(db, kind) -> "<db>/_geneva/<kind>" (not created)
 function M.dir(db, kind) return db.path .. "/_geneva/" .. kind end

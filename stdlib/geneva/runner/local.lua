@@ -221,10 +221,7 @@ function Pool:poll(timeout)
   end
   if #watch == 0 then return events end
   local ready, err, code = proc.poll(watch, timeout or 0)
-  if not ready then
-    if code == "EINTR" then errors.throw("interrupted", "interrupted") end
-    errors.throw("internal", "poll: " .. tostring(err))
-  end
+  if not ready then errors.io(nil, "poll: " .. tostring(err), code) end
   local dead = {}
   for _, e in ipairs(ready) do
     local w, which = e.w, e[2]

@@ -21,13 +21,7 @@ local function qi(name) return '"' .. name:gsub('"', '""') .. '"' end
 reader.quote_ident = qi
 local ql = storage.quote_literal
 
-local function check(ok, msg, code)
-  if ok == nil then
-    if code == "EINTR" then errors.throw("interrupted", "interrupted") end
-    errors.throw("unavailable", msg, { cause = code })
-  end
-  return ok
-end
+local check = errors.io
 
 -- reader.find_column(snapshot, name) -> schema entry | nil (case-insensitive,
 -- as SQLite identifiers are)

@@ -26,33 +26,8 @@ storage.COMMIT_RETRIES = 64
 local function join(a, b) return a .. "/" .. b end
 storage.join = join
 
--- storage.random_hex([n=16]) -> n hex digits for unique file names, from
--- /dev/urandom: math.random is not enough, as processes started in the same
--- second can share its seed (seen under ASan, where addresses repeat).
-function storage.random_hex(n)
-  n = n or 16
-  local bytes
-  local f = io.open("/dev/urandom", "rb")
-  if f then
-    bytes = f:read((n + 1) // 2)
-    f:close()
-  end
-  if not bytes or #bytes < (n + 1) // 2 then
-    local parts = {}
-    for i = 1, math.ceil(n / 8) do parts[i] = ("%08x"):format(math.random(0, 0xffffffff)) end
-    return table.concat(parts):sub(1, n)
-  end
-  return (bytes:gsub(".", function(c) return ("%02x"):format(c:byte()) end)):sub(1, n)
-end
 
--- Raises unavailable for a failed fs call (msg names the path already).
-local function check(ok, msg, code)
-  if ok == nil then
-    if code == "EINTR" then errors.throw("interrupted", "interrupted") end
-    errors.throw("unavailable", msg, { cause = code })
-  end
-  return ok
-end
+local check = errors.io
 storage.check = check
 
 -- storage.versions(tbl_dir) -> sorted array of version numbers (empty if
@@ -186,7 +161,7 @@ end
 -- storage.temp_data_path(tbl_dir) -> absolute path of a fresh dotfile in
 -- data/ (a file being built; never referenced by a snapshot)
 function storage.temp_data_path(tbl_dir)
-  return ("%s/data/.tmp-%s.db"):format(tbl_dir, storage.random_hex(16))
+  return ("%s/data/.tmp-%s.db"):format(tbl_dir, fs.random_hex(16))
 end
 
 -- storage.open_new_file(path) -> sqlite Db set up for a fast bulk load of a
@@ -216,7 +191,7 @@ end
 -- file (link + unlink; EEXIST picks another name).
 function storage.publish_file(tbl_dir, tmp, prefix)
   for _ = 1, 8 do
-    local rel = ("data/%s-%s.db"):format(prefix, storage.random_hex(16))
+    local rel = ("data/%s-%s.db"):format(prefix, fs.random_hex(16))
     local ok, msg, code = fs.link(tmp, join(tbl_dir, rel))
     if ok then
       fs.remove(tmp)
