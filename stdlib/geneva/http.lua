@@ -164,9 +164,9 @@ keeps the raw body in every case). A 2xx answer that is not JSON gives
 nil, msg, "JSON_PARSE"; a value that cannot be encoded raises.
 ]]
 function http.json(opts)
-  -- lua-cjson for now; geneva.json (integers, arrays, null) replaces it when
-  -- it lands (pitfalls.md: cjson decodes 1 as 1.0 and [] as {}).
-  local cjson = require "cjson.safe"
+  -- geneva.json, not cjson: the Ray and Kubernetes APIs need exact
+  -- integers (cjson decodes 1 as 1.0 and loses digits past 2^53) and [] vs {}
+  local json = require "geneva.json"
   local o, headers = {}, {}
   for k, v in pairs(opts) do o[k] = v end
   if type(opts.headers) == "table" then
@@ -174,8 +174,8 @@ function http.json(opts)
   end
   headers.Accept = headers.Accept or "application/json"
   if opts.json ~= nil then
-    local body, err = cjson.encode(opts.json)
-    if not body then error("bad option 'json' to 'json' (" .. tostring(err) .. ")", 2) end
+    local ok, body = pcall(json.encode, opts.json)
+    if not ok then error("bad option 'json' to 'json' (" .. tostring(body) .. ")", 2) end
     o.body = body
     o.method = o.method or "POST"
     headers["Content-Type"] = headers["Content-Type"] or "application/json"
@@ -185,7 +185,7 @@ function http.json(opts)
   if not status then return nil, hdrs, body end
   info.body = body
   if body == nil or body == "" then return status, nil, hdrs, info end
-  local data, err = cjson.decode(body)
+  local data, err = json.decode(body)
   if data == nil and status >= 200 and status < 300 then
     return nil, ("invalid JSON in a %d response: %s"):format(status, tostring(err)),
       "JSON_PARSE"

@@ -547,6 +547,22 @@ describe("geneva.http", function()
       assert.matches("invalid JSON", msg)
     end)
 
+    it("keeps integers exact and [] apart from {} both ways (geneva.json, not cjson)", function()
+      local json = require "geneva.json"
+      local big = 9007199254740993           -- 2^53 + 1: a double cannot hold it
+      local status, data = http.json { url = srv.url("/echo"),
+        json = { n = big, list = json.array(), obj = json.object() } }
+      assert.equal(200, status)
+      assert.equal("integer", math.type(data.body_length))
+      assert.equal("integer", math.type(data.client_port))
+      assert.matches('"n":9007199254740993', data.body, 1, true)
+      assert.matches('"list":[]', data.body, 1, true)
+      assert.matches('"obj":{}', data.body, 1, true)
+      local sent = json.decode(data.body)
+      assert.equal(big, sent.n)
+      assert.equal("integer", math.type(sent.n))
+    end)
+
     it("retries idempotent requests on 502/503/504 with growing backoff", function()
       local sleeps = {}
       local function sleep(s) sleeps[#sleeps + 1] = s return true end
