@@ -108,13 +108,19 @@ local STD_GLOBALS = {
 }
 
 -- A fresh global table for one Udf: standard globals and `geneva`; reading
--- any other name raises a udf_error naming it.
+-- any other name raises a udf_error naming it. `geneva` is the UDF's own
+-- require of the public module, on first use: user code depends on it, this
+-- module does not (no geneva -> udf -> geneva cycle).
 local function worker_env(name)
   local env = {}
   for _, k in ipairs(STD_GLOBALS) do env[k] = rawget(_G, k) end
-  env.geneva = require "geneva"
   env._G = env
-  return setmetatable(env, { __index = function(_, k)
+  return setmetatable(env, { __index = function(t, k)
+    if k == "geneva" then
+      local g = t.require("geneva")
+      rawset(t, k, g)
+      return g
+    end
     error(errors.new("udf_error", ("UDF '%s' used global '%s', which does not exist on the worker "
       .. "(define it in a module and use module=...)"):format(name, tostring(k)), { global = k }), 2)
   end })

@@ -149,27 +149,28 @@ function backfill.start_async(tbl, column, opts)
   return j
 end
 
--- backfill.drive_main() -> exit code: `geneva worker --driver`, the driver
--- process of a background job; reads its handoff from stdin.
-function backfill.drive_main()
-  local text = io.stdin:read("a")
+-- backfill.read_handoff(text) -> msg | nil, why: what a background
+-- driver process is handed on stdin (checked: it comes over a pipe, but
+-- nothing read is trusted blindly)
+function backfill.read_handoff(text)
   local msg = text and json.decode(text, { null_as_nil = true })
   if type(msg) ~= "table" or type(msg.db) ~= "string" or type(msg.job) ~= "string"
       or type(msg.table) ~= "string" or type(msg.runner) ~= "table" then
-    io.stderr:write("geneva worker --driver: expected a job handoff on stdin\n")
-    return 2
+    return nil, "expected a job handoff on stdin"
   end
+  return msg
+end
+
+-- backfill.drive(tbl, msg) -> exit code: runs the handed-off job to its end
+-- in this process (`geneva worker --driver`, geneva.cli.worker).
+function backfill.drive(tbl, msg)
   local rec, err = job.load(msg.db, msg.job)
-  if not rec then
-    io.stderr:write("geneva worker --driver: ", tostring(err), "\n")
-    return 1
-  end
+  if not rec then error(err, 0) end
   rec.owner = ledger.owner()        -- from now on, this process answers for it
   rec.runner = msg.describe
   rec.driver_pid = rec.owner.pid
   job.save(msg.db, rec)
   local ok, res = pcall(function()
-    local tbl = require("geneva.db").connect(msg.db):open_table(msg.table)
     local r = runner.attach(msg.runner, ledger.current())
     return driver.new(tbl, rec, r, { bar = false }):run()
   end)

@@ -862,13 +862,6 @@ local function resolve_manifest_spec(r, spec)
   return s
 end
 
-local function optional_module(name)
-  local ok, m = pcall(require, name)
-  if ok then return m end
-  if type(m) == "string" and m:find("module '" .. name .. "' not found", 1, true) then return nil end
-  error(m, 0)
-end
-
 -- The geneva.udf of a job. Raises located errors.
 local function job_udf(r, j)
   local o = {}
@@ -899,23 +892,19 @@ function recipe.validate(r)
     local e = located_error(r, loc, prefix, err)
     problems:add(loc, "%s", (e.message:gsub("^.-:%d+:%d+: ", "")))
   end
-  local cluster_mod = optional_module("geneva.context.cluster")
-  local manifest_mod = optional_module("geneva.context.manifest")
-  local registry = optional_module("geneva.context.registry")
+  local cluster_mod = require "geneva.context.cluster"
+  local manifest_mod = require "geneva.context.manifest"
+  local registry = require "geneva.context.registry"
   for _, section in ipairs({ { "clusters", "cluster", cluster_mod, resolve_cluster_spec },
                              { "manifests", "manifest", manifest_mod, resolve_manifest_spec } }) do
     local list, kind, mod, resolve = section[1], section[2], section[3], section[4]
     local node = r.doc[list]
     for _, e in ipairs(r[list]) do
       local keyloc = loc_of(r, node, e.name, "key")
-      if registry and registry.check_name then
-        local ok, err = pcall(registry.check_name, kind, e.name)
-        if not ok then add(keyloc, err, kind .. " '" .. e.name .. "'") end
-      end
-      if mod and type(mod.validate) == "function" then
-        local ok, err = pcall(mod.validate, resolve(r, e.spec))
-        if not ok then add(field_loc(r, e.spec, err, keyloc), err, kind .. " '" .. e.name .. "'") end
-      end
+      local ok, err = pcall(registry.check_name, kind, e.name)
+      if not ok then add(keyloc, err, kind .. " '" .. e.name .. "'") end
+      ok, err = pcall(mod.validate, resolve(r, e.spec))
+      if not ok then add(field_loc(r, e.spec, err, keyloc), err, kind .. " '" .. e.name .. "'") end
     end
   end
   for _, j in ipairs(r.jobs) do
@@ -949,18 +938,11 @@ end
 -- at the offending field's file:line:col.
 function recipe.apply(r)
   recipe.validate(r)
-  local geneva = require "geneva"
-  local db = geneva.connect(r.db)
+  local db = require("geneva.db").connect(r.db)
   local summary = { db = db.path, clusters = {}, manifests = {} }
   for _, section in ipairs({ { "clusters", "cluster", resolve_cluster_spec, "define_cluster" },
                              { "manifests", "manifest", resolve_manifest_spec, "define_manifest" } }) do
     local list, kind, resolve, method = section[1], section[2], section[3], section[4]
-    if #r[list] > 0 then
-      if db[method] == nil then optional_module("geneva." .. kind) end
-      if db[method] == nil then
-        errors.throw("unavailable", ("%s: %s definitions are not available in this build"):format(r.file, kind))
-      end
-    end
     for _, e in ipairs(r[list]) do
       local ok, err = pcall(db[method], db, e.name, resolve(r, e.spec))
       if not ok then
@@ -1008,11 +990,10 @@ local function run_job(r, db, j)
   local opts = backfill_opts(j)
   local rec
   local function go() rec = tbl:backfill(j.column, opts) end
-  local context = (j.cluster or j.manifest) and optional_module("geneva.context")
   local bok, berr
-  if context then
+  if j.cluster or j.manifest then
     bok, berr = pcall(function()
-      context.new{ cluster = j.cluster, manifest = j.manifest, db = db, name = "recipe job " .. j.name }(go)
+      require("geneva.context").new{ cluster = j.cluster, manifest = j.manifest, db = db, name = "recipe job " .. j.name }(go)
     end)
   else
     bok, berr = pcall(go)
