@@ -63,7 +63,7 @@ end
 -- sum and count of a column over every fragment of the latest version
 local function column_sum(tbl, col)
   local reader = require "geneva.store.reader"
-  local m = tbl:_manifest()
+  local m = tbl:_snapshot()
   local sum, nonnull = 0, 0
   for _, f in ipairs(m.fragments) do
     local r <close> = reader.open(tbl.dir, m, f, { columns = { col } })
@@ -82,13 +82,13 @@ local function run_geneva(tbl, udf_name, workers)
   runs = runs + 1
   local col = ("c_%s_%d_%d"):format(udf_name, workers, runs)
   tbl:add_columns{ [col] = geneva.udf{ data_type = "int64", fn = common[udf_name], input_columns = { "text" } } }
-  local backfill = require "geneva.backfill"
+  local runner = require "geneva.runner"
   local t0 = clock()
   local pool <close> = require("geneva.runner.local").new{ workers = workers }
-  backfill.runner_provider = function() return pool end
+  local frame = runner.push(pool)
   local rec = tbl:backfill(col)
   local dt = clock() - t0
-  backfill.runner_provider = nil
+  runner.pop(frame)
   local sum, nonnull = column_sum(tbl, col)
   assert(nonnull == rec.rows.computed, "NULLs left in " .. col)
   return rec.rows.computed, dt, sum
@@ -151,10 +151,10 @@ local function rss_run(db, n)
   say("rss: building a %d-row table...", n)
   local tbl = build_table(db, "big", n)
   tbl:add_columns{ len = geneva.udf{ data_type = "int64", fn = common.trivial, input_columns = { "text" } } }
-  local backfill = require "geneva.backfill"
+  -- a background job on 2 workers: they are its driver process's children
+  local runner = require "geneva.runner"
   local pool <close> = require("geneva.runner.local").new{ workers = 2 }
-  pool:start()
-  backfill.runner_provider = function() return pool end
+  local frame = runner.push(pool)
   say("rss: backfilling...")
   local j = tbl:backfill_async("len")
   local samples, t0 = {}, clock()
@@ -163,16 +163,17 @@ local function rss_run(db, n)
     local st = j:status()
     if st ~= "PENDING" and st ~= "RUNNING" then break end
     if clock() >= next_at then
-      local rec = j._rec
+      local rec = j:record()
       local kb = 0
-      for _, w in ipairs(pool.workers) do kb = math.max(kb, rss_kb(w.p:pid()) or 0) end
+      local kids = rec.driver_pid and fs.read(("/proc/%d/task/%d/children"):format(rec.driver_pid, rec.driver_pid)) or ""
+      for pid in kids:gmatch("%d+") do kb = math.max(kb, rss_kb(math.tointeger(tonumber(pid))) or 0) end
       samples[#samples + 1] = { done = (rec.rows.computed or 0) / math.max(rec.rows.planned or 0, 1), kb = kb }
       next_at = clock() + 0.25
     end
     geneva.time.sleep(0.02)
   end
   local rec = j:wait()
-  backfill.runner_provider = nil
+  runner.pop(frame)
   return samples, rec.rows.computed, clock() - t0
 end
 
@@ -219,7 +220,7 @@ local function main()
 
   print()
   print(("backfill: %d rows (id INTEGER, text TEXT), %d CPUs, best of %d"):format(N,
-    require("geneva.backfill").cpu_count(), REPEAT))
+    require("geneva.proc").cpu_count(), REPEAT))
   print(("%-8s %-22s %9s %10s  %s"):format("udf", "contender", "seconds", "rows/s", "check"))
   for _, o in ipairs(order) do
     local r = results[o.key]
