@@ -172,12 +172,13 @@ end
 -- teardown, and teardown errors are raised if fn succeeded.
 function ledger.with(scope, fn, ...)
   local prev = scope:activate()
-  local res = table.pack(pcall(fn, ...))
-  if not prev:is_closed() then prev:activate() end
-  local ok, errs = scope:close()
-  if not res[1] then error(res[2], 0) end
-  if not ok then error("teardown failed: " .. table.concat(errs, "; "), 2) end
-  return table.unpack(res, 2, res.n)
+  -- a to-be-closed guard, not pcall: fn's error keeps its own traceback
+  local teardown <close> = setmetatable({}, { __close = function(_, err)
+    if not prev:is_closed() then prev:activate() end
+    local ok, errs = scope:close()
+    if err == nil and not ok then error("teardown failed: " .. table.concat(errs, "; "), 0) end
+  end })
+  return fn(...)
 end
 
 return ledger

@@ -225,17 +225,17 @@ function Db:transaction(fn, mode)
     if sp then core_exec(self, "ROLLBACK TO " .. sp .. "; RELEASE " .. sp)
     else core_exec(self, "ROLLBACK") end
   end
-  local res = table.pack(pcall(fn, self))
-  if not res[1] then
-    undo()
-    error(res[2], 0)
-  end
+  -- fn's error goes on with its own traceback, after the rollback
+  local rollback <close> = setmetatable({}, { __close = function(_, err)
+    if err ~= nil then undo() end
+  end })
+  local res = table.pack(fn(self))
   ok, msg, code, ext = core_exec(self, sp and ("RELEASE " .. sp) or "COMMIT")
   if not ok then
     undo()
     return nil, msg, code, ext
   end
-  return true, table.unpack(res, 2, res.n)
+  return true, table.unpack(res, 1, res.n)
 end
 
 --- db:attach(path, alias [, {readonly=, immutable=}]) -> true | nil, msg, code, extcode

@@ -178,6 +178,20 @@ describe("geneva.context", function()
       assert.equals(0, #worker_pids(proc.self().pid))
     end)
 
+    it("lets fn's error go on with the traceback of the frame that raised it", function()
+      local function raises_here() local t = nil; return t.field end
+      local ok, tb = xpcall(function()
+        geneva.local_cluster{ workers = 1 }(function() return raises_here() end)
+      end, debug.traceback)
+      assert.is_false(ok)
+      assert.matches("attempt to index a nil value", tb)
+      -- the handler ran where the error was raised, not at a re-raise: the
+      -- traceback's first frame is raises_here
+      local line = debug.getinfo(raises_here, "S").linedefined
+      assert.matches("stack traceback:\n\t[^\n]*context_spec%.lua:" .. line .. ": in ", tb)
+      assert.equals(0, #worker_pids(proc.self().pid))
+    end)
+
     it("refuses bad options and a missing database", function()
       assert.has_error(function() geneva.context{ on_exit = "later" } end)
       assert.has_error(function() geneva.context{ clusterr = "x" } end)
