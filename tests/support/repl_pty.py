@@ -6,6 +6,7 @@ Checks a multi-line function, `=expr`, a pretty-printed table, an error that
 does not end the session, Ctrl-C at the prompt, and the history file.
 Prints 'N passed, N failed' and exits non-zero on failure.
 """
+import json
 import os
 import pty
 import select
@@ -94,6 +95,20 @@ def main():
     workers = ("=#io.popen(\"pgrep -P \" .. require('geneva.proc').self().pid .. "
                "\" -f '^[^ ]*geneva worker --stdio$'\"):read('a'):gsub('%d+', '')\n")
     step("geneva = require 'geneva'; db = geneva.connect(%r)\n" % os.path.join(tmp, "db"), "")
+    # A background job makes progress while the REPL sits idle at its prompt
+    step("t = db:create_table('docs', (function() local r = {} for i = 1, 4000 do "
+         "r[i] = {id = i} end return r end)())\n", "")
+    step("t:add_columns{ s = geneva.udf{ data_type = 'int64', fn = function(id) "
+         "local x = os.clock() + 0.0003 while os.clock() < x do end return id end } }\n", "")
+    step("j = t:backfill_async('s', { batch_size = 200 })\n", "")
+    time.sleep(2.0)            # nobody types: only the prompt is up
+    jobs = os.path.join(tmp, "db", "_geneva", "jobs")
+    recs = [json.load(open(os.path.join(jobs, f))) for f in os.listdir(jobs) if f.endswith(".json")]
+    done = recs[0]["tasks"]["done"] if recs else -1
+    check("a background job progresses at an idle prompt", done > 0, str(recs and recs[0].get("status")))
+    send("=j:wait().status\n")
+    out = read_until(fd, "DONE", timeout=60, then="> ")
+    check("and ends DONE", "DONE" in out, out)
     out = step("kept = geneva.local_cluster{ workers = 1 }:enter()\n", "")
     send("geneva.local_cluster{ workers = 2 }(function() geneva.time.sleep(20) end)\n")
     time.sleep(1.5)
