@@ -81,14 +81,6 @@ function runner.pop(frame)
   end
 end
 
--- runner.drop_closed(): forgets frames whose runner was torn down under
--- them (the REPL closing an interrupted statement's scope)
-function runner.drop_closed()
-  for i = #frames, 1, -1 do
-    if frames[i].runner.closed then table.remove(frames, i) end
-  end
-end
-
 local default
 
 -- runner.default() -> the embedded local cluster (workers = cores), owned
