@@ -169,6 +169,13 @@ local provisioners = {
 
 -- }======
 
+-- this user's lease journal (the one reap trusts), created private
+local function trusted_journal()
+  local dir, err = require("geneva.reap").trusted_dir()
+  if not dir then errors.throw("unavailable", "cannot create this user's lease journal: " .. tostring(err)) end
+  return dir
+end
+
 -- ctx:enter() -> ctx. Raises if already entered, or if provisioning fails
 -- (after tearing down whatever it had created).
 function Context:enter()
@@ -192,7 +199,7 @@ function Context:enter()
   self.cluster, self.cluster_name, self.manifest = spec, cname, manifest_rec
   self.scope = ledger.scope{
     name = "context " .. (self.opts.name or cname),
-    journal = { db_dir .. "/_geneva/leases", fs.state_dir() .. "/leases" },
+    journal = { db_dir .. "/_geneva/leases", trusted_journal() },
   }
   local ok, res = pcall(provision, self, db, spec, manifest_rec)
   if not ok then
