@@ -213,7 +213,8 @@ local function finish(self, status, err)
   job.live[rec.id] = nil
   local box = inboxes[self.runner]
   if box then box[rec.id] = nil end
-  save(self, true)
+  job.save_final(self.db_dir, rec)
+  self.saved_at = time.monotonic()
   job.clear_cancel(self.db_dir, rec.id)
   if self.lease then self.lease:forget() end
 end
@@ -435,10 +436,16 @@ function backfill.start(tbl, column, opts)
       pcall(self.runner.cancel, self.runner, rec.id)   -- its tasks stop with it
       rec.status, rec.finished_at = "FAILED", time.iso8601()
       rec.error = { code = "interrupted", message = "the driver was interrupted" }
-      job.save(db_dir, rec)
+      -- if even that cannot be written, the record reads abandoned once
+      -- this process is gone; keeping the lease would not help reap
+      pcall(job.save_final, db_dir, rec)
     end
   end)
-  job.save(db_dir, rec)
+  local saved, serr = pcall(job.save, db_dir, rec)
+  if not saved then      -- nothing started: no record, no lease
+    self.lease:forget()
+    error(serr, 0)
+  end
   job.live[rec.id] = self
   local j = job.object(db_dir, rec, self)
   if backfill.on_start then backfill.on_start(j) end   -- contexts track their jobs

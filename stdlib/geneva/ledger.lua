@@ -50,7 +50,10 @@ end
 local function write_lease(path, lease, durable)
   local fs, json = require "geneva.fs", require "geneva.json"
   local ok, err = fs.write_atomic(path, json.encode(lease, { indent = 1 }), { fsync = durable or false })
-  if not ok then error(("cannot journal lease '%s': %s"):format(path, err), 3) end
+  if not ok then
+    error(require("geneva.errors").new("unavailable", ("cannot journal lease '%s': %s"):format(path, err),
+      { path = path }), 3)
+  end
 end
 
 local function remove_leases(paths)
