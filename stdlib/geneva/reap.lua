@@ -24,8 +24,9 @@
 --       b. its owner was on this host (even with --force, another host's
 --          pids and paths mean nothing here);
 --       c. the resource verifies as geneva's and this user's, now:
---          tmpdir: info.path's directory is (after realpath) this user's
---            TMPDIR (or /tmp), its name is one of reap.TMP_PREFIXES followed
+--          tmpdir: info.path's directory is this user's TMPDIR (or /tmp),
+--            as set or as resolved (no other path through symlinks), its
+--            name is one of reap.TMP_PREFIXES followed
 --            by the 6 characters mkdtemp makes, no "." or ".." segment, and
 --            lstat says a directory (not a symlink) owned by our uid. What is
 --            removed is that direct child of the resolved TMPDIR, never
@@ -100,11 +101,13 @@ local function cmdline(pid)
   return argv
 end
 
--- The realpath of this user's TMPDIR (as fs.tmpdir picks it)
+-- This user's TMPDIR as fs.tmpdir picks it (no trailing slash), and its
+-- realpath
 local function tmp_base()
   local base = os.getenv("TMPDIR")
   if not base or base == "" then base = "/tmp" end
-  return fs.realpath(base)
+  local raw = base:gsub("(.)/+$", "%1")
+  return fs.realpath(base), raw
 end
 
 -- }======
@@ -178,9 +181,11 @@ local function verify_tmpdir(info, ctx)
     end
   end
   if not ours then return nil, "not a geneva temp dir (its name has no geneva prefix)" end
-  local base = tmp_base()
-  local real_parent = fs.realpath(parent == "" and "/" or parent)
-  if not base or real_parent ~= base then
+  -- the parent must be TMPDIR as written or resolved: no other path to it
+  -- through symlinks
+  local base, raw = tmp_base()
+  if parent == "" then parent = "/" end
+  if not base or (parent ~= raw and parent ~= base) or fs.realpath(parent) ~= base then
     return nil, ("not directly in this user's TMPDIR (%s)"):format(clean(base or "?"))
   end
   local target = base .. (base:sub(-1) == "/" and "" or "/") .. name

@@ -91,6 +91,19 @@ describe("geneva reap", function()
     assert.is_true(has_lease("mine"))
   end)
 
+  it("reaps temp dirs of a TMPDIR that is a symlink, named as fs.tmpdir names them", function()
+    local real = geneva_tmp()
+    assert(fs.symlink(tmp, dir .. "/tmplink"))
+    local named = dir .. "/tmplink/" .. real:match("[^/]+$")
+    plant("both", "via", tmpdir_lease("via", named, dead_owner()))
+    local r = assert(proc.run{ argv = { child.bin, "reap", "--json", "--db", dir }, timeout = 60,
+      env_add = { XDG_STATE_HOME = dir .. "/state", TMPDIR = dir .. "/tmplink/" } })
+    local res = json.decode(r.stdout)
+    assert.same({ 1, {} }, { res.reaped, res.refused })
+    assert.is_false(fs.exists(real))
+    assert.equals("link", fs.stat(dir .. "/tmplink", { follow = false }).type)
+  end)
+
   it("a recycled pid does not keep a lease alive", function()
     local owner = { hostname = me.hostname, boot_id = me.boot_id, pid = me.pid,
                     start_time = me.start_time - 1 }     -- same pid, another process
@@ -207,6 +220,9 @@ describe("geneva reap", function()
       assert(fs.mkdir_p(nested))
       local outside = dir .. "/elsewhere/geneva-hb-Away01"
       assert(fs.mkdir_p(outside))
+      local real = geneva_tmp()                        -- ours, but named through a link
+      assert(fs.symlink(tmp, dir .. "/tmplink"))
+      local linked = dir .. "/tmplink/" .. real:match("[^/]+$")
       local cases = {
         plain = { plain, "not a geneva temp dir" },
         link = { link, "a symlink" },
@@ -215,6 +231,7 @@ describe("geneva reap", function()
         nested = { nested, "not directly in this user's TMPDIR" },
         outside = { outside, "not directly in this user's TMPDIR" },
         relative = { "geneva-hb-Rela01", "not an absolute path" },
+        linked = { linked, "not directly in this user's TMPDIR" },
       }
       for name, c in pairs(cases) do plant("both", name, tmpdir_lease(name, c[1], owner)) end
       local code, res = reap()
@@ -230,6 +247,7 @@ describe("geneva reap", function()
       assert.is_true(fs.exists(plain))
       assert.is_true(fs.exists(nested))
       assert.is_true(fs.exists(outside))
+      assert.is_true(fs.exists(real))
       assert.equals("link", fs.stat(link, { follow = false }).type)
     end)
 
