@@ -11,11 +11,14 @@
 -- The rules, in order, for each lease file name found in either journal:
 --
 --  1. The lease is read from the trusted journal when it is there (the db's
---     copy is then only a hint); else from the db's journal. A file that is
---     not a small regular file, not JSON, or not shaped like a lease (field
---     types below) is refused and left in place.
+--     copy is then only a hint); else from the db's journal. The trusted
+--     journal counts as such only if it is a real directory owned by us
+--     and not writable by others; the db's is not read through a symlink.
+--     A file that is not a small regular file (no symlink, FIFO, device),
+--     not JSON, or not shaped like a lease (check_shape) is refused and
+--     left in place.
 --  2. Skipped (left alone): a live owner; a retained lease without
---     --retained; an owner on another host (or none) without --force.
+--     --retained; an owner on another host without --force.
 --  3. Local resources (kind proc, tmpdir) are torn down only when all hold:
 --       a. the lease is in the trusted journal: that copy is what is acted
 --          on. A lease only in the db's journal is refused (whatever it
@@ -24,13 +27,13 @@
 --       b. its owner was on this host (even with --force, another host's
 --          pids and paths mean nothing here);
 --       c. the resource verifies as geneva's and this user's, now:
---          tmpdir: info.path's directory is this user's TMPDIR (or /tmp),
---            as set or as resolved (no other path through symlinks), its
---            name is one of reap.TMP_PREFIXES followed
---            by the 6 characters mkdtemp makes, no "." or ".." segment, and
---            lstat says a directory (not a symlink) owned by our uid. What is
---            removed is that direct child of the resolved TMPDIR, never
---            following a link.
+--          tmpdir: info.path is absolute, has no "." or ".." segment, its
+--            directory is this user's TMPDIR (or /tmp) as set or as resolved
+--            (no other path through symlinks), its name is one of
+--            reap.TMP_PREFIXES followed by the 6 characters mkdtemp makes,
+--            and lstat says a directory (not a symlink) owned by our uid.
+--            What is removed is that direct child of the resolved TMPDIR,
+--            never following a link.
 --          proc: /proc/PID's start time equals the lease's (else it is gone:
 --            nothing to kill); its real, effective and saved uids are ours;
 --            /proc/PID/exe is the lease's exe; its command line is
