@@ -1254,6 +1254,54 @@ static int lock_tostring(lua_State *L) {
 
 /* }====== */
 
+/* {====== read_regular: reading files an untrusted party may have planted */
+
+#define READ_REGULAR_MAX (16 * 1024 * 1024)
+
+/*
+** core.read_regular(path, max) -> bytes | nil, msg, code. Reads path only if
+** it is a regular file of at most max bytes: never follows a final symlink
+** (ELOOP), never blocks on a FIFO or device (opened O_NONBLOCK, then fstat:
+** anything but a regular file is EINVAL), and a bigger file is EFBIG. For
+** lease files in a shared directory (geneva.reap), where fs.read could be
+** made to hang or to read without end.
+*/
+static int fs_read_regular(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_Integer max = luaL_checkinteger(L, 2);
+  struct stat st;
+  char *buf;
+  size_t total = 0;
+  int fd, err = 0;
+  luaL_argcheck(L, max >= 0 && max <= READ_REGULAR_MAX, 2, "max out of range");
+  /* the buffer first: nothing below may raise while fd is open */
+  buf = (char *)lua_newuserdatauv(L, (size_t)max + 1, 0);
+  RETRY(fd, open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (fd < 0) return fail_path(L, errno, "read", path);
+  if (fstat(fd, &st) != 0) err = errno;
+  else if (!S_ISREG(st.st_mode)) err = EINVAL;
+  else if (st.st_size > (off_t)max) err = EFBIG;
+  while (!err && total <= (size_t)max) {
+    ssize_t n = read(fd, buf + total, (size_t)max + 1 - total);
+    if (n < 0) {
+      if (errno == EINTR && !geneva_interrupted()) continue;
+      err = errno;
+    } else if (n == 0) {
+      break;
+    } else {
+      total += (size_t)n;
+    }
+  }
+  close_fd(fd);
+  if (!err && total > (size_t)max) err = EFBIG;   /* grew while we read */
+  if (err == EINVAL) return geneva_fail(L, "EINVAL", "read '%s': not a regular file", path);
+  if (err) return fail_path(L, err, "read", path);
+  lua_pushlstring(L, buf, total);
+  return 1;
+}
+
+/* }====== */
+
 /* {====== Module */
 
 static const luaL_Reg funcs[] = {
@@ -1267,6 +1315,7 @@ static const luaL_Reg funcs[] = {
   {"home", fs_home}, {"isatty", fs_isatty}, {"interrupted", fs_interrupted},
   {"sha256", fs_sha256}, {"sha256_file", fs_sha256_file},
   {"sha256_new", fs_sha256_new}, {"tmpdir", fs_tmpdir}, {"lock", fs_lock},
+  {"read_regular", fs_read_regular},
   {NULL, NULL}
 };
 

@@ -1257,6 +1257,56 @@ static int proc_signum(lua_State *L) {
 
 /* }====== */
 
+/* {====== kill_if: signalling a process named by untrusted input */
+
+/*
+** core.kill_if(pid, start_time, sig [, group=false]) -> true | nil, msg,
+** code. Signals pid only while it is still the process that started at
+** start_time (clock ticks since boot, as info() gives): a pidfd pins the
+** process before /proc is read, and the signal goes through that pidfd, so a
+** pid recycled meanwhile is never hit. With group, the signal goes to the
+** process group pid leads, and only if pid leads it (EPERM otherwise).
+** "ESRCH" when the process is gone (or a zombie, or another one by now).
+** The caller checks who the process is (geneva.reap); this checks it is
+** still that one.
+*/
+static int proc_kill_if(lua_State *L) {
+  lua_Integer pid = luaL_checkinteger(L, 1);
+  lua_Integer start = luaL_checkinteger(L, 2);
+  int sig = check_signal(L, 3, NULL);
+  int group = lua_toboolean(L, 4);
+  proc_info pi;
+  int fd, e, r = 0;
+  luaL_argcheck(L, pid > 1 && pid <= INT_MAX, 1, "pid out of range");
+  fd = pidfd_open_((pid_t)pid);
+  if (fd < 0 && errno == ESRCH) return geneva_fail(L, "ESRCH", "no such process: %d", (int)pid);
+  if (fd < 0 && errno != ENOSYS) return geneva_fail_errno(L, errno, "pidfd_open");
+  e = read_info((pid_t)pid, &pi);
+  if (e == 0 && (pi.start_time != start || pi.state == 'Z' || pi.state == 'X')) e = ESRCH;
+  if (e == 0 && group && pi.pgid != pid) e = EPERM;
+  if (e == 0) {
+    if (group) {
+      r = killpg((pid_t)pid, sig);
+    } else {
+#ifdef SYS_pidfd_send_signal
+      r = fd >= 0 ? (int)syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0) : kill((pid_t)pid, sig);
+#else
+      r = kill((pid_t)pid, sig);
+#endif
+    }
+    if (r == -1) e = errno;
+  }
+  if (fd >= 0) close(fd);
+  if (e == ESRCH) return geneva_fail(L, "ESRCH", "no such process: %d", (int)pid);
+  if (e == EPERM && group && r == 0)
+    return geneva_fail(L, "EPERM", "process %d does not lead its process group", (int)pid);
+  if (e) return geneva_fail_errno(L, e, group ? "killpg" : "kill");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* }====== */
+
 static const luaL_Reg meth[] = {
   {"pid", proc_m_pid}, {"pgid", proc_m_pgid}, {"write", proc_m_write},
   {"close_stdin", proc_m_close_stdin}, {"read", proc_m_read},
@@ -1277,7 +1327,7 @@ static const luaL_Reg funcs[] = {
   {"spawn", proc_spawn}, {"poll", proc_poll}, {"self", proc_self},
   {"info", proc_info_}, {"alive", proc_alive}, {"exe", proc_exe},
   {"kill", proc_kill}, {"killpg", proc_killpg}, {"signum", proc_signum},
-  {"clock", proc_clock},
+  {"clock", proc_clock}, {"kill_if", proc_kill_if},
   {NULL, NULL}
 };
 

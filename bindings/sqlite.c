@@ -75,6 +75,9 @@
   X(sqlite3_sql) \
   X(sqlite3_step) \
   X(sqlite3_stmt_busy) \
+  X(sqlite3_system_errno) \
+  X(sqlite3_file_control) \
+  X(sqlite3_db_name) \
   X(sqlite3_total_changes64)
 GENEVA_LAZY_TABLE(sqlite_api, SQLITE_FUNCS)
 #define sqlite3_bind_blob64 (sqlite_api.sqlite3_bind_blob64)
@@ -116,6 +119,9 @@ GENEVA_LAZY_TABLE(sqlite_api, SQLITE_FUNCS)
 #define sqlite3_sql (sqlite_api.sqlite3_sql)
 #define sqlite3_step (sqlite_api.sqlite3_step)
 #define sqlite3_stmt_busy (sqlite_api.sqlite3_stmt_busy)
+#define sqlite3_system_errno (sqlite_api.sqlite3_system_errno)
+#define sqlite3_file_control (sqlite_api.sqlite3_file_control)
+#define sqlite3_db_name (sqlite_api.sqlite3_db_name)
 #define sqlite3_total_changes64 (sqlite_api.sqlite3_total_changes64)
 /* }====== */
 
@@ -235,6 +241,25 @@ static void err_append_sql(sq_err *e, const char *sql) {
   snprintf(e->msg + used, sizeof e->msg - used, " (in \"%s\")", snip);
 }
 
+/* Appends ": <strerror>" for an I/O failure ("disk I/O error" alone does
+** not say "File too large" or "No space left on device"). The connection's
+** system errno is often 0 by then; the unix VFS keeps the failed file's
+** errno, so each attached database's is asked for next. */
+static void err_append_errno(sq_err *e, sqlite3 *db) {
+  int prim = e->rc & 0xff, sys, i;
+  const char *name;
+  size_t used;
+  if (!db || (prim != SQLITE_IOERR && prim != SQLITE_FULL && prim != SQLITE_CANTOPEN)) return;
+  sys = sqlite3_system_errno(db);
+  for (i = 0; sys <= 0 && (name = sqlite3_db_name(db, i)) != NULL; i++) {
+    int last = 0;
+    if (sqlite3_file_control(db, name, SQLITE_FCNTL_LAST_ERRNO, &last) == SQLITE_OK) sys = last;
+  }
+  if (sys <= 0) return;
+  used = strlen(e->msg);
+  snprintf(e->msg + used, sizeof e->msg - used, ": %s", strerror(sys));
+}
+
 /* Captures rc and the connection's message (or sqlite3_errstr). */
 static void err_capture(sq_err *e, sqlite3 *db, int rc, const char *sql) {
   const char *m = NULL;
@@ -244,6 +269,7 @@ static void err_capture(sq_err *e, sqlite3 *db, int rc, const char *sql) {
   }
   e->rc = rc;
   snprintf(e->msg, sizeof e->msg, "%s", m ? m : sqlite3_errstr(rc));
+  err_append_errno(e, db);
   err_append_sql(e, sql);
 }
 

@@ -65,6 +65,7 @@ void geneva_signals_install(lua_State *L) {
   received = 0;
   for (i = 0; i < 3; i++) sigaction(handled[i], &sa, &saved[i]);
   signal(SIGPIPE, SIG_IGN);      /* a dead peer is an error, not a death */
+  signal(SIGXFSZ, SIG_IGN);      /* so is ulimit -f: writes fail with EFBIG */
   installed = 1;
 }
 

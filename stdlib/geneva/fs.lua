@@ -10,6 +10,7 @@ local fs = {}
 
 -- Plain wrappers: see bindings/fs.c for each contract.
 fs.read = core.read                    -- (path) -> bytes
+fs.read_regular = core.read_regular    -- (path, max) -> bytes: a regular file only, no symlink, <= max
 fs.link = core.link                    -- (src, dst) -> true
 fs.symlink = core.symlink              -- (target, linkpath) -> true
 fs.rename = core.rename                -- (a, b) -> true

@@ -50,7 +50,10 @@ end
 local function write_lease(path, lease, durable)
   local fs, json = require "geneva.fs", require "geneva.json"
   local ok, err = fs.write_atomic(path, json.encode(lease, { indent = 1 }), { fsync = durable or false })
-  if not ok then error(("cannot journal lease '%s': %s"):format(path, err), 3) end
+  if not ok then
+    error(require("geneva.errors").new("unavailable", ("cannot journal lease '%s': %s"):format(path, err),
+      { path = path }), 3)
+  end
 end
 
 local function remove_leases(paths)
@@ -78,6 +81,18 @@ function ledger.scope(opts)
 end
 
 ledger.root = core.root
+
+-- ledger.user_journal() -> dir | nil, err: this user's lease journal (the
+-- one `geneva reap` trusts), created private (0700)
+function ledger.user_journal()
+  local fs = require "geneva.fs"
+  local state, err = fs.state_dir()
+  if not state then return nil, err end
+  local dir = state .. "/leases"
+  local ok, merr = fs.mkdir_p(dir, 448)      -- 0700
+  if not ok then return nil, merr end
+  return dir
+end
 ledger.current = core.current
 ledger.list = core.list
 ledger.set_step_deadline = core.set_step_deadline

@@ -12,6 +12,7 @@ local M = {
   poll = core.poll, self = core.self, info = core.info, alive = core.alive,
   exe = core.exe, kill = core.kill, killpg = core.killpg, signum = core.signum,
   clock = core.clock,   -- monotonic seconds, for deadlines
+  kill_if = core.kill_if,   -- (pid, start_time, sig [, group]): only that very process
 }
 
 local Process = core.Process   -- the method table shared by every Process

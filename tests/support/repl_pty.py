@@ -138,7 +138,7 @@ def main():
                 status = st
                 break
             try:
-                select.select([fd], [], [], 0.1) and os.read(fd, 4096)
+                select.select([fd], [], [], 0.1)[0] and os.read(fd, 4096)
             except OSError:
                 pass
         if status is not None:

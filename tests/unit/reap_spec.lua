@@ -1,28 +1,53 @@
 -- geneva reap: acts on leases whose owner is gone, on this host unless
--- --force, skipping retained ones unless --retained.
+-- --force, skipping retained ones unless --retained; and never on what
+-- geneva did not make: a lease file is untrusted input (the db's journal is
+-- writable by anyone who can write the db).
 local fs = require "geneva.fs"
 local json = require "geneva.json"
 local proc = require "geneva.proc"
 local child = require "child"
 
 describe("geneva reap", function()
-  local dir, leases, me
+  local dir, leases, trusted, tmp, me
   before_each(function()
     dir = child.tmpdir()
-    leases = dir .. "/_geneva/leases"
+    leases = dir .. "/_geneva/leases"            -- the db's journal (shared)
+    trusted = dir .. "/state/geneva/leases"      -- this user's (XDG_STATE_HOME below)
+    tmp = dir .. "/tmp"                          -- TMPDIR of the reap child
     assert(fs.mkdir_p(leases))
+    assert(fs.mkdir_p(trusted))
+    assert(fs.mkdir_p(tmp))
     me = proc.self()
   end)
   after_each(function() child.rmtree(dir) end)
 
-  -- a lease for a temp dir, owned as described
-  local function lease(name, owner, state)
-    local victim = dir .. "/victim-" .. name
-    assert(fs.mkdir_p(victim))
-    assert(fs.write(leases .. "/" .. name .. ".json", json.encode({
-      id = name, kind = "tmpdir", name = name, state = state or "active",
-      info = { path = victim }, owner = owner, created_at = os.time() })))
-    return victim
+  local env = function() return { XDG_STATE_HOME = dir .. "/state", TMPDIR = tmp } end
+
+  -- writes a lease file into the db's journal ("db"), this user's ("user")
+  -- or both, as the ledger does
+  local function plant(where, name, lease)
+    local text = type(lease) == "string" and lease or json.encode(lease)
+    if where == "db" or where == "both" then assert(fs.write(leases .. "/" .. name .. ".json", text)) end
+    if where == "user" or where == "both" then assert(fs.write(trusted .. "/" .. name .. ".json", text)) end
+  end
+
+  local function has_lease(name)
+    return fs.exists(leases .. "/" .. name .. ".json") or fs.exists(trusted .. "/" .. name .. ".json")
+  end
+
+  -- a directory as fs.tmpdir("geneva-hb-") makes it, in the reap child's TMPDIR
+  local n = 0
+  local function geneva_tmp(prefix)
+    n = n + 1
+    local p = ("%s/%s%s"):format(tmp, prefix or "geneva-hb-", ("Ab%04d"):format(n))
+    assert(fs.mkdir_p(p .. "/sub"))
+    assert(fs.write(p .. "/sub/file", "x"))
+    return p
+  end
+
+  local function tmpdir_lease(name, path, owner, state)
+    return { id = name, kind = "tmpdir", name = name, state = state or "active",
+             info = { path = path }, owner = owner, created_at = os.time() }
   end
 
   local function dead_owner()
@@ -35,35 +60,62 @@ describe("geneva reap", function()
              start_time = info and info.start_time or 1 }
   end
 
+  local function live_owner()
+    return { hostname = me.hostname, boot_id = me.boot_id, pid = me.pid, start_time = me.start_time }
+  end
+
   local function reap(...)
     local argv = { child.bin, "reap", "--json", "--db", dir, ... }
-    local r = proc.run{ argv = argv, env_add = { XDG_STATE_HOME = dir .. "/state" } }
-    return r.code, json.decode(r.stdout)
+    local r = assert(proc.run{ argv = argv, env_add = env(), timeout = 60 })
+    return r.code, json.decode(r.stdout), r.stderr
+  end
+
+  -- the refusal that mentions s (plain text), or nil
+  local function refusal(res, s)
+    for _, r in ipairs(res.refused or {}) do
+      if r:find(s, 1, true) then return r end
+    end
   end
 
   it("tears down what a dead owner left and keeps what a live one holds", function()
-    local gone = lease("gone", dead_owner())
-    local mine = lease("mine", { hostname = me.hostname, boot_id = me.boot_id,
-                                  pid = me.pid, start_time = me.start_time })
+    local gone = geneva_tmp()
+    local mine = geneva_tmp("geneva-pkg-")
+    plant("both", "gone", tmpdir_lease("gone", gone, dead_owner()))
+    plant("both", "mine", tmpdir_lease("mine", mine, live_owner()))
     local code, res = reap()
     assert.equals(0, code)
-    assert.same({ 1, 1 }, { res.reaped, res.skipped })
+    assert.same({ 1, 1, {} }, { res.reaped, res.skipped, res.refused })
     assert.is_false(fs.exists(gone))
     assert.is_true(fs.exists(mine))
-    assert.is_false(fs.exists(leases .. "/gone.json"))
-    assert.is_true(fs.exists(leases .. "/mine.json"))
+    assert.is_false(has_lease("gone"))
+    assert.is_true(has_lease("mine"))
+  end)
+
+  it("reaps temp dirs of a TMPDIR that is a symlink, named as fs.tmpdir names them", function()
+    local real = geneva_tmp()
+    assert(fs.symlink(tmp, dir .. "/tmplink"))
+    local named = dir .. "/tmplink/" .. real:match("[^/]+$")
+    plant("both", "via", tmpdir_lease("via", named, dead_owner()))
+    local r = assert(proc.run{ argv = { child.bin, "reap", "--json", "--db", dir }, timeout = 60,
+      env_add = { XDG_STATE_HOME = dir .. "/state", TMPDIR = dir .. "/tmplink/" } })
+    local res = json.decode(r.stdout)
+    assert.same({ 1, {} }, { res.reaped, res.refused })
+    assert.is_false(fs.exists(real))
+    assert.equals("link", fs.stat(dir .. "/tmplink", { follow = false }).type)
   end)
 
   it("a recycled pid does not keep a lease alive", function()
     local owner = { hostname = me.hostname, boot_id = me.boot_id, pid = me.pid,
                     start_time = me.start_time - 1 }     -- same pid, another process
-    local v = lease("recycled", owner)
+    local v = geneva_tmp()
+    plant("both", "recycled", tmpdir_lease("recycled", v, owner))
     reap()
     assert.is_false(fs.exists(v))
   end)
 
   it("skips retained resources unless --retained", function()
-    local v = lease("kept", dead_owner(), "retained")
+    local v = geneva_tmp()
+    plant("both", "kept", tmpdir_lease("kept", v, dead_owner(), "retained"))
     local _, res = reap()
     assert.equals(0, res.reaped)
     assert.is_true(fs.exists(v))
@@ -72,28 +124,218 @@ describe("geneva reap", function()
     assert.is_false(fs.exists(v))
   end)
 
-  it("leaves other hosts' leases alone unless --force", function()
-    local v = lease("far", { hostname = "another-host", boot_id = "x", pid = 1, start_time = 1 })
+  it("leaves other hosts' leases alone; with --force, never their local paths", function()
+    local far = { hostname = "another-host", boot_id = "x", pid = 1, start_time = 1 }
+    local v = geneva_tmp()
+    plant("both", "far", tmpdir_lease("far", v, far))
+    plant("db", "farjob", { id = "farjob", kind = "job", name = "j", state = "active",
+                            info = {}, owner = far, created_at = os.time() })
     local _, res = reap()
-    assert.equals(0, res.reaped)
-    assert.is_true(fs.exists(v))
+    assert.same({ 0, 2 }, { res.reaped, res.skipped })
     _, res = reap("--force")
-    assert.equals(1, res.reaped)
-    assert.is_false(fs.exists(v))
+    assert.equals(1, res.reaped)                 -- the job lease: no resource behind it
+    assert.is_false(has_lease("farjob"))
+    assert.is_true(fs.exists(v))                 -- a path of another host means nothing here
+    assert.is_true(has_lease("far"))
+    assert.truthy(refusal(res, "host another-host"))
   end)
 
-  it("lists leases with their owners' state", function()
-    lease("gone", dead_owner())
-    local r = proc.run{ argv = { child.bin, "reap", "--list", "--json", "--db", dir },
-                        env_add = { XDG_STATE_HOME = dir .. "/state" } }
+  it("lists leases with their owners' state and journal", function()
+    plant("both", "gone", tmpdir_lease("gone", geneva_tmp(), dead_owner()))
+    plant("db", "hint", tmpdir_lease("hint", geneva_tmp(), dead_owner()))
+    local r = proc.run{ argv = { child.bin, "reap", "--list", "--json", "--db", dir }, env_add = env() }
     local rows = json.decode(r.stdout)
-    assert.equals(1, #rows)
-    assert.same({ "gone", "tmpdir", "dead" }, { rows[1].id, rows[1].kind, rows[1].owner })
+    assert.equals(2, #rows)
+    assert.same({ "gone", "tmpdir", "dead", "both" }, { rows[1].id, rows[1].kind, rows[1].owner, rows[1].journal })
+    assert.same({ "hint", "db" }, { rows[2].id, rows[2].journal })
   end)
 
   it("rejects bad usage with exit 2", function()
     assert.equals(2, proc.run{ argv = { child.bin, "reap", "--bogus" } }.code)
     assert.equals(2, proc.run{ argv = { child.bin, "reap", "extra" } }.code)
     assert.equals(0, proc.run{ argv = { child.bin, "reap", "--help" } }.code)
+  end)
+
+  -- a real `geneva worker --stdio` (it waits for its init line), and the
+  -- lease its driver would have written
+  local function start_worker()
+    local exe = proc.exe()           -- the geneva running this spec, as the runner does
+    local w = assert(proc.spawn{ argv = { exe, "worker", "--stdio" }, stdin = "pipe",
+                                 stdout = "pipe", stderr = "pipe" })
+    local info = assert(proc.info(w:pid()))
+    return w, { pid = w:pid(), pgid = w:pgid(), start_time = info.start_time, exe = exe }
+  end
+
+  local function proc_lease(name, info, owner)
+    return { id = name, kind = "proc", name = "worker", state = "active", info = info,
+             owner = owner, created_at = os.time() }
+  end
+
+  it("kills a worker that a dead driver left", function()
+    local w, info = start_worker()
+    plant("both", "w", proc_lease("w", info, dead_owner()))
+    local code, res = reap()
+    assert.equals(0, code)
+    assert.same({ 1, {} }, { res.reaped, res.refused })
+    assert.is_false(proc.alive(info.pid, info.start_time))
+    assert.truthy(w:wait(5))                      -- TERM: a worker exits 143
+    w:close()
+    assert.is_false(has_lease("w"))
+  end)
+
+  describe("with planted leases", function()
+    local victim
+    before_each(function()
+      victim = dir .. "/victim"
+      assert(fs.mkdir_p(victim .. "/precious"))
+      assert(fs.write(victim .. "/precious/data", "keep me"))
+    end)
+
+    local function victim_intact()
+      assert.equals("keep me", child.read(victim .. "/precious/data"))
+    end
+
+    it("never removes a directory outside TMPDIR", function()
+      plant("db", "planted", tmpdir_lease("planted", victim, dead_owner()))
+      -- even a lease in this user's own journal is checked before acting
+      plant("both", "odd", tmpdir_lease("odd", victim, dead_owner()))
+      local code, res, err = reap()
+      assert.equals(0, code)
+      victim_intact()
+      assert.equals(0, res.reaped)
+      assert.truthy(refusal(res, "tmpdir planted (" .. victim .. "): lease only in the db's journal"))
+      assert.truthy(refusal(res, "tmpdir odd (" .. victim .. "): not a geneva temp dir"))
+      assert.is_true(has_lease("planted"))
+      assert.is_true(has_lease("odd"))
+      assert.truthy(err:find("refused to reap tmpdir planted", 1, true))
+    end)
+
+    it("never removes what is in TMPDIR but not a geneva temp dir of this user", function()
+      local owner = dead_owner()
+      local plain = tmp .. "/someone-else"
+      assert(fs.mkdir_p(plain))
+      local link = tmp .. "/geneva-hb-Link01"          -- a symlink with our prefix
+      assert(fs.symlink(victim, link))
+      local nested = tmp .. "/sub/geneva-hb-Nest01"    -- not a direct child
+      assert(fs.mkdir_p(nested))
+      local outside = dir .. "/elsewhere/geneva-hb-Away01"
+      assert(fs.mkdir_p(outside))
+      local real = geneva_tmp()                        -- ours, but named through a link
+      assert(fs.symlink(tmp, dir .. "/tmplink"))
+      local linked = dir .. "/tmplink/" .. real:match("[^/]+$")
+      local cases = {
+        plain = { plain, "not a geneva temp dir" },
+        link = { link, "a symlink" },
+        dots = { tmp .. "/geneva-hb-Dots01/../../victim", "'..'" },
+        dots2 = { tmp .. "/../victim/geneva-hb-Dots02", "'..'" },
+        nested = { nested, "not directly in this user's TMPDIR" },
+        outside = { outside, "not directly in this user's TMPDIR" },
+        relative = { "geneva-hb-Rela01", "not an absolute path" },
+        linked = { linked, "not directly in this user's TMPDIR" },
+      }
+      for name, c in pairs(cases) do plant("both", name, tmpdir_lease(name, c[1], owner)) end
+      local code, res = reap()
+      assert.equals(0, code)
+      assert.equals(0, res.reaped)
+      victim_intact()
+      for name, c in pairs(cases) do
+        local r = refusal(res, "tmpdir " .. name .. " (")
+        assert(r, "no refusal for " .. name)
+        assert(r:find(c[2], 1, true), r)
+        assert.is_true(has_lease(name))
+      end
+      assert.is_true(fs.exists(plain))
+      assert.is_true(fs.exists(nested))
+      assert.is_true(fs.exists(outside))
+      assert.is_true(fs.exists(real))
+      assert.equals("link", fs.stat(link, { follow = false }).type)
+    end)
+
+    it("never signals a live process that is not a geneva worker of this user", function()
+      local sleeper = assert(proc.spawn{ argv = { "sleep", "60" } })
+      local pid = sleeper:pid()
+      local si = assert(proc.info(pid))
+      local owner = dead_owner()
+      -- its real pid, group and start time; its real exe, or geneva's
+      plant("db", "p1", proc_lease("p1", { pid = pid, pgid = pid, start_time = si.start_time, exe = si.exe }, owner))
+      plant("both", "p2", proc_lease("p2", { pid = pid, pgid = pid, start_time = si.start_time, exe = si.exe }, owner))
+      plant("both", "p3", proc_lease("p3", { pid = pid, pgid = pid, start_time = si.start_time,
+                                             exe = proc.exe() }, owner))
+      -- a genuine worker, named only by the db's journal
+      local w, winfo = start_worker()
+      plant("db", "p4", proc_lease("p4", winfo, owner))
+      local code, res = reap()
+      assert.equals(0, code)
+      assert.equals(0, res.reaped)
+      assert.is_true(proc.alive(pid, si.start_time))
+      assert.is_true(proc.alive(winfo.pid, winfo.start_time))
+      local mine = ("proc worker (pid %d): "):format(pid)
+      assert.truthy(refusal(res, mine .. "lease only in the db's journal"))
+      assert.equals(2, select(2, table.concat(res.refused, "\n")
+        :gsub(mine:gsub("%p", "%%%0") .. "not a geneva worker of this user", "")))
+      assert.truthy(refusal(res, ("proc worker (pid %d): lease only in the db's journal"):format(winfo.pid)))
+      for _, name in ipairs({ "p1", "p2", "p3", "p4" }) do assert.is_true(has_lease(name)) end
+      sleeper:close()
+      w:close()
+    end)
+
+    it("refuses malformed leases without failing, and still reaps the good ones", function()
+      local owner = dead_owner()
+      local good = geneva_tmp()
+      plant("both", "good", tmpdir_lease("good", good, owner))
+      plant("db", "notjson", "{ this is not json")
+      plant("db", "array", "[1, 2, 3]")
+      local bad_info = tmpdir_lease("badinfo", victim, owner)
+      bad_info.info = "x"
+      plant("both", "badinfo", bad_info)
+      local bad_pid = tmpdir_lease("badpid", victim, owner)
+      bad_pid.owner = { hostname = me.hostname, boot_id = me.boot_id, pid = "1", start_time = 1 }
+      plant("both", "badpid", bad_pid)
+      local big_pid = tmpdir_lease("bigpid", victim, owner)
+      big_pid.owner = { hostname = me.hostname, boot_id = me.boot_id, pid = 1 << 40, start_time = 1 }
+      plant("both", "bigpid", big_pid)
+      plant("both", "bigworker", proc_lease("bigworker", { pid = 1 << 40, start_time = 1, exe = "/x" }, owner))
+      local no_owner = tmpdir_lease("noowner", victim, owner)
+      no_owner.owner = nil
+      plant("both", "noowner", no_owner)
+      local bad_path = tmpdir_lease("badpath", victim, owner)
+      bad_path.info.path = { victim }
+      plant("both", "badpath", bad_path)
+      local bad_proc = proc_lease("badproc", { pid = "123", start_time = {} }, owner)
+      plant("both", "badproc", bad_proc)
+      plant("db", "deep", ("["):rep(20000) .. ("]"):rep(20000))
+      plant("db", "huge", json.encode(tmpdir_lease("huge", ("/x"):rep(50000), owner)))
+      assert(fs.write(dir .. "/big", ("x"):rep(1 << 20)))
+      assert(fs.symlink(dir .. "/big", leases .. "/link.json"))
+      assert(os.execute("mkfifo " .. child.quote(leases .. "/fifo.json")))   -- must not hang reap
+      local code, res = reap()
+      assert.equals(0, code)
+      victim_intact()
+      assert.equals(1, res.reaped)
+      assert.is_false(fs.exists(good))
+      for _, s in ipairs({ "notjson.json: not valid JSON", "array.json: not a JSON object",
+                           "badinfo.json: info is not an object", "badpid.json: owner.pid",
+                           "noowner.json: owner is not an object", "fifo.json: read",
+                           "link.json: read", "deep.json: not valid JSON",
+                           "huge.json: read", "bigpid.json: owner.pid",
+                           ("(pid %d): pid is not a process id"):format(1 << 40) }) do
+        assert(refusal(res, s), "no refusal for " .. s .. " in " .. table.concat(res.refused, "\n"))
+      end
+      assert.truthy(refusal(res, "tmpdir badpath"))
+      assert.truthy(refusal(res, "proc worker"))
+    end)
+
+    it("acts on this user's copy of a lease, not on a tampered db copy", function()
+      local owner = dead_owner()
+      local mine = geneva_tmp()
+      plant("user", "t", tmpdir_lease("t", mine, owner))
+      plant("db", "t", tmpdir_lease("t", victim, owner))
+      local _, res = reap()
+      assert.equals(1, res.reaped)
+      assert.is_false(fs.exists(mine))
+      victim_intact()
+      assert.truthy(refusal(res, "differs from this user's journal"))
+      assert.is_false(has_lease("t"))
+    end)
   end)
 end)

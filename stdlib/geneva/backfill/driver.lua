@@ -67,7 +67,8 @@ local function finish(self, status, err)
   rec.version_end = ok and v or nil
   if self.bar then io.stderr:write("\n") end
   job.live[rec.id] = nil
-  save(self, true)
+  job.save_final(self.db_dir, rec)
+  self.saved_at = time.monotonic()
   job.clear_cancel(self.db_dir, rec.id)
   if self.lease then self.lease:forget() end
 end
@@ -234,7 +235,9 @@ function driver.new(tbl, rec, runner, opts)
       pcall(runner.cancel, runner, rec.id)
       rec.status, rec.finished_at = "FAILED", time.iso8601()
       rec.error = { code = "interrupted", message = "the driver was interrupted" }
-      job.save(self.db_dir, rec)
+      -- if even that cannot be written, the record reads abandoned once
+      -- this process is gone; keeping the lease would not help reap
+      pcall(job.save_final, self.db_dir, rec)
     end
   end)
   job.live[rec.id] = self

@@ -142,7 +142,7 @@ function backfill.start_async(tbl, column, opts)
   if not ok then
     rec.status, rec.finished_at = "FAILED", time.iso8601()
     rec.error = errors.plain(errors.from(j))
-    job.save(db_dir, rec)
+    pcall(job.save_final, db_dir, rec)
     error(j, 0)
   end
   if frame then frame.jobs[#frame.jobs + 1] = j end
@@ -179,7 +179,7 @@ function backfill.drive(tbl, msg)
     if not job.FINAL[rec.status] then
       rec.status, rec.finished_at = "FAILED", time.iso8601()
       rec.error = errors.plain(e)
-      job.save(msg.db, rec)
+      pcall(job.save_final, msg.db, rec)
     end
     if e.code == "interrupted" then error(res, 0) end
     return 1

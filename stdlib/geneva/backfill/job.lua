@@ -30,13 +30,46 @@ local function valid_id(id)
   return type(id) == "string" and id:match("^[%w%-_]+$") ~= nil
 end
 
--- job.save(db_dir, rec): atomic rewrite of the record
-function job.save(db_dir, rec)
-  assert(fs.mkdir_p(jobs_dir(db_dir)))
-  rec.updated_at = time.iso8601()
-  local ok, err = fs.write_atomic(record_path(db_dir, rec.id), json.encode(rec, { indent = 2 }),
-    { fsync = FINAL[rec.status] or false })
-  if not ok then errors.raise("internal", "cannot write job record %s: %s", rec.id, err) end
+-- job.save(db_dir, rec [, compact]): atomic rewrite of the record (compact:
+-- without indentation). Raises unavailable when it cannot be written (a
+-- full disk, ulimit -f).
+function job.save(db_dir, rec, compact)
+  local ok, err, code = fs.mkdir_p(jobs_dir(db_dir))
+  if ok then
+    rec.updated_at = time.iso8601()
+    ok, err, code = fs.write_atomic(record_path(db_dir, rec.id),
+      compact and json.encode(rec) or json.encode(rec, { indent = 2 }),
+      { fsync = FINAL[rec.status] or false })
+  end
+  if not ok then
+    if code == "EINTR" then errors.throw("interrupted", "interrupted") end
+    errors.throw("unavailable", ("cannot write job record %s: %s"):format(rec.id, tostring(err)),
+      { path = record_path(db_dir, rec.id) })
+  end
+end
+
+-- job.save_final(db_dir, rec): saves a record in its final state; when the
+-- whole record does not fit (ulimit -f, a nearly full disk), a smaller one
+-- (only the last event, the error message cut short, no indentation) so the job
+-- still reads final. Raises the first error when neither can be written.
+function job.save_final(db_dir, rec)
+  local ok, err = pcall(job.save, db_dir, rec)
+  if ok or errors.from(err).code == "interrupted" then
+    if not ok then error(err, 0) end
+    return
+  end
+  local events, e = rec.events, rec.error
+  local last = type(events) == "table" and events[#events]
+  rec.events = json.array({ type(last) == "string" and last:sub(1, 200) or nil })
+  if type(e) == "table" and type(e.message) == "string" and #e.message > 200 then
+    local short = {}
+    for k, v in pairs(e) do short[k] = v end
+    short.message = e.message:sub(1, 200) .. "..."
+    rec.error = short
+  end
+  ok = pcall(job.save, db_dir, rec, true)
+  rec.events, rec.error = events, e
+  if not ok then error(err, 0) end
 end
 
 local function owner_alive(owner)
@@ -162,7 +195,7 @@ local function check_bg(self)
         rec.status, rec.finished_at = "FAILED", time.iso8601()
         rec.error = { code = "abandoned",
           message = ("the job's driver process %s %s"):format(how, tostring(code)) }
-        job.save(self._db_dir, rec)
+        pcall(job.save_final, self._db_dir, rec)
       end
       self._rec = rec
     end

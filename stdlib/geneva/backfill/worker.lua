@@ -75,22 +75,48 @@ local function find_fragment(snapshot, id)
   end
 end
 
+-- A staged output that cannot be written (ulimit -f, a full disk, a
+-- read-only table dir) is `unavailable`, naming the file; anything else
+-- SQLite says about it is a bug (internal).
+local IO_CODES = { SQLITE_IOERR = true, SQLITE_FULL = true, SQLITE_CANTOPEN = true,
+                   SQLITE_READONLY = true, SQLITE_PERM = true }
+local function output_failed(path, err, code)
+  if code == "EINTR" then errors.throw("interrupted", "interrupted") end
+  local e = errors.from(err)
+  local kind = (e.code == "unavailable" or IO_CODES[code] or (code and code:match("^E%u+$")))
+    and "unavailable" or "internal"
+  errors.throw(kind, ("cannot write staged output '%s': %s"):format(path, e.message), { path = path })
+end
+
 -- Opens the staged output file (a temp name until finish()).
 local function open_output(path)
-  assert(fs.mkdir_p(path:match("^(.*)/[^/]*$")))
+  local ok, err, code = fs.mkdir_p(path:match("^(.*)/[^/]*$"))
+  if not ok then output_failed(path, err, code) end
   local tmp = path .. ".tmp-" .. require("geneva.proc").self().pid
   os.remove(tmp)
-  local out = storage.open_new_file(tmp)
-  assert(out:exec("CREATE TABLE col(_rowid INTEGER PRIMARY KEY, value)"))
-  assert(out:exec("BEGIN"))
-  local ins = assert(out:prepare("INSERT INTO col(_rowid, value) VALUES (?, ?)"))
-  local many = assert(out:prepare("INSERT INTO col(_rowid, value) VALUES " .. ("(?, ?), "):rep(BLOCK - 1) .. "(?, ?)"))
+  local okd, out = pcall(storage.open_new_file, tmp)
+  if not okd then
+    os.remove(tmp)
+    output_failed(path, out)
+  end
+  local function try(v, msg, c)
+    if not v then
+      out:close()
+      os.remove(tmp)
+      output_failed(path, msg, c)
+    end
+    return v
+  end
+  try(out:exec("CREATE TABLE col(_rowid INTEGER PRIMARY KEY, value)"))
+  try(out:exec("BEGIN"))
+  local ins = try(out:prepare("INSERT INTO col(_rowid, value) VALUES (?, ?)"))
+  local many = try(out:prepare("INSERT INTO col(_rowid, value) VALUES " .. ("(?, ?), "):rep(BLOCK - 1) .. "(?, ?)"))
   return { db = out, ins = ins, many = many, buf = {}, tmp = tmp, path = path }
 end
 
-local function step_done(st)
-  local r, err = st:step()
-  if r ~= "done" then errors.throw("internal", "writing staged output: " .. tostring(err)) end
+local function step_done(o, st)
+  local r, err, code = st:step()
+  if r ~= "done" then output_failed(o.path, err, code) end
 end
 
 -- Appends rows (rowids[i], values[i]) for i = 1..n to the output: whole
@@ -106,28 +132,40 @@ local function write_rows(o, rowids, values, n)
       k = k + 2
     end
     many:bind_all(buf)
-    step_done(many)
+    step_done(o, many)
     i = i + BLOCK
   end
   for r = i, n do
     o.ins:bind_all(rowids[r], values[r])
-    step_done(o.ins)
+    step_done(o, o.ins)
   end
 end
 
+-- Publishes the output (keep) or drops it; on a failure the temp file goes
+-- too, so a failed task leaves nothing in _staging.
 local function close_output(o, keep)
   o.ins:close()
   o.many:close()
-  if keep then
-    assert(o.db:exec("COMMIT"))
-    storage.finish_file(o.db)      -- durable before the driver may commit it
-  else
+  if not keep then
     o.db:close()
-  end
-  if keep then
-    assert(fs.rename(o.tmp, o.path))
-  else
     os.remove(o.tmp)
+    return
+  end
+  local ok, err, code = o.db:exec("COMMIT")
+  if not ok then
+    o.db:close()
+    os.remove(o.tmp)
+    output_failed(o.path, err, code)
+  end
+  local fok, ferr = pcall(storage.finish_file, o.db)   -- durable before the driver may commit it
+  if not fok then
+    os.remove(o.tmp)
+    output_failed(o.path, ferr)
+  end
+  ok, err, code = fs.rename(o.tmp, o.path)
+  if not ok then
+    os.remove(o.tmp)
+    output_failed(o.path, err, code)
   end
 end
 

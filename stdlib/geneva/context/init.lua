@@ -14,7 +14,6 @@
 -- `geneva reap` (or the next context) finishes the job from the leases.
 local errors = require "geneva.errors"
 local ledger = require "geneva.ledger"
-local fs = require "geneva.fs"
 local json = require "geneva.json"
 local runner = require "geneva.runner"
 
@@ -114,6 +113,13 @@ end
 
 -- }======
 
+-- this user's lease journal (the one reap trusts), created private
+local function trusted_journal()
+  local dir, err = require("geneva.context.reap").trusted_dir()
+  if not dir then errors.throw("unavailable", "cannot create this user's lease journal: " .. tostring(err)) end
+  return dir
+end
+
 -- ctx:enter() -> ctx. Raises if already entered, or if provisioning fails
 -- (after tearing down whatever it had created).
 function Context:enter()
@@ -135,7 +141,7 @@ function Context:enter()
   self.cluster, self.cluster_name, self.manifest = spec, cname, manifest_rec
   self.scope = ledger.scope{
     name = "context " .. (self.opts.name or cname),
-    journal = { db_dir .. "/_geneva/leases", fs.state_dir() .. "/leases" },
+    journal = { db_dir .. "/_geneva/leases", trusted_journal() },
   }
   local ok, res = pcall(runner.provision, spec, { scope = self.scope, db = db, manifest = manifest_rec })
   if not ok then

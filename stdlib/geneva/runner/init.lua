@@ -84,11 +84,16 @@ end
 local default
 
 -- runner.default() -> the embedded local cluster (workers = cores), owned
--- by the root scope; workers start on first use and are reused.
+-- by the host (a scope under the root); workers start on first use and are
+-- reused. Leased like any other resource, in this user's journal, so
+-- `geneva reap` finds what a kill -9 left.
 function runner.default()
   if not default or default.closed then
+    local journal = ledger.user_journal()
+    local scope = ledger.scope{ name = "embedded local cluster", parent = ledger.root(),
+                                journal = journal and { journal } }
     local cpus = require("geneva.proc").cpu_count()
-    default = runner.provision({ type = "local", workers = cpus }, { scope = ledger.root(), lazy = true })
+    default = runner.provision({ type = "local", workers = cpus }, { scope = scope, lazy = true })
   end
   return default
 end

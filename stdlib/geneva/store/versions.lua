@@ -232,6 +232,7 @@ not referenced: the caller commits or removes them. Raises unavailable.
 ]]
 function storage.fold_column_files(tbl_dir, list)
   local mem = check(sqlite.open(":memory:"))
+  local made = {}
   local ok, res = pcall(function()
     check(mem:exec("PRAGMA temp_store=MEMORY; "
       .. "CREATE TEMP TABLE fold(_rowid INTEGER PRIMARY KEY, value, ver TEXT)"))
@@ -248,19 +249,36 @@ function storage.fold_column_files(tbl_dir, list)
     end
     for _, r in ipairs(vers) do
       local tmp = storage.temp_data_path(tbl_dir)
-      check(mem:attach(tmp, "dst"))
-      check(mem:exec("PRAGMA dst.journal_mode=OFF; PRAGMA dst.synchronous=OFF; "
-        .. "CREATE TABLE dst.col(_rowid INTEGER PRIMARY KEY, value); "
-        .. "INSERT INTO dst.col SELECT _rowid, value FROM temp.fold WHERE ver = " .. quote(r[1])
-        .. " ORDER BY _rowid; PRAGMA dst.synchronous=FULL; PRAGMA dst.user_version=1"))
-      check(mem:detach("dst"))
+      local wok, werr = pcall(function()
+        check(mem:attach(tmp, "dst"))
+        check(mem:exec("PRAGMA dst.journal_mode=OFF; PRAGMA dst.synchronous=OFF; "
+          .. "CREATE TABLE dst.col(_rowid INTEGER PRIMARY KEY, value); "
+          .. "INSERT INTO dst.col SELECT _rowid, value FROM temp.fold WHERE ver = " .. quote(r[1])
+          .. " ORDER BY _rowid; PRAGMA dst.synchronous=FULL; PRAGMA dst.user_version=1"))
+        check(mem:detach("dst"))
+      end)
+      if not wok then
+        -- (ulimit -f, a full disk) the half-written file goes, and the
+        -- error names it
+        mem:detach("dst")
+        fs.remove(tmp)
+        local e = errors.from(werr)
+        if e.code == "unavailable" then
+          e.message, e.path = ("cannot write '%s': %s"):format(tmp, e.message), tmp
+        end
+        error(e, 0)
+      end
       out[#out + 1] = { file = storage.publish_file(tbl_dir, tmp, "c"),
                         udf_version = r[1] ~= "" and r[1] or nil, lo = r[2], hi = r[3] }
+      made[#made + 1] = out[#out].file
     end
     return out
   end)
   mem:close()
-  if not ok then error(res, 0) end
+  if not ok then
+    storage.remove_files(tbl_dir, made)    -- folded before the failure, never referenced
+    error(res, 0)
+  end
   storage.sync_data_dir(tbl_dir)
   return res
 end
