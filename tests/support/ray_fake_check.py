@@ -8,6 +8,7 @@ import http.client
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -260,6 +261,16 @@ def main():
         ok(e.terminal("small")["status"] == "SUCCEEDED", "small ran once big freed its CPUs")
         ok(e.call("POST", "/api/jobs/huge/stop")[1] == {"stopped": True}, "stop pending: true")
         ok(e.job("huge")["status"] == "PENDING", "a stopped PENDING job stays PENDING (ray#58353)")
+        # the queued stop takes effect once the job gets its resources
+        gate2 = os.path.join(TMP, "gate2")
+        e.call("POST", "/api/jobs/", {"entrypoint": "while [ ! -e %s ]; do sleep 0.05; done" % gate2,
+                                      "submission_id": "big2", "entrypoint_num_cpus": 2})
+        e.wait("big2", lambda d: d["status"] == "RUNNING", "big2 running")
+        e.call("POST", "/api/jobs/", {"entrypoint": "sleep 30", "submission_id": "queued",
+                                      "entrypoint_num_cpus": 1})
+        ok(e.call("POST", "/api/jobs/queued/stop")[1] == {"stopped": True}, "stop queued")
+        open(gate2, "w").close()
+        ok(e.terminal("queued")["status"] == "STOPPED", "queued stop applied when scheduled")
 
         code, lst = e.call("GET", "/api/jobs/")
         ok(code == 200 and {"ok-1", "bad-1", "big", "small", "huge"} <= {j["submission_id"] for j in lst},
@@ -310,6 +321,68 @@ def main():
            "entrypoint_memory before 2.8: 400")
         ok(e.call("POST", "/api/jobs/", {"entrypoint": "true", "entrypoint_num_cpus": 1})[0] == 200,
            "entrypoint_num_cpus is known")
+    finally:
+        e.close()
+
+    # ---- two nodes, drivers with core job ids, faults, the log tail, a restart
+    e = Emulator("--nodes", "2", "--num-cpus", "1", "--drivers-call-ray-init")
+    try:
+        gate = os.path.join(TMP, "gate3")
+        for sid in ("n-a", "n-b"):
+            e.call("POST", "/api/jobs/", {"entrypoint": "while [ ! -e %s ]; do sleep 0.05; done; "
+                                                        "echo line1; echo line2" % gate,
+                                          "submission_id": sid, "entrypoint_num_cpus": 1})
+        a = e.wait("n-a", lambda d: d["status"] == "RUNNING", "n-a running")
+        b = e.wait("n-b", lambda d: d["status"] == "RUNNING", "n-b running")
+        ok(a["driver_node_id"] != b["driver_node_id"], "one job per node")
+        ok(a["job_id"] and e.job(a["job_id"])["submission_id"] == "n-a", "found by core job id")
+        ok(a["driver_info"]["id"] == a["job_id"] and isinstance(a["driver_info"]["pid"], str),
+           "driver_info")
+        frames = []
+        with socket.create_connection(("127.0.0.1", int(e.url.rsplit(":", 1)[1])), timeout=30) as s:
+            s.sendall(b"GET /api/jobs/n-a/logs/tail HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            f = s.makefile("rb")
+            status = f.readline()
+            ok(b" 101 " in status, "websocket upgrade: %r" % status)
+            while f.readline() not in (b"\r\n", b""):
+                pass
+            open(gate, "w").close()
+            while True:
+                h = f.read(2)
+                n = h[1] & 0x7F
+                if n == 126:
+                    n = int.from_bytes(f.read(2), "big")
+                elif n == 127:
+                    n = int.from_bytes(f.read(8), "big")
+                frames.append((h[0] & 0x0F, f.read(n)))
+                if frames[-1][0] == 0x8:
+                    break
+        text = b"".join(p for op, p in frames if op == 0x1).decode()
+        ok(frames[-1] == (0x8, (1000).to_bytes(2, "big")) and "line1\nline2\n" in text,
+           "tail: %r" % frames)
+        e.call("POST", "/_emulator/faults", [{"route": "get", "action": "status", "status": 503,
+                                               "count": 1},
+                                              {"route": "list", "action": "drop", "count": 1}])
+        ok(e.call("GET", "/api/jobs/n-b")[0] == 503, "injected 503")
+        ok(e.call("GET", "/api/jobs/n-b")[0] == 200, "only once")
+        try:
+            e.call("GET", "/api/jobs/")
+            dropped = False
+        except (http.client.RemoteDisconnected, ConnectionError, urllib.error.URLError):
+            dropped = True
+        ok(dropped, "injected drop")
+        pidf = os.path.join(TMP, "restart.pid")
+        e.call("POST", "/api/jobs/", {"entrypoint": "echo $$ > %s; exec sleep 60" % pidf,
+                                      "submission_id": "r-1"})
+        pid = int(wait_file(pidf))
+        e.call("POST", "/_emulator/restart", {"downtime": 0})
+        ok(e.call("GET", "/api/jobs/r-1")[0] == 404, "a restarted head forgets its jobs")
+        end = time.monotonic() + DEADLINE
+        while pid_alive(pid) and time.monotonic() < end:
+            time.sleep(0.05)
+        ok(not pid_alive(pid), "and they die with it")
     finally:
         e.close()
 
