@@ -463,6 +463,8 @@ class Cluster:
             job.default_message()
         if status in TERMINAL:
             job.end_time = now_ms()
+            # the supervisor exits right after writing a terminal status
+            job.supervisor_alive = False
 
     # ---- scheduling: the supervisor actor waits for its resources
 
