@@ -163,8 +163,8 @@ describe("geneva.context", function()
       assert.equals(0, leases(dir))
     end)
 
-    it("stores ray and kuberay clusters, but entering them is unavailable for now", function()
-      db:define_cluster("ray", { type = "ray", address = "http://127.0.0.1:8265" })
+    it("stores ray and kuberay clusters; entering an unreachable ray one or a kuberay one is unavailable", function()
+      db:define_cluster("ray", { type = "ray", address = "http://127.0.0.1:9" })   -- nothing listens there
       db:define_cluster("k8s", { type = "kuberay", namespace = "geneva",
         head_group = { image = "rayproject/ray:2.9.0", num_cpus = 1, memory = "2Gi" },
         worker_groups = { { name = "cpu", image = "rayproject/ray:2.9.0", num_cpus = 2,

@@ -70,6 +70,7 @@ local function finish(self, status, err)
   job.save_final(self.db_dir, rec)
   self.saved_at = time.monotonic()
   job.clear_cancel(self.db_dir, rec.id)
+  if self.runner.job_done then pcall(self.runner.job_done, self.runner, rec.id) end
   if self.lease then self.lease:forget() end
 end
 

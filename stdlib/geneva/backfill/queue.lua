@@ -348,6 +348,19 @@ function Dispatcher:claims()
   return out
 end
 
+-- d:fail_open(err [, events]) -> events: every task without an outcome
+-- fails with err (nothing can run them any more)
+function Dispatcher:fail_open(err, events)
+  events = events or {}
+  for _, e in pairs(self.entries) do
+    if not e.done then
+      settle(self, e)
+      events[#events + 1] = { kind = "failed", task = e.task, error = err }
+    end
+  end
+  return events
+end
+
 -- d:stop(): the stop marker; workers exit once idle
 function Dispatcher:stop()
   if fs.exists(self.dir) then fs.write(self.dir .. "/stop", time.iso8601()) end
@@ -542,7 +555,8 @@ function queue.work(db_dir, job_id, opts)
     errors.throw("unavailable", ("job %s has no task queue in %s"):format(job_id, db_dir))
   end
   local beat <close> = start_heartbeat(ctx)
-  say(id, "serving job %s (slot %s, pid %d on %s)", job_id, tostring(ctx.slot or "-"), me.pid, me.hostname)
+  say(id, "serving job %s (slot %s, pid %d on %s, %s)", job_id, tostring(ctx.slot or "-"), me.pid, me.hostname,
+      tostring(proc.exe()))
   local idle, checked, ran = 0.005, 0, 0
   while true do
     if fs.exists(ctx.dir .. "/stop") then break end

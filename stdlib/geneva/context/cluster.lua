@@ -2,7 +2,8 @@
 -- references and the registry behind db:define_cluster & co.
 --
 -- Types:  local   {workers, env}
---         ray     {address, ship_host, env, token_env | token_file}
+--         ray     {address, ship_host, env, token_env | token_file, ca_file,
+--                  client_cert, client_key, verify}
 --         kuberay {namespace, head_group, worker_groups, kubeconfig,
 --                  ttl_seconds, token_env | token_file}
 -- Group fields follow KubeRay: image, num_cpus, num_gpus, memory,
@@ -437,7 +438,8 @@ end
 
 local TYPES = {
   ["local"] = { workers = pos_int, env = env },
-  ray = { address = url, ship_host = bool, env = env, token_env = env_name, token_file = str },
+  ray = { address = url, ship_host = bool, env = env, token_env = env_name, token_file = str,
+          ca_file = str, client_cert = str, client_key = str, verify = bool },
   kuberay = {
     namespace = dns_label, head_group = head_group, worker_groups = worker_groups,
     kubeconfig = str, ttl_seconds = pos_int, token_env = env_name, token_file = str,

@@ -296,12 +296,19 @@ end
 --[[
 M.check_size(record, cluster_type) -> record | raises invalid_argument
 Ray (and so KubeRay) refuses uploads over 100 MiB: such packages are refused
-up front for those cluster types.
+up front for those cluster types, naming their largest files. (A body of
+exactly 100 MiB is refused too; the Ray runner checks that before uploading.)
 ]]
 function M.check_size(record, cluster_type)
   if (cluster_type == "ray" or cluster_type == "kuberay") and (record.size or 0) > M.MAX_UPLOAD then
-    errors.throw("invalid_argument", ("manifest '%s': package is %.1f MiB, over Ray's 100 MiB upload limit for %s clusters; keep large data in the database or object storage, not in the manifest")
-      :format(record.name or "?", record.size / 1048576, cluster_type))
+    local files = {}
+    for i, f in ipairs(record.files or {}) do files[i] = f end
+    table.sort(files, function(a, b) return (a.size or 0) > (b.size or 0) end)
+    local top = {}
+    for i = 1, math.min(5, #files) do top[i] = ("%s (%.1f MiB)"):format(files[i].path, (files[i].size or 0) / 1048576) end
+    errors.throw("invalid_argument", ("manifest '%s': package is %.1f MiB, over Ray's 100 MiB upload limit for %s clusters%s; keep large data in the database or object storage, not in the manifest")
+      :format(record.name or "?", record.size / 1048576, cluster_type,
+              #top > 0 and ("; largest files: " .. table.concat(top, ", ")) or ""))
   end
   return record
 end

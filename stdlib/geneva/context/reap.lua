@@ -41,8 +41,8 @@
 --            KILL), its process group only when the lease's pgid and its
 --            real one both equal its pid. A lease of an earlier boot names
 --            no live process.
---  4. Remote resources (kinds with where = "remote": Ray jobs, Kubernetes
---     objects; none yet) are torn down only when the kind's verify(info)
+--  4. Remote resources (kinds with where = "remote": Ray jobs; Kubernetes
+--     objects later) are torn down only when the kind's verify(info)
 --     finds our labels/metadata on the remote object (the cluster's answer,
 --     not the lease, decides). They may come from either journal, and from
 --     other hosts with --force.
@@ -56,7 +56,8 @@
 --
 -- A kind is {where = "local" | "remote" | "none", verify = fn, teardown = fn}:
 -- verify(info, ctx) -> "gone" | "present", target | nil, why; teardown(target)
--- -> true | false, err. ctx: {lease =, same_boot = bool, uid = our uid}.
+-- -> true | false, err. ctx: {lease =, same_boot = bool, uid = our uid,
+-- trusted = the lease comes from this user's journal}.
 local fs = require "geneva.fs"
 local json = require "geneva.json"
 local proc = require "geneva.proc"
@@ -213,6 +214,11 @@ kinds.tmpdir = { where = "local", verify = verify_tmpdir, teardown = remove_tmpd
 
 -- the record reads as abandoned once its owner is gone: nothing to tear down
 kinds.job = { where = "none", verify = function() return "gone" end }
+
+-- Ray jobs (geneva.runner.ray): ours only with this lease's metadata
+kinds.ray_job = { where = "remote",
+  verify = function(info, ctx) return require("geneva.runner.ray").reap_verify(info, ctx) end,
+  teardown = function(t) return require("geneva.runner.ray").reap_teardown(t) end }
 
 -- Remote kinds register here: {where = "remote", verify = fn, teardown = fn}.
 -- verify(info, ctx) must ask the remote side (Ray's job API, the Kubernetes
@@ -429,6 +435,7 @@ function reap.run(opts)
     else
       local kind = kinds[l.kind]
       ctx.lease = l
+      ctx.trusted = e.trusted      -- remote kinds follow secret references only from our own journal
       ctx.same_boot = l.owner.hostname == who.me.hostname and l.owner.boot_id == who.me.boot_id
       local okv, state, target = pcall(kind.verify, l.info, ctx)
       if not okv then

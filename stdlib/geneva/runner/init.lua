@@ -25,6 +25,8 @@
 --   r:handoff() -> table      what attach() needs; may hold resolved
 --                             secrets, so it travels over a pipe, never to disk
 --   r:close()                 tear down all it made (idempotent)
+--   r:job_done(job_id)        optional: the driver says the job has ended
+--                             (its workers may go)
 local errors = require "geneva.errors"
 local ledger = require "geneva.ledger"
 
@@ -33,6 +35,7 @@ local runner = {}
 -- cluster type -> module
 runner.types = {
   ["local"] = "geneva.runner.local",
+  ray = "geneva.runner.ray",
 }
 
 local function module_of(kind)
