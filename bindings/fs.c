@@ -30,7 +30,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <dlfcn.h>
 #include <openssl/evp.h>
 
 #include <lua.h>
@@ -38,47 +37,29 @@
 
 #include "geneva_internal.h"
 
-/* {====== libcrypto, loaded on first hash
+/* {====== libcrypto.so.3, loaded on the first hash (lazy.h)
 ** libcrypto is built with BIND_NOW and has ~4000 symbol relocations: linking
 ** it would cost every `geneva` start about as much as Lua itself
 ** (pitfalls.md, startup). Only the SHA-256 calls below need it. */
-static struct {
-  int loaded;
-  const EVP_MD *(*sha256)(void);
-  EVP_MD_CTX *(*ctx_new)(void);
-  void (*ctx_free)(EVP_MD_CTX *);
-  int (*ctx_copy)(EVP_MD_CTX *, const EVP_MD_CTX *);
-  int (*init)(EVP_MD_CTX *, const EVP_MD *, ENGINE *);
-  int (*update)(EVP_MD_CTX *, const void *, size_t);
-  int (*final)(EVP_MD_CTX *, unsigned char *, unsigned int *);
-  int (*digest)(const void *, size_t, unsigned char *, unsigned int *, const EVP_MD *, ENGINE *);
-} crypto;
-
-#define EVP_sha256 crypto.sha256
-#define EVP_MD_CTX_new crypto.ctx_new
-#define EVP_MD_CTX_free crypto.ctx_free
-#define EVP_MD_CTX_copy_ex crypto.ctx_copy
-#define EVP_DigestInit_ex crypto.init
-#define EVP_DigestUpdate crypto.update
-#define EVP_DigestFinal_ex crypto.final
-#define EVP_Digest crypto.digest
-
-/* Loads libcrypto once; raises if it is missing (before anything is held). */
-static void crypto_load(lua_State *L) {
-  void *h;
-  if (crypto.loaded) return;
-  h = dlopen("libcrypto.so.3", RTLD_NOW | RTLD_LOCAL);
-  if (!h) luaL_error(L, "cannot load libcrypto.so.3: %s (install libssl3)", dlerror());
-#define LOAD(field, name) \
-  if (!(*(void **)&crypto.field = dlsym(h, name))) \
-    luaL_error(L, "libcrypto.so.3 lacks %s", name);
-  LOAD(sha256, "EVP_sha256") LOAD(ctx_new, "EVP_MD_CTX_new")
-  LOAD(ctx_free, "EVP_MD_CTX_free") LOAD(ctx_copy, "EVP_MD_CTX_copy_ex")
-  LOAD(init, "EVP_DigestInit_ex") LOAD(update, "EVP_DigestUpdate")
-  LOAD(final, "EVP_DigestFinal_ex") LOAD(digest, "EVP_Digest")
-#undef LOAD
-  crypto.loaded = 1;   /* the handle stays open for the life of the process */
-}
+#include "lazy.h"
+#define CRYPTO_FUNCS(X) \
+  X(EVP_sha256) \
+  X(EVP_MD_CTX_new) \
+  X(EVP_MD_CTX_free) \
+  X(EVP_MD_CTX_copy_ex) \
+  X(EVP_DigestInit_ex) \
+  X(EVP_DigestUpdate) \
+  X(EVP_DigestFinal_ex) \
+  X(EVP_Digest)
+GENEVA_LAZY_LIB(crypto_lib, "libcrypto.so.3", NULL, "install libssl3", NULL, CRYPTO_FUNCS)
+#define EVP_sha256 (crypto_lib_api.EVP_sha256)
+#define EVP_MD_CTX_new (crypto_lib_api.EVP_MD_CTX_new)
+#define EVP_MD_CTX_free (crypto_lib_api.EVP_MD_CTX_free)
+#define EVP_MD_CTX_copy_ex (crypto_lib_api.EVP_MD_CTX_copy_ex)
+#define EVP_DigestInit_ex (crypto_lib_api.EVP_DigestInit_ex)
+#define EVP_DigestUpdate (crypto_lib_api.EVP_DigestUpdate)
+#define EVP_DigestFinal_ex (crypto_lib_api.EVP_DigestFinal_ex)
+#define EVP_Digest (crypto_lib_api.EVP_Digest)
 
 /* }====== */
 
@@ -905,7 +886,7 @@ static int hash_file(EVP_MD_CTX *ctx, const char *path, lua_Integer *size) {
 
 /* core.sha256(s) -> hex digest */
 static int fs_sha256(lua_State *L) {
-  crypto_load(L);
+  geneva_lazy_require(L, &crypto_lib);
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
   unsigned char md[EVP_MAX_MD_SIZE];
@@ -918,7 +899,7 @@ static int fs_sha256(lua_State *L) {
 
 /* core.sha256_file(path) -> hex, size | nil, msg, code */
 static int fs_sha256_file(lua_State *L) {
-  crypto_load(L);
+  geneva_lazy_require(L, &crypto_lib);
   const char *path = luaL_checkstring(L, 1);
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned mdlen = 0;
@@ -953,7 +934,7 @@ static void sha_release(sha_ud *u) {
 
 /* core.sha256_new() -> Sha256 hasher. Raises when out of memory. */
 static int fs_sha256_new(lua_State *L) {
-  crypto_load(L);
+  geneva_lazy_require(L, &crypto_lib);
   sha_ud *u = (sha_ud *)lua_newuserdatauv(L, sizeof *u, 0);
   EVP_MD_CTX *ctx;
   u->ctx = NULL;                      /* born closed */

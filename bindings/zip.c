@@ -58,33 +58,33 @@
   X(zip_source_free) \
   X(zip_stat_index) \
   X(zip_strerror)
-GENEVA_LAZY_TABLE(zip_api, ZIP_FUNCS)
-#define zip_close (zip_api.zip_close)
-#define zip_discard (zip_api.zip_discard)
-#define zip_error_code_zip (zip_api.zip_error_code_zip)
-#define zip_error_fini (zip_api.zip_error_fini)
-#define zip_error_init_with_code (zip_api.zip_error_init_with_code)
-#define zip_error_strerror (zip_api.zip_error_strerror)
-#define zip_fclose (zip_api.zip_fclose)
-#define zip_file_add (zip_api.zip_file_add)
-#define zip_file_get_error (zip_api.zip_file_get_error)
-#define zip_file_get_external_attributes (zip_api.zip_file_get_external_attributes)
-#define zip_file_set_dostime (zip_api.zip_file_set_dostime)
-#define zip_file_set_external_attributes (zip_api.zip_file_set_external_attributes)
-#define zip_fopen_index (zip_api.zip_fopen_index)
-#define zip_fread (zip_api.zip_fread)
-#define zip_get_error (zip_api.zip_get_error)
-#define zip_get_name (zip_api.zip_get_name)
-#define zip_get_num_entries (zip_api.zip_get_num_entries)
-#define zip_name_locate (zip_api.zip_name_locate)
-#define zip_open (zip_api.zip_open)
-#define zip_register_cancel_callback_with_state (zip_api.zip_register_cancel_callback_with_state)
-#define zip_set_file_compression (zip_api.zip_set_file_compression)
-#define zip_source_buffer (zip_api.zip_source_buffer)
-#define zip_source_file (zip_api.zip_source_file)
-#define zip_source_free (zip_api.zip_source_free)
-#define zip_stat_index (zip_api.zip_stat_index)
-#define zip_strerror (zip_api.zip_strerror)
+GENEVA_LAZY_LIB(zip_lib, "libzip.so.4", NULL, "install libzip4", NULL, ZIP_FUNCS)
+#define zip_close (zip_lib_api.zip_close)
+#define zip_discard (zip_lib_api.zip_discard)
+#define zip_error_code_zip (zip_lib_api.zip_error_code_zip)
+#define zip_error_fini (zip_lib_api.zip_error_fini)
+#define zip_error_init_with_code (zip_lib_api.zip_error_init_with_code)
+#define zip_error_strerror (zip_lib_api.zip_error_strerror)
+#define zip_fclose (zip_lib_api.zip_fclose)
+#define zip_file_add (zip_lib_api.zip_file_add)
+#define zip_file_get_error (zip_lib_api.zip_file_get_error)
+#define zip_file_get_external_attributes (zip_lib_api.zip_file_get_external_attributes)
+#define zip_file_set_dostime (zip_lib_api.zip_file_set_dostime)
+#define zip_file_set_external_attributes (zip_lib_api.zip_file_set_external_attributes)
+#define zip_fopen_index (zip_lib_api.zip_fopen_index)
+#define zip_fread (zip_lib_api.zip_fread)
+#define zip_get_error (zip_lib_api.zip_get_error)
+#define zip_get_name (zip_lib_api.zip_get_name)
+#define zip_get_num_entries (zip_lib_api.zip_get_num_entries)
+#define zip_name_locate (zip_lib_api.zip_name_locate)
+#define zip_open (zip_lib_api.zip_open)
+#define zip_register_cancel_callback_with_state (zip_lib_api.zip_register_cancel_callback_with_state)
+#define zip_set_file_compression (zip_lib_api.zip_set_file_compression)
+#define zip_source_buffer (zip_lib_api.zip_source_buffer)
+#define zip_source_file (zip_lib_api.zip_source_file)
+#define zip_source_free (zip_lib_api.zip_source_free)
+#define zip_stat_index (zip_lib_api.zip_stat_index)
+#define zip_strerror (zip_lib_api.zip_strerror)
 /* }====== */
 
 #define ARCHIVE_MT "geneva.zip.Archive"
@@ -844,7 +844,7 @@ static const luaL_Reg funcs[] = {
 int luaopen_geneva_zip_core(lua_State *L);
 
 int luaopen_geneva_zip_core(lua_State *L) {
-  GENEVA_LAZY_LOAD(L, "libzip.so.4", zip_api);
+  geneva_lazy_require(L, &zip_lib);
   if (luaL_newmetatable(L, ARCHIVE_MT)) {   /* [mt] */
     luaL_setfuncs(L, metameth, 0);
     luaL_newlib(L, meth);                    /* [mt, methods] */
