@@ -31,12 +31,11 @@
 #include <lauxlib.h>
 
 #include "geneva_internal.h"
+#include "handle.h"
 #include "lazy.h"
 
 int luaopen_geneva_http_core(lua_State *L);
 
-#define SESSION_MT "geneva.http.Session"
-#define REQUEST_MT "geneva.http.request"   /* internal state box */
 
 #ifndef GENEVA_VERSION
 #define GENEVA_VERSION "0"
@@ -181,6 +180,7 @@ typedef struct {
 } gbuf;
 
 typedef struct request {
+  geneva_handle h;
   CURL *easy;
   int owns_easy;               /* 0: the easy handle belongs to a session */
   struct curl_slist *headers;
@@ -229,14 +229,19 @@ static void request_release_transfer(request *r) {
 }
 
 /* __gc / __close of the box: releases everything. Never raises. */
-static int request_gc(lua_State *L) {
-  request *r = (request *)luaL_checkudata(L, 1, REQUEST_MT);
+static int request_release(void *p) {
+  request *r = (request *)p;
   request_release_transfer(r);
   free(r->body.p); r->body.p = NULL;
   free(r->hdr.p); r->hdr.p = NULL;
   free(r->effective_url); r->effective_url = NULL;
   return 0;
 }
+
+/* internal state box of one request (handle.h: a class without methods) */
+static const geneva_class request_class = {
+  "geneva.http.request", NULL, NULL, request_release, NULL, NULL, NULL
+};
 
 /* }====== */
 
@@ -776,9 +781,8 @@ static int do_request(lua_State *L, CURL *easy, int o_idx) {
   double total = 0;
   /* phase 1 */
   check_opts(L, o_idx, &o);
-  r = (request *)lua_newuserdatauv(L, sizeof *r, 0);
-  memset(r, 0, sizeof *r);
-  luaL_setmetatable(L, REQUEST_MT);
+  r = (request *)geneva_handle_new(L, &request_class, sizeof *r, 0);
+  geneva_handle_open(L, r);   /* a box: release copes with what is set */
   r->max_bytes = (long)o.max_bytes;
   /* phase 2 */
   if (easy) {
@@ -825,33 +829,30 @@ static int http_request(lua_State *L) {
 }
 
 typedef struct {
-  CURL *easy;                  /* NULL when closed */
-  geneva_resource *res;
+  geneva_handle h;
+  CURL *easy;                  /* while open */
 } session;
 
-/* The one release: close(), __close, __gc and the ledger teardown. */
-static void session_release(void *ud) {
-  session *s = (session *)ud;
-  CURL *e = s->easy;
-  geneva_resource *res = s->res;
-  if (!e) return;
+/* The release: close(), __close, __gc and the ledger teardown. */
+static int session_release(void *p) {
+  session *s = (session *)p;
+  curl_easy_cleanup(s->easy);
   s->easy = NULL;
-  s->res = NULL;
-  curl_easy_cleanup(e);
-  geneva_ledger_untrack(res);
+  return 0;
 }
+
+static const geneva_class session_class = {
+  "geneva.http.Session", "http session", "http_session", session_release, NULL, NULL, NULL
+};
 
 /* core.session() -> Session: an easy handle reused across requests, so
 ** connections (and TLS sessions) are kept alive. Tracked in the ledger.
 ** Raises only on memory errors. */
 static int http_session(lua_State *L) {
-  session *s = (session *)lua_newuserdatauv(L, sizeof *s, 0);
-  s->easy = NULL;
-  s->res = NULL;
-  luaL_setmetatable(L, SESSION_MT);
+  session *s = (session *)geneva_handle_new(L, &session_class, sizeof *s, 0);
   s->easy = curl_easy_init();
   if (!s->easy) return geneva_fail(L, "CURLE_FAILED_INIT", "cannot create a curl handle");
-  s->res = geneva_ledger_track(L, "http_session", session_release, s);
+  geneva_handle_open(L, s);
   return 1;
 }
 
@@ -863,53 +864,16 @@ static int http_version(lua_State *L) {
   return 2;
 }
 
-static session *check_session(lua_State *L) {
-  return (session *)luaL_checkudata(L, 1, SESSION_MT);
-}
-
-static session *check_open(lua_State *L) {
-  session *s = check_session(L);
-  if (!s->easy) luaL_error(L, "attempt to use a closed http session");
-  return s;
-}
-
 /* session:request(opts) -> as core.request. Raises when closed. */
 static int http_m_request(lua_State *L) {
-  session *s = check_open(L);
+  session *s = (session *)geneva_handle_check(L, 1, &session_class);
   return do_request(L, s->easy, 2);
 }
 
-/* session:close() -> true. Idempotent. */
-static int http_m_close(lua_State *L) {
-  session_release(check_session(L));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int http_m_is_closed(lua_State *L) {
-  lua_pushboolean(L, check_session(L)->easy == NULL);
-  return 1;
-}
-
-static int http_gc(lua_State *L) {
-  session_release(check_session(L));
-  return 0;
-}
-
-static int http_tostring(lua_State *L) {
-  session *s = check_session(L);
-  if (s->easy) lua_pushfstring(L, SESSION_MT " (%p)", (void *)s);
-  else lua_pushliteral(L, SESSION_MT " (closed)");
-  return 1;
-}
+/* session:close(), :is_closed(), __close, __gc, __tostring: handle.h */
 
 static const luaL_Reg session_meth[] = {
-  {"request", http_m_request}, {"close", http_m_close},
-  {"is_closed", http_m_is_closed}, {NULL, NULL}
-};
-static const luaL_Reg session_metameth[] = {
-  {"__index", NULL}, {"__gc", http_gc}, {"__close", http_gc},
-  {"__tostring", http_tostring}, {NULL, NULL}
+  {"request", http_m_request}, {NULL, NULL}
 };
 static const luaL_Reg funcs[] = {
   {"request", http_request}, {"session", http_session},
@@ -922,19 +886,8 @@ static const luaL_Reg funcs[] = {
 */
 int luaopen_geneva_http_core(lua_State *L) {
   geneva_lazy_require(L, &curl_lib);
-  if (luaL_newmetatable(L, SESSION_MT)) {
-    luaL_setfuncs(L, session_metameth, 0);
-    luaL_newlib(L, session_meth);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, REQUEST_MT)) {
-    lua_pushcfunction(L, request_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, request_gc);
-    lua_setfield(L, -2, "__close");
-  }
-  lua_pop(L, 1);
+  geneva_class_register(L, &session_class, session_meth);
+  geneva_class_register(L, &request_class, NULL);
   luaL_newlib(L, funcs);
   return 1;
 }
