@@ -24,7 +24,9 @@ extern const geneva_embedded geneva_stdlib[];    /* gen/stdlib_blob.c */
 
 /* ledger.c */
 typedef struct geneva_ledger geneva_ledger;
-geneva_ledger *geneva_ledger_new(lua_State *L);  /* registers itself in L */
+geneva_ledger *geneva_ledger_new(void);          /* NULL when memory is short */
+/* Makes g the ledger of L (a registry entry: may raise a memory error). */
+void geneva_ledger_attach(lua_State *L, geneva_ledger *g);
 /* Tears down every scope and resource, newest first, with hooks off; teardown
 ** errors are written as warnings. Leaves the ledger usable (empty). */
 void geneva_ledger_teardown_all(lua_State *L);

@@ -12,7 +12,7 @@ struct geneva_host {
   geneva_host_opts opts;
   geneva_ledger *ledger;
   char *err;        /* last error with traceback, or NULL */
-  int exiting;      /* os.exit was called */
+  int exiting;      /* os.exit was called: the host is finished */
   int interrupted;  /* the last interactive call ended by Ctrl-C */
   int exit_code;
 };

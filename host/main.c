@@ -97,7 +97,8 @@ static int run(geneva_host *h, int argc, char **argv) {
       return 0;
     } else if (strcmp(a, "-e") == 0) {
       if (++i >= argc) return usage_error("'-e' needs an argument%s", "");
-      if ((code = geneva_host_dostring(h, argv[i])) != 0) return report(h, code);
+      code = geneva_host_dostring(h, argv[i]);
+      if (code != 0 || h->exiting) return report(h, code);   /* os.exit ends the run */
       ran_code = 1;
     } else if (strcmp(a, "--") == 0) {
       i++;
