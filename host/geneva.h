@@ -22,6 +22,14 @@ typedef struct geneva_host geneva_host;
 typedef struct geneva_host_opts {
   int handle_signals;   /* install SIGINT/SIGTERM/SIGHUP handlers (the CLI does) */
   const char *progname; /* arg[-1] for scripts; NULL means "geneva" */
+  /* The program started as a worker (backfill workers, the host binary a
+  ** manifest ships): a geneva executable, never the embedding application.
+  ** A path, or a name looked up on PATH; copied by geneva_host_new. NULL:
+  ** $GENEVA_WORKER_EXE if set, else the geneva installed beside libgeneva
+  ** (<prefix>/bin/geneva for <prefix>/lib/libgeneva.so), else geneva on
+  ** PATH. When none is found, whatever needs a worker fails with an error
+  ** saying so (require("geneva.host.core").worker_exe() tells in advance). */
+  const char *worker_exe;
   /* fields are only ever added at the end: zero-initialise the struct */
 } geneva_host_opts;
 

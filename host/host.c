@@ -87,6 +87,8 @@ static void open_modules(lua_State *L) {
   }
   lua_pushcfunction(L, luaopen_geneva_ledger_core);
   lua_setfield(L, -2, "geneva.ledger.core");
+  lua_pushcfunction(L, luaopen_geneva_host_core);
+  lua_setfield(L, -2, "geneva.host.core");
   lua_pushcfunction(L, luaopen_cjson);
   lua_setfield(L, -2, "cjson");
   lua_pushcfunction(L, luaopen_cjson_safe);
@@ -221,6 +223,7 @@ static int host_setup(lua_State *L) {
 static void host_discard(geneva_host *h) {
   if (h->L) lua_close(h->L);
   geneva_ledger_free(h->ledger);
+  free(h->worker_exe);
   free(h->err);
   free(h);
 }
@@ -229,6 +232,11 @@ geneva_host *geneva_host_new(const geneva_host_opts *opts) {
   geneva_host *h = (geneva_host *)calloc(1, sizeof *h);
   if (!h) return NULL;
   if (opts) h->opts = *opts;
+  if (h->opts.worker_exe) {
+    h->worker_exe = strdup(h->opts.worker_exe);
+    if (!h->worker_exe) { host_discard(h); return NULL; }
+    h->opts.worker_exe = h->worker_exe;
+  }
   h->ledger = geneva_ledger_new();
   if (!h->ledger) { host_discard(h); return NULL; }
   h->L = luaL_newstate();
@@ -350,6 +358,7 @@ void geneva_host_free(geneva_host *h) {
   lua_close(h->L);
   geneva_ledger_free(h->ledger);
   if (h->opts.handle_signals) geneva_signals_uninstall();
+  free(h->worker_exe);
   free(h->err);
   free(h);
 }

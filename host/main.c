@@ -139,6 +139,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s: cannot create the Lua state: not enough memory\n", progname);
     return 1;
   }
+  h->is_geneva = 1;      /* workers are this very program (worker_exe.c) */
   code = run(h, argc, argv);
   fflush(stdout);
   geneva_host_free(h);   /* tears down everything the script left */

@@ -1,10 +1,11 @@
 /*
 ** host_api.c: the embedding API (geneva.h) through libgeneva.so, as an
 ** application uses it: bad arguments are errors, never crashes; os.exit
-** finishes the host; geneva_host_new under
+** finishes the host; which program runs as a worker; geneva_host_new under
 ** memory failure returns NULL instead of aborting.
 **
-** Run by ctest as `host_api`.
+** Run by ctest as `host_api` (GENEVA_BIN: the geneva command of this build,
+** which libgeneva.so finds beside itself).
 */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -56,6 +57,10 @@ static char *eval(geneva_host *h, const char *code) {
   if (lua_isstring(L, -1)) r = strdup(lua_tostring(L, -1));
   lua_pop(L, 1);
   return r;
+}
+
+static char *worker_exe(geneva_host *h) {
+  return eval(h, "local p, e = require('geneva.host.core').worker_exe() out = p or ('nil: ' .. e)");
 }
 
 /* {====== Bad arguments */
@@ -131,6 +136,72 @@ static void test_os_exit(const char *dir) {
 
 /* }====== */
 
+/* {====== Which program runs as a worker */
+
+static void test_worker_exe(void) {
+  const char *bin = getenv("GENEVA_BIN");
+  char real_bin[PATH_MAX], real_sh[PATH_MAX], given[PATH_MAX];
+  geneva_host_opts opts;
+  geneva_host *h;
+  char *p;
+  CHECK(bin && realpath(bin, real_bin), "GENEVA_BIN is set");
+  CHECK(realpath("/bin/sh", real_sh) != NULL, "/bin/sh");
+  unsetenv("GENEVA_WORKER_EXE");
+
+  /* default: the geneva beside libgeneva (the build tree is laid out like
+  ** an install), never this test program */
+  h = geneva_host_new(NULL);
+  p = worker_exe(h);
+  CHECK(p && strcmp(p, real_bin) == 0, "beside libgeneva: got %s, want %s", p, real_bin);
+  free(p);
+  geneva_host_free(h);
+
+  /* the environment overrides the search */
+  setenv("GENEVA_WORKER_EXE", "/bin/sh", 1);
+  h = geneva_host_new(NULL);
+  p = worker_exe(h);
+  CHECK(p && strcmp(p, real_sh) == 0, "GENEVA_WORKER_EXE: got %s", p);
+  free(p);
+  geneva_host_free(h);
+
+  /* opts.worker_exe wins over the environment, and is copied */
+  setenv("GENEVA_WORKER_EXE", "/nonexistent", 1);
+  memset(&opts, 0, sizeof opts);
+  strcpy(given, bin && strlen(bin) < sizeof given ? bin : "/bin/sh");
+  opts.worker_exe = given;
+  h = geneva_host_new(&opts);
+  strcpy(given, "/clobbered");
+  p = worker_exe(h);
+  CHECK(p && (strcmp(p, real_bin) == 0 || strcmp(p, real_sh) == 0),
+        "opts.worker_exe: got %s", p);
+  free(p);
+  geneva_host_free(h);
+
+  /* a name is looked up on PATH */
+  opts.worker_exe = "sh";
+  h = geneva_host_new(&opts);
+  p = worker_exe(h);
+  CHECK(p && p[0] == '/' && strstr(p, "sh"), "opts.worker_exe = 'sh': got %s", p);
+  free(p);
+  geneva_host_free(h);
+
+  /* a wrong setting is a clear error, and so is a backfill that needs workers */
+  opts.worker_exe = "/nonexistent/geneva";
+  h = geneva_host_new(&opts);
+  p = worker_exe(h);
+  CHECK(p && strncmp(p, "nil: ", 5) == 0 && strstr(p, "geneva_host_opts.worker_exe") &&
+        strstr(p, "/nonexistent/geneva") && strstr(p, "GENEVA_WORKER_EXE"), "got %s", p);
+  free(p);
+  p = eval(h, "local ok, e = pcall(require('geneva.runner.local').new, { workers = 1 })\n"
+              "out = tostring(e)");
+  CHECK(p && strstr(p, "unavailable") && strstr(p, "/nonexistent/geneva"), "got %s", p);
+  free(p);
+  geneva_host_free(h);
+  unsetenv("GENEVA_WORKER_EXE");
+}
+
+/* }====== */
+
 /* {====== geneva_host_new under memory failure */
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -183,6 +254,7 @@ int main(void) {
   if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
   test_bad_arguments();
   test_os_exit(dir);
+  test_worker_exe();
   test_out_of_memory();
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", dir);

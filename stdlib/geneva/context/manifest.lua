@@ -386,7 +386,7 @@ local function collect(spec)
   end
   local host
   if spec.ship_host then
-    local exe = io_check(require("geneva.proc").exe())
+    local exe = io_check(require("geneva.host.core").worker_exe())   -- geneva, not an embedder
     add("bin/geneva", exe, "ship_host", "exec")
     local libs = M.host_libs(exe)
     for _, l in ipairs(libs) do add("lib/" .. l[1], l[2], "ship_host") end
