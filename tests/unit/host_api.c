@@ -225,10 +225,10 @@ void *realloc(void *p, size_t n) {
 }
 
 static void test_out_of_memory(void) {
-  long k, nulls = 0, step = getenv("GENEVA_VALGRIND") && strcmp(getenv("GENEVA_VALGRIND"), "1") == 0 ? 37 : 1;
+  long k, nulls = 0;
   geneva_host *h = NULL;
   free(realloc(NULL, 1));              /* resolve real_realloc first */
-  for (k = 0; k < 100000; k += step) {
+  for (k = 0; k < 100000; k++) {
     fail_after = k;
     h = geneva_host_new(NULL);
     fail_after = -1;
@@ -236,9 +236,15 @@ static void test_out_of_memory(void) {
     nulls++;
   }
   CHECK(h != NULL, "geneva_host_new succeeds with enough memory");
+  if (nulls == 0 && contains(getenv("LD_PRELOAD"), "vgpreload")) {
+    /* valgrind replaces every realloc, this one included */
+    printf("# allocation failures cannot be injected here; skipped\n");
+    if (h) geneva_host_free(h);
+    return;
+  }
   CHECK(nulls > 10, "geneva_host_new returned NULL %ld times", nulls);
-  printf("# geneva_host_new: NULL for each of the first %ld allocation failures "
-         "(step %ld), then a host\n", nulls, step);
+  printf("# geneva_host_new: NULL for each of the first %ld allocation failures, "
+         "then a host\n", nulls);
   if (h) {
     CHECK(geneva_host_dostring(h, "out = 'ok'") == 0, "%s", err_of(h));
     geneva_host_free(h);
