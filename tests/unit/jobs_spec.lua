@@ -55,7 +55,9 @@ describe("geneva jobs", function()
     local x = geneva.udf { data_type = "int64", fn = function(id) return id + 1 end }
     a:add_columns { x = x, y = geneva.udf { data_type = "int64", fn = function(id)
       if id == 42 then error("no 42") end return id end } }
-    b:add_columns { x = x, z = geneva.udf { data_type = "int64", fn = function(id) return id end } }
+    -- z is slow: its background job must still be running when cancelled
+    b:add_columns { x = x, z = geneva.udf { data_type = "int64", fn = function(id)
+      local t = os.clock() + 0.005 while os.clock() < t do end return id end } }
     local done_a = a:backfill("x", { batch_size = 50 })
     local ok, failed = pcall(a.backfill, a, "y", { batch_size = 50 })
     assert.is_false(ok)
