@@ -2,6 +2,7 @@
 -- (db:define_cluster & co.) and `geneva cluster` on the command line.
 local geneva = require "geneva"
 local cluster = require "geneva.context.cluster"
+local sv = require "geneva.context.spec"
 local errors = require "geneva.errors"
 local json = require "geneva.json"
 local fs = require "geneva.fs"
@@ -131,14 +132,14 @@ describe("geneva.context.cluster", function()
     end)
 
     it("parses Kubernetes quantities", function()
-      assert.equal(512 * 2^20, (cluster.parse_quantity("512Mi")))
-      assert.equal(4 * 2^30, (cluster.parse_quantity("4Gi")))
-      assert.equal(1.5e9, (cluster.parse_quantity("1.5G")))
-      assert.equal(1e9, (cluster.parse_quantity("1e9")))
-      assert.equal(0.1, (cluster.parse_quantity("100m")))
-      assert.is_nil((cluster.parse_quantity("4GG")))
-      assert.is_nil((cluster.parse_quantity("Gi")))
-      assert.is_nil((cluster.parse_quantity(".")))
+      assert.equal(512 * 2^20, (sv.parse_quantity("512Mi")))
+      assert.equal(4 * 2^30, (sv.parse_quantity("4Gi")))
+      assert.equal(1.5e9, (sv.parse_quantity("1.5G")))
+      assert.equal(1e9, (sv.parse_quantity("1e9")))
+      assert.equal(0.1, (sv.parse_quantity("100m")))
+      assert.is_nil((sv.parse_quantity("4GG")))
+      assert.is_nil((sv.parse_quantity("Gi")))
+      assert.is_nil((sv.parse_quantity(".")))
       assert.equal("1e9", cluster.validate{ type = "kuberay", head_group = { memory = "1e9" } }.head_group.memory)
       assert.equal(1048576, cluster.validate{ type = "kuberay", head_group = { memory = 1048576 } }.head_group.memory)
     end)
