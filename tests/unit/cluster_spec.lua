@@ -8,8 +8,6 @@ local json = require "geneva.json"
 local fs = require "geneva.fs"
 local child = require "child"
 
-local q = child.quote
-
 local raises = require("expect").raises
 
 local function invalid(spec, message)
@@ -18,14 +16,8 @@ local function invalid(spec, message)
   return err
 end
 
--- runs `geneva ARGS`; returns exit code, stdout, stderr
-local function cli(argstr)
-  local out, err = os.tmpname(), os.tmpname()
-  local _, _, code = os.execute(("%s %s >%s 2>%s"):format(q(child.bin), argstr, out, err))
-  local o, e = child.read(out), child.read(err)
-  os.remove(out) os.remove(err)
-  return code, o, e
-end
+-- runs `geneva ARGS...`; returns exit code, stdout, stderr
+local cli = child.cli
 
 local GOOD = {
   type = "kuberay", namespace = "geneva", kubeconfig = "~/.kube/config", ttl_seconds = 3600,
@@ -287,49 +279,49 @@ describe("geneva.context.cluster", function()
     after_each(function() child.rmtree(dir) end)
 
     it("lists, shows and deletes with --json", function()
-      local code, out = cli("cluster list --json --db " .. q(uri))
+      local code, out = cli { "cluster", "list", "--json", "--db", uri }
       assert.equal(0, code)
       local list = assert(json.decode(out))
       assert.equal(2, #list)
       assert.equal("dev", list[1].name)
       assert.same({ from_env = "X" }, list[1].spec.env.TOKEN)
-      code, out = cli("cluster show gpu --db " .. q(uri) .. " --json")
+      code, out = cli { "cluster", "show", "gpu", "--db", uri, "--json" }
       assert.equal(0, code)
       local rec = assert(json.decode(out))
       assert.equal("kuberay", rec.type)
       assert.equal("cpu", rec.spec.worker_groups[1].name)
-      code, out = cli("cluster delete dev --db " .. q(uri) .. " --json")
+      code, out = cli { "cluster", "delete", "dev", "--db", uri, "--json" }
       assert.equal(0, code)
       assert.equal("dev", assert(json.decode(out)).deleted)
-      code, out = cli("cluster show dev --db " .. q(uri) .. " --json")
+      code, out = cli { "cluster", "show", "dev", "--db", uri, "--json" }
       assert.equal(1, code)
       assert.equal("not_found", assert(json.decode(out)).error.code)
-      code = cli("cluster delete dev --db " .. q(uri))
+      code = cli { "cluster", "delete", "dev", "--db", uri }
       assert.equal(1, code)
     end)
 
     it("prints text, help and usage errors", function()
-      local code, out = cli("cluster list --db " .. q(uri))
+      local code, out = cli { "cluster", "list", "--db", uri }
       assert.equal(0, code)
       assert.matches("dev%s+local%s+workers=2", out)
       assert.matches("gpu%s+kuberay%s+namespace=geneva workers=cpu=2,gpu=0", out)
-      code, out = cli("cluster show gpu --db " .. q(uri))
+      code, out = cli { "cluster", "show", "gpu", "--db", uri }
       assert.equal(0, code)
       assert.matches("cluster gpu %(kuberay%)", out)
-      code, out = cli("cluster --help")
+      code, out = cli { "cluster", "--help" }
       assert.equal(0, code)
       assert.matches("usage: geneva cluster list", out)
       local err
-      code, _, err = cli("cluster list")
+      code, _, err = cli { "cluster", "list" }
       assert.equal(2, code)
       assert.matches("missing %-%-db URI", err)
-      code = cli("cluster frob --db " .. q(uri))
+      code = cli { "cluster", "frob", "--db", uri }
       assert.equal(2, code)
-      code = cli("cluster show --db " .. q(uri))
+      code = cli { "cluster", "show", "--db", uri }
       assert.equal(2, code)
-      code = cli("cluster list --db " .. q(uri) .. " --bogus")
+      code = cli { "cluster", "list", "--db", uri, "--bogus" }
       assert.equal(2, code)
-      code, out = cli("cluster list --json --db " .. q(dir .. "/missing"))
+      code, out = cli { "cluster", "list", "--json", "--db", dir .. "/missing" }
       assert.equal(1, code)
       assert.equal("not_found", assert(json.decode(out)).error.code)
     end)
