@@ -273,13 +273,8 @@ end
 -- M.get(db, name) -> spec | nil, Error(not_found). A probe: never raises
 -- for an unknown (or invalid) name; raises for unreadable records.
 function M.get(db, name)
-  if type(name) ~= "string" or not pcall(registry.check_name, "cluster", name) then
-    return nil, errors.new("not_found", ("cluster %s is not defined"):format(show(name)))
-  end
-  local rec = registry.read(db, KIND, name)
-  if not rec then
-    return nil, errors.new("not_found", ("cluster '%s' is not defined in %s"):format(name, db.path))
-  end
+  local rec, err = registry.find(db, KIND, name)
+  if not rec then return nil, err end
   return rec.spec
 end
 
@@ -292,22 +287,17 @@ end
 
 -- M.list(db) -> array of {name=, type=, spec=, created_at=, updated_at=}, by name
 function M.list(db)
+  local recs, names = registry.list(db, KIND)
   local out = {}
-  for _, n in ipairs(registry.names(db, KIND)) do
-    local rec = registry.read(db, KIND, n)
-    if rec then
-      out[#out + 1] = { name = n, type = rec.type, spec = rec.spec,
-                        created_at = rec.created_at, updated_at = rec.updated_at }
-    end
+  for i, rec in ipairs(recs) do
+    out[i] = { name = names[i], type = rec.type, spec = rec.spec,
+               created_at = rec.created_at, updated_at = rec.updated_at }
   end
   return out
 end
 
 -- M.delete(db, name) -> true | raises not_found
-function M.delete(db, name)
-  registry.check_name("cluster", name)
-  return registry.remove(db, KIND, name)
-end
+function M.delete(db, name) return registry.delete(db, KIND, name) end
 
 -- }=====
 

@@ -501,33 +501,14 @@ end
 
 -- M.get(db, name) -> record | nil, Error(not_found). A probe: never raises
 -- for an unknown name; raises for unreadable records.
-function M.get(db, name)
-  if type(name) ~= "string" or not pcall(registry.check_name, "manifest", name) then
-    return nil, errors.new("not_found", ("manifest %s is not defined"):format(sv.show(name)))
-  end
-  local rec = registry.read(db, KIND, name)
-  if not rec then
-    return nil, errors.new("not_found", ("manifest '%s' is not defined in %s"):format(name, db.path))
-  end
-  return rec
-end
+function M.get(db, name) return registry.find(db, KIND, name) end
 
 -- M.list(db) -> array of records, sorted by name
-function M.list(db)
-  local out = {}
-  for _, n in ipairs(registry.names(db, KIND)) do
-    local rec = registry.read(db, KIND, n)
-    if rec then out[#out + 1] = rec end
-  end
-  return out
-end
+function M.list(db) return (registry.list(db, KIND)) end
 
 -- M.delete(db, name) -> true | raises not_found. The package stays: other
 -- manifests may share it (same checksum).
-function M.delete(db, name)
-  registry.check_name("manifest", name)
-  return registry.remove(db, KIND, name)
-end
+function M.delete(db, name) return registry.delete(db, KIND, name) end
 
 -- }=====
 
