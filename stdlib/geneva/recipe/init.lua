@@ -222,15 +222,21 @@ local function field_loc(r, node, err, fallback)
   return best
 end
 
+-- Error e again with another message, its fields and then extra's.
+local function reworded(e, message, extra)
+  local fields = {}
+  for k, v in pairs(e) do fields[k] = v end
+  fields.code, fields.message = nil, nil
+  for k, v in pairs(extra) do fields[k] = v end
+  return errors.new(e.code, message, fields)
+end
+
 -- Re-raises err as an invalid_argument (or its own code) located in the file.
 local function located_error(r, loc, prefix, err)
   local e = errors.from(err)
   loc = loc or { line = 1, col = 1 }
-  local fields = {}
-  for k, v in pairs(e) do fields[k] = v end
-  fields.code, fields.message = nil, nil
-  fields.path, fields.line, fields.col = r.file, loc.line, loc.col
-  return errors.new(e.code, ("%s:%d:%d: %s: %s"):format(r.file, loc.line, loc.col, prefix, e.message), fields)
+  return reworded(e, ("%s:%d:%d: %s: %s"):format(r.file, loc.line, loc.col, prefix, e.message),
+    { path = r.file, line = loc.line, col = loc.col })
 end
 
 -- YAML nulls are absent fields to the registries
@@ -400,11 +406,7 @@ local function run_job(r, db, j)
   if not bok then
     local e = errors.from(berr)
     if e.code == "interrupted" then error(berr, 0) end
-    local fields = {}
-    for k, v in pairs(e) do fields[k] = v end
-    fields.code, fields.message = nil, nil
-    fields.recipe_job = j.name
-    error(errors.new(e.code, ("%s: job '%s': %s"):format(r.file, j.name, e.message), fields), 0)
+    error(reworded(e, ("%s: job '%s': %s"):format(r.file, j.name, e.message), { recipe_job = j.name }), 0)
   end
   if type(rec) == "table" and type(rec.record) == "function" then rec = rec:record() end
   rec = rec or {}
