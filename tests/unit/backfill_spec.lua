@@ -9,6 +9,7 @@ local backfill = require "geneva.backfill"
 local job = require "geneva.backfill.job"
 local fs = require "geneva.fs"
 local child = require "child"
+local tables = require "tables"
 
 local raises = require("expect").raises
 
@@ -16,11 +17,7 @@ local raises = require("expect").raises
 local function text_of(i) return ("r%d:"):format(i) .. ("ab"):rep(i % 11) end
 
 -- Creates table `name` with rows (id, text) for ids 1..n
-local function make_table(db, name, n, opts)
-  local rows = {}
-  for i = 1, n do rows[i] = { id = i, text = text_of(i) } end
-  return db:create_table(name, rows, opts)
-end
+local make_table = tables.maker { rows = function(i) return { id = i, text = text_of(i) } end }
 
 -- Rows of a table keyed by id
 local function by_id(tbl, columns)
@@ -28,15 +25,6 @@ local function by_id(tbl, columns)
   for _, r in ipairs(tbl:to_rows { columns = columns }) do
     assert.is_nil(out[r.id], "duplicate id " .. tostring(r.id))
     out[r.id] = r
-  end
-  return out
-end
-
-local function staged_files(tbl, column)
-  local out = {}
-  local base = tbl.dir .. "/_staging/" .. column
-  for _, v in ipairs(fs.list(base) or {}) do
-    for _, f in ipairs(fs.list(base .. "/" .. v) or {}) do out[#out + 1] = v .. "/" .. f end
   end
   return out
 end
@@ -72,7 +60,7 @@ describe("geneva.backfill", function()
     end
     assert.equal(0, bad)
     assert.equal(0, tbl:count_rows("score IS NULL"))
-    assert.same({}, staged_files(tbl, "score"))
+    assert.same({}, tables.staged(tbl, "score", true))
     -- only missing rows: a second backfill plans nothing and commits nothing
     local v = tbl:version()
     local rec2 = tbl:backfill("score")
@@ -326,11 +314,7 @@ describe("geneva.backfill", function()
   end)
 
   describe("backfill_async", function()
-    local slow = function(id)
-      local t = os.clock() + 0.0004
-      while os.clock() < t do end
-      return id * 7
-    end
+    local slow = require("udfs").slow   -- id * 7, ~0.3 ms a row
 
     it("runs to DONE; wait() returns the record", function()
       local tbl = make_table(db, "docs", 2000, { fragment_size = 1000 })
