@@ -24,8 +24,9 @@ Table.__index = Table
 Table.__name = "geneva.Table"
 M.Table = Table
 
-local qi = reader.quote_ident
+local qi = sqlite.quote_ident
 local find_column = reader.find_column
+local find_fragment = storage.find_fragment
 
 -- M.new(db, name, dir) -> Table (no I/O; db:open_table checks existence)
 function M.new(db, name, dir)
@@ -303,12 +304,6 @@ end
 -- }======
 
 -- {====== Writing
-
-local function find_fragment(m, id)
-  for _, f in ipairs(m.fragments) do
-    if f.id == id then return f end
-  end
-end
 
 -- tbl:add(rows | {from = "file.csv"|"file.jsonl"}) -> tbl
 -- Appends new fragments of at most fragment_size rows. Nothing is committed

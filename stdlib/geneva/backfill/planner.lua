@@ -10,7 +10,7 @@ local reader = require "geneva.store.reader"
 
 local planner = {}
 
-local function quote(name) return '"' .. name:gsub('"', '""') .. '"' end
+local quote = require("geneva.sqlite").quote_ident
 
 -- Rows in a staged output file (0 if it cannot be read: the commit will say)
 local function staged_rows(path)

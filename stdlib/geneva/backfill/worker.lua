@@ -23,7 +23,7 @@ local CHUNK = 1024          -- rows handed to the UDF executor at a time
 -- BLOCK rows; it more than halves the write cost. CHUNK is a multiple.
 local BLOCK = 64
 
-local function quote(name) return '"' .. name:gsub('"', '""') .. '"' end
+local quote = require("geneva.sqlite").quote_ident
 
 -- worker.staged_path(tbl_dir, column, udf_version, frag, lo, hi) -> path
 function worker.staged_path(tbl_dir, column, udf_version, frag, lo, hi)
@@ -67,12 +67,6 @@ function State:snapshot(tbl_dir, version)
     self.snapshots[key] = m
   end
   return m
-end
-
-local function find_fragment(snapshot, id)
-  for _, f in ipairs(snapshot.fragments) do
-    if f.id == id then return f end
-  end
 end
 
 -- A staged output that cannot be written (ulimit -f, a full disk, a
@@ -204,7 +198,7 @@ end
 function worker.run_task(state, task)
   local reader = require "geneva.store.reader"
   local snapshot = state:snapshot(task.table_dir, task.version)
-  local frag = find_fragment(snapshot, task.fragment)
+  local frag = storage.find_fragment(snapshot, task.fragment)
   if not frag then
     errors.throw("not_found", ("fragment %d is not in version %d"):format(task.fragment, task.version))
   end

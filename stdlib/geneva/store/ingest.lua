@@ -16,7 +16,7 @@ local ingest = {}
 
 ingest.DEFAULT_FRAGMENT_SIZE = 100000
 
-local function qi(name) return '"' .. name:gsub('"', '""') .. '"' end
+local qi = require("geneva.sqlite").quote_ident
 
 -- ingest.check_name(name [, what="column"]) -> name | raises invalid_argument.
 -- Columns: letters, digits, _; not "_rowid", not starting with "__".

@@ -17,8 +17,8 @@ local reader = {}
 
 reader.MAX_ATTACHED = 10   -- Debian's SQLITE_MAX_ATTACHED
 
-local function qi(name) return '"' .. name:gsub('"', '""') .. '"' end
-reader.quote_ident = qi
+local qi = sqlite.quote_ident
+reader.quote_ident = qi      -- the same function, for older callers
 local ql = storage.quote_literal
 
 local check = errors.io

@@ -81,6 +81,13 @@ function storage.latest(tbl_dir)
   return storage.read(tbl_dir, n), n
 end
 
+-- storage.find_fragment(snapshot, id) -> the fragment entry with that id | nil
+function storage.find_fragment(m, id)
+  for _, f in ipairs(m.fragments) do
+    if f.id == id then return f end
+  end
+end
+
 -- Marks the arrays of a snapshot so that empty ones encode as [] again.
 local function mark_arrays(m)
   m.schema = json.array(setmetatable(m.schema or {}, nil))
