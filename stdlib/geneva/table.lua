@@ -16,6 +16,7 @@ local sqlite = require "geneva.sqlite"
 local storage = require "geneva.store.versions"
 local reader = require "geneva.store.reader"
 local ingest = require "geneva.store.ingest"
+local where_check = require "geneva.store.where"
 
 local M = {}
 
@@ -122,35 +123,12 @@ end
 
 -- {====== Reading
 
-local function check_where(where, fname)
-  if where ~= nil and type(where) ~= "string" then
-    invalid(("%s: where must be an SQL string, got %s"):format(fname, type(where)))
-  end
-end
-
-local function bad_where(where, msg)
-  invalid(("bad where clause '%s': %s"):format(where, tostring(msg):gsub(" %(in \".*$", "")), { where = where })
-end
-
 -- Prepares sql on db; a failure blames the where clause when there is one.
-local function prepare(db, sql, where)
+local function prepare(db, sql, where, what)
   local st, msg, code = db:prepare(sql)
   if st then return st end
-  if where then bad_where(where, msg) end
+  if where then where_check.fail(what, where, msg) end
   errors.throw("internal", msg, { cause = code })
-end
-
--- Checks where against a table with the schema's columns (for a table
--- without fragments, where nothing else would look at it).
-local function validate_where(m, where)
-  local db <close> = errors.io(sqlite.open(":memory:"))
-  local defs = { "_rowid INTEGER PRIMARY KEY" }
-  for _, c in ipairs(m.schema) do
-    defs[#defs + 1] = qi(c.name)
-    if c.virtual then defs[#defs + 1] = qi("__ver_" .. c.name) end
-  end
-  errors.io(db:exec(("CREATE TEMP TABLE t(%s)"):format(table.concat(defs, ", "))))
-  prepare(db, ("SELECT 1 FROM t WHERE (%s)"):format(where), where):close()
 end
 
 -- Columns a reader must expose for `names` plus what `where` mentions.
@@ -166,20 +144,19 @@ end
 
 -- tbl:count_rows([where]) -> integer
 function Table:count_rows(where)
-  check_where(where, "count_rows")
   local m = current(self)
+  where_check.check(where, m, "count_rows")
   local total = 0
   if not where then
     for _, f in ipairs(m.fragments) do total = total + f.rows end
     return total
   end
-  if #m.fragments == 0 then validate_where(m, where) end
   local cols = reader_columns(m, {}, where)
   for _, f in ipairs(m.fragments) do
     local db <close> = reader.open(self.dir, m, f, { columns = cols })
-    local st <close> = prepare(db, ("SELECT count(*) FROM t WHERE (%s)"):format(where), where)
+    local st <close> = prepare(db, ("SELECT count(*) FROM t WHERE (%s)"):format(where), where, "count_rows")
     local r, msg = st:step()
-    if not r then bad_where(where, msg) end
+    if not r then where_check.fail("count_rows", where, msg) end
     total = total + st:get(1)
   end
   return total
@@ -214,17 +191,16 @@ Rows in (fragment, rowid) order, values typed back (nil for NULL, bools,
 float32 vectors as arrays of numbers, 64-bit integers exact). columns may
 name "_rowid" (the row's number within its fragment).
 ]]
-function Table:to_rows(opts)
+local function to_rows(self, opts, what)
   opts = opts or {}
   if type(opts) ~= "table" then invalid("to_rows: options must be a table") end
   local where, limit = opts.where, opts.limit
-  check_where(where, "to_rows")
   if limit ~= nil and (math.type(limit) ~= "integer" or limit < 0) then
     invalid("to_rows: limit must be a non-negative integer")
   end
   local m = current(self)
   local names = resolve_columns(m, opts.columns)
-  if where and #m.fragments == 0 then validate_where(m, where) end
+  where_check.check(where, m, what)
 
   local stored, fix = {}, {}
   for _, n in ipairs(names) do
@@ -246,11 +222,11 @@ function Table:to_rows(opts)
     local sql = ("SELECT %s FROM t%s ORDER BY _rowid%s"):format(table.concat(sel, ", "),
       where and (" WHERE (" .. where .. ")") or "", limit and (" LIMIT " .. (limit - n)) or "")
     local db <close> = reader.open(self.dir, m, f, { columns = cols })
-    local st <close> = prepare(db, sql, where)
+    local st <close> = prepare(db, sql, where, what)
     while true do
       local r, msg = st:step()
       if not r then
-        if where then bad_where(where, msg) end
+        if where then where_check.fail(what, where, msg) end
         errors.throw("unavailable", msg)
       end
       if r == "done" then break end
@@ -267,6 +243,8 @@ function Table:to_rows(opts)
   return out
 end
 
+function Table:to_rows(opts) return to_rows(self, opts, "to_rows") end
+
 -- A query builder: tbl:search():where(sql):select{...}:limit(n):to_rows()
 local Query = {}
 Query.__index = Query
@@ -278,8 +256,7 @@ function Table:search()
 end
 
 function Query:where(sql)
-  check_where(sql, "where")
-  self._where = sql
+  self._where = where_check.check(sql, current(self.tbl), "search")
   return self
 end
 
@@ -294,7 +271,7 @@ function Query:limit(n)
 end
 
 function Query:to_rows()
-  return self.tbl:to_rows { columns = self._columns, where = self._where, limit = self._limit }
+  return to_rows(self.tbl, { columns = self._columns, where = self._where, limit = self._limit }, "search")
 end
 
 function Query:count_rows()

@@ -85,10 +85,11 @@ describe("geneva.backfill", function()
     rec = tbl:backfill("dbl", { batch_size = 100 })
     assert.equal(3000 - 1000 - 67, rec.rows.planned)
     for id, r in pairs(by_id(tbl, { "id", "dbl" })) do assert.equal(id * 2, r.dbl) end
-    -- a bad where is an invalid_argument naming the clause, and the job FAILED
+    -- a bad where is an invalid_argument naming the clause, before any job starts
+    local jobs = #db:jobs()
     local e = raises("invalid_argument", tbl.backfill, tbl, "dbl", { where = "no_such_column = 1" })
-    assert.matches("no_such_column", e.message)
-    assert.equal("FAILED", db:jobs()[1].status)
+    assert.matches('backfill: where "no_such_column = 1": no such column: no_such_column', e.message, 1, true)
+    assert.equal(jobs, #db:jobs())
   end)
 
   it("computes NULL results again on the next backfill", function()

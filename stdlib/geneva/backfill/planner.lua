@@ -7,6 +7,7 @@
 local errors = require "geneva.errors"
 local fs = require "geneva.fs"
 local reader = require "geneva.store.reader"
+local where_check = require "geneva.store.where"
 
 local planner = {}
 
@@ -86,7 +87,8 @@ function planner.plan_tasks(tbl, snapshot, column, udf_version, where, batch_siz
       local stmt, err = r:prepare(sql)
       if not stmt then
         r:close()
-        errors.throw("invalid_argument", ("bad where clause %q: %s"):format(where or "", err), { where = where })
+        if where then where_check.fail("backfill", where, err) end
+        errors.throw("internal", err)
       end
       stmt:bind_all({ udf_version })
       for row in stmt:rows() do

@@ -14,6 +14,7 @@ local errors = require "geneva.errors"
 local types = require "geneva.store.types"
 local fs = require "geneva.fs"
 local storage = require "geneva.store.versions"
+local where_check = require "geneva.store.where"
 
 local worker = {}
 
@@ -213,6 +214,8 @@ function worker.run_task(state, task)
     if not c then errors.throw("invalid_argument", ("UDF input column '%s' does not exist"):format(name)) end
     in_types[i] = assert(types.parse(c.data_type))
   end
+  -- tasks come from a driver that checked where; a task file may not have
+  where_check.check(task.where, snapshot, "backfill")
   local wanted = { task.column }
   for _, name in ipairs(inputs) do wanted[#wanted + 1] = name end
   -- and what `where` mentions (the reader ignores repeated names)
@@ -229,7 +232,8 @@ function worker.run_task(state, task)
   local stmt, err = r:prepare(sql)
   if not stmt then
     r:close()
-    errors.throw("invalid_argument", ("bad where clause %q: %s"):format(task.where or "", err))
+    if task.where then where_check.fail("backfill", task.where, err) end
+    errors.throw("internal", err)
   end
   stmt:bind_all({ task.lo, task.hi, spec.version })
 

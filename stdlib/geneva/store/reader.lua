@@ -33,19 +33,8 @@ function reader.find_column(m, name)
 end
 
 -- reader.columns_in(snapshot, sql) -> array of the schema's column names
--- that occur as words in sql (a superset of what the SQL can reference).
-function reader.columns_in(m, sql)
-  local words = {}
-  for w in sql:gmatch("[%a_][%w_]*") do
-    w = w:lower()
-    words[w:match("^__ver_(.+)$") or w] = true
-  end
-  local out = {}
-  for _, c in ipairs(m.schema) do
-    if words[c.name:lower()] then out[#out + 1] = c.name end
-  end
-  return out
-end
+-- that sql (a where) mentions: geneva.store.where.columns.
+reader.columns_in = require("geneva.store.where").columns
 
 -- Folds a column's file list into TEMP table tname(_rowid, value, ver).
 local function fold(db, tbl_dir, list, tname)
