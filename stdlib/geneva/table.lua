@@ -505,7 +505,7 @@ end
 --[[
 tbl:_commit_column_files(column, udf_version, files) -> version, committed
 For the backfill driver. files: array of {fragment = id, path = staged file
-holding col(_rowid INTEGER PRIMARY KEY, value), lo =, hi =}. Moves each into
+holding col(_rowid INTEGER PRIMARY KEY, value) [and failed marks], lo =, hi =}. Moves each into
 data/ and appends it to its fragment's list for column in a new version
 (re-applied over concurrent commits); a list longer than
 storage.MAX_COLUMN_FILES is folded. Files of fragments that no longer exist
@@ -515,9 +515,10 @@ back to their staged paths. Returns the new version and how many files it
 committed (0 and no commit when none applied).
 ]]
 --[[ tbl:backfill(column [, {where=, batch_size=, concurrency=, commit_every=,
-resume=true}]) -> record. Computes the rows whose value is missing or was
-computed by an older version of the column's UDF; raises the job's error
-when it ends FAILED or CANCELLED (geneva.backfill). ]]
+resume=true}]) -> record. Computes the rows that are missing: not computed
+by the column's current UDF version, or failed under on_error = "null"
+(geneva.store.reader.missing); a NULL result counts as computed. Raises the
+job's error when it ends FAILED or CANCELLED (geneva.backfill). ]]
 function Table:backfill(column, opts)
   return require("geneva.backfill").run(self, column, opts)
 end

@@ -16,6 +16,10 @@ job.STATUSES = { PENDING = true, RUNNING = true, DONE = true, FAILED = true, CAN
 local FINAL = { DONE = true, FAILED = true, CANCELLED = true }
 job.FINAL = FINAL
 
+-- A record lists at most this many failed rowids (rows.failed_rowids, by
+-- fragment); rows.failed counts them all, and the column files mark them all.
+job.MAX_FAILED_ROWIDS = 1000
+
 local function jobs_dir(db_dir) return db_dir .. "/_geneva/jobs" end
 
 

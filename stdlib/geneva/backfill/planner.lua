@@ -2,7 +2,8 @@
 --
 -- recover_staged: staged outputs of other UDF versions are garbage; those of
 -- this version are checkpoints of an earlier run, committed first.
--- plan_tasks: the rows that are missing or stale and match `where`, cut into
+-- plan_tasks: the rows that are missing (reader.missing: not computed by the
+-- column's current UDF version, or failed) and match `where`, cut into
 -- tasks over fixed rowid windows [k*bs+1, (k+1)*bs] of each fragment.
 local errors = require "geneva.errors"
 local fs = require "geneva.fs"
@@ -11,7 +12,6 @@ local where_check = require "geneva.store.where"
 
 local planner = {}
 
-local quote = require("geneva.sqlite").quote_ident
 
 -- Rows in a staged output file (0 if it cannot be read: the commit will say)
 local function staged_rows(path)
@@ -57,7 +57,7 @@ function planner.recover_staged(tbl, column, udf_version, resume, rec)
 end
 
 -- (perf) A fragment where no file holds the column and there is no `where`:
--- every row is missing, so its windows follow from its row count (rowids run
+-- every row is missing (no file, so no version and no failed mark), so its windows follow from its row count (rowids run
 -- 1..rows) without the scan below, which reads every row (~0.2 s per 1M rows
 -- before any worker can start). Appends them to tasks; returns the rows.
 local function all_windows(tasks, frag, batch_size)
@@ -76,9 +76,8 @@ function planner.plan_tasks(tbl, snapshot, column, udf_version, where, batch_siz
   if where then
     for _, name in ipairs(reader.columns_in(snapshot, where)) do cols[#cols + 1] = name end
   end
-  local sql = ("SELECT (_rowid - 1) / %d AS w, count(*) FROM t WHERE (%s IS NULL OR %s IS NOT ?)%s GROUP BY w ORDER BY w")
-    :format(batch_size, quote(column), quote("__ver_" .. column),
-            where and (" AND (" .. where .. ")") or "")
+  local sql = ("SELECT (_rowid - 1) / %d AS w, count(*) FROM t WHERE %s%s GROUP BY w ORDER BY w")
+    :format(batch_size, reader.missing(column), where and (" AND (" .. where .. ")") or "")
   for _, frag in ipairs(snapshot.fragments) do
     if not where and #((frag.columns or {})[column] or {}) == 0 then
       planned = planned + all_windows(tasks, frag, batch_size)

@@ -1,10 +1,11 @@
 -- geneva.backfill.worker: what a worker process does with backfill tasks.
 --
 -- A task is one rowid window of one fragment: the worker selects the rows of
--- the window that still need computing (missing or stale, matching `where`),
--- runs the UDF over them in batches, and writes
+-- the window that still need computing (geneva.store.reader.missing, matching
+-- `where`), runs the UDF over them in batches, and writes
 -- `_staging/<column>/<udf_version>/f<frag>-<lo>-<hi>.db` (a temp file renamed
--- into place: a staged file is complete or absent). Memory stays flat: rows
+-- into place: a staged file is complete or absent) with the rows that failed
+-- under on_error = "null" in its table `failed` (store.versions, "Failed marks"). Memory stays flat: rows
 -- are streamed through a prepared statement, `chunk` rows at a time.
 --
 -- Modes (geneva.cli.worker): `--stdio` serves tasks over JSON lines (local
@@ -23,6 +24,7 @@ local CHUNK = 1024          -- rows handed to the UDF executor at a time
 -- pays SQLite's per-statement cost (bind, step, reset, VDBE setup) once per
 -- BLOCK rows; it more than halves the write cost. CHUNK is a multiple.
 local BLOCK = 64
+local MAX_FAILED_ROWIDS = require("geneva.backfill.job").MAX_FAILED_ROWIDS
 
 local quote = require("geneva.sqlite").quote_ident
 
@@ -136,9 +138,11 @@ local function write_rows(o, rowids, values, n)
   end
 end
 
--- Publishes the output (keep) or drops it; on a failure the temp file goes
--- too, so a failed task leaves nothing in _staging.
-local function close_output(o, keep)
+-- Publishes the output (keep) with its failed marks (a table `failed` of
+-- the rowids that failed under on_error = "null", only when some did), or
+-- drops it; on a failure the temp file goes too, so a failed task leaves
+-- nothing in _staging.
+local function close_output(o, keep, failed_rowids)
   o.ins:close()
   o.many:close()
   if not keep then
@@ -146,7 +150,12 @@ local function close_output(o, keep)
     os.remove(o.tmp)
     return
   end
-  local ok, err, code = o.db:exec("COMMIT")
+  local ok, err, code = true, nil, nil
+  if #failed_rowids > 0 then
+    ok, err, code = o.db:exec("CREATE TABLE failed(_rowid INTEGER PRIMARY KEY)")
+    if ok then ok, err, code = o.db:insert_columns("INSERT INTO failed(_rowid) VALUES (?)", { failed_rowids }) end
+  end
+  if ok then ok, err, code = o.db:exec("COMMIT") end
   if not ok then
     o.db:close()
     os.remove(o.tmp)
@@ -192,7 +201,9 @@ end
 
 -- }======
 
--- worker.run_task(state, task) -> result {computed=, failed=, staged=, errors=}
+-- worker.run_task(state, task) -> result {computed=, failed=, staged=, errors=,
+-- failed_rowids=} (failed_rowids: the first job.MAX_FAILED_ROWIDS rowids that
+-- failed; the staged file has them all)
 -- | raises an Error (udf_error for on_error="fail", others for bad tasks).
 -- task: {table_dir, version, fragment, lo, hi, column, udf (spec with
 -- .version), where}
@@ -225,9 +236,8 @@ function worker.run_task(state, task)
   local r = reader.open(task.table_dir, snapshot, frag, { columns = wanted })
   local sel = {}
   for i, name in ipairs(inputs) do sel[i] = quote(name) end
-  local sql = ("SELECT _rowid%s FROM t WHERE _rowid BETWEEN ? AND ? AND (%s IS NULL OR %s IS NOT ?)%s ORDER BY _rowid")
-    :format(#sel > 0 and ", " .. table.concat(sel, ", ") or "", quote(task.column),
-            quote("__ver_" .. task.column),
+  local sql = ("SELECT _rowid%s FROM t WHERE _rowid BETWEEN ? AND ? AND %s%s ORDER BY _rowid")
+    :format(#sel > 0 and ", " .. table.concat(sel, ", ") or "", reader.missing(task.column),
             task.where and (" AND (" .. task.where .. ")") or "")
   local stmt, err = r:prepare(sql)
   if not stmt then
@@ -241,7 +251,7 @@ function worker.run_task(state, task)
   local null = json.null
   local out = open_output(worker.staged_path(task.table_dir, task.column, spec.version,
                                              task.fragment, task.lo, task.hi))
-  local computed, failed, first_errors = 0, 0, {}
+  local computed, failed, first_errors, failed_rowids = 0, 0, {}, {}
   -- Per chunk, not per row: one fetch_columns call fills the column arrays
   -- straight from SQLite, one ex:run, and write_rows binds BLOCK rows per
   -- call. Only the types whose SQLite form differs from the Lua one are
@@ -304,6 +314,7 @@ function worker.run_task(state, task)
       computed = computed + n - #res.failed
       failed = failed + #res.failed
       for _, f in ipairs(res.failed) do
+        failed_rowids[#failed_rowids + 1] = rowids[f.index]
         if #first_errors < 5 then first_errors[#first_errors + 1] = errors.plain(errors.from(f.error, "udf_error")) end
       end
       if n < chunk then break end
@@ -312,10 +323,12 @@ function worker.run_task(state, task)
   stmt:close()
   r:close()
   local rows = computed + failed
-  close_output(out, ok and rows > 0)
+  close_output(out, ok and rows > 0, failed_rowids)
   if not ok then error(errors.from(perr, "udf_error"), 0) end
+  local listed = failed_rowids
+  if #listed > MAX_FAILED_ROWIDS then listed = table.move(failed_rowids, 1, MAX_FAILED_ROWIDS, 1, {}) end
   return {
-    computed = computed, failed = failed, errors = first_errors,
+    computed = computed, failed = failed, errors = first_errors, failed_rowids = listed,
     staged = rows > 0 and out.path or nil,
   }
 end
@@ -375,7 +388,7 @@ function worker.task_main(path)
   local task = assert(json.decode(text, { null_as_nil = true }))
   local ok, res = pcall(worker.run_task, worker.state(), task)
   local out = ok and { op = "done", task = task.id, computed = res.computed, failed = res.failed,
-                       staged = res.staged, errors = res.errors }
+                       staged = res.staged, errors = res.errors, failed_rowids = res.failed_rowids }
                  or { op = "failed", task = task.id, error = errors.plain(errors.from(res, "udf_error")) }
   assert(fs.write_atomic(path .. ".result", json.encode(out)))
   return ok and 0 or 1
