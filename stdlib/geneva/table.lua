@@ -512,7 +512,7 @@ storage.MAX_COLUMN_FILES is folded. Files of fragments that no longer exist
 are skipped (left where they are). Raises conflict when column is gone, not
 virtual, or its udf_version is no longer udf_version; the moved files then go
 back to their staged paths. Returns the new version and how many files it
-committed (0 and no commit when none applied).
+committed (the latest version, 0 and no commit when none applied).
 ]]
 --[[ tbl:backfill(column [, {where=, batch_size=, concurrency=, commit_every=,
 resume=true}]) -> record. Computes the rows that are missing: not computed
@@ -578,6 +578,7 @@ function Table:_commit_column_files(column, udf_version, files)
         f.columns[cname] = list
       end
     end
+    if next(applied) == nil then return false end    -- their fragments are gone: no version
     for _, f in ipairs(m.fragments) do
       local list = f.columns[cname]
       if list and #list > storage.MAX_COLUMN_FILES then f.columns[cname] = fold(list) end
@@ -591,7 +592,7 @@ function Table:_commit_column_files(column, udf_version, files)
   -- files whose fragment vanished meanwhile go back; files folded into a
   -- new one at once were never referenced by any version
   local used, committed = {}, 0
-  for _, f in ipairs(res.fragments) do
+  for _, f in ipairs(res and res.fragments or {}) do
     for _, e in ipairs(f.columns[cname] or {}) do used[e.file] = true end
   end
   for _, e in ipairs(moved) do
@@ -602,7 +603,7 @@ function Table:_commit_column_files(column, udf_version, files)
       if not used[e.file] then os.remove(self.dir .. "/" .. e.file) end
     end
   end
-  return res.version, committed
+  return res and res.version or self:version(), committed
 end
 
 -- }======

@@ -239,4 +239,75 @@ describe("what a backfill computes", function()
     assert.same({ "1:100", "1:150", "1:200", "1:250", "1:300", "1:50" }, listed(rec))
     assert.equal(6, tbl:count_rows('"__failed_maybe"'))
   end)
+
+  describe("with nothing to compute", function()
+    -- stages window lo..hi of fragment 1 of column as an interrupted run would
+    local function stage(tbl, column, lo, hi)
+      local m = tbl:_snapshot()
+      local c = reader.find_column(m, column)
+      local spec = c.udf
+      spec.version = c.udf_version
+      return worker.run_task(worker.state(), { id = "t", table_dir = tbl.dir, version = m.version,
+        fragment = m.fragments[1].id, lo = lo, hi = hi, column = column, udf = spec }).staged
+    end
+
+    it("drops checkpoints whose rows were all computed since, and commits no version", function()
+      local tbl = make_table(db, "docs", 500, { fragment_size = 500 })
+      tbl:add_columns { neg = geneva.udf { data_type = "int64", fn = function(id) return -id end } }
+      local staged = stage(tbl, "neg", 1, 100)
+      local copy = fs.read(staged)
+      local rec = tbl:backfill("neg", { batch_size = 100 })
+      assert.equal(100, rec.rows.recovered)
+      assert.equal(400, rec.rows.planned)
+      -- the same checkpoint again (a late worker of a cancelled run)
+      assert(fs.write_atomic(staged, copy))
+      local v, files = tbl:version(), version_files(tbl)
+      rec = tbl:backfill("neg", { batch_size = 100 })
+      assert.equal("DONE", rec.status)
+      assert.equal(0, rec.rows.planned)
+      assert.equal(0, rec.commits)
+      assert.is_falsy(rec.rows.recovered)
+      assert.equal(v, tbl:version())
+      assert.equal(files, version_files(tbl))
+      assert.is_false(fs.exists(staged))
+      assert.equal(500, tbl:count_rows("neg = -id"))
+    end)
+
+    it("commits a checkpoint when some of its rows are still missing", function()
+      local tbl = make_table(db, "docs", 500, { fragment_size = 500 })
+      tbl:add_columns { neg = geneva.udf { data_type = "int64", fn = function(id) return -id end } }
+      local staged = stage(tbl, "neg", 1, 100)
+      -- rows 1..50 computed and committed since; 51..100 are only in the checkpoint
+      local half = stage(tbl, "neg", 1, 50)
+      tbl:_commit_column_files("neg", tbl:schema().neg.udf_version, { { fragment = 1, path = half, lo = 1, hi = 50 } })
+      local rec = tbl:backfill("neg", { batch_size = 100 })
+      assert.equal(100, rec.rows.recovered)
+      assert.equal(400, rec.rows.planned)
+      assert.is_false(fs.exists(staged))
+      assert.equal(500, tbl:count_rows("neg = -id"))
+    end)
+
+    it("publishes no version when the fragments of a commit vanished meanwhile", function()
+      local tbl = make_table(db, "docs", 10, { fragment_size = 10 })
+      tbl:add_columns { neg = geneva.udf { data_type = "int64", fn = function(id) return -id end } }
+      local staged = stage(tbl, "neg", 1, 10)
+      local v = tbl:version()
+      -- another writer removes the fragment between the move and the commit
+      local commit = storage.commit
+      storage.commit = function(dir, op, mutate, opts)
+        return commit(dir, op, function(m, ...)
+          m.fragments = {}
+          return mutate(m, ...)
+        end, opts)
+      end
+      local ok, got_v, n = pcall(tbl._commit_column_files, tbl, "neg", tbl:schema().neg.udf_version,
+        { { fragment = 1, path = staged, lo = 1, hi = 10 } })
+      storage.commit = commit
+      assert.is_true(ok, tostring(got_v))
+      assert.equal(0, n)
+      assert.equal(v, got_v)
+      assert.equal(v, tbl:version())
+      assert.is_true(fs.exists(staged))          -- back where it was
+    end)
+  end)
 end)

@@ -1,7 +1,8 @@
 -- geneva.backfill.planner: what a backfill has to compute (docs/internals.md).
 --
 -- recover_staged: staged outputs of other UDF versions are garbage; those of
--- this version are checkpoints of an earlier run, committed first.
+-- this version are checkpoints of an earlier run, committed first (unless
+-- none of their rows is still missing).
 -- plan_tasks: the rows that are missing (reader.missing: not computed by the
 -- column's current UDF version, or failed) and match `where`, cut into
 -- tasks over fixed rowid windows [k*bs+1, (k+1)*bs] of each fragment.
@@ -9,9 +10,9 @@ local errors = require "geneva.errors"
 local fs = require "geneva.fs"
 local reader = require "geneva.store.reader"
 local where_check = require "geneva.store.where"
+local storage = require "geneva.store.versions"
 
 local planner = {}
-
 
 -- Rows in a staged output file (0 if it cannot be read: the commit will say)
 local function staged_rows(path)
@@ -25,8 +26,28 @@ local function staged_rows(path)
   return ok and n or 0
 end
 
+-- Does the staged file f hold a row still missing in snapshot? A checkpoint
+-- whose rows were all computed since (a late worker of a cancelled run)
+-- would only add a version. Unreadable files count as useful: the commit
+-- reports them.
+local function still_missing(tbl, snapshot, column, udf_version, f)
+  local frag = storage.find_fragment(snapshot, f.fragment)
+  if not frag then return true end             -- the commit skips it
+  local r = reader.open(tbl.dir, snapshot, frag, { columns = { column }, reserve = 1 })
+  local ok, res = pcall(function()
+    if not r:attach(f.path, "s", { immutable = true }) then return true end
+    local v = r:value(("SELECT EXISTS (SELECT 1 FROM s.col JOIN t USING (_rowid) WHERE %s)")
+      :format(reader.missing(column)), udf_version)
+    return v ~= 0
+  end)
+  r:close()
+  if not ok then error(res, 0) end
+  return res
+end
+
 -- Staged outputs: other UDF versions are garbage; this version's files are
--- checkpoints of an earlier run, committed first when resuming.
+-- checkpoints of an earlier run, committed first when resuming (those with
+-- nothing still missing are dropped: no version for them).
 function planner.recover_staged(tbl, column, udf_version, resume, rec)
   local base = tbl.dir .. "/_staging/" .. column
   local files = {}
@@ -45,6 +66,18 @@ function planner.recover_staged(tbl, column, udf_version, resume, rec)
         end
       end
     end
+  end
+  if #files > 0 then
+    local snapshot, useful = tbl:_snapshot(), {}
+    for _, f in ipairs(files) do
+      if still_missing(tbl, snapshot, column, udf_version, f) then useful[#useful + 1] = f
+      else os.remove(f.path) end
+    end
+    if #useful < #files then
+      rec.events[#rec.events + 1] = ("dropped %d checkpoint(s) of an earlier run: their rows were computed since")
+        :format(#files - #useful)
+    end
+    files = useful
   end
   if #files > 0 then
     local rows = 0

@@ -51,9 +51,9 @@ function reader.missing(column)
 end
 
 --[[
-reader.open(tbl_dir, snapshot, fragment [, {columns = {...}}]) -> Db
+reader.open(tbl_dir, snapshot, fragment [, {columns = {...}, reserve = n}]) -> Db
 columns defaults to every column of the schema; an unknown name raises
-invalid_argument. Raises unavailable when a file cannot be opened. The
+invalid_argument. reserve keeps n attach slots free for the caller. Raises unavailable when a file cannot be opened. The
 caller owns the Db (close it, or `local db <close> = reader.open(...)`).
 ]]
 function reader.open(tbl_dir, m, frag, opts)
@@ -88,7 +88,7 @@ function reader.open(tbl_dir, m, frag, opts)
       total = total + #lists[i]
     end
     local folded = {}
-    local budget = reader.MAX_ATTACHED - 1
+    local budget = reader.MAX_ATTACHED - 1 - (opts and opts.reserve or 0)
     while total > budget do
       local best
       for i in ipairs(cols) do

@@ -133,9 +133,10 @@ function storage.init(tbl_dir, m)
 end
 
 --[[
-storage.commit(tbl_dir, operation, mutate [, opts]) -> new snapshot
+storage.commit(tbl_dir, operation, mutate [, opts]) -> new snapshot | nil
 mutate(latest) gets a fresh copy of the latest snapshot and returns the new
-one (it may modify and return its argument) or raises. When another writer
+one (it may modify and return its argument), or false when there is nothing
+to commit (then nothing is published and commit returns nil), or raises. When another writer
 publishes the same version first, the latest is read again and mutate runs
 again: it must be safe to repeat (see also opts.on_retry). Retries are
 bounded (opts.retries, default storage.COMMIT_RETRIES) with jittered
@@ -149,6 +150,7 @@ function storage.commit(tbl_dir, operation, mutate, opts)
     local cur, n = storage.latest(tbl_dir)
     if not cur then errors.throw("not_found", ("no table at '%s'"):format(tbl_dir), { path = tbl_dir }) end
     local new = mutate(cur, attempt)
+    if new == false then return nil end
     if type(new) ~= "table" then
       errors.throw("internal", "storage.commit: mutate must return the new snapshot")
     end
