@@ -310,4 +310,75 @@ describe("what a backfill computes", function()
       assert.is_true(fs.exists(staged))          -- back where it was
     end)
   end)
+
+  describe("floats", function()
+    local nan = 0 / 0
+    local bits = function(x) return string.pack("<d", x) end
+    -- the float64 the UDF returns for id (NaN of both signs, infinities, -0.0)
+    local function special(id)
+      local nan_ = 0 / 0
+      local v = ({ nan_, -nan_, 1 / 0, -1 / 0, -0.0, 2.5 })[id % 6 + 1]
+      if id == 6 then return nil end
+      return v
+    end
+    local function expected(id)
+      if id == 6 then return nil end
+      return ({ nan, -nan, 1 / 0, -1 / 0, -0.0, 2.5 })[id % 6 + 1]
+    end
+
+    it("keeps NaN, infinities and -0.0 through backfill, to_rows, search and UDF inputs", function()
+      local tbl = make_table(db, "docs", 12, { fragment_size = 5 })
+      tbl:add_columns {
+        f = geneva.udf { data_type = "float64", fn = special },
+        v = geneva.udf { data_type = "float32[2]", fn = function(id) return { 0 / 0, id == 2 and 1 / 0 or id } end },
+      }
+      local rec = tbl:backfill("f")
+      assert.equal(12, rec.rows.computed)
+      tbl:backfill("v")
+      -- a UDF reading f sees what was returned
+      tbl:add_columns { g = geneva.udf { data_type = "string", fn = function(f)
+        if f == nil then return "nil" end
+        return ("%s %s"):format(math.type(f), string.pack("<d", f):byte(8) >= 128 and "neg" or "pos")
+      end } }
+      tbl:backfill("g")
+      for _, rows in ipairs { tbl:to_rows(), tbl:search():where("id > 0"):to_rows() } do
+        assert.equal(12, #rows)
+        for _, r in ipairs(rows) do
+          local want = expected(r.id)
+          if want == nil then
+            assert.is_nil(r.f)
+            assert.equal("nil", r.g)
+          else
+            assert.equal("float", math.type(r.f))
+            assert.equal(bits(want), bits(r.f), "id " .. r.id)
+            assert.equal(("float %s"):format(bits(want):byte(8) >= 128 and "neg" or "pos"), r.g)
+          end
+          assert.is_true(r.v[1] ~= r.v[1], "vector NaN")
+          assert.equal(r.id == 2 and 1 / 0 or r.id, r.v[2])
+        end
+      end
+      -- a NaN is a value, not NULL: computed, and not computed again
+      assert.equal(1, tbl:count_rows("f IS NULL"))
+      assert.equal(3, tbl:count_rows("typeof(f) = 'blob'"))          -- NaN, in SQL (ids 1, 7, 12)
+      assert.equal(8, tbl:count_rows("typeof(f) = 'real'"))
+      local v = tbl:version()
+      assert.equal(0, tbl:backfill("f").rows.planned)
+      assert.equal(v, tbl:version())
+    end)
+
+    it("keeps NaN in stored columns and through compact", function()
+      local tbl = db:create_table("nums", { { id = 1, x = nan }, { id = 2, x = 1.5 }, { id = 3, x = -nan } },
+        { schema = { { name = "id", data_type = "int64" }, { name = "x", data_type = "float64" } } })
+      local rows = tbl:to_rows()
+      assert.equal(bits(nan), bits(rows[1].x))
+      assert.equal(1.5, rows[2].x)
+      assert.equal(bits(-nan), bits(rows[3].x))
+      tbl:add_columns { y = geneva.udf { data_type = "float64", fn = function(x) return x end } }
+      tbl:backfill("y", { batch_size = 1 })
+      tbl:compact()
+      rows = tbl:to_rows()
+      assert.equal(bits(nan), bits(rows[1].y))
+      assert.equal(bits(-nan), bits(rows[3].y))
+    end)
+  end)
 end)

@@ -262,6 +262,7 @@ function worker.run_task(state, task)
     if k == "bool" or k == "vector" or k == "float64" then conv[#conv + 1] = i end
   end
   local wrap = out_type.kind == "blob" or out_type.kind == "vector"
+  local float64 = out_type.kind == "float64"     -- NaN is stored as a BLOB (types.to_sql)
   local from_sql, to_sql = types.from_sql, types.to_sql
   -- A UDF with a timeout runs one row per chunk and says which row it is on
   -- (heartbeat), so the runner can kill a worker stuck inside C code and
@@ -309,6 +310,11 @@ function worker.run_task(state, task)
           w[i] = v == null and null or to_sql(out_type, v)
         end
         values = w
+      elseif float64 then
+        for i = 1, n do
+          local v = values[i]
+          if v ~= v then values[i] = to_sql(out_type, v) end
+        end
       end
       write_rows(out, rowids, values, n)
       computed = computed + n - #res.failed
