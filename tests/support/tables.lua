@@ -61,4 +61,17 @@ function tables.check_exact(tbl, n, col, f)
   assert.equal(0, bad, ("%d wrong values in %s"):format(bad, col))
 end
 
+-- tables.task_for(tbl, column, lo, hi [, where [, fragment]]) -> task,
+-- udf_version: the worker task (geneva.backfill.worker.run_task) for rowids
+-- lo..hi of a fragment (default: the first) of tbl's latest version
+function tables.task_for(tbl, column, lo, hi, where, fragment)
+  local m = tbl:_snapshot()
+  local c = require("geneva.store.reader").find_column(m, column)
+  assert(c, "no column " .. column)
+  local spec = c.udf
+  spec.version = c.udf_version
+  return { id = "t", table_dir = tbl.dir, version = m.version, fragment = fragment or m.fragments[1].id,
+           lo = lo, hi = hi, column = column, udf = spec, where = where }, c.udf_version
+end
+
 return tables

@@ -5,7 +5,6 @@
 -- backfill with nothing to compute commits no version. Floats keep NaN and
 -- infinities.
 local geneva = require "geneva"
-local errors = require "geneva.errors"
 local job = require "geneva.backfill.job"
 local worker = require "geneva.backfill.worker"
 local reader = require "geneva.store.reader"
@@ -13,15 +12,29 @@ local storage = require "geneva.store.versions"
 local sqlite = require "geneva.sqlite"
 local fs = require "geneva.fs"
 local child = require "child"
+local tables = require "tables"
 
-local function make_table(db, name, n, opts)
-  local rows = {}
-  for i = 1, n do rows[i] = { id = i, text = ("r%d"):format(i) } end
-  return db:create_table(name, rows, opts)
-end
+-- tables of rows (id, text = "r<id>")
+local make_table = tables.maker { rows = function(i) return { id = i, text = ("r%d"):format(i) } end }
+local task_for = tables.task_for
 
 local function version_files(tbl)
   return #(fs.list(tbl.dir .. "/_versions") or {})
+end
+
+-- Backfills column (opts) and checks there was nothing to do: DONE, nothing
+-- planned, no commit, no new version. Returns the record.
+local function backfill_noop(tbl, column, opts)
+  local v, files = tbl:version(), version_files(tbl)
+  local rec = tbl:backfill(column, opts)
+  assert.equal("DONE", rec.status)
+  assert.equal(0, rec.rows.planned)
+  assert.equal(0, rec.tasks.planned)
+  assert.equal(0, rec.commits)
+  assert.equal(v, tbl:version())
+  assert.equal(files, version_files(tbl))
+  assert.equal(v, rec.version_end)
+  return rec
 end
 
 -- A UDF failing for ids divisible by `every` until the file `fixed` exists
@@ -85,15 +98,7 @@ describe("what a backfill computes", function()
     assert.equal(1000, rec.rows.computed)
     assert.equal(0, rec.rows.failed)
     assert.equal(500, tbl:count_rows("half IS NULL"))
-    local v, files = tbl:version(), version_files(tbl)
-    rec = tbl:backfill("half", { batch_size = 64 })
-    assert.equal("DONE", rec.status)
-    assert.equal(0, rec.rows.planned)
-    assert.equal(0, rec.tasks.planned)
-    assert.equal(0, rec.commits)
-    assert.equal(v, tbl:version())
-    assert.equal(files, version_files(tbl))
-    assert.equal(v, rec.version_end)
+    backfill_noop(tbl, "half", { batch_size = 64 })
   end)
 
   it("records rows failed under on_error = 'null' by rowid, recomputes exactly those, then stops", function()
@@ -125,9 +130,7 @@ describe("what a backfill computes", function()
     assert.same({}, listed(rec))
     assert.equal(0, tbl:count_rows('"__failed_maybe"'))
     assert.equal(3000, tbl:count_rows("maybe = -id"))
-    local v = tbl:version()
-    assert.equal(0, tbl:backfill("maybe").rows.planned)
-    assert.equal(v, tbl:version())
+    backfill_noop(tbl, "maybe")
   end)
 
   it("narrows the failed rows by where, and plans appended fragments whole", function()
@@ -206,12 +209,7 @@ describe("what a backfill computes", function()
   it("a worker stages its failed rows in the column file and reports them", function()
     local tbl = make_table(db, "docs", 300, { fragment_size = 300 })
     tbl:add_columns { maybe = flaky_udf(50, root .. "/never") }
-    local m = tbl:_snapshot()
-    local c = m.schema[#m.schema]
-    local spec = c.udf
-    spec.version = c.udf_version
-    local res = worker.run_task(worker.state(), { id = "t", table_dir = tbl.dir, version = m.version,
-      fragment = 1, lo = 1, hi = 300, column = "maybe", udf = spec })
+    local res = worker.run_task(worker.state(), task_for(tbl, "maybe", 1, 300))
     assert.equal(6, res.failed)
     assert.same({ 50, 100, 150, 200, 250, 300 }, res.failed_rowids)
     local f <close> = assert(sqlite.open(res.staged, { readonly = true }))
@@ -224,13 +222,8 @@ describe("what a backfill computes", function()
   it("commits the checkpoints of an interrupted run with their failed marks", function()
     local tbl = make_table(db, "docs", 300, { fragment_size = 300 })
     tbl:add_columns { maybe = flaky_udf(50, root .. "/never") }
-    local m = tbl:_snapshot()
-    local c = m.schema[#m.schema]
-    local spec = c.udf
-    spec.version = c.udf_version
     -- a run that staged one window and died
-    worker.run_task(worker.state(), { id = "t", table_dir = tbl.dir, version = m.version,
-      fragment = 1, lo = 1, hi = 100, column = "maybe", udf = spec })
+    worker.run_task(worker.state(), task_for(tbl, "maybe", 1, 100))
     local rec = tbl:backfill("maybe", { batch_size = 100 })
     assert.equal(100, rec.rows.recovered)
     -- the checkpoint's failed rows (50, 100) are missing again: planned too
@@ -243,17 +236,18 @@ describe("what a backfill computes", function()
   describe("with nothing to compute", function()
     -- stages window lo..hi of fragment 1 of column as an interrupted run would
     local function stage(tbl, column, lo, hi)
-      local m = tbl:_snapshot()
-      local c = reader.find_column(m, column)
-      local spec = c.udf
-      spec.version = c.udf_version
-      return worker.run_task(worker.state(), { id = "t", table_dir = tbl.dir, version = m.version,
-        fragment = m.fragments[1].id, lo = lo, hi = hi, column = column, udf = spec }).staged
+      return worker.run_task(worker.state(), task_for(tbl, column, lo, hi)).staged
+    end
+
+    -- a table of n rows in one fragment with a column neg = -id
+    local function neg_table(n)
+      local tbl = make_table(db, "docs", n, { fragment_size = n })
+      tbl:add_columns { neg = geneva.udf { data_type = "int64", fn = function(id) return -id end } }
+      return tbl
     end
 
     it("drops checkpoints whose rows were all computed since, and commits no version", function()
-      local tbl = make_table(db, "docs", 500, { fragment_size = 500 })
-      tbl:add_columns { neg = geneva.udf { data_type = "int64", fn = function(id) return -id end } }
+      local tbl = neg_table(500)
       local staged = stage(tbl, "neg", 1, 100)
       local copy = fs.read(staged)
       local rec = tbl:backfill("neg", { batch_size = 100 })
@@ -261,21 +255,14 @@ describe("what a backfill computes", function()
       assert.equal(400, rec.rows.planned)
       -- the same checkpoint again (a late worker of a cancelled run)
       assert(fs.write_atomic(staged, copy))
-      local v, files = tbl:version(), version_files(tbl)
-      rec = tbl:backfill("neg", { batch_size = 100 })
-      assert.equal("DONE", rec.status)
-      assert.equal(0, rec.rows.planned)
-      assert.equal(0, rec.commits)
+      rec = backfill_noop(tbl, "neg", { batch_size = 100 })
       assert.is_falsy(rec.rows.recovered)
-      assert.equal(v, tbl:version())
-      assert.equal(files, version_files(tbl))
       assert.is_false(fs.exists(staged))
       assert.equal(500, tbl:count_rows("neg = -id"))
     end)
 
     it("commits a checkpoint when some of its rows are still missing", function()
-      local tbl = make_table(db, "docs", 500, { fragment_size = 500 })
-      tbl:add_columns { neg = geneva.udf { data_type = "int64", fn = function(id) return -id end } }
+      local tbl = neg_table(500)
       local staged = stage(tbl, "neg", 1, 100)
       -- rows 1..50 computed and committed since; 51..100 are only in the checkpoint
       local half = stage(tbl, "neg", 1, 50)
@@ -288,8 +275,7 @@ describe("what a backfill computes", function()
     end)
 
     it("publishes no version when the fragments of a commit vanished meanwhile", function()
-      local tbl = make_table(db, "docs", 10, { fragment_size = 10 })
-      tbl:add_columns { neg = geneva.udf { data_type = "int64", fn = function(id) return -id end } }
+      local tbl = neg_table(10)
       local staged = stage(tbl, "neg", 1, 10)
       local v = tbl:version()
       -- another writer removes the fragment between the move and the commit
@@ -361,9 +347,7 @@ describe("what a backfill computes", function()
       assert.equal(1, tbl:count_rows("f IS NULL"))
       assert.equal(3, tbl:count_rows("typeof(f) = 'blob'"))          -- NaN, in SQL (ids 1, 7, 12)
       assert.equal(8, tbl:count_rows("typeof(f) = 'real'"))
-      local v = tbl:version()
-      assert.equal(0, tbl:backfill("f").rows.planned)
-      assert.equal(v, tbl:version())
+      backfill_noop(tbl, "f")
     end)
 
     it("keeps NaN in stored columns and through compact", function()

@@ -144,11 +144,7 @@ describe("where", function()
   end)
 
   it("is checked by a worker too (a task built by hand)", function()
-    local m = tbl:_snapshot()
-    local spec = m.schema[#m.schema].udf
-    spec.version = m.schema[#m.schema].udf_version
-    local task = { id = "t", table_dir = tbl.dir, version = m.version, fragment = m.fragments[1].id,
-                   lo = 1, hi = 4, column = "dbl", udf = spec, where = "id < 0) OR (1" }
+    local task = require("tables").task_for(tbl, "dbl", 1, 4, "id < 0) OR (1")
     local ok, e = pcall(worker.run_task, worker.state(), task)
     assert.is_false(ok)
     assert.is_true(errors.is(e, "invalid_argument"), tostring(e))
