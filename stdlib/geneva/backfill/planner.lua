@@ -37,7 +37,7 @@ local function still_missing(tbl, snapshot, column, udf_version, f)
   local ok, res = pcall(function()
     if not r:attach(f.path, "s", { immutable = true }) then return true end
     local v = r:value(("SELECT EXISTS (SELECT 1 FROM s.col JOIN t USING (_rowid) WHERE %s)")
-      :format(reader.missing(column)), udf_version)
+      :format(reader.missing(column, udf_version, frag)))
     return v ~= 0
   end)
   r:close()
@@ -109,12 +109,12 @@ function planner.plan_tasks(tbl, snapshot, column, udf_version, where, batch_siz
   if where then
     for _, name in ipairs(reader.columns_in(snapshot, where)) do cols[#cols + 1] = name end
   end
-  local sql = ("SELECT (_rowid - 1) / %d AS w, count(*) FROM t WHERE %s%s GROUP BY w ORDER BY w")
-    :format(batch_size, reader.missing(column), where and (" AND (" .. where .. ")") or "")
   for _, frag in ipairs(snapshot.fragments) do
     if not where and #((frag.columns or {})[column] or {}) == 0 then
       planned = planned + all_windows(tasks, frag, batch_size)
     else
+      local sql = ("SELECT (_rowid - 1) / %d AS w, count(*) FROM t WHERE %s%s GROUP BY w ORDER BY w")
+        :format(batch_size, reader.missing(column, udf_version, frag), where and (" AND (" .. where .. ")") or "")
       local r = reader.open(tbl.dir, snapshot, frag, { columns = cols })
       local stmt, err = r:prepare(sql)
       if not stmt then
@@ -122,7 +122,6 @@ function planner.plan_tasks(tbl, snapshot, column, udf_version, where, batch_siz
         if where then where_check.fail("backfill", where, err) end
         errors.throw("internal", err)
       end
-      stmt:bind_all({ udf_version })
       for row in stmt:rows() do
         local w, n = row[1], row[2]
         tasks[#tasks + 1] = { fragment = frag.id, lo = w * batch_size + 1, hi = (w + 1) * batch_size, rows = n }

@@ -237,7 +237,7 @@ function worker.run_task(state, task)
   local sel = {}
   for i, name in ipairs(inputs) do sel[i] = quote(name) end
   local sql = ("SELECT _rowid%s FROM t WHERE _rowid BETWEEN ? AND ? AND %s%s ORDER BY _rowid")
-    :format(#sel > 0 and ", " .. table.concat(sel, ", ") or "", reader.missing(task.column),
+    :format(#sel > 0 and ", " .. table.concat(sel, ", ") or "", reader.missing(task.column, spec.version, frag),
             task.where and (" AND (" .. task.where .. ")") or "")
   local stmt, err = r:prepare(sql)
   if not stmt then
@@ -245,7 +245,7 @@ function worker.run_task(state, task)
     if task.where then where_check.fail("backfill", task.where, err) end
     errors.throw("internal", err)
   end
-  stmt:bind_all({ task.lo, task.hi, spec.version })
+  stmt:bind_all({ task.lo, task.hi })
 
   local ex = state:executor(spec, task.column).ex
   local null = json.null

@@ -39,15 +39,17 @@ end
 reader.columns_in = require("geneva.store.where").columns
 
 --[[
-reader.missing(column) -> SQL condition over t, with one parameter (the
-column's current udf_version): the rows a backfill of column computes.
-Missing = never computed by this UDF version (no column file holds the row,
-or the winning file's udf_version differs) or failed under on_error =
-"null" (a failed mark in the winning file). A NULL the UDF returned is a
-computed value.
+reader.missing(column, udf_version [, fragment]) -> SQL condition over t:
+the rows a backfill of column computes. Missing = never computed by this
+UDF version (no column file holds the row, or the winning file's
+udf_version differs) or failed under on_error = "null" (a failed mark in
+the winning file). A NULL the UDF returned is a computed value. (perf) With
+fragment and no file of column in it, every row is missing: "1", no test
+per row. The version is a literal, so SQLite folds what it can.
 ]]
-function reader.missing(column)
-  return ("(%s IS NOT ? OR %s)"):format(qi("__ver_" .. column), qi("__failed_" .. column))
+function reader.missing(column, udf_version, frag)
+  if frag and #((frag.columns or {})[column] or {}) == 0 then return "1" end
+  return ("(%s IS NOT %s OR %s)"):format(qi("__ver_" .. column), ql(udf_version), qi("__failed_" .. column))
 end
 
 --[[
