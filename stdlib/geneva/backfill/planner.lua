@@ -16,14 +16,10 @@ local planner = {}
 
 -- Rows in a staged output file (0 if it cannot be read: the commit will say)
 local function staged_rows(path)
-  local db = require("geneva.sqlite").open(path, { readonly = true })
+  local db <close> = require("geneva.sqlite").open(path, { readonly = true })
   if not db then return 0 end
-  local n = 0
-  local ok = pcall(function()
-    for row in db:rows("SELECT count(*) FROM col") do n = row[1] end
-  end)
-  db:close()
-  return ok and n or 0
+  local ok, n = pcall(db.value, db, "SELECT count(*) FROM col")
+  return ok and math.tointeger(n) or 0
 end
 
 -- Does the staged file f hold a row still missing in snapshot? A checkpoint
@@ -33,16 +29,11 @@ end
 local function still_missing(tbl, snapshot, column, udf_version, f)
   local frag = storage.find_fragment(snapshot, f.fragment)
   if not frag then return true end             -- the commit skips it
-  local r = reader.open(tbl.dir, snapshot, frag, { columns = { column }, reserve = 1 })
-  local ok, res = pcall(function()
-    if not r:attach(f.path, "s", { immutable = true }) then return true end
-    local v = r:value(("SELECT EXISTS (SELECT 1 FROM s.col JOIN t USING (_rowid) WHERE %s)")
-      :format(reader.missing(column, udf_version, frag)))
-    return v ~= 0
-  end)
-  r:close()
-  if not ok then error(res, 0) end
-  return res
+  local r <close> = reader.open(tbl.dir, snapshot, frag, { columns = { column }, reserve = 1 })
+  if not r:attach(f.path, "s", { immutable = true }) then return true end
+  local v = r:value(("SELECT EXISTS (SELECT 1 FROM s.col JOIN t USING (_rowid) WHERE %s)")
+    :format(reader.missing(column, udf_version, frag)))
+  return v ~= 0
 end
 
 -- Staged outputs: other UDF versions are garbage; this version's files are
@@ -115,10 +106,9 @@ function planner.plan_tasks(tbl, snapshot, column, udf_version, where, batch_siz
     else
       local sql = ("SELECT (_rowid - 1) / %d AS w, count(*) FROM t WHERE %s%s GROUP BY w ORDER BY w")
         :format(batch_size, reader.missing(column, udf_version, frag), where and (" AND (" .. where .. ")") or "")
-      local r = reader.open(tbl.dir, snapshot, frag, { columns = cols })
-      local stmt, err = r:prepare(sql)
+      local r <close> = reader.open(tbl.dir, snapshot, frag, { columns = cols })
+      local stmt <close>, err = r:prepare(sql)
       if not stmt then
-        r:close()
         if where then where_check.fail("backfill", where, err) end
         errors.throw("internal", err)
       end
@@ -127,8 +117,6 @@ function planner.plan_tasks(tbl, snapshot, column, udf_version, where, batch_siz
         tasks[#tasks + 1] = { fragment = frag.id, lo = w * batch_size + 1, hi = (w + 1) * batch_size, rows = n }
         planned = planned + n
       end
-      stmt:close()
-      r:close()
     end
   end
   return tasks, planned

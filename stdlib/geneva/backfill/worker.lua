@@ -233,15 +233,14 @@ function worker.run_task(state, task)
   if task.where then
     for _, name in ipairs(reader.columns_in(snapshot, task.where)) do wanted[#wanted + 1] = name end
   end
-  local r = reader.open(task.table_dir, snapshot, frag, { columns = wanted })
+  local r <close> = reader.open(task.table_dir, snapshot, frag, { columns = wanted })
   local sel = {}
   for i, name in ipairs(inputs) do sel[i] = quote(name) end
   local sql = ("SELECT _rowid%s FROM t WHERE _rowid BETWEEN ? AND ? AND %s%s ORDER BY _rowid")
     :format(#sel > 0 and ", " .. table.concat(sel, ", ") or "", reader.missing(task.column, spec.version, frag),
             task.where and (" AND (" .. task.where .. ")") or "")
-  local stmt, err = r:prepare(sql)
+  local stmt <close>, err = r:prepare(sql)
   if not stmt then
-    r:close()
     if task.where then where_check.fail("backfill", task.where, err) end
     errors.throw("internal", err)
   end
@@ -326,7 +325,7 @@ function worker.run_task(state, task)
       if n < chunk then break end
     end
   end)
-  stmt:close()
+  stmt:close()      -- the input is done with (r and stmt are to-be-closed for the error paths)
   r:close()
   local rows = computed + failed
   close_output(out, ok and rows > 0, failed_rowids)
