@@ -30,62 +30,40 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <dlfcn.h>
 #include <openssl/evp.h>
 
 #include <lua.h>
 #include <lauxlib.h>
 
 #include "geneva_internal.h"
+#include "handle.h"
 
-/* {====== libcrypto, loaded on first hash
+/* {====== libcrypto.so.3, loaded on the first hash (lazy.h)
 ** libcrypto is built with BIND_NOW and has ~4000 symbol relocations: linking
 ** it would cost every `geneva` start about as much as Lua itself
 ** (pitfalls.md, startup). Only the SHA-256 calls below need it. */
-static struct {
-  int loaded;
-  const EVP_MD *(*sha256)(void);
-  EVP_MD_CTX *(*ctx_new)(void);
-  void (*ctx_free)(EVP_MD_CTX *);
-  int (*ctx_copy)(EVP_MD_CTX *, const EVP_MD_CTX *);
-  int (*init)(EVP_MD_CTX *, const EVP_MD *, ENGINE *);
-  int (*update)(EVP_MD_CTX *, const void *, size_t);
-  int (*final)(EVP_MD_CTX *, unsigned char *, unsigned int *);
-  int (*digest)(const void *, size_t, unsigned char *, unsigned int *, const EVP_MD *, ENGINE *);
-} crypto;
-
-#define EVP_sha256 crypto.sha256
-#define EVP_MD_CTX_new crypto.ctx_new
-#define EVP_MD_CTX_free crypto.ctx_free
-#define EVP_MD_CTX_copy_ex crypto.ctx_copy
-#define EVP_DigestInit_ex crypto.init
-#define EVP_DigestUpdate crypto.update
-#define EVP_DigestFinal_ex crypto.final
-#define EVP_Digest crypto.digest
-
-/* Loads libcrypto once; raises if it is missing (before anything is held). */
-static void crypto_load(lua_State *L) {
-  void *h;
-  if (crypto.loaded) return;
-  h = dlopen("libcrypto.so.3", RTLD_NOW | RTLD_LOCAL);
-  if (!h) luaL_error(L, "cannot load libcrypto.so.3: %s (install libssl3)", dlerror());
-#define LOAD(field, name) \
-  if (!(*(void **)&crypto.field = dlsym(h, name))) \
-    luaL_error(L, "libcrypto.so.3 lacks %s", name);
-  LOAD(sha256, "EVP_sha256") LOAD(ctx_new, "EVP_MD_CTX_new")
-  LOAD(ctx_free, "EVP_MD_CTX_free") LOAD(ctx_copy, "EVP_MD_CTX_copy_ex")
-  LOAD(init, "EVP_DigestInit_ex") LOAD(update, "EVP_DigestUpdate")
-  LOAD(final, "EVP_DigestFinal_ex") LOAD(digest, "EVP_Digest")
-#undef LOAD
-  crypto.loaded = 1;   /* the handle stays open for the life of the process */
-}
+#include "lazy.h"
+#define CRYPTO_FUNCS(X) \
+  X(EVP_sha256) \
+  X(EVP_MD_CTX_new) \
+  X(EVP_MD_CTX_free) \
+  X(EVP_MD_CTX_copy_ex) \
+  X(EVP_DigestInit_ex) \
+  X(EVP_DigestUpdate) \
+  X(EVP_DigestFinal_ex) \
+  X(EVP_Digest)
+GENEVA_LAZY_LIB(crypto_lib, "libcrypto.so.3", NULL, "install libssl3", NULL, CRYPTO_FUNCS)
+#define EVP_sha256 (crypto_lib_api.EVP_sha256)
+#define EVP_MD_CTX_new (crypto_lib_api.EVP_MD_CTX_new)
+#define EVP_MD_CTX_free (crypto_lib_api.EVP_MD_CTX_free)
+#define EVP_MD_CTX_copy_ex (crypto_lib_api.EVP_MD_CTX_copy_ex)
+#define EVP_DigestInit_ex (crypto_lib_api.EVP_DigestInit_ex)
+#define EVP_DigestUpdate (crypto_lib_api.EVP_DigestUpdate)
+#define EVP_DigestFinal_ex (crypto_lib_api.EVP_DigestFinal_ex)
+#define EVP_Digest (crypto_lib_api.EVP_Digest)
 
 /* }====== */
 
-#define BOX_MT "geneva.fs.Box"
-#define TMPDIR_MT "geneva.fs.TempDir"
-#define LOCK_MT "geneva.fs.Lock"
-#define SHA_MT "geneva.fs.Sha256"
 
 int luaopen_geneva_fs_core(lua_State *L);  /* called by the host's preload table */
 
@@ -146,30 +124,31 @@ static int fsync_dir_path(const char *dir) {
 /* {====== Box: a to-be-closed holder for an fd, DIR* or glob_t */
 
 typedef struct {
+  geneva_handle h;
   int fd;
   DIR *dir;
   int has_glob;
   glob_t g;
 } fs_box;
 
-static void box_release(fs_box *b) {
+static int box_release(void *p) {
+  fs_box *b = (fs_box *)p;
   if (b->fd >= 0) { close(b->fd); b->fd = -1; }
   if (b->dir) { closedir(b->dir); b->dir = NULL; }
   if (b->has_glob) { globfree(&b->g); b->has_glob = 0; }
-}
-
-static int box_gc(lua_State *L) {
-  box_release((fs_box *)luaL_checkudata(L, 1, BOX_MT));
   return 0;
 }
+
+static const geneva_class box_class = {
+  "geneva.fs.Box", NULL, NULL, box_release, NULL, NULL, NULL
+};
 
 /* Pushes an empty box marked to-be-closed: whatever it holds is released
 ** when the C function returns or raises. */
 static fs_box *box_new(lua_State *L) {
-  fs_box *b = (fs_box *)lua_newuserdatauv(L, sizeof *b, 0);
-  memset(b, 0, sizeof *b);
+  fs_box *b = (fs_box *)geneva_handle_new(L, &box_class, sizeof *b, 0);
   b->fd = -1;
-  luaL_setmetatable(L, BOX_MT);
+  geneva_handle_open(L, b);
   lua_toclose(L, -1);
   return b;
 }
@@ -393,7 +372,7 @@ static int fs_glob(lua_State *L) {
   int r = glob(pat, GLOB_BRACE, NULL, &b->g);
   b->has_glob = 1;
   if (r == GLOB_NOMATCH) { lua_newtable(L); return 1; }
-  if (r == GLOB_NOSPACE) { box_release(b); return luaL_error(L, "not enough memory"); }
+  if (r == GLOB_NOSPACE) { geneva_handle_release(b); return luaL_error(L, "not enough memory"); }
   if (r != 0) return geneva_fail(L, "EIO", "glob '%s': read error", pat);
   lua_createtable(L, (int)b->g.gl_pathc, 0);
   for (i = 0; i < b->g.gl_pathc; i++) {
@@ -905,11 +884,11 @@ static int hash_file(EVP_MD_CTX *ctx, const char *path, lua_Integer *size) {
 
 /* core.sha256(s) -> hex digest */
 static int fs_sha256(lua_State *L) {
-  crypto_load(L);
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned mdlen = 0;
+  geneva_lazy_require(L, &crypto_lib);
   if (EVP_Digest(s, len, md, &mdlen, EVP_sha256(), NULL) != 1)
     return luaL_error(L, "sha256: EVP_Digest failed");
   push_hex(L, md, mdlen);
@@ -918,13 +897,14 @@ static int fs_sha256(lua_State *L) {
 
 /* core.sha256_file(path) -> hex, size | nil, msg, code */
 static int fs_sha256_file(lua_State *L) {
-  crypto_load(L);
   const char *path = luaL_checkstring(L, 1);
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned mdlen = 0;
   lua_Integer size;
   int err;
-  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  EVP_MD_CTX *ctx;
+  geneva_lazy_require(L, &crypto_lib);
+  ctx = EVP_MD_CTX_new();
   if (!ctx) return luaL_error(L, "not enough memory");
   if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) err = EIO;
   else err = hash_file(ctx, path, &size);
@@ -937,27 +917,28 @@ static int fs_sha256_file(lua_State *L) {
   return 2;
 }
 
-typedef struct { EVP_MD_CTX *ctx; } sha_ud;
+typedef struct {
+  geneva_handle h;
+  EVP_MD_CTX *ctx;
+} sha_ud;
 
-static sha_ud *check_sha(lua_State *L) {
-  sha_ud *u = (sha_ud *)luaL_checkudata(L, 1, SHA_MT);
-  if (!u->ctx) luaL_error(L, "attempt to use a closed " SHA_MT);
-  return u;
-}
-
-static void sha_release(sha_ud *u) {
-  EVP_MD_CTX *ctx = u->ctx;
+static int sha_release(void *p) {
+  sha_ud *u = (sha_ud *)p;
+  EVP_MD_CTX_free(u->ctx);
   u->ctx = NULL;
-  if (ctx) EVP_MD_CTX_free(ctx);
+  return 0;
 }
+
+static const geneva_class sha_class = {
+  "geneva.fs.Sha256", NULL, NULL, sha_release, NULL, NULL, NULL
+};
 
 /* core.sha256_new() -> Sha256 hasher. Raises when out of memory. */
 static int fs_sha256_new(lua_State *L) {
-  crypto_load(L);
-  sha_ud *u = (sha_ud *)lua_newuserdatauv(L, sizeof *u, 0);
+  sha_ud *u;
   EVP_MD_CTX *ctx;
-  u->ctx = NULL;                      /* born closed */
-  luaL_setmetatable(L, SHA_MT);
+  geneva_lazy_require(L, &crypto_lib);
+  u = (sha_ud *)geneva_handle_new(L, &sha_class, sizeof *u, 0);
   ctx = EVP_MD_CTX_new();
   if (!ctx) return luaL_error(L, "not enough memory");
   if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
@@ -965,12 +946,13 @@ static int fs_sha256_new(lua_State *L) {
     return luaL_error(L, "sha256: EVP_DigestInit_ex failed");
   }
   u->ctx = ctx;
+  geneva_handle_open(L, u);
   return 1;
 }
 
 /* h:update(s) -> h. Raises on a closed hasher. */
 static int sha_m_update(lua_State *L) {
-  sha_ud *u = check_sha(L);
+  sha_ud *u = (sha_ud *)geneva_handle_check(L, 1, &sha_class);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
   if (EVP_DigestUpdate(u->ctx, s, len) != 1) return luaL_error(L, "sha256: update failed");
@@ -981,7 +963,7 @@ static int sha_m_update(lua_State *L) {
 /* h:update_file(path) -> h, size | nil, msg, code (the hasher then holds a
 ** partial file: start over). Streams in 1 MiB chunks. */
 static int sha_m_update_file(lua_State *L) {
-  sha_ud *u = check_sha(L);
+  sha_ud *u = (sha_ud *)geneva_handle_check(L, 1, &sha_class);
   const char *path = luaL_checkstring(L, 2);
   lua_Integer size;
   int err = hash_file(u->ctx, path, &size);
@@ -994,7 +976,7 @@ static int sha_m_update_file(lua_State *L) {
 
 /* h:hex() -> hex digest of everything so far; the hasher stays usable. */
 static int sha_m_hex(lua_State *L) {
-  sha_ud *u = check_sha(L);
+  sha_ud *u = (sha_ud *)geneva_handle_check(L, 1, &sha_class);
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned mdlen = 0;
   int ok;
@@ -1007,44 +989,25 @@ static int sha_m_hex(lua_State *L) {
   return 1;
 }
 
-/* h:close() -> true. Idempotent; also __close and __gc. */
-static int sha_m_close(lua_State *L) {
-  sha_release((sha_ud *)luaL_checkudata(L, 1, SHA_MT));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int sha_gc(lua_State *L) {
-  sha_release((sha_ud *)luaL_checkudata(L, 1, SHA_MT));
-  return 0;
-}
-
-static int sha_tostring(lua_State *L) {
-  sha_ud *u = (sha_ud *)luaL_checkudata(L, 1, SHA_MT);
-  if (!u->ctx) lua_pushliteral(L, SHA_MT " (closed)");
-  else lua_pushfstring(L, SHA_MT " (%p)", (void *)u);
-  return 1;
-}
+/* h:close() -> true, h:is_closed(), __close, __gc: handle.h */
 
 /* }====== */
 
 /* {====== TempDir */
 
 typedef struct {
-  char *path;              /* malloc'd; NULL once closed */
-  geneva_resource *res;
+  geneva_handle h;
+  char *path;              /* malloc'd while open */
 } tmpdir_ud;
 
-/* The one release path (close, __close, __gc, ledger teardown): removes the
-** tree. Returns 0 or errno; never raises nor calls Lua. */
-static int tmpdir_release(tmpdir_ud *u) {
+/* The release (close, __close, __gc, ledger teardown): removes the tree.
+** Returns 0 or errno; never raises nor calls Lua. */
+static int tmpdir_release(void *p) {
+  tmpdir_ud *u = (tmpdir_ud *)p;
   char *path = u->path;
-  geneva_resource *r = u->res;
   rm_ctx *c;
   int err = 0;
   u->path = NULL;
-  u->res = NULL;
-  geneva_ledger_untrack(r);
   if (!path) return 0;
   c = (rm_ctx *)malloc(sizeof *c);
   if (c) {
@@ -1058,13 +1021,16 @@ static int tmpdir_release(tmpdir_ud *u) {
   return err;
 }
 
-static void tmpdir_teardown(void *ud) { tmpdir_release((tmpdir_ud *)ud); }
-
-static tmpdir_ud *check_tmpdir(lua_State *L) {
-  tmpdir_ud *u = (tmpdir_ud *)luaL_checkudata(L, 1, TMPDIR_MT);
-  if (!u->path) luaL_error(L, "attempt to use a closed " TMPDIR_MT);
-  return u;
+static void tmpdir_describe(lua_State *L, void *p, int idx) {
+  (void)idx;
+  lua_pushfstring(L, "'%s'", ((tmpdir_ud *)p)->path);
 }
+
+static int tmpdir_index(lua_State *L);
+
+static const geneva_class tmpdir_class = {
+  "geneva.fs.TempDir", NULL, "tmpdir", tmpdir_release, tmpdir_describe, NULL, tmpdir_index
+};
 
 /*
 ** core.tmpdir([prefix="geneva-"]) -> TempDir | nil, msg, code. mkdtemp under
@@ -1082,10 +1048,7 @@ static int fs_tmpdir(lua_State *L) {
   if (!base || !*base) base = "/tmp";
   tmpl = lua_pushfstring(L, "%s%s%sXXXXXX", base,
                          base[strlen(base) - 1] == '/' ? "" : "/", prefix);
-  u = (tmpdir_ud *)lua_newuserdatauv(L, sizeof *u, 0);
-  u->path = NULL;                 /* born closed */
-  u->res = NULL;
-  luaL_setmetatable(L, TMPDIR_MT);
+  u = (tmpdir_ud *)geneva_handle_new(L, &tmpdir_class, sizeof *u, 0);
   path = strdup(tmpl);
   if (!path) return luaL_error(L, "not enough memory");
   if (!mkdtemp(path)) {
@@ -1094,32 +1057,27 @@ static int fs_tmpdir(lua_State *L) {
     return fail_path(L, err, "tmpdir", tmpl);
   }
   u->path = path;
-  u->res = geneva_ledger_track(L, "tmpdir", tmpdir_teardown, u);
+  geneva_handle_open(L, u);
   return 1;
 }
 
 /* t.path -> the directory. Raises once closed. */
 static int tmpdir_path(lua_State *L) {
-  lua_pushstring(L, check_tmpdir(L)->path);
+  lua_pushstring(L, ((tmpdir_ud *)geneva_handle_check(L, 1, &tmpdir_class))->path);
   return 1;
 }
 
 /* t:close() -> true | nil, msg, code (the tree could not all be removed).
 ** Idempotent. */
 static int tmpdir_m_close(lua_State *L) {
-  tmpdir_ud *u = (tmpdir_ud *)luaL_checkudata(L, 1, TMPDIR_MT);
+  tmpdir_ud *u = (tmpdir_ud *)geneva_handle_to(L, 1, &tmpdir_class);
   int err;
-  if (!u->path) { lua_pushboolean(L, 1); return 1; }
+  if (!geneva_handle_is_open(u)) { lua_pushboolean(L, 1); return 1; }
   lua_pushstring(L, u->path);   /* for the message: release frees it */
-  err = tmpdir_release(u);
+  err = geneva_handle_release(u);
   if (err) return fail_path(L, err, "tmpdir close", lua_tostring(L, -1));
   lua_pushboolean(L, 1);
   return 1;
-}
-
-static int tmpdir_gc(lua_State *L) {
-  tmpdir_release((tmpdir_ud *)luaL_checkudata(L, 1, TMPDIR_MT));
-  return 0;
 }
 
 /* __index: "path" is a field, anything else a method */
@@ -1131,32 +1089,33 @@ static int tmpdir_index(lua_State *L) {
   return 1;
 }
 
-static int tmpdir_tostring(lua_State *L) {
-  tmpdir_ud *u = (tmpdir_ud *)luaL_checkudata(L, 1, TMPDIR_MT);
-  if (!u->path) lua_pushliteral(L, TMPDIR_MT " (closed)");
-  else lua_pushfstring(L, TMPDIR_MT " '%s'", u->path);
-  return 1;
-}
-
 /* }====== */
 
 /* {====== Lock */
 
 typedef struct {
-  int fd;                  /* -1 once unlocked */
-  geneva_resource *res;
+  geneva_handle h;
+  int fd;                  /* the flock'd descriptor while open */
 } lock_ud;
 
-static void lock_release(lock_ud *u) {
+static int lock_release(void *p) {
+  lock_ud *u = (lock_ud *)p;
   int fd = u->fd;
-  geneva_resource *r = u->res;
   u->fd = -1;
-  u->res = NULL;
-  geneva_ledger_untrack(r);
   if (fd >= 0) close(fd);   /* drops the flock */
+  return 0;
 }
 
-static void lock_teardown(void *ud) { lock_release((lock_ud *)ud); }
+static void lock_describe(lua_State *L, void *p, int idx) {
+  (void)p;
+  lua_getiuservalue(L, idx, 1);
+  lua_pushfstring(L, "'%s'", lua_tostring(L, -1));
+  lua_remove(L, -2);
+}
+
+static const geneva_class lock_class = {
+  "geneva.fs.Lock", NULL, "lock", lock_release, lock_describe, NULL, NULL
+};
 
 /*
 ** core.lock(path [, exclusive=true [, wait=true [, timeout]]]) -> Lock |
@@ -1174,10 +1133,8 @@ static int fs_lock(lua_State *L) {
   lock_ud *u;
   int fd, err = 0;
   lua_settop(L, 4);
-  u = (lock_ud *)lua_newuserdatauv(L, sizeof *u, 1);   /* 5; uservalue: path */
-  u->fd = -1;                                          /* born closed */
-  u->res = NULL;
-  luaL_setmetatable(L, LOCK_MT);
+  u = (lock_ud *)geneva_handle_new(L, &lock_class, sizeof *u, 1);   /* 5; uservalue: path */
+  u->fd = -1;
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, 5, 1);
   RETRY(fd, open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666));
@@ -1210,45 +1167,25 @@ static int fs_lock(lua_State *L) {
     return fail_path(L, err, "lock", path);
   }
   u->fd = fd;
-  u->res = geneva_ledger_track(L, "lock", lock_teardown, u);
+  geneva_handle_open(L, u);
   return 1;
 }
 
-/* l:unlock() / l:close() -> true. Idempotent; also __close and __gc. */
+/* l:unlock() -> true: close() under the name that says what it does. */
 static int lock_m_unlock(lua_State *L) {
-  lock_release((lock_ud *)luaL_checkudata(L, 1, LOCK_MT));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int lock_gc(lua_State *L) {
-  lock_release((lock_ud *)luaL_checkudata(L, 1, LOCK_MT));
-  return 0;
+  return geneva_handle_close(L, 1, &lock_class);
 }
 
 /* l:path() -> the lock file. Raises once unlocked. */
 static int lock_m_path(lua_State *L) {
-  lock_ud *u = (lock_ud *)luaL_checkudata(L, 1, LOCK_MT);
-  if (u->fd < 0) return luaL_error(L, "attempt to use a closed " LOCK_MT);
+  geneva_handle_check(L, 1, &lock_class);
   lua_getiuservalue(L, 1, 1);
   return 1;
 }
 
-/* l:is_locked() -> boolean (false once unlocked) */
+/* l:is_locked() -> boolean (false once unlocked): not is_closed() */
 static int lock_m_is_locked(lua_State *L) {
-  lock_ud *u = (lock_ud *)luaL_checkudata(L, 1, LOCK_MT);
-  lua_pushboolean(L, u->fd >= 0);
-  return 1;
-}
-
-static int lock_tostring(lua_State *L) {
-  lock_ud *u = (lock_ud *)luaL_checkudata(L, 1, LOCK_MT);
-  if (u->fd < 0) {
-    lua_pushliteral(L, LOCK_MT " (closed)");
-  } else {
-    lua_getiuservalue(L, 1, 1);
-    lua_pushfstring(L, LOCK_MT " '%s'", lua_tostring(L, -1));
-  }
+  lua_pushboolean(L, geneva_handle_is_open(geneva_handle_to(L, 1, &lock_class)));
   return 1;
 }
 
@@ -1321,7 +1258,7 @@ static const luaL_Reg funcs[] = {
 
 static const luaL_Reg sha_meth[] = {
   {"update", sha_m_update}, {"update_file", sha_m_update_file},
-  {"hex", sha_m_hex}, {"close", sha_m_close}, {NULL, NULL}
+  {"hex", sha_m_hex}, {NULL, NULL}
 };
 
 static const luaL_Reg tmpdir_meth[] = {
@@ -1329,37 +1266,15 @@ static const luaL_Reg tmpdir_meth[] = {
 };
 
 static const luaL_Reg lock_meth[] = {
-  {"unlock", lock_m_unlock}, {"close", lock_m_unlock}, {"path", lock_m_path},
+  {"unlock", lock_m_unlock}, {"path", lock_m_path},
   {"is_locked", lock_m_is_locked}, {NULL, NULL}
 };
 
-/* Creates metatable name with __gc/__close = gc, __tostring, and __index =
-** the methods (a table, or a C closure over it when index is given). */
-static void new_meta(lua_State *L, const char *name, const luaL_Reg *meth,
-                     lua_CFunction gc, lua_CFunction tostr, lua_CFunction index) {
-  luaL_newmetatable(L, name);          /* [mt] */
-  if (meth) {
-    lua_newtable(L);                   /* [mt, methods] */
-    luaL_setfuncs(L, meth, 0);
-    if (index) lua_pushcclosure(L, index, 1);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pushcfunction(L, gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, gc);
-  lua_setfield(L, -2, "__close");
-  if (tostr) {
-    lua_pushcfunction(L, tostr);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
-}
-
 int luaopen_geneva_fs_core(lua_State *L) {
-  new_meta(L, BOX_MT, NULL, box_gc, NULL, NULL);
-  new_meta(L, SHA_MT, sha_meth, sha_gc, sha_tostring, NULL);
-  new_meta(L, TMPDIR_MT, tmpdir_meth, tmpdir_gc, tmpdir_tostring, tmpdir_index);
-  new_meta(L, LOCK_MT, lock_meth, lock_gc, lock_tostring, NULL);
+  geneva_class_register(L, &box_class, NULL);
+  geneva_class_register(L, &sha_class, sha_meth);
+  geneva_class_register(L, &tmpdir_class, tmpdir_meth);
+  geneva_class_register(L, &lock_class, lock_meth);
   luaL_newlib(L, funcs);
   return 1;
 }

@@ -2,7 +2,7 @@
 ** http.c: geneva.http.core, HTTP(S) over libcurl.
 **
 ** libcurl is not linked: dynamic loading of it costs ~2.5 ms per process
-** start (pitfalls.md), so the first require dlopen()s libcurl.so.4 and takes
+** start (pitfalls.md), so the first require loads libcurl.so.4 (lazy.h) and takes
 ** the few functions we use into a table; <curl/curl.h> is only for types and
 ** constants. A request runs in three phases:
 **   1. validate the options (may raise) and box the per-request state in a
@@ -18,9 +18,7 @@
 #include <curl/curl.h>
 
 #include <ctype.h>
-#include <dlfcn.h>
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,72 +31,56 @@
 #include <lauxlib.h>
 
 #include "geneva_internal.h"
+#include "handle.h"
+#include "lazy.h"
 
 int luaopen_geneva_http_core(lua_State *L);
 
-#define SESSION_MT "geneva.http.Session"
-#define REQUEST_MT "geneva.http.request"   /* internal state box */
 
 #ifndef GENEVA_VERSION
 #define GENEVA_VERSION "0"
 #endif
 
-/* {====== Loading libcurl */
+/* {====== libcurl.so.4, loaded when the module is first required (lazy.h) */
 
-static struct curl_api {
-  CURLcode (*global_init)(long);
-  CURL *(*easy_init)(void);
-  CURLcode (*easy_setopt)(CURL *, CURLoption, ...);
-  CURLcode (*easy_perform)(CURL *);
-  CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
-  void (*easy_cleanup)(CURL *);
-  void (*easy_reset)(CURL *);
-  const char *(*easy_strerror)(CURLcode);
-  struct curl_slist *(*slist_append)(struct curl_slist *, const char *);
-  void (*slist_free_all)(struct curl_slist *);
-  curl_version_info_data *(*version_info)(CURLversion);
-} cu;
+static int curl_init(char *err, size_t errlen);
 
-static pthread_once_t cu_once = PTHREAD_ONCE_INIT;
-static char cu_error[512];   /* empty when libcurl is ready */
+#define CURL_FUNCS(X) \
+  X(curl_global_init) \
+  X(curl_easy_init) \
+  X(curl_easy_setopt) \
+  X(curl_easy_perform) \
+  X(curl_easy_getinfo) \
+  X(curl_easy_cleanup) \
+  X(curl_easy_reset) \
+  X(curl_easy_strerror) \
+  X(curl_slist_append) \
+  X(curl_slist_free_all) \
+  X(curl_version_info)
+/* GENEVA_LIBCURL names another libcurl (tests and odd systems) */
+GENEVA_LAZY_LIB(curl_lib, "libcurl.so.4", "GENEVA_LIBCURL", "install libcurl4", curl_init,
+                CURL_FUNCS)
+#define curl_global_init (curl_lib_api.curl_global_init)
+#define curl_easy_init (curl_lib_api.curl_easy_init)
+#undef curl_easy_setopt    /* curl.h's argument-count checks: calls go through the table */
+#undef curl_easy_getinfo
+#define curl_easy_setopt (curl_lib_api.curl_easy_setopt)
+#define curl_easy_perform (curl_lib_api.curl_easy_perform)
+#define curl_easy_getinfo (curl_lib_api.curl_easy_getinfo)
+#define curl_easy_cleanup (curl_lib_api.curl_easy_cleanup)
+#define curl_easy_reset (curl_lib_api.curl_easy_reset)
+#define curl_easy_strerror (curl_lib_api.curl_easy_strerror)
+#define curl_slist_append (curl_lib_api.curl_slist_append)
+#define curl_slist_free_all (curl_lib_api.curl_slist_free_all)
+#define curl_version_info (curl_lib_api.curl_version_info)
 
-/* Runs once per process. The library is never dlclose()d: libcurl and its
-** TLS library keep global state that must outlive every handle. */
-static void cu_load(void) {
-  static const struct { const char *name; size_t off; } syms[] = {
-#define S(f, n) {#n, offsetof(struct curl_api, f)}
-    S(global_init, curl_global_init), S(easy_init, curl_easy_init),
-    S(easy_setopt, curl_easy_setopt), S(easy_perform, curl_easy_perform),
-    S(easy_getinfo, curl_easy_getinfo), S(easy_cleanup, curl_easy_cleanup),
-    S(easy_reset, curl_easy_reset), S(easy_strerror, curl_easy_strerror),
-    S(slist_append, curl_slist_append), S(slist_free_all, curl_slist_free_all),
-    S(version_info, curl_version_info),
-#undef S
-  };
-  const char *name = getenv("GENEVA_LIBCURL");   /* tests and odd systems */
-  void *lib;
-  size_t i;
-  CURLcode rc;
-  if (!name || !*name) name = "libcurl.so.4";
-  lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-  if (!lib) {
-    snprintf(cu_error, sizeof cu_error, "cannot load %s: %s (install libcurl4)",
-             name, dlerror());
-    return;
-  }
-  for (i = 0; i < sizeof syms / sizeof syms[0]; i++) {
-    void *f = dlsym(lib, syms[i].name);
-    if (!f) {
-      snprintf(cu_error, sizeof cu_error, "cannot load %s: no symbol '%s' "
-               "(install libcurl4 7.77 or newer)", name, syms[i].name);
-      return;
-    }
-    memcpy((char *)&cu + syms[i].off, &f, sizeof f);
-  }
-  rc = cu.global_init(CURL_GLOBAL_DEFAULT);
-  if (rc != CURLE_OK)
-    snprintf(cu_error, sizeof cu_error, "cannot initialise %s: %s", name,
-             cu.easy_strerror(rc));
+/* Once per process, after loading: libcurl's global state (and its TLS
+** library's) must outlive every handle, so it is never cleaned up. */
+static int curl_init(char *err, size_t errlen) {
+  CURLcode rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+  if (rc == CURLE_OK) return 0;
+  snprintf(err, errlen, "cannot initialise libcurl: %s", curl_easy_strerror(rc));
+  return -1;
 }
 
 /* }====== */
@@ -198,6 +180,7 @@ typedef struct {
 } gbuf;
 
 typedef struct request {
+  geneva_handle h;
   CURL *easy;
   int owns_easy;               /* 0: the easy handle belongs to a session */
   struct curl_slist *headers;
@@ -233,11 +216,11 @@ static int gbuf_add(gbuf *g, const char *s, size_t n) {
 ** raises; idempotent. */
 static void request_release_transfer(request *r) {
   if (r->easy) {
-    if (r->owns_easy) cu.easy_cleanup(r->easy);
-    else cu.easy_reset(r->easy);   /* drop pointers into this request */
+    if (r->owns_easy) curl_easy_cleanup(r->easy);
+    else curl_easy_reset(r->easy);   /* drop pointers into this request */
     r->easy = NULL;
   }
-  if (r->headers) { cu.slist_free_all(r->headers); r->headers = NULL; }
+  if (r->headers) { curl_slist_free_all(r->headers); r->headers = NULL; }
   if (r->in) { fclose(r->in); r->in = NULL; }
   if (r->out) {
     if (fclose(r->out) != 0 && !r->write_errno) r->write_errno = errno;
@@ -246,14 +229,19 @@ static void request_release_transfer(request *r) {
 }
 
 /* __gc / __close of the box: releases everything. Never raises. */
-static int request_gc(lua_State *L) {
-  request *r = (request *)luaL_checkudata(L, 1, REQUEST_MT);
+static int request_release(void *p) {
+  request *r = (request *)p;
   request_release_transfer(r);
   free(r->body.p); r->body.p = NULL;
   free(r->hdr.p); r->hdr.p = NULL;
   free(r->effective_url); r->effective_url = NULL;
   return 0;
 }
+
+/* internal state box of one request (handle.h: a class without methods) */
+static const geneva_class request_class = {
+  "geneva.http.request", NULL, NULL, request_release, NULL, NULL, NULL
+};
 
 /* }====== */
 
@@ -531,7 +519,7 @@ static void perform(request *r, const req_opts *o, lua_State *L, outcome *out) {
                           strcmp(o->method, "PATCH") == 0);
   lua_Integer i, n;
 #define SET(opt, val) do { \
-    if ((out->rc = cu.easy_setopt(e, opt, val)) != CURLE_OK) { \
+    if ((out->rc = curl_easy_setopt(e, opt, val)) != CURLE_OK) { \
       out->setopt_failed = #opt; return; } } while (0)
 
   memset(out, 0, sizeof *out);
@@ -563,7 +551,7 @@ static void perform(request *r, const req_opts *o, lua_State *L, outcome *out) {
       if (o->has_user_agent) continue;
       line = "User-Agent: geneva/" GENEVA_VERSION;
     }
-    l = cu.slist_append(r->headers, line);
+    l = curl_slist_append(r->headers, line);
     if (!l) { out->rc = CURLE_OUT_OF_MEMORY; return; }
     r->headers = l;
   }
@@ -625,10 +613,10 @@ static void perform(request *r, const req_opts *o, lua_State *L, outcome *out) {
 #undef SET
 
   if (geneva_interrupted()) { r->interrupted = 1; return; }
-  out->rc = cu.easy_perform(e);
+  out->rc = curl_easy_perform(e);
   if (out->rc == CURLE_OK) {
     char *u = NULL;
-    if (cu.easy_getinfo(e, CURLINFO_EFFECTIVE_URL, &u) == CURLE_OK && u)
+    if (curl_easy_getinfo(e, CURLINFO_EFFECTIVE_URL, &u) == CURLE_OK && u)
       r->effective_url = strdup(u);   /* NULL on ENOMEM: info.url is omitted */
   }
 }
@@ -665,7 +653,7 @@ static int push_failure(lua_State *L, request *r, const req_opts *o,
     luaL_addvalue(&b);
   } else {
     code = curle_name(out->rc);
-    luaL_addstring(&b, cu.easy_strerror(out->rc));
+    luaL_addstring(&b, curl_easy_strerror(out->rc));
     if (out->setopt_failed) {
       luaL_addstring(&b, " (setting ");
       luaL_addstring(&b, out->setopt_failed);
@@ -793,16 +781,15 @@ static int do_request(lua_State *L, CURL *easy, int o_idx) {
   double total = 0;
   /* phase 1 */
   check_opts(L, o_idx, &o);
-  r = (request *)lua_newuserdatauv(L, sizeof *r, 0);
-  memset(r, 0, sizeof *r);
-  luaL_setmetatable(L, REQUEST_MT);
+  r = (request *)geneva_handle_new(L, &request_class, sizeof *r, 0);
+  geneva_handle_open(L, r);   /* a box: release copes with what is set */
   r->max_bytes = (long)o.max_bytes;
   /* phase 2 */
   if (easy) {
-    cu.easy_reset(easy);
+    curl_easy_reset(easy);
     r->easy = easy;
   } else {
-    r->easy = cu.easy_init();
+    r->easy = curl_easy_init();
     r->owns_easy = 1;
   }
   if (!r->easy) {
@@ -811,10 +798,10 @@ static int do_request(lua_State *L, CURL *easy, int o_idx) {
   } else {
     perform(r, &o, L, &out);
     if (out.rc == CURLE_OK && !r->interrupted && !out.open_errno) {
-      cu.easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
-      cu.easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &total);
-      cu.easy_getinfo(r->easy, CURLINFO_REDIRECT_COUNT, &redirects);
-      cu.easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &conns);
+      curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+      curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &total);
+      curl_easy_getinfo(r->easy, CURLINFO_REDIRECT_COUNT, &redirects);
+      curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &conns);
     }
   }
   request_release_transfer(r);
@@ -842,91 +829,51 @@ static int http_request(lua_State *L) {
 }
 
 typedef struct {
-  CURL *easy;                  /* NULL when closed */
-  geneva_resource *res;
+  geneva_handle h;
+  CURL *easy;                  /* while open */
 } session;
 
-/* The one release: close(), __close, __gc and the ledger teardown. */
-static void session_release(void *ud) {
-  session *s = (session *)ud;
-  CURL *e = s->easy;
-  geneva_resource *res = s->res;
-  if (!e) return;
+/* The release: close(), __close, __gc and the ledger teardown. */
+static int session_release(void *p) {
+  session *s = (session *)p;
+  curl_easy_cleanup(s->easy);
   s->easy = NULL;
-  s->res = NULL;
-  cu.easy_cleanup(e);
-  geneva_ledger_untrack(res);
+  return 0;
 }
+
+static const geneva_class session_class = {
+  "geneva.http.Session", "http session", "http_session", session_release, NULL, NULL, NULL
+};
 
 /* core.session() -> Session: an easy handle reused across requests, so
 ** connections (and TLS sessions) are kept alive. Tracked in the ledger.
 ** Raises only on memory errors. */
 static int http_session(lua_State *L) {
-  session *s = (session *)lua_newuserdatauv(L, sizeof *s, 0);
-  s->easy = NULL;
-  s->res = NULL;
-  luaL_setmetatable(L, SESSION_MT);
-  s->easy = cu.easy_init();
+  session *s = (session *)geneva_handle_new(L, &session_class, sizeof *s, 0);
+  s->easy = curl_easy_init();
   if (!s->easy) return geneva_fail(L, "CURLE_FAILED_INIT", "cannot create a curl handle");
-  s->res = geneva_ledger_track(L, "http_session", session_release, s);
+  geneva_handle_open(L, s);
   return 1;
 }
 
 /* core.version() -> libcurl's version string (e.g. "7.88.1") and TLS backend */
 static int http_version(lua_State *L) {
-  curl_version_info_data *v = cu.version_info(CURLVERSION_NOW);
+  curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
   lua_pushstring(L, v->version);
   lua_pushstring(L, v->ssl_version ? v->ssl_version : "");
   return 2;
 }
 
-static session *check_session(lua_State *L) {
-  return (session *)luaL_checkudata(L, 1, SESSION_MT);
-}
-
-static session *check_open(lua_State *L) {
-  session *s = check_session(L);
-  if (!s->easy) luaL_error(L, "attempt to use a closed http session");
-  return s;
-}
-
 /* session:request(opts) -> as core.request. Raises when closed. */
 static int http_m_request(lua_State *L) {
-  session *s = check_open(L);
+  session *s = (session *)geneva_handle_check(L, 1, &session_class);
   return do_request(L, s->easy, 2);
 }
 
-/* session:close() -> true. Idempotent. */
-static int http_m_close(lua_State *L) {
-  session_release(check_session(L));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int http_m_is_closed(lua_State *L) {
-  lua_pushboolean(L, check_session(L)->easy == NULL);
-  return 1;
-}
-
-static int http_gc(lua_State *L) {
-  session_release(check_session(L));
-  return 0;
-}
-
-static int http_tostring(lua_State *L) {
-  session *s = check_session(L);
-  if (s->easy) lua_pushfstring(L, SESSION_MT " (%p)", (void *)s);
-  else lua_pushliteral(L, SESSION_MT " (closed)");
-  return 1;
-}
+/* session:close(), :is_closed(), __close, __gc, __tostring: handle.h */
 
 static const luaL_Reg session_meth[] = {
-  {"request", http_m_request}, {"close", http_m_close},
-  {"is_closed", http_m_is_closed}, {NULL, NULL}
-};
-static const luaL_Reg session_metameth[] = {
-  {"__index", NULL}, {"__gc", http_gc}, {"__close", http_gc},
-  {"__tostring", http_tostring}, {NULL, NULL}
+  {"request", http_m_request}, {NULL, NULL}
 };
 static const luaL_Reg funcs[] = {
   {"request", http_request}, {"session", http_session},
@@ -938,21 +885,9 @@ static const luaL_Reg funcs[] = {
 ** "cannot load libcurl.so.4: ... (install libcurl4)" when it is missing.
 */
 int luaopen_geneva_http_core(lua_State *L) {
-  pthread_once(&cu_once, cu_load);
-  if (cu_error[0]) return luaL_error(L, "%s", cu_error);
-  if (luaL_newmetatable(L, SESSION_MT)) {
-    luaL_setfuncs(L, session_metameth, 0);
-    luaL_newlib(L, session_meth);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, REQUEST_MT)) {
-    lua_pushcfunction(L, request_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, request_gc);
-    lua_setfield(L, -2, "__close");
-  }
-  lua_pop(L, 1);
+  geneva_lazy_require(L, &curl_lib);
+  geneva_class_register(L, &session_class, session_meth);
+  geneva_class_register(L, &request_class, NULL);
   luaL_newlib(L, funcs);
   return 1;
 }

@@ -33,11 +33,11 @@
 #include <lauxlib.h>
 
 #include "geneva_internal.h"
+#include "handle.h"
 
 int luaopen_geneva_json_core(lua_State *L);  /* called by the host's preload table */
 
 #define JSON_MAX_DEPTH 1000
-#define BUFFER_MT "geneva.json.Buffer"
 #define INLINE_SIZE 512
 
 /* Upvalues shared by encode, decode and canonical. */
@@ -48,14 +48,15 @@ int luaopen_geneva_json_core(lua_State *L);  /* called by the host's preload tab
 /* {====== Buffer box */
 
 typedef struct jbuf {
+  geneva_handle h;
   char *p;                 /* == inl until the first growth */
   size_t len, cap;
   char inl[INLINE_SIZE];
 } jbuf;
 
-/* __gc and __close: frees the heap part; idempotent. */
-static int jbuf_release(lua_State *L) {
-  jbuf *b = (jbuf *)luaL_checkudata(L, 1, BUFFER_MT);
+/* The release (__gc and __close; handle.h: a box): frees the heap part. */
+static int jbuf_release(void *p) {
+  jbuf *b = (jbuf *)p;
   if (b->p && b->p != b->inl) free(b->p);
   b->p = b->inl;
   b->len = 0;
@@ -63,13 +64,17 @@ static int jbuf_release(lua_State *L) {
   return 0;
 }
 
+static const geneva_class jbuf_class = {
+  "geneva.json.Buffer", NULL, NULL, jbuf_release, NULL, NULL, NULL
+};
+
 /* Pushes a new empty buffer marked to-be-closed; raises only on memory. */
 static jbuf *jbuf_new(lua_State *L) {
-  jbuf *b = (jbuf *)lua_newuserdatauv(L, sizeof(jbuf), 0);
+  jbuf *b = (jbuf *)geneva_handle_new(L, &jbuf_class, sizeof *b, 0);
   b->p = b->inl;
   b->len = 0;
   b->cap = INLINE_SIZE;
-  luaL_setmetatable(L, BUFFER_MT);
+  geneva_handle_open(L, b);
   lua_toclose(L, -1);
   return b;
 }
@@ -899,12 +904,7 @@ static const luaL_Reg funcs[] = {
 ** object_mt. The sentinel and both metatables are created once per state.
 */
 int luaopen_geneva_json_core(lua_State *L) {
-  luaL_newmetatable(L, BUFFER_MT);
-  lua_pushcfunction(L, jbuf_release);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, jbuf_release);
-  lua_setfield(L, -2, "__close");
-  lua_pop(L, 1);
+  geneva_class_register(L, &jbuf_class, NULL);
 
   lua_newtable(L);                              /* [M] */
   /* null is the NULL light userdata, the one sentinel shared with cjson,

@@ -40,8 +40,8 @@
 #include <lauxlib.h>
 
 #include "geneva_internal.h"
+#include "handle.h"
 
-#define PROC_MT "geneva.proc.Process"
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)   /* linux/close_range.h, Linux 5.11 */
@@ -63,7 +63,8 @@ typedef struct proc_pipe {
 } proc_pipe;
 
 typedef struct proc_t {
-  pid_t pid;           /* 0: closed (the handle is born closed) */
+  geneva_handle h;     /* born closed (handle.h) */
+  pid_t pid;           /* 0 once closed */
   pid_t pgid;          /* the child's own group, or 0 */
   int pidfd;           /* -1 without pidfd_open */
   int reaped;          /* 1: status valid; 2: reaped by someone else */
@@ -71,7 +72,6 @@ typedef struct proc_t {
   int group_gone;      /* the group was seen empty: never signal it again */
   double grace;        /* seconds between TERM and KILL */
   proc_pipe io[3];
-  geneva_resource *res;
 } proc_t;
 
 /* {====== Small helpers */
@@ -249,13 +249,11 @@ static void terminate_c(proc_t *p, double grace) {
   if (!p->reaped) wait_leader(p, now_mono() + 5.0, 0);   /* D state: give up */
 }
 
-/* The one release path: close(), __close, __gc and the ledger teardown. */
-static void proc_release(proc_t *p) {
-  geneva_resource *r;
+/* The release (close(), __close, __gc and the ledger teardown): closes the
+** pipes, terminates the group and reaps. */
+static int proc_release(void *ud) {
+  proc_t *p = (proc_t *)ud;
   int i;
-  if (p->pid <= 0) return;                 /* already closed */
-  r = p->res;
-  p->res = NULL;
   for (i = 0; i < 3; i++) {                /* EOF/EPIPE first: quicker exits */
     close_fd(&p->io[i].fd);
     free(p->io[i].buf);
@@ -265,24 +263,25 @@ static void proc_release(proc_t *p) {
   terminate_c(p, p->grace);
   close_fd(&p->pidfd);
   p->pid = 0;
-  geneva_ledger_untrack(r);                /* ignored inside our own teardown */
+  return 0;
 }
 
-static void proc_teardown(void *ud) { proc_release((proc_t *)ud); }
+static void proc_describe(lua_State *L, void *ud, int idx) {
+  (void)idx;
+  lua_pushfstring(L, "(pid %d)", (int)((proc_t *)ud)->pid);
+}
+
+static const geneva_class proc_class = {
+  "geneva.proc.Process", NULL, "proc", proc_release, proc_describe, NULL, NULL
+};
 
 /* }====== */
 
 /* {====== Handle access */
 
-static proc_t *to_proc(lua_State *L, int i) {
-  return (proc_t *)luaL_checkudata(L, i, PROC_MT);
-}
-
 /* Every method goes through here: raises on a closed Process. */
 static proc_t *check_open(lua_State *L, int i) {
-  proc_t *p = to_proc(L, i);
-  if (p->pid <= 0) luaL_error(L, "attempt to use a closed " PROC_MT);
-  return p;
+  return (proc_t *)geneva_handle_check(L, i, &proc_class);
 }
 
 /* A "stdout"/"stderr" (or "stdin" when allow_in) argument naming a pipe. */
@@ -623,30 +622,9 @@ static int proc_m_terminate(lua_State *L) {
   return push_status(L, p);
 }
 
-/* p:close() -> true. Idempotent: closes the pipes, terminates the group
-** (see terminate) and reaps. Also __close and __gc. */
-static int proc_m_close(lua_State *L) {
-  proc_release(to_proc(L, 1));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int proc_m_is_closed(lua_State *L) {
-  lua_pushboolean(L, to_proc(L, 1)->pid <= 0);
-  return 1;
-}
-
-static int proc_gc(lua_State *L) {
-  proc_release(to_proc(L, 1));
-  return 0;
-}
-
-static int proc_tostring(lua_State *L) {
-  proc_t *p = to_proc(L, 1);
-  if (p->pid <= 0) lua_pushliteral(L, PROC_MT " (closed)");
-  else lua_pushfstring(L, PROC_MT " (pid %d)", (int)p->pid);
-  return 1;
-}
+/* p:close() -> true: idempotent; closes the pipes, terminates the group
+** (see terminate) and reaps, as __close, __gc and the ledger do.
+** p:is_closed(), __tostring "geneva.proc.Process (pid N)": handle.h */
 
 /* }====== */
 
@@ -936,11 +914,9 @@ static int proc_spawn(lua_State *L) {
   plan.envp = envp;
   plan.cands = cands;
   /* the handle, born closed: from here on nothing raises */
-  p = (proc_t *)lua_newuserdatauv(L, sizeof *p, 0);
-  memset(p, 0, sizeof *p);
+  p = (proc_t *)geneva_handle_new(L, &proc_class, sizeof *p, 0);
   p->pidfd = -1;
   for (w = 0; w < 3; w++) p->io[w].fd = -1;
-  luaL_setmetatable(L, PROC_MT);
   ud = lua_gettop(L);
   luaL_checkstack(L, 8, NULL);
 
@@ -1018,7 +994,7 @@ static int proc_spawn(lua_State *L) {
   p->pidfd = pidfd_open_(pid);
   p->grace = grace;
   for (w = 0; w < 3; w++) p->io[w].fd = ours[w];
-  p->res = geneva_ledger_track(L, "proc", proc_teardown, p);
+  geneva_handle_open(L, p);
   lua_settop(L, ud);
   return 1;
 
@@ -1312,14 +1288,7 @@ static const luaL_Reg meth[] = {
   {"close_stdin", proc_m_close_stdin}, {"read", proc_m_read},
   {"read_line", proc_m_read_line}, {"poll", proc_m_poll}, {"fds", proc_m_fds},
   {"wait", proc_m_wait}, {"status", proc_m_status}, {"kill", proc_m_kill},
-  {"terminate", proc_m_terminate}, {"close", proc_m_close},
-  {"is_closed", proc_m_is_closed},
-  {NULL, NULL}
-};
-
-static const luaL_Reg metameth[] = {
-  {"__gc", proc_gc}, {"__close", proc_gc}, {"__tostring", proc_tostring},
-  {"__index", NULL},
+  {"terminate", proc_m_terminate},
   {NULL, NULL}
 };
 
@@ -1334,14 +1303,11 @@ static const luaL_Reg funcs[] = {
 int luaopen_geneva_proc_core(lua_State *L);   /* called by the host's preload table */
 
 int luaopen_geneva_proc_core(lua_State *L) {
-  if (luaL_newmetatable(L, PROC_MT)) {
-    luaL_setfuncs(L, metameth, 0);
-    luaL_newlib(L, meth);
-    lua_setfield(L, -2, "__index");
-  }
+  geneva_class_register(L, &proc_class, meth);
   luaL_newlib(L, funcs);
-  lua_getfield(L, -2, "__index");
-  lua_setfield(L, -2, "Process");          /* the method table: the Lua face extends it */
-  lua_remove(L, -2);
+  luaL_getmetatable(L, proc_class.name);
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, -3, "Process");          /* the method table: the Lua face extends it */
+  lua_pop(L, 1);
   return 1;
 }

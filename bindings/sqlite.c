@@ -32,6 +32,7 @@
 #include <sqlite3.h>
 
 #include "geneva_internal.h"
+#include "handle.h"
 
 /* {====== libsqlite3.so.0, loaded when the module is first required (lazy.h) */
 #include "lazy.h"
@@ -79,50 +80,51 @@
   X(sqlite3_file_control) \
   X(sqlite3_db_name) \
   X(sqlite3_total_changes64)
-GENEVA_LAZY_TABLE(sqlite_api, SQLITE_FUNCS)
-#define sqlite3_bind_blob64 (sqlite_api.sqlite3_bind_blob64)
-#define sqlite3_bind_double (sqlite_api.sqlite3_bind_double)
-#define sqlite3_bind_int (sqlite_api.sqlite3_bind_int)
-#define sqlite3_bind_int64 (sqlite_api.sqlite3_bind_int64)
-#define sqlite3_bind_null (sqlite_api.sqlite3_bind_null)
-#define sqlite3_bind_parameter_count (sqlite_api.sqlite3_bind_parameter_count)
-#define sqlite3_bind_parameter_index (sqlite_api.sqlite3_bind_parameter_index)
-#define sqlite3_bind_parameter_name (sqlite_api.sqlite3_bind_parameter_name)
-#define sqlite3_bind_text64 (sqlite_api.sqlite3_bind_text64)
-#define sqlite3_busy_handler (sqlite_api.sqlite3_busy_handler)
-#define sqlite3_changes64 (sqlite_api.sqlite3_changes64)
-#define sqlite3_clear_bindings (sqlite_api.sqlite3_clear_bindings)
-#define sqlite3_close_v2 (sqlite_api.sqlite3_close_v2)
-#define sqlite3_column_blob (sqlite_api.sqlite3_column_blob)
-#define sqlite3_column_bytes (sqlite_api.sqlite3_column_bytes)
-#define sqlite3_column_count (sqlite_api.sqlite3_column_count)
-#define sqlite3_column_double (sqlite_api.sqlite3_column_double)
-#define sqlite3_column_int64 (sqlite_api.sqlite3_column_int64)
-#define sqlite3_column_name (sqlite_api.sqlite3_column_name)
-#define sqlite3_column_text (sqlite_api.sqlite3_column_text)
-#define sqlite3_column_type (sqlite_api.sqlite3_column_type)
-#define sqlite3_db_filename (sqlite_api.sqlite3_db_filename)
-#define sqlite3_db_handle (sqlite_api.sqlite3_db_handle)
-#define sqlite3_db_readonly (sqlite_api.sqlite3_db_readonly)
-#define sqlite3_errmsg (sqlite_api.sqlite3_errmsg)
-#define sqlite3_errstr (sqlite_api.sqlite3_errstr)
-#define sqlite3_extended_errcode (sqlite_api.sqlite3_extended_errcode)
-#define sqlite3_extended_result_codes (sqlite_api.sqlite3_extended_result_codes)
-#define sqlite3_finalize (sqlite_api.sqlite3_finalize)
-#define sqlite3_get_autocommit (sqlite_api.sqlite3_get_autocommit)
-#define sqlite3_last_insert_rowid (sqlite_api.sqlite3_last_insert_rowid)
-#define sqlite3_libversion (sqlite_api.sqlite3_libversion)
-#define sqlite3_open_v2 (sqlite_api.sqlite3_open_v2)
-#define sqlite3_prepare_v2 (sqlite_api.sqlite3_prepare_v2)
-#define sqlite3_progress_handler (sqlite_api.sqlite3_progress_handler)
-#define sqlite3_reset (sqlite_api.sqlite3_reset)
-#define sqlite3_sql (sqlite_api.sqlite3_sql)
-#define sqlite3_step (sqlite_api.sqlite3_step)
-#define sqlite3_stmt_busy (sqlite_api.sqlite3_stmt_busy)
-#define sqlite3_system_errno (sqlite_api.sqlite3_system_errno)
-#define sqlite3_file_control (sqlite_api.sqlite3_file_control)
-#define sqlite3_db_name (sqlite_api.sqlite3_db_name)
-#define sqlite3_total_changes64 (sqlite_api.sqlite3_total_changes64)
+GENEVA_LAZY_LIB(sqlite_lib, "libsqlite3.so.0", NULL, "install libsqlite3-0", NULL,
+                SQLITE_FUNCS)
+#define sqlite3_bind_blob64 (sqlite_lib_api.sqlite3_bind_blob64)
+#define sqlite3_bind_double (sqlite_lib_api.sqlite3_bind_double)
+#define sqlite3_bind_int (sqlite_lib_api.sqlite3_bind_int)
+#define sqlite3_bind_int64 (sqlite_lib_api.sqlite3_bind_int64)
+#define sqlite3_bind_null (sqlite_lib_api.sqlite3_bind_null)
+#define sqlite3_bind_parameter_count (sqlite_lib_api.sqlite3_bind_parameter_count)
+#define sqlite3_bind_parameter_index (sqlite_lib_api.sqlite3_bind_parameter_index)
+#define sqlite3_bind_parameter_name (sqlite_lib_api.sqlite3_bind_parameter_name)
+#define sqlite3_bind_text64 (sqlite_lib_api.sqlite3_bind_text64)
+#define sqlite3_busy_handler (sqlite_lib_api.sqlite3_busy_handler)
+#define sqlite3_changes64 (sqlite_lib_api.sqlite3_changes64)
+#define sqlite3_clear_bindings (sqlite_lib_api.sqlite3_clear_bindings)
+#define sqlite3_close_v2 (sqlite_lib_api.sqlite3_close_v2)
+#define sqlite3_column_blob (sqlite_lib_api.sqlite3_column_blob)
+#define sqlite3_column_bytes (sqlite_lib_api.sqlite3_column_bytes)
+#define sqlite3_column_count (sqlite_lib_api.sqlite3_column_count)
+#define sqlite3_column_double (sqlite_lib_api.sqlite3_column_double)
+#define sqlite3_column_int64 (sqlite_lib_api.sqlite3_column_int64)
+#define sqlite3_column_name (sqlite_lib_api.sqlite3_column_name)
+#define sqlite3_column_text (sqlite_lib_api.sqlite3_column_text)
+#define sqlite3_column_type (sqlite_lib_api.sqlite3_column_type)
+#define sqlite3_db_filename (sqlite_lib_api.sqlite3_db_filename)
+#define sqlite3_db_handle (sqlite_lib_api.sqlite3_db_handle)
+#define sqlite3_db_readonly (sqlite_lib_api.sqlite3_db_readonly)
+#define sqlite3_errmsg (sqlite_lib_api.sqlite3_errmsg)
+#define sqlite3_errstr (sqlite_lib_api.sqlite3_errstr)
+#define sqlite3_extended_errcode (sqlite_lib_api.sqlite3_extended_errcode)
+#define sqlite3_extended_result_codes (sqlite_lib_api.sqlite3_extended_result_codes)
+#define sqlite3_finalize (sqlite_lib_api.sqlite3_finalize)
+#define sqlite3_get_autocommit (sqlite_lib_api.sqlite3_get_autocommit)
+#define sqlite3_last_insert_rowid (sqlite_lib_api.sqlite3_last_insert_rowid)
+#define sqlite3_libversion (sqlite_lib_api.sqlite3_libversion)
+#define sqlite3_open_v2 (sqlite_lib_api.sqlite3_open_v2)
+#define sqlite3_prepare_v2 (sqlite_lib_api.sqlite3_prepare_v2)
+#define sqlite3_progress_handler (sqlite_lib_api.sqlite3_progress_handler)
+#define sqlite3_reset (sqlite_lib_api.sqlite3_reset)
+#define sqlite3_sql (sqlite_lib_api.sqlite3_sql)
+#define sqlite3_step (sqlite_lib_api.sqlite3_step)
+#define sqlite3_stmt_busy (sqlite_lib_api.sqlite3_stmt_busy)
+#define sqlite3_system_errno (sqlite_lib_api.sqlite3_system_errno)
+#define sqlite3_file_control (sqlite_lib_api.sqlite3_file_control)
+#define sqlite3_db_name (sqlite_lib_api.sqlite3_db_name)
+#define sqlite3_total_changes64 (sqlite_lib_api.sqlite3_total_changes64)
 /* }====== */
 
 #define DB_MT "geneva.sqlite.Db"
@@ -137,15 +139,16 @@ static const char blob_key = 'b';  /* registry: the blob wrapper metatable */
 typedef struct sq_stmt sq_stmt;
 
 typedef struct sq_db {
-  sqlite3 *db;                     /* NULL: closed */
-  geneva_resource *res;            /* ledger entry, or NULL */
+  geneva_handle h;                 /* born closed (handle.h) */
+  sqlite3 *db;                     /* while open */
   sq_stmt *stmts;                  /* live statements (weak: not anchored) */
   int busy_ms;                     /* busy handler gives up after this */
   double busy_start;               /* monotonic ms when the wait began */
 } sq_db;
 
 struct sq_stmt {
-  sqlite3_stmt *st;                /* NULL: closed */
+  geneva_handle h;                 /* born closed (handle.h) */
+  sqlite3_stmt *st;                /* while open */
   sq_db *owner;                    /* while linked in owner->stmts */
   sq_stmt *prev, *next;
   int has_row;                     /* last step gave SQLITE_ROW */
@@ -301,50 +304,57 @@ static void stmt_unlink(sq_stmt *s) {
   s->owner = NULL;
 }
 
-/* The one release of a statement (close, __close, __gc, its Db's release).
-** Idempotent; never raises. */
-static void stmt_release(sq_stmt *s) {
+/* The release of a statement (close, __close, __gc, its Db's release). */
+static int stmt_release(void *p) {
+  sq_stmt *s = (sq_stmt *)p;
   sqlite3_stmt *st = s->st;
   stmt_unlink(s);
-  if (!st) return;
-  s->st = NULL;                    /* mark closed before finalizing */
+  s->st = NULL;
   s->has_row = 0;
   sqlite3_finalize(st);            /* its result repeats the last step's */
+  return 0;
 }
 
-/* The one release of a connection (close, __close, __gc, ledger teardown):
-** finalizes its statements, then closes. Idempotent; never raises nor calls
-** Lua. */
-static void db_release(sq_db *d) {
+static const char *stmt_closed_why(const void *p) {
+  return ((const sq_stmt *)p)->orphaned ? "(its " DB_MT " was closed)" : NULL;
+}
+
+static const geneva_class stmt_class = {
+  STMT_MT, NULL, NULL, stmt_release, NULL, stmt_closed_why, NULL
+};
+
+/* The release of a connection (close, __close, __gc, ledger teardown):
+** finalizes its statements, then closes. Never raises nor calls Lua. */
+static int db_release(void *p) {
+  sq_db *d = (sq_db *)p;
   sqlite3 *db = d->db;
-  geneva_resource *r = d->res;
-  if (!db) return;
   d->db = NULL;
-  d->res = NULL;
   while (d->stmts) {
-    d->stmts->orphaned = 1;
-    stmt_release(d->stmts);        /* unlinks it */
+    sq_stmt *s = d->stmts;
+    s->orphaned = 1;
+    if (geneva_handle_is_open(s)) geneva_handle_release(s);   /* unlinks it */
+    else stmt_unlink(s);
   }
   sqlite3_close_v2(db);
-  geneva_ledger_untrack(r);
+  return 0;
 }
 
-static void db_teardown(void *ud) { db_release((sq_db *)ud); }
+static void db_describe(lua_State *L, void *p, int idx) {
+  const char *f = sqlite3_db_filename(((sq_db *)p)->db, "main");
+  (void)idx;
+  lua_pushfstring(L, "'%s' (%p)", f && *f ? f : ":memory:", p);
+}
+
+static const geneva_class db_class = {
+  DB_MT, NULL, "sqlite", db_release, db_describe, NULL, NULL
+};
 
 static sq_db *check_db(lua_State *L, int i) {
-  sq_db *d = (sq_db *)luaL_checkudata(L, i, DB_MT);
-  if (!d->db) luaL_error(L, "attempt to use a closed " DB_MT);
-  return d;
+  return (sq_db *)geneva_handle_check(L, i, &db_class);
 }
 
 static sq_stmt *check_stmt(lua_State *L, int i) {
-  sq_stmt *s = (sq_stmt *)luaL_checkudata(L, i, STMT_MT);
-  if (!s->st) {
-    if (s->orphaned)
-      luaL_error(L, "attempt to use a closed " STMT_MT " (its " DB_MT " was closed)");
-    luaL_error(L, "attempt to use a closed " STMT_MT);
-  }
-  return s;
+  return (sq_stmt *)geneva_handle_check(L, i, &stmt_class);
 }
 
 static void stmt_reset(sq_stmt *s) {
@@ -540,9 +550,7 @@ static int sqlite_open(lua_State *L) {
   luaL_argcheck(L, busy >= 0 && busy <= INT_MAX, 4, "busy timeout out of range");
   flags |= readonly ? SQLITE_OPEN_READONLY
                     : SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0);
-  d = (sq_db *)lua_newuserdatauv(L, sizeof *d, 0);
-  memset(d, 0, sizeof *d);         /* born closed */
-  luaL_setmetatable(L, DB_MT);
+  d = (sq_db *)geneva_handle_new(L, &db_class, sizeof *d, 0);   /* born closed */
   rc = sqlite3_open_v2(path, &db, flags, NULL);
   if (rc != SQLITE_OK) {
     sq_err e;
@@ -556,7 +564,7 @@ static int sqlite_open(lua_State *L) {
   sqlite3_extended_result_codes(db, 1);
   sqlite3_busy_handler(db, busy_cb, d);
   sqlite3_progress_handler(db, PROGRESS_OPS, progress_cb, NULL);
-  d->res = geneva_ledger_track(L, "sqlite", db_teardown, d);
+  geneva_handle_open(L, d);
   return 1;
 }
 
@@ -587,31 +595,8 @@ static int sqlite_version(lua_State *L) {
 
 /* {====== Db methods */
 
-/* db:close() -> true. Finalizes the Db's statements first. Idempotent. */
-static int db_m_close(lua_State *L) {
-  db_release((sq_db *)luaL_checkudata(L, 1, DB_MT));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int db_gc(lua_State *L) {
-  db_release((sq_db *)luaL_checkudata(L, 1, DB_MT));
-  return 0;
-}
-
-static int db_tostring(lua_State *L) {
-  sq_db *d = (sq_db *)luaL_checkudata(L, 1, DB_MT);
-  const char *f;
-  if (!d->db) { lua_pushliteral(L, DB_MT " (closed)"); return 1; }
-  f = sqlite3_db_filename(d->db, "main");
-  lua_pushfstring(L, DB_MT " '%s' (%p)", f && *f ? f : ":memory:", (void *)d);
-  return 1;
-}
-
-static int db_m_is_closed(lua_State *L) {
-  lua_pushboolean(L, ((sq_db *)luaL_checkudata(L, 1, DB_MT))->db == NULL);
-  return 1;
-}
+/* db:close() -> true (finalizes the Db's statements first), db:is_closed(),
+** __close, __gc, __tostring "geneva.sqlite.Db '<file>' (0x...)": handle.h */
 
 /*
 ** db:exec(sql) -> true | nil, msg, code, extcode
@@ -674,9 +659,7 @@ static int db_m_prepare(lua_State *L) {
   sq_stmt *s;
   int rc;
   luaL_argcheck(L, len < INT_MAX, 2, "SQL too long");
-  s = (sq_stmt *)lua_newuserdatauv(L, sizeof *s, 1);
-  memset(s, 0, sizeof *s);         /* born closed */
-  luaL_setmetatable(L, STMT_MT);
+  s = (sq_stmt *)geneva_handle_new(L, &stmt_class, sizeof *s, 1);   /* born closed */
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);     /* [db, sql, stmt]: stmt keeps db alive */
   rc = sqlite3_prepare_v2(d->db, sql, (int)len + 1, &st, &tail);
@@ -695,6 +678,7 @@ static int db_m_prepare(lua_State *L) {
   s->next = d->stmts;
   if (d->stmts) d->stmts->prev = s;
   d->stmts = s;
+  geneva_handle_open(L, s);
   return 1;
 }
 
@@ -757,28 +741,10 @@ static int db_m_readonly(lua_State *L) {
 
 /* {====== Stmt methods */
 
-/* stmt:close() -> true. Finalizes now. Idempotent. */
-static int stmt_m_close(lua_State *L) {
-  stmt_release((sq_stmt *)luaL_checkudata(L, 1, STMT_MT));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int stmt_gc(lua_State *L) {
-  stmt_release((sq_stmt *)luaL_checkudata(L, 1, STMT_MT));
-  return 0;
-}
-
-static int stmt_tostring(lua_State *L) {
-  sq_stmt *s = (sq_stmt *)luaL_checkudata(L, 1, STMT_MT);
-  if (!s->st) lua_pushliteral(L, STMT_MT " (closed)");
-  else lua_pushfstring(L, STMT_MT " (%p)", (void *)s);
-  return 1;
-}
-
-static int stmt_m_is_closed(lua_State *L) {
-  lua_pushboolean(L, ((sq_stmt *)luaL_checkudata(L, 1, STMT_MT))->st == NULL);
-  return 1;
+/* stmt:close() / stmt:finalize() -> true: finalizes now, idempotent.
+** stmt:is_closed(), __close, __gc, __tostring: handle.h */
+static int stmt_m_finalize(lua_State *L) {
+  return geneva_handle_close(L, 1, &stmt_class);
 }
 
 /* stmt:sql() -> the SQL text it was prepared from */
@@ -1159,7 +1125,7 @@ static int sqlite_iter_named(lua_State *L) { return iter_step(L, 1); }
 /* }====== */
 
 static const luaL_Reg db_meth[] = {
-  {"close", db_m_close}, {"is_closed", db_m_is_closed}, {"exec", db_m_exec},
+  {"exec", db_m_exec},
   {"prepare", db_m_prepare}, {"changes", db_m_changes},
   {"total_changes", db_m_total_changes},
   {"last_insert_rowid", db_m_last_insert_rowid},
@@ -1167,23 +1133,14 @@ static const luaL_Reg db_meth[] = {
   {"filename", db_m_filename}, {"readonly", db_m_readonly},
   {NULL, NULL}
 };
-static const luaL_Reg db_metameth[] = {
-  {"__gc", db_gc}, {"__close", db_gc}, {"__tostring", db_tostring},
-  {NULL, NULL}
-};
 static const luaL_Reg stmt_meth[] = {
-  {"close", stmt_m_close}, {"finalize", stmt_m_close},
-  {"is_closed", stmt_m_is_closed}, {"sql", stmt_m_sql},
+  {"finalize", stmt_m_finalize}, {"sql", stmt_m_sql},
   {"bind", stmt_m_bind}, {"bind_all", stmt_m_bind_all}, {"clear", stmt_m_clear},
   {"reset", stmt_m_reset}, {"step", stmt_m_step}, {"row", stmt_m_row},
   {"named_row", stmt_m_named_row}, {"values", stmt_m_values}, {"get", stmt_m_get},
   {"columns", stmt_m_columns}, {"param_count", stmt_m_param_count},
   {"insert_many", stmt_m_insert_many}, {"insert_columns", stmt_m_insert_columns},
   {"fetch_columns", stmt_m_fetch_columns},
-  {NULL, NULL}
-};
-static const luaL_Reg stmt_metameth[] = {
-  {"__gc", stmt_gc}, {"__close", stmt_gc}, {"__tostring", stmt_tostring},
   {NULL, NULL}
 };
 static const luaL_Reg funcs[] = {
@@ -1193,22 +1150,11 @@ static const luaL_Reg funcs[] = {
   {NULL, NULL}
 };
 
-/* Creates the complete metatable `name` (methods in __index) and pops it. */
-static void create_meta(lua_State *L, const char *name, const luaL_Reg *meth,
-                        const luaL_Reg *metameth) {
-  luaL_newmetatable(L, name);      /* [mt] */
-  luaL_setfuncs(L, metameth, 0);
-  lua_newtable(L);                 /* [mt, methods] */
-  luaL_setfuncs(L, meth, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-}
-
 int luaopen_geneva_sqlite_core(lua_State *L);  /* called by the host's preload table */
 int luaopen_geneva_sqlite_core(lua_State *L) {
-  GENEVA_LAZY_LOAD(L, "libsqlite3.so.0", sqlite_api);
-  create_meta(L, DB_MT, db_meth, db_metameth);
-  create_meta(L, STMT_MT, stmt_meth, stmt_metameth);
+  geneva_lazy_require(L, &sqlite_lib);
+  geneva_class_register(L, &db_class, db_meth);
+  geneva_class_register(L, &stmt_class, stmt_meth);
   if (luaL_newmetatable(L, BLOB_MT)) {
     lua_pushliteral(L, "blob");
     lua_setfield(L, -2, "__name");

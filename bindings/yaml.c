@@ -30,8 +30,8 @@
 #include <lauxlib.h>
 
 #include "geneva_internal.h"
+#include "handle.h"
 
-#define PARSER_MT "geneva.yaml.Parser"
 #define CORE_TAG  "tag:yaml.org,2002:"
 
 /* Node kinds, as far as the tree builder cares. */
@@ -53,6 +53,7 @@ typedef struct frame {
 } frame;
 
 typedef struct parser_box {
+  geneva_handle h;
   int parser_live;
   int event_live;
   yaml_parser_t parser;
@@ -61,8 +62,10 @@ typedef struct parser_box {
   size_t nframes, cap;
 } parser_box;
 
-/* Idempotent release, shared by __close and __gc. Never raises. */
-static void box_release(parser_box *b) {
+/* The release, shared by __close and __gc (handle.h: a box). Copes with a
+** partly set up box. Never raises. */
+static int box_release(void *p) {
+  parser_box *b = (parser_box *)p;
   if (b->event_live) {
     b->event_live = 0;
     yaml_event_delete(&b->event);
@@ -74,21 +77,12 @@ static void box_release(parser_box *b) {
   free(b->frames);
   b->frames = NULL;
   b->nframes = b->cap = 0;
-}
-
-static int box_gc(lua_State *L) {
-  box_release((parser_box *)luaL_checkudata(L, 1, PARSER_MT));
   return 0;
 }
 
-static int box_tostring(lua_State *L) {
-  parser_box *b = (parser_box *)luaL_checkudata(L, 1, PARSER_MT);
-  if (b->parser_live)
-    lua_pushfstring(L, PARSER_MT " (%p)", (void *)b);
-  else
-    lua_pushliteral(L, PARSER_MT " (closed)");
-  return 1;
-}
+static const geneva_class parser_class = {
+  "geneva.yaml.Parser", NULL, NULL, box_release, NULL, NULL, NULL
+};
 
 /* }====== */
 
@@ -681,9 +675,8 @@ static int yaml_load(lua_State *L) {
   luaL_argcheck(L, c.max_depth > 0 && c.max_alias_nodes >= 0, I_OPTS,
                 "limits must be positive");
   lua_settop(L, I_OPTS);
-  b = (parser_box *)lua_newuserdatauv(L, sizeof *b, 0);
-  memset(b, 0, sizeof *b);            /* born closed */
-  luaL_setmetatable(L, PARSER_MT);
+  b = (parser_box *)geneva_handle_new(L, &parser_class, sizeof *b, 0);
+  geneva_handle_open(L, b);           /* empty: release copes */
   lua_toclose(L, I_BOX);
   lua_newtable(L);                    /* I_DOCS */
   if (c.positions) lua_newtable(L); else lua_pushnil(L);   /* I_POS */
@@ -701,7 +694,7 @@ static int yaml_load(lua_State *L) {
   /* UTF-8 only: no guessing UTF-16 from garbage (a UTF-8 BOM is skipped) */
   yaml_parser_set_encoding(&b->parser, YAML_UTF8_ENCODING);
   r = build(&c);
-  box_release(b);
+  geneva_handle_release(b);
   if (r) return r;
   lua_pushvalue(L, I_DOCS);
   lua_pushvalue(L, I_POS);
@@ -733,15 +726,7 @@ static const luaL_Reg funcs[] = {
 ** metatable first, so every box is finalizable. */
 int luaopen_geneva_yaml_core(lua_State *L);
 int luaopen_geneva_yaml_core(lua_State *L) {
-  if (luaL_newmetatable(L, PARSER_MT)) {
-    lua_pushcfunction(L, box_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, box_gc);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, box_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
+  geneva_class_register(L, &parser_class, NULL);
   luaL_newlib(L, funcs);
   lua_pushlightuserdata(L, NULL);
   lua_setfield(L, -2, "null");

@@ -28,6 +28,7 @@
 #include <zip.h>
 
 #include "geneva_internal.h"
+#include "handle.h"
 
 /* {====== libzip.so.4, loaded when the module is first required (lazy.h) */
 #include "lazy.h"
@@ -58,37 +59,35 @@
   X(zip_source_free) \
   X(zip_stat_index) \
   X(zip_strerror)
-GENEVA_LAZY_TABLE(zip_api, ZIP_FUNCS)
-#define zip_close (zip_api.zip_close)
-#define zip_discard (zip_api.zip_discard)
-#define zip_error_code_zip (zip_api.zip_error_code_zip)
-#define zip_error_fini (zip_api.zip_error_fini)
-#define zip_error_init_with_code (zip_api.zip_error_init_with_code)
-#define zip_error_strerror (zip_api.zip_error_strerror)
-#define zip_fclose (zip_api.zip_fclose)
-#define zip_file_add (zip_api.zip_file_add)
-#define zip_file_get_error (zip_api.zip_file_get_error)
-#define zip_file_get_external_attributes (zip_api.zip_file_get_external_attributes)
-#define zip_file_set_dostime (zip_api.zip_file_set_dostime)
-#define zip_file_set_external_attributes (zip_api.zip_file_set_external_attributes)
-#define zip_fopen_index (zip_api.zip_fopen_index)
-#define zip_fread (zip_api.zip_fread)
-#define zip_get_error (zip_api.zip_get_error)
-#define zip_get_name (zip_api.zip_get_name)
-#define zip_get_num_entries (zip_api.zip_get_num_entries)
-#define zip_name_locate (zip_api.zip_name_locate)
-#define zip_open (zip_api.zip_open)
-#define zip_register_cancel_callback_with_state (zip_api.zip_register_cancel_callback_with_state)
-#define zip_set_file_compression (zip_api.zip_set_file_compression)
-#define zip_source_buffer (zip_api.zip_source_buffer)
-#define zip_source_file (zip_api.zip_source_file)
-#define zip_source_free (zip_api.zip_source_free)
-#define zip_stat_index (zip_api.zip_stat_index)
-#define zip_strerror (zip_api.zip_strerror)
+GENEVA_LAZY_LIB(zip_lib, "libzip.so.4", NULL, "install libzip4", NULL, ZIP_FUNCS)
+#define zip_close (zip_lib_api.zip_close)
+#define zip_discard (zip_lib_api.zip_discard)
+#define zip_error_code_zip (zip_lib_api.zip_error_code_zip)
+#define zip_error_fini (zip_lib_api.zip_error_fini)
+#define zip_error_init_with_code (zip_lib_api.zip_error_init_with_code)
+#define zip_error_strerror (zip_lib_api.zip_error_strerror)
+#define zip_fclose (zip_lib_api.zip_fclose)
+#define zip_file_add (zip_lib_api.zip_file_add)
+#define zip_file_get_error (zip_lib_api.zip_file_get_error)
+#define zip_file_get_external_attributes (zip_lib_api.zip_file_get_external_attributes)
+#define zip_file_set_dostime (zip_lib_api.zip_file_set_dostime)
+#define zip_file_set_external_attributes (zip_lib_api.zip_file_set_external_attributes)
+#define zip_fopen_index (zip_lib_api.zip_fopen_index)
+#define zip_fread (zip_lib_api.zip_fread)
+#define zip_get_error (zip_lib_api.zip_get_error)
+#define zip_get_name (zip_lib_api.zip_get_name)
+#define zip_get_num_entries (zip_lib_api.zip_get_num_entries)
+#define zip_name_locate (zip_lib_api.zip_name_locate)
+#define zip_open (zip_lib_api.zip_open)
+#define zip_register_cancel_callback_with_state (zip_lib_api.zip_register_cancel_callback_with_state)
+#define zip_set_file_compression (zip_lib_api.zip_set_file_compression)
+#define zip_source_buffer (zip_lib_api.zip_source_buffer)
+#define zip_source_file (zip_lib_api.zip_source_file)
+#define zip_source_free (zip_lib_api.zip_source_free)
+#define zip_stat_index (zip_lib_api.zip_stat_index)
+#define zip_strerror (zip_lib_api.zip_strerror)
 /* }====== */
 
-#define ARCHIVE_MT "geneva.zip.Archive"
-#define ARCHIVE_TYPE "geneva.zip.Archive"
 
 #define DOS_DATE_1980 0x21          /* 1980-01-01 */
 #define MODE_FILE 0100644u
@@ -432,31 +431,16 @@ static int lzip_create(lua_State *L) {
 /* {====== Archive handle */
 
 typedef struct {
-  zip_t *za;              /* NULL: closed */
-  geneva_resource *res;
+  geneva_handle h;        /* born closed (handle.h) */
+  zip_t *za;              /* while open */
 } archive;
 
-/* The one release: idempotent, never raises; shared by close(), __close,
-** __gc and the ledger teardown. */
-static void archive_release(archive *a) {
-  zip_t *za = a->za;
-  geneva_resource *r = a->res;
+/* The release: close(), __close, __gc and the ledger teardown. */
+static int archive_release(void *p) {
+  archive *a = (archive *)p;
+  zip_discard(a->za);     /* read-only: nothing to write back */
   a->za = NULL;
-  a->res = NULL;
-  if (za) zip_discard(za);   /* read-only: nothing to write back */
-  geneva_ledger_untrack(r);
-}
-
-static void archive_teardown(void *ud) { archive_release((archive *)ud); }
-
-static archive *check_archive(lua_State *L, int i) {
-  return (archive *)luaL_checkudata(L, i, ARCHIVE_MT);
-}
-
-static archive *check_open(lua_State *L, int i) {
-  archive *a = check_archive(L, i);
-  if (!a->za) luaL_error(L, "attempt to use a closed " ARCHIVE_TYPE);
-  return a;
+  return 0;
 }
 
 /* The path the archive was opened with, for messages. [] -> [] */
@@ -466,6 +450,19 @@ static const char *archive_path(lua_State *L, int i) {
   p = lua_tostring(L, -1);   /* anchored by the userdata */
   lua_pop(L, 1);
   return p ? p : "?";
+}
+
+static void archive_describe(lua_State *L, void *p, int idx) {
+  (void)p;
+  lua_pushfstring(L, "(%s)", archive_path(L, idx));
+}
+
+static const geneva_class archive_class = {
+  "geneva.zip.Archive", NULL, "zip", archive_release, archive_describe, NULL, NULL
+};
+
+static archive *check_open(lua_State *L, int i) {
+  return (archive *)geneva_handle_check(L, i, &archive_class);
 }
 
 /*
@@ -479,10 +476,7 @@ static int lzip_open(lua_State *L) {
   archive *a;
   zip_t *za;
   int zerr = 0;
-  a = (archive *)lua_newuserdatauv(L, sizeof *a, 1);
-  a->za = NULL;                               /* born closed */
-  a->res = NULL;
-  luaL_setmetatable(L, ARCHIVE_MT);
+  a = (archive *)geneva_handle_new(L, &archive_class, sizeof *a, 1);   /* born closed */
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
   za = zip_open(path, ZIP_RDONLY, &zerr);
@@ -499,7 +493,7 @@ static int lzip_open(lua_State *L) {
     return push_failure(L, &f);
   }
   a->za = za;
-  a->res = geneva_ledger_track(L, "zip", archive_teardown, a);
+  geneva_handle_open(L, a);
   return 1;
 }
 
@@ -790,31 +784,8 @@ static int lzip_m_extract(lua_State *L) {
 
 /* }------ */
 
-/* archive:close() -> true. Idempotent. */
-static int lzip_m_close(lua_State *L) {
-  archive_release(check_archive(L, 1));
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-/* archive:is_closed() -> boolean */
-static int lzip_m_is_closed(lua_State *L) {
-  lua_pushboolean(L, check_archive(L, 1)->za == NULL);
-  return 1;
-}
-
-/* __gc and __close: the backstop release, never raises */
-static int lzip_gc(lua_State *L) {
-  archive_release(check_archive(L, 1));
-  return 0;
-}
-
-static int lzip_tostring(lua_State *L) {
-  archive *a = check_archive(L, 1);
-  if (!a->za) lua_pushliteral(L, ARCHIVE_TYPE " (closed)");
-  else lua_pushfstring(L, ARCHIVE_TYPE " (%s)", archive_path(L, 1));
-  return 1;
-}
+/* archive:close() -> true (idempotent), archive:is_closed(), __close,
+** __gc, __tostring "geneva.zip.Archive (<path>)": handle.h */
 
 /* }====== */
 
@@ -822,16 +793,6 @@ static const luaL_Reg meth[] = {
   {"list", lzip_m_list},
   {"read", lzip_m_read},
   {"extract", lzip_m_extract},
-  {"close", lzip_m_close},
-  {"is_closed", lzip_m_is_closed},
-  {NULL, NULL}
-};
-
-static const luaL_Reg metameth[] = {
-  {"__index", NULL},   /* set below */
-  {"__gc", lzip_gc},
-  {"__close", lzip_gc},
-  {"__tostring", lzip_tostring},
   {NULL, NULL}
 };
 
@@ -844,13 +805,8 @@ static const luaL_Reg funcs[] = {
 int luaopen_geneva_zip_core(lua_State *L);
 
 int luaopen_geneva_zip_core(lua_State *L) {
-  GENEVA_LAZY_LOAD(L, "libzip.so.4", zip_api);
-  if (luaL_newmetatable(L, ARCHIVE_MT)) {   /* [mt] */
-    luaL_setfuncs(L, metameth, 0);
-    luaL_newlib(L, meth);                    /* [mt, methods] */
-    lua_setfield(L, -2, "__index");          /* [mt] */
-  }
-  lua_pop(L, 1);
+  geneva_lazy_require(L, &zip_lib);
+  geneva_class_register(L, &archive_class, meth);
   luaL_newlib(L, funcs);
   return 1;
 }

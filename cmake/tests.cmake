@@ -45,3 +45,16 @@ foreach(t ${GENEVA_SHELL_TESTS})
   set_tests_properties(integration.${name} PROPERTIES TIMEOUT 600 LABELS integration
     ENVIRONMENT "${GENEVA_TEST_ENV}")
 endforeach()
+
+# The embedding API in C, through libgeneva.so (tests/unit/host_api.c).
+add_executable(host_api_test ${CMAKE_SOURCE_DIR}/tests/unit/host_api.c)
+target_compile_options(host_api_test PRIVATE ${GENEVA_WARNINGS})
+target_link_libraries(host_api_test PRIVATE geneva_shared ${CMAKE_DL_LIBS})
+set(cmd $<TARGET_FILE:host_api_test>)
+if(GENEVA_VALGRIND AND VALGRIND)
+  set(cmd ${VALGRIND} --quiet --error-exitcode=99 --leak-check=full
+    --errors-for-leak-kinds=definite --track-fds=no --trace-children=no ${cmd})
+endif()
+add_test(NAME host_api COMMAND ${cmd} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(host_api PROPERTIES TIMEOUT 600 LABELS "unit;memcheck"
+  ENVIRONMENT "${GENEVA_TEST_ENV}")

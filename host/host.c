@@ -4,6 +4,7 @@
 ** safe, and a ledger that owns every external resource.
 */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,8 @@ static void open_modules(lua_State *L) {
   }
   lua_pushcfunction(L, luaopen_geneva_ledger_core);
   lua_setfield(L, -2, "geneva.ledger.core");
+  lua_pushcfunction(L, luaopen_geneva_host_core);
+  lua_setfield(L, -2, "geneva.host.core");
   lua_pushcfunction(L, luaopen_cjson);
   lua_setfield(L, -2, "cjson");
   lua_pushcfunction(L, luaopen_cjson_safe);
@@ -170,9 +173,11 @@ int geneva_host_pcall(geneva_host *h, int nargs, int nres, int interactive) {
   h->interrupted = 0;
   status = lua_pcall(L, nargs, nres, base);
   lua_remove(L, base);
-  if (h->exiting) {
+  if (h->exiting) {                /* os.exit: the session ends here */
     lua_sethook(L, NULL, 0, 0);
-    if (status != LUA_OK) lua_pop(L, 1);
+    lua_settop(L, base - 1);       /* the error, or results (os.exit in a finalizer) */
+    set_error(h, NULL);
+    geneva_ledger_teardown_all(L);
     return h->exit_code;
   }
   if (geneva_interrupted() && h->opts.handle_signals) {
@@ -200,21 +205,45 @@ int geneva_host_pcall(geneva_host *h, int nargs, int nres, int interactive) {
 
 /* {====== geneva.h */
 
+/* Everything geneva_host_new does with the Lua state, under lua_pcall (as
+** lua.c's pmain): a memory error is a NULL host, not a panic. [h] -> [] */
+static int host_setup(lua_State *L) {
+  geneva_host *h = (geneva_host *)lua_touserdata(L, 1);
+  lua_pushlightuserdata(L, h);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &host_key);
+  geneva_ledger_attach(L, h->ledger);
+  open_modules(L);
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, os_exit_safe);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
+  return 0;
+}
+
+static void host_discard(geneva_host *h) {
+  if (h->L) lua_close(h->L);
+  geneva_ledger_free(h->ledger);
+  free(h->worker_exe);
+  free(h->err);
+  free(h);
+}
+
 geneva_host *geneva_host_new(const geneva_host_opts *opts) {
   geneva_host *h = (geneva_host *)calloc(1, sizeof *h);
   if (!h) return NULL;
   if (opts) h->opts = *opts;
+  if (h->opts.worker_exe) {
+    h->worker_exe = strdup(h->opts.worker_exe);
+    if (!h->worker_exe) { host_discard(h); return NULL; }
+    h->opts.worker_exe = h->worker_exe;
+  }
+  h->ledger = geneva_ledger_new();
+  if (!h->ledger) { host_discard(h); return NULL; }
   h->L = luaL_newstate();
-  if (!h->L) { free(h); return NULL; }
+  if (!h->L) { host_discard(h); return NULL; }
+  lua_pushcfunction(h->L, host_setup);   /* a light C function: no allocation */
   lua_pushlightuserdata(h->L, h);
-  lua_rawsetp(h->L, LUA_REGISTRYINDEX, &host_key);
-  h->ledger = geneva_ledger_new(h->L);
-  if (!h->ledger) { lua_close(h->L); free(h); return NULL; }
-  open_modules(h->L);
-  lua_getglobal(h->L, "os");
-  lua_pushcfunction(h->L, os_exit_safe);
-  lua_setfield(h->L, -2, "exit");
-  lua_pop(h->L, 1);
+  if (lua_pcall(h->L, 1, 0, 0) != LUA_OK) { host_discard(h); return NULL; }
   if (h->opts.handle_signals) geneva_signals_install(h->L);
   return h;
 }
@@ -222,6 +251,28 @@ geneva_host *geneva_host_new(const geneva_host_opts *opts) {
 lua_State *geneva_host_lua(geneva_host *h) { return h ? h->L : NULL; }
 
 const char *geneva_host_error(const geneva_host *h) { return h ? h->err : NULL; }
+
+/* 1 with the message saved, for calls the host refuses. */
+static int refuse(geneva_host *h, const char *fmt, ...)
+  __attribute__((format(printf, 2, 3)));
+static int refuse(geneva_host *h, const char *fmt, ...) {
+  char buf[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  set_error(h, buf);
+  return 1;
+}
+
+/* Checks what every run needs; 0, or 1 with the reason saved. */
+static int check_run(geneva_host *h, const char *fn) {
+  set_error(h, NULL);
+  if (h->exiting)
+    return refuse(h, "%s: this host is finished: a script called os.exit(%d); "
+                  "free it and create a new host to run more", fn, h->exit_code);
+  return 0;
+}
 
 static void push_args(lua_State *L, const char *progname, const char *script,
                       int argc, const char *const *argv) {
@@ -238,28 +289,59 @@ static void push_args(lua_State *L, const char *progname, const char *script,
   lua_setglobal(L, "arg");
 }
 
+typedef struct {
+  const char *progname, *path;   /* path NULL: stdin */
+  int argc;
+  const char *const *argv;
+} file_job;
+
+/* Sets `arg`, loads the file and pushes it with its arguments, under
+** lua_pcall (memory errors included). [job] -> [chunk, argv...] */
+static int prepare_file(lua_State *L) {
+  const file_job *j = (const file_job *)lua_touserdata(L, 1);
+  int i;
+  lua_settop(L, 0);
+  push_args(L, j->progname, j->path, j->argc, j->argv);
+  if (luaL_loadfile(L, j->path) != LUA_OK) return lua_error(L);
+  luaL_checkstack(L, j->argc + 2, "too many arguments to script");
+  for (i = 0; i < j->argc; i++) lua_pushstring(L, j->argv[i]);
+  return 1 + j->argc;
+}
+
 int geneva_host_dofile(geneva_host *h, const char *path, int argc,
                        const char *const *argv) {
-  lua_State *L = h->L;
+  lua_State *L;
+  file_job job;
   int i;
-  set_error(h, NULL);
-  if (h->exiting) return h->exit_code;
-  if (path && strcmp(path, "-") == 0) path = NULL;
-  push_args(L, h->opts.progname, path, argc, argv);
-  if (luaL_loadfile(L, path) != LUA_OK) {
+  if (!h) return 1;
+  if (check_run(h, "geneva_host_dofile")) return 1;
+  if (!path) return refuse(h, "geneva_host_dofile: path is NULL (\"-\" reads stdin)");
+  if (argc < 0) return refuse(h, "geneva_host_dofile: argc is negative (%d)", argc);
+  if (argc > 0 && !argv) return refuse(h, "geneva_host_dofile: argv is NULL but argc is %d", argc);
+  for (i = 0; i < argc; i++)
+    if (!argv[i]) return refuse(h, "geneva_host_dofile: argv[%d] is NULL", i);
+  L = h->L;
+  job.progname = h->opts.progname;
+  job.path = strcmp(path, "-") == 0 ? NULL : path;
+  job.argc = argc;
+  job.argv = argv;
+  lua_pushcfunction(L, prepare_file);
+  lua_pushlightuserdata(L, &job);
+  if (lua_pcall(L, 1, LUA_MULTRET, 0) != LUA_OK) {
     set_error(h, lua_tostring(L, -1));
     lua_pop(L, 1);
     return 1;
   }
-  luaL_checkstack(L, argc + 2, "too many arguments to script");
-  for (i = 0; i < argc; i++) lua_pushstring(L, argv[i]);
   return geneva_host_pcall(h, argc, 0, 0);
 }
 
 int geneva_host_dostring(geneva_host *h, const char *code) {
-  lua_State *L = h->L;
-  set_error(h, NULL);
-  if (h->exiting) return h->exit_code;
+  lua_State *L;
+  if (!h) return 1;
+  if (check_run(h, "geneva_host_dostring")) return 1;
+  if (!code) return refuse(h, "geneva_host_dostring: code is NULL");
+  L = h->L;
+  /* lua_load is protected: a memory error comes back as a status */
   if (luaL_loadbuffer(L, code, strlen(code), "=(command line)") != LUA_OK) {
     set_error(h, lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -276,6 +358,7 @@ void geneva_host_free(geneva_host *h) {
   lua_close(h->L);
   geneva_ledger_free(h->ledger);
   if (h->opts.handle_signals) geneva_signals_uninstall();
+  free(h->worker_exe);
   free(h->err);
   free(h);
 }

@@ -24,12 +24,27 @@ extern const geneva_embedded geneva_stdlib[];    /* gen/stdlib_blob.c */
 
 /* ledger.c */
 typedef struct geneva_ledger geneva_ledger;
-geneva_ledger *geneva_ledger_new(lua_State *L);  /* registers itself in L */
+geneva_ledger *geneva_ledger_new(void);          /* NULL when memory is short */
+/* Makes g the ledger of L (a registry entry: may raise a memory error). */
+void geneva_ledger_attach(lua_State *L, geneva_ledger *g);
 /* Tears down every scope and resource, newest first, with hooks off; teardown
 ** errors are written as warnings. Leaves the ledger usable (empty). */
 void geneva_ledger_teardown_all(lua_State *L);
 void geneva_ledger_free(geneva_ledger *g);
 int luaopen_geneva_ledger_core(lua_State *L);
+
+/* worker_exe.c */
+/*
+** The program to start as a worker, as an absolute path in buf (design §5):
+** h's opts.worker_exe, else $GENEVA_WORKER_EXE, else the running executable
+** when it is geneva, else the geneva installed beside libgeneva, else geneva
+** on PATH. 0, or -1 with a message in err saying what was tried and how to
+** set it. h may be NULL (a state not made by geneva_host_new).
+*/
+struct geneva_host;
+int geneva_worker_exe(const struct geneva_host *h, char *buf, size_t len,
+                      char *err, size_t errlen);
+int luaopen_geneva_host_core(lua_State *L);
 
 /* signals.c */
 void geneva_signals_install(lua_State *L);       /* handlers + hook target */

@@ -9,12 +9,15 @@
 
 struct geneva_host {
   lua_State *L;
-  geneva_host_opts opts;
+  geneva_host_opts opts;   /* opts.worker_exe points to worker_exe below */
   geneva_ledger *ledger;
   char *err;        /* last error with traceback, or NULL */
-  int exiting;      /* os.exit was called */
+  char *worker_exe; /* the host's copy of opts.worker_exe, or NULL */
+  int exiting;      /* os.exit was called: the host is finished */
   int interrupted;  /* the last interactive call ended by Ctrl-C */
   int exit_code;
+  int is_geneva;    /* the process is the geneva command: its workers are
+                       itself (set by main.c) */
 };
 
 geneva_host *geneva_host_from(lua_State *L);

@@ -224,16 +224,19 @@ void geneva_ledger_teardown_all(lua_State *L) {
   lua_sethook(L, NULL, 0, 0);
 }
 
-geneva_ledger *geneva_ledger_new(lua_State *L) {
+geneva_ledger *geneva_ledger_new(void) {
   geneva_ledger *g = (geneva_ledger *)calloc(1, sizeof *g);
   if (!g) return NULL;
   g->step_deadline = 30.0;
   g->root = scope_new(g, NULL, "root");
   if (!g->root) { free(g); return NULL; }
   g->current = g->root;
+  return g;
+}
+
+void geneva_ledger_attach(lua_State *L, geneva_ledger *g) {
   lua_pushlightuserdata(L, g);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &ledger_key);
-  return g;
 }
 
 void geneva_ledger_free(geneva_ledger *g) {

@@ -97,7 +97,8 @@ static int run(geneva_host *h, int argc, char **argv) {
       return 0;
     } else if (strcmp(a, "-e") == 0) {
       if (++i >= argc) return usage_error("'-e' needs an argument%s", "");
-      if ((code = geneva_host_dostring(h, argv[i])) != 0) return report(h, code);
+      code = geneva_host_dostring(h, argv[i]);
+      if (code != 0 || h->exiting) return report(h, code);   /* os.exit ends the run */
       ran_code = 1;
     } else if (strcmp(a, "--") == 0) {
       i++;
@@ -138,6 +139,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s: cannot create the Lua state: not enough memory\n", progname);
     return 1;
   }
+  h->is_geneva = 1;      /* workers are this very program (worker_exe.c) */
   code = run(h, argc, argv);
   fflush(stdout);
   geneva_host_free(h);   /* tears down everything the script left */

@@ -23,15 +23,15 @@
 #define EDIT_FUNCS(X) X(readline) X(add_history) X(read_history) \
   X(write_history) X(using_history) X(stifle_history) \
   X(rl_getc_function) X(rl_catch_signals)
-GENEVA_LAZY_TABLE(edit_api, EDIT_FUNCS)
-#define readline (edit_api.readline)
-#define add_history (edit_api.add_history)
-#define read_history (edit_api.read_history)
-#define write_history (edit_api.write_history)
-#define using_history (edit_api.using_history)
-#define stifle_history (edit_api.stifle_history)
-#define rl_getc_function (*edit_api.rl_getc_function)    /* variables */
-#define rl_catch_signals (*edit_api.rl_catch_signals)
+GENEVA_LAZY_LIB(edit_lib, "libedit.so.2", NULL, "install libedit2", NULL, EDIT_FUNCS)
+#define readline (edit_lib_api.readline)
+#define add_history (edit_lib_api.add_history)
+#define read_history (edit_lib_api.read_history)
+#define write_history (edit_lib_api.write_history)
+#define using_history (edit_lib_api.using_history)
+#define stifle_history (edit_lib_api.stifle_history)
+#define rl_getc_function (*edit_lib_api.rl_getc_function)    /* variables */
+#define rl_catch_signals (*edit_lib_api.rl_catch_signals)
 
 /* Reads a key for libedit. Our SIGINT handler does not restart read(): a
 ** Ctrl-C at the prompt ends the line read (the caller clears it) instead of
@@ -47,7 +47,7 @@ static int repl_getc(FILE *f) {
 }
 
 static int load_libedit(lua_State *L) {
-  GENEVA_LAZY_LOAD(L, "libedit.so.2", edit_api);
+  geneva_lazy_require(L, &edit_lib);
   return 0;
 }
 

@@ -90,22 +90,23 @@ function Db:table_names()
   return out
 end
 
--- db:open_table(name) -> Table | raises not_found
-function Db:open_table(name)
+-- The directory of table `name`, which must exist | raises not_found
+local function existing_dir(self, name)
   M.check_table_name(name)
   if not exists(self, name) then
     errors.throw("not_found", ("table '%s' does not exist in %s"):format(name, self.path), { path = self:table_dir(name) })
   end
-  return table_mod.new(self, name, self:table_dir(name))
+  return self:table_dir(name)
+end
+
+-- db:open_table(name) -> Table | raises not_found
+function Db:open_table(name)
+  return table_mod.new(self, name, existing_dir(self, name))
 end
 
 -- db:drop_table(name) -> true | raises not_found
 function Db:drop_table(name)
-  M.check_table_name(name)
-  if not exists(self, name) then
-    errors.throw("not_found", ("table '%s' does not exist in %s"):format(name, self.path), { path = self:table_dir(name) })
-  end
-  errors.io(fs.remove_tree(self:table_dir(name)))
+  errors.io(fs.remove_tree(existing_dir(self, name)))
   return true
 end
 

@@ -273,5 +273,11 @@ end
 function Stmt:rows(...) return stmt_iter(self, core.iter_rows, ...) end
 function Stmt:named_rows(...) return stmt_iter(self, core.iter_named, ...) end
 
+--- quote_ident(name) -> name as one SQL identifier: in double quotes, each
+-- '"' doubled, so any name (spaces, quotes, keywords) stays one identifier.
+function M.quote_ident(name)
+  return '"' .. name:gsub('"', '""') .. '"'
+end
+
 M.Db, M.Stmt = Db, Stmt
 return M

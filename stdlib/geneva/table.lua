@@ -16,6 +16,7 @@ local sqlite = require "geneva.sqlite"
 local storage = require "geneva.store.versions"
 local reader = require "geneva.store.reader"
 local ingest = require "geneva.store.ingest"
+local where_check = require "geneva.store.where"
 
 local M = {}
 
@@ -24,8 +25,9 @@ Table.__index = Table
 Table.__name = "geneva.Table"
 M.Table = Table
 
-local qi = reader.quote_ident
+local qi = sqlite.quote_ident
 local find_column = reader.find_column
+local find_fragment = storage.find_fragment
 
 -- M.new(db, name, dir) -> Table (no I/O; db:open_table checks existence)
 function M.new(db, name, dir)
@@ -121,35 +123,12 @@ end
 
 -- {====== Reading
 
-local function check_where(where, fname)
-  if where ~= nil and type(where) ~= "string" then
-    invalid(("%s: where must be an SQL string, got %s"):format(fname, type(where)))
-  end
-end
-
-local function bad_where(where, msg)
-  invalid(("bad where clause '%s': %s"):format(where, tostring(msg):gsub(" %(in \".*$", "")), { where = where })
-end
-
 -- Prepares sql on db; a failure blames the where clause when there is one.
-local function prepare(db, sql, where)
+local function prepare(db, sql, where, what)
   local st, msg, code = db:prepare(sql)
   if st then return st end
-  if where then bad_where(where, msg) end
+  if where then where_check.fail(what, where, msg) end
   errors.throw("internal", msg, { cause = code })
-end
-
--- Checks where against a table with the schema's columns (for a table
--- without fragments, where nothing else would look at it).
-local function validate_where(m, where)
-  local db <close> = errors.io(sqlite.open(":memory:"))
-  local defs = { "_rowid INTEGER PRIMARY KEY" }
-  for _, c in ipairs(m.schema) do
-    defs[#defs + 1] = qi(c.name)
-    if c.virtual then defs[#defs + 1] = qi("__ver_" .. c.name) end
-  end
-  errors.io(db:exec(("CREATE TEMP TABLE t(%s)"):format(table.concat(defs, ", "))))
-  prepare(db, ("SELECT 1 FROM t WHERE (%s)"):format(where), where):close()
 end
 
 -- Columns a reader must expose for `names` plus what `where` mentions.
@@ -165,20 +144,19 @@ end
 
 -- tbl:count_rows([where]) -> integer
 function Table:count_rows(where)
-  check_where(where, "count_rows")
   local m = current(self)
+  where_check.check(where, m, "count_rows")
   local total = 0
   if not where then
     for _, f in ipairs(m.fragments) do total = total + f.rows end
     return total
   end
-  if #m.fragments == 0 then validate_where(m, where) end
   local cols = reader_columns(m, {}, where)
   for _, f in ipairs(m.fragments) do
     local db <close> = reader.open(self.dir, m, f, { columns = cols })
-    local st <close> = prepare(db, ("SELECT count(*) FROM t WHERE (%s)"):format(where), where)
+    local st <close> = prepare(db, ("SELECT count(*) FROM t WHERE (%s)"):format(where), where, "count_rows")
     local r, msg = st:step()
-    if not r then bad_where(where, msg) end
+    if not r then where_check.fail("count_rows", where, msg) end
     total = total + st:get(1)
   end
   return total
@@ -213,17 +191,16 @@ Rows in (fragment, rowid) order, values typed back (nil for NULL, bools,
 float32 vectors as arrays of numbers, 64-bit integers exact). columns may
 name "_rowid" (the row's number within its fragment).
 ]]
-function Table:to_rows(opts)
+local function to_rows(self, opts, what)
   opts = opts or {}
   if type(opts) ~= "table" then invalid("to_rows: options must be a table") end
   local where, limit = opts.where, opts.limit
-  check_where(where, "to_rows")
   if limit ~= nil and (math.type(limit) ~= "integer" or limit < 0) then
     invalid("to_rows: limit must be a non-negative integer")
   end
   local m = current(self)
   local names = resolve_columns(m, opts.columns)
-  if where and #m.fragments == 0 then validate_where(m, where) end
+  where_check.check(where, m, what)
 
   local stored, fix = {}, {}
   for _, n in ipairs(names) do
@@ -245,11 +222,11 @@ function Table:to_rows(opts)
     local sql = ("SELECT %s FROM t%s ORDER BY _rowid%s"):format(table.concat(sel, ", "),
       where and (" WHERE (" .. where .. ")") or "", limit and (" LIMIT " .. (limit - n)) or "")
     local db <close> = reader.open(self.dir, m, f, { columns = cols })
-    local st <close> = prepare(db, sql, where)
+    local st <close> = prepare(db, sql, where, what)
     while true do
       local r, msg = st:step()
       if not r then
-        if where then bad_where(where, msg) end
+        if where then where_check.fail(what, where, msg) end
         errors.throw("unavailable", msg)
       end
       if r == "done" then break end
@@ -266,6 +243,8 @@ function Table:to_rows(opts)
   return out
 end
 
+function Table:to_rows(opts) return to_rows(self, opts, "to_rows") end
+
 -- A query builder: tbl:search():where(sql):select{...}:limit(n):to_rows()
 local Query = {}
 Query.__index = Query
@@ -277,8 +256,7 @@ function Table:search()
 end
 
 function Query:where(sql)
-  check_where(sql, "where")
-  self._where = sql
+  self._where = where_check.check(sql, current(self.tbl), "search")
   return self
 end
 
@@ -293,7 +271,7 @@ function Query:limit(n)
 end
 
 function Query:to_rows()
-  return self.tbl:to_rows { columns = self._columns, where = self._where, limit = self._limit }
+  return to_rows(self.tbl, { columns = self._columns, where = self._where, limit = self._limit }, "search")
 end
 
 function Query:count_rows()
@@ -303,12 +281,6 @@ end
 -- }======
 
 -- {====== Writing
-
-local function find_fragment(m, id)
-  for _, f in ipairs(m.fragments) do
-    if f.id == id then return f end
-  end
-end
 
 -- tbl:add(rows | {from = "file.csv"|"file.jsonl"}) -> tbl
 -- Appends new fragments of at most fragment_size rows. Nothing is committed
@@ -533,19 +505,20 @@ end
 --[[
 tbl:_commit_column_files(column, udf_version, files) -> version, committed
 For the backfill driver. files: array of {fragment = id, path = staged file
-holding col(_rowid INTEGER PRIMARY KEY, value), lo =, hi =}. Moves each into
+holding col(_rowid INTEGER PRIMARY KEY, value) [and failed marks], lo =, hi =}. Moves each into
 data/ and appends it to its fragment's list for column in a new version
 (re-applied over concurrent commits); a list longer than
 storage.MAX_COLUMN_FILES is folded. Files of fragments that no longer exist
 are skipped (left where they are). Raises conflict when column is gone, not
 virtual, or its udf_version is no longer udf_version; the moved files then go
 back to their staged paths. Returns the new version and how many files it
-committed (0 and no commit when none applied).
+committed (the latest version, 0 and no commit when none applied).
 ]]
 --[[ tbl:backfill(column [, {where=, batch_size=, concurrency=, commit_every=,
-resume=true}]) -> record. Computes the rows whose value is missing or was
-computed by an older version of the column's UDF; raises the job's error
-when it ends FAILED or CANCELLED (geneva.backfill). ]]
+resume=true}]) -> record. Computes the rows that are missing: not computed
+by the column's current UDF version, or failed under on_error = "null"
+(geneva.store.reader.missing); a NULL result counts as computed. Raises the
+job's error when it ends FAILED or CANCELLED (geneva.backfill). ]]
 function Table:backfill(column, opts)
   return require("geneva.backfill").run(self, column, opts)
 end
@@ -605,6 +578,7 @@ function Table:_commit_column_files(column, udf_version, files)
         f.columns[cname] = list
       end
     end
+    if next(applied) == nil then return false end    -- their fragments are gone: no version
     for _, f in ipairs(m.fragments) do
       local list = f.columns[cname]
       if list and #list > storage.MAX_COLUMN_FILES then f.columns[cname] = fold(list) end
@@ -618,7 +592,7 @@ function Table:_commit_column_files(column, udf_version, files)
   -- files whose fragment vanished meanwhile go back; files folded into a
   -- new one at once were never referenced by any version
   local used, committed = {}, 0
-  for _, f in ipairs(res.fragments) do
+  for _, f in ipairs(res and res.fragments or {}) do
     for _, e in ipairs(f.columns[cname] or {}) do used[e.file] = true end
   end
   for _, e in ipairs(moved) do
@@ -629,7 +603,7 @@ function Table:_commit_column_files(column, udf_version, files)
       if not used[e.file] then os.remove(self.dir .. "/" .. e.file) end
     end
   end
-  return res.version, committed
+  return res and res.version or self:version(), committed
 end
 
 -- }======

@@ -371,27 +371,24 @@ local function check_modname(field, m)
 end
 -- }======
 
+-- What identifies a function in the version: its bytecode (with the roles
+-- of its upvalues), or its module and function name (field names the part
+-- in messages: "module", "setup").
+local function code_identity(code, upvalues, modname, fname, field)
+  if code then
+    return { bytecode_sha256 = fs.sha256(canonical_bytecode(code)),
+             upvalues = json.array({ table.unpack(upvalues) }) }
+  end
+  local id = module_identity(modname, field)
+  id.module, id["function"] = modname, fname
+  return id
+end
+
 -- The version: sha256 over the canonical JSON of what decides the values.
 local function compute_version(u)
-  local code
-  if u._code then
-    code = { bytecode_sha256 = fs.sha256(canonical_bytecode(u._code)),
-             upvalues = json.array({ table.unpack(u._upvalues) }) }
-  else
-    code = module_identity(u.module, "module")
-    code.module, code["function"] = u.module, u["function"]
-  end
-  local setup = NULL
+  local code = code_identity(u._code, u._upvalues, u.module, u["function"], "module")
   local s = u._setup
-  if s then
-    if s.code then
-      setup = { bytecode_sha256 = fs.sha256(canonical_bytecode(s.code)),
-                upvalues = json.array({ table.unpack(s.upvalues) }) }
-    else
-      setup = module_identity(s.module, "setup")
-      setup.module, setup["function"] = s.module, s["function"]
-    end
-  end
+  local setup = s and code_identity(s.code, s.upvalues, s.module, s["function"], "setup") or NULL
   return fs.sha256(json.canonical({
     format = 1, code = code, setup = setup, data_type = u.data_type,
     input_columns = json.array({ table.unpack(u.input_columns) }), batch = u.batch,

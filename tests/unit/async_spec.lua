@@ -7,33 +7,33 @@ local json = require "geneva.json"
 local proc = require "geneva.proc"
 local time = require "geneva.time"
 local child = require "child"
+local tables = require "tables"
 local wait_until = require("expect").wait_until
 
--- ~0.3 ms a row: a 6000-row job lasts a couple of seconds on 2 workers
-local slow = function(id)
-  local t = os.clock() + 0.0003
-  while os.clock() < t do end
-  return id * 3
-end
-
+-- table docs: ids 1..n and s = id * 7 computed at ~0.3 ms a row (a 6000-row
+-- job lasts a couple of seconds on 2 workers)
 local function make_table(db, n)
-  local rows = {}
-  for i = 1, n do rows[i] = { id = i } end
-  local tbl = db:create_table("docs", rows, { fragment_size = 2000 })
-  tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
-  return tbl
+  return tables.make(db, "docs", n, { fragment_size = 2000,
+    columns = { s = geneva.udf { data_type = "int64", fn = require("udfs").slow } } })
 end
 
 -- what another process sees: the record on disk
 local function on_disk(dir, id) return assert(job.load(dir, id)) end
 
+-- `geneva jobs ARGS... --db dir --json` -> exit code, stdout, stderr
 local function jobs_cli(dir, ...)
-  local args = { child.bin, "jobs", ... }
-  args[#args + 1] = "--db"
-  args[#args + 1] = dir
-  args[#args + 1] = "--json"
-  local r = assert(proc.run { argv = args, timeout = 30 })
-  return r
+  local args = { "jobs", ... }
+  for _, a in ipairs { "--db", dir, "--json" } do args[#args + 1] = a end
+  return child.cli(args)
+end
+
+-- Starts `geneva dir/owner.lua dir`, a script that starts a job and prints
+-- its id; returns the Process and the job's id once the job is RUNNING.
+local function start_owner(dir, code)
+  local p, output = child.start(dir, "owner", code, dir)
+  local id = wait_until("the job id", function() return output():match("^(%S+)\n") end, 30)
+  wait_until("RUNNING", function() return on_disk(dir, id).status == "RUNNING" end, 30)
+  return p, id
 end
 
 describe("background jobs", function()
@@ -54,7 +54,7 @@ describe("background jobs", function()
     assert.is_true(rec.tasks.done > 0, "no task done while the caller slept")
     assert.is_true(rec.rows.committed > 0, "nothing committed while the caller slept")
     assert.equal("DONE", j:wait().status)
-    assert.equal(0, tbl:count_rows("s IS NULL OR s <> id * 3"))
+    assert.equal(0, tbl:count_rows("s IS NULL OR s <> id * 7"))
   end)
 
   it("progress while the caller busy-loops in Lua, and is seen live by `geneva jobs show`", function()
@@ -63,14 +63,14 @@ describe("background jobs", function()
     local t = os.clock() + 1.0
     local spins = 0
     while os.clock() < t do spins = spins + 1 end
-    local r = jobs_cli(dir, "show", j.id)
-    assert.is_true(r.ok, r.stderr)
-    local shown = json.decode(r.stdout)
+    local code, out, err = jobs_cli(dir, "show", j.id)
+    assert.equal(0, code, err)
+    local shown = json.decode(out)
     assert.equal(j.id, shown.id)
     assert.is_true(shown.tasks.done > 0, "another shell saw no progress")
     -- and the progress goes on while we look
     wait_until("more progress", function()
-      local again = json.decode(jobs_cli(dir, "show", j.id).stdout)
+      local again = json.decode((select(2, jobs_cli(dir, "show", j.id))))
       return again.tasks.done > shown.tasks.done or again.status == "DONE"
     end, 30)
     j:wait()
@@ -81,8 +81,8 @@ describe("background jobs", function()
     local j = tbl:backfill_async("s", { batch_size = 200, commit_every = 1 })
     wait_until("a commit", function() return on_disk(dir, j.id).rows.committed > 0 end, 30)
     local t0 = time.monotonic()
-    local r = jobs_cli(dir, "cancel", j.id)
-    assert.is_true(r.ok, r.stderr)
+    local code, _, err = jobs_cli(dir, "cancel", j.id)
+    assert.equal(0, code, err)
     wait_until("CANCELLED", function() return on_disk(dir, j.id).status == "CANCELLED" end, 10)
     local took = time.monotonic() - t0
     -- a bounded wait, not a timing assertion: the marker is polled every 250 ms
@@ -110,9 +110,7 @@ describe("background jobs", function()
     assert.equal(0, #child.worker_pids(proc.self().pid, "--driver"))
 
     -- a script that starts a job and is then SIGTERMed: teardown stops it
-    local script = dir .. "/owner.lua"
-    local f = assert(io.open(script, "w"))
-    f:write([[
+    local p, id = start_owner(dir, [[
 local geneva = require "geneva"
 local db = geneva.connect(arg[1])
 local tbl = db:open_table("docs")
@@ -125,14 +123,6 @@ geneva.local_cluster{ workers = 1 }(function()
   require("geneva.time").sleep(60)
 end)
 ]])
-    f:close()
-    local out = dir .. "/owner.out"
-    local p = assert(proc.spawn { argv = { child.bin, script, dir }, stdout = out, stdin = "null" })
-    local id = wait_until("the job id", function()
-      local s = child.read(out)
-      return s and s:match("^(%S+)\n")
-    end, 30)
-    wait_until("RUNNING", function() return on_disk(dir, id).status == "RUNNING" end, 30)
     local driver_pid = on_disk(dir, id).driver_pid
     assert.is_true(proc.alive(driver_pid))
     assert.is_true(proc.kill(p:pid(), "TERM"))
@@ -148,9 +138,8 @@ end)
 
   it("dies with its owner after kill -9", function()
     local tbl = make_table(db, 2000)
-    local script = dir .. "/owner.lua"
-    local f = assert(io.open(script, "w"))
-    f:write([[
+    assert.is_not_nil(tbl)
+    local p, id = start_owner(dir, [[
 local geneva = require "geneva"
 local tbl = geneva.connect(arg[1]):open_table("docs")
 tbl:add_columns { u = geneva.udf { data_type = "int64", fn = function(id)
@@ -160,15 +149,6 @@ print(j.id)
 io.stdout:flush()
 require("geneva.time").sleep(60)
 ]])
-    f:close()
-    assert.is_not_nil(tbl)
-    local out = dir .. "/owner.out"
-    local p = assert(proc.spawn { argv = { child.bin, script, dir }, stdout = out, stdin = "null" })
-    local id = wait_until("the job id", function()
-      local s = child.read(out)
-      return s and s:match("^(%S+)\n")
-    end, 30)
-    wait_until("RUNNING", function() return on_disk(dir, id).status == "RUNNING" end, 30)
     local driver_pid = on_disk(dir, id).driver_pid
     local workers = wait_until("workers", function()
       local w = child.worker_pids(driver_pid)

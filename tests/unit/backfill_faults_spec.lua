@@ -10,62 +10,16 @@ local time = require "geneva.time"
 local fs = require "geneva.fs"
 local sqlite = require "geneva.sqlite"
 local child = require "child"
+local tables = require "tables"
 
 local function text_of(i) return ("r%d:"):format(i) .. ("xy"):rep(i % 9) end
 
-local function make_table(db, name, n, opts)
-  local rows = {}
-  for i = 1, n do rows[i] = { id = i, text = text_of(i) } end
-  return db:create_table(name, rows, opts)
-end
-
--- A UDF that takes ~0.3 ms a row, so jobs last long enough to be hit
-local slow = function(id)
-  local t = os.clock() + 0.0003
-  while os.clock() < t do end
-  return id * 11
-end
-
--- Checks that column col holds f(id) for ids 1..n, each id exactly once
-local function check_exact(tbl, n, col, f)
-  local rows = tbl:to_rows { columns = { "id", "text", col } }
-  assert.equal(n, #rows)
-  local seen, bad = {}, 0
-  for _, r in ipairs(rows) do
-    assert.is_nil(seen[r.id], "duplicate row " .. tostring(r.id))
-    seen[r.id] = true
-    if r[col] ~= f(r.id, r.text) then bad = bad + 1 end
-  end
-  for i = 1, n do assert.is_true(seen[i], "lost row " .. i) end
-  assert.equal(0, bad, ("%d wrong values in %s"):format(bad, col))
-end
-
--- Paths of the staged outputs (checkpoints) of a column
-local function staged(tbl, column)
-  local out = {}
-  local base = tbl.dir .. "/_staging/" .. column
-  for _, v in ipairs(fs.list(base) or {}) do
-    for _, f in ipairs(fs.list(base .. "/" .. v) or {}) do
-      if f:match("^f%d+%-%d+%-%d+%.db$") then out[#out + 1] = base .. "/" .. v .. "/" .. f end
-    end
-  end
-  return out
-end
+local make_table = tables.maker { rows = function(i) return { id = i, text = text_of(i) } end }
+local slow = require("udfs").slow                -- id * 7, ~0.3 ms a row
+local check_exact, staged = tables.check_exact, tables.staged
+local start_driver = child.start
 
 local wait_until = require("expect").wait_until
-
--- Starts `geneva SCRIPT args...` with the given Lua code as SCRIPT; output
--- goes to files under dir. Returns the Process and a function reading its
--- stdout and stderr.
-local function start_driver(dir, name, code, ...)
-  local script = ("%s/%s.lua"):format(dir, name)
-  local f = assert(io.open(script, "w"))
-  f:write(code)
-  f:close()
-  local out, err = dir .. "/" .. name .. ".out", dir .. "/" .. name .. ".err"
-  local p = assert(proc.spawn { argv = { child.bin, script, ... }, stdin = "null", stdout = out, stderr = err })
-  return p, function() return child.read(out) or "", child.read(err) or "" end
-end
 
 -- The driver script: backfills column arg[3] of table arg[2] in db arg[1]
 local DRIVER = [[
@@ -118,7 +72,7 @@ describe("geneva.backfill faults", function()
     -- a kill can land just after a worker reported its task done (nothing
     -- to retry then), so at least one of the two kills hit a running task
     assert.is_true(retried >= 1 and retried <= 2, "retried " .. retried)
-    check_exact(tbl, N, "s", function(id) return id * 11 end)
+    check_exact(tbl, N, "s", function(id) return id * 7 end)
     for pid in pairs(victims) do assert.is_false(proc.alive(pid)) end
     -- the pool replaced them and still works
     tbl:add_columns { t = geneva.udf { data_type = "int64", fn = function(id) return -id end } }
@@ -200,15 +154,15 @@ describe("geneva.backfill faults", function()
     assert.equal(rec.rows.planned, rec.rows.computed)
     assert.is_true(rec.rows.computed < N)
     assert.equal(N - committed, rec.rows.committed)
-    check_exact(tbl, N, "s", function(id) return id * 11 end)
+    check_exact(tbl, N, "s", function(id) return id * 7 end)
     assert.matches("resumed: committed", rec.events[1])
     -- no checkpoint is left behind
     assert.same({}, staged(tbl, "s"))
 
     -- geneva jobs cancel on the killed job marks it CANCELLED
-    r = assert(proc.run { argv = { child.bin, "jobs", "cancel", killed_id, "--db", db.dir, "--json" } })
-    assert.equal(0, r.code, r.stderr)
-    assert.equal("CANCELLED", json.decode(r.stdout).status)
+    local st, cancel_out, cancel_err = child.cli { "jobs", "cancel", killed_id, "--db", db.dir, "--json" }
+    assert.equal(0, st, cancel_err)
+    assert.equal("CANCELLED", json.decode(cancel_out).status)
     assert.equal("CANCELLED", job.load(db.dir, killed_id).status)
     assert.is_false(fs.exists(db.dir .. "/_geneva/jobs/" .. killed_id .. ".cancel"))
   end)
@@ -230,7 +184,7 @@ describe("geneva.backfill faults", function()
       assert.matches("^DONE %S+ " .. N, o)
       x[1]:close()
     end
-    check_exact(tbl, N, "a", function(id) return id * 11 end)
+    check_exact(tbl, N, "a", function(id) return id * 7 end)
     check_exact(tbl, N, "b", function(_, text) return text:reverse() end)
     local done = db:jobs { table = "docs", status = "DONE" }
     assert.equal(2, #done)
@@ -300,13 +254,11 @@ end
     -- what it committed stays, and a re-run finishes the job
     assert.is_true(tbl:count_rows("s IS NOT NULL") > 0)
     tbl:backfill("s", { batch_size = 500 })
-    check_exact(tbl, 8000, "s", function(id) return id * 11 end)
+    check_exact(tbl, 8000, "s", function(id) return id * 7 end)
   end)
 
   it("kills a worker stuck in C past the UDF's timeout and leaves the row to on_error", function()
-    local rows = {}
-    for i = 1, 40 do rows[i] = { id = i } end
-    local tbl = db:create_table("stuck", rows)
+    local tbl = tables.make(db, "stuck", 40)
     -- os.execute blocks in C: the in-process timeout hook cannot reach it
     tbl:add_columns {
       hang = geneva.udf { data_type = "int64", timeout = 1, on_error = "null",

@@ -2,12 +2,11 @@
 -- (db:define_cluster & co.) and `geneva cluster` on the command line.
 local geneva = require "geneva"
 local cluster = require "geneva.context.cluster"
+local sv = require "geneva.context.spec"
 local errors = require "geneva.errors"
 local json = require "geneva.json"
 local fs = require "geneva.fs"
 local child = require "child"
-
-local q = child.quote
 
 local raises = require("expect").raises
 
@@ -17,14 +16,8 @@ local function invalid(spec, message)
   return err
 end
 
--- runs `geneva ARGS`; returns exit code, stdout, stderr
-local function cli(argstr)
-  local out, err = os.tmpname(), os.tmpname()
-  local _, _, code = os.execute(("%s %s >%s 2>%s"):format(q(child.bin), argstr, out, err))
-  local o, e = child.read(out), child.read(err)
-  os.remove(out) os.remove(err)
-  return code, o, e
-end
+-- runs `geneva ARGS...`; returns exit code, stdout, stderr
+local cli = child.cli
 
 local GOOD = {
   type = "kuberay", namespace = "geneva", kubeconfig = "~/.kube/config", ttl_seconds = 3600,
@@ -131,14 +124,14 @@ describe("geneva.context.cluster", function()
     end)
 
     it("parses Kubernetes quantities", function()
-      assert.equal(512 * 2^20, (cluster.parse_quantity("512Mi")))
-      assert.equal(4 * 2^30, (cluster.parse_quantity("4Gi")))
-      assert.equal(1.5e9, (cluster.parse_quantity("1.5G")))
-      assert.equal(1e9, (cluster.parse_quantity("1e9")))
-      assert.equal(0.1, (cluster.parse_quantity("100m")))
-      assert.is_nil((cluster.parse_quantity("4GG")))
-      assert.is_nil((cluster.parse_quantity("Gi")))
-      assert.is_nil((cluster.parse_quantity(".")))
+      assert.equal(512 * 2^20, (sv.parse_quantity("512Mi")))
+      assert.equal(4 * 2^30, (sv.parse_quantity("4Gi")))
+      assert.equal(1.5e9, (sv.parse_quantity("1.5G")))
+      assert.equal(1e9, (sv.parse_quantity("1e9")))
+      assert.equal(0.1, (sv.parse_quantity("100m")))
+      assert.is_nil((sv.parse_quantity("4GG")))
+      assert.is_nil((sv.parse_quantity("Gi")))
+      assert.is_nil((sv.parse_quantity(".")))
       assert.equal("1e9", cluster.validate{ type = "kuberay", head_group = { memory = "1e9" } }.head_group.memory)
       assert.equal(1048576, cluster.validate{ type = "kuberay", head_group = { memory = 1048576 } }.head_group.memory)
     end)
@@ -286,49 +279,49 @@ describe("geneva.context.cluster", function()
     after_each(function() child.rmtree(dir) end)
 
     it("lists, shows and deletes with --json", function()
-      local code, out = cli("cluster list --json --db " .. q(uri))
+      local code, out = cli { "cluster", "list", "--json", "--db", uri }
       assert.equal(0, code)
       local list = assert(json.decode(out))
       assert.equal(2, #list)
       assert.equal("dev", list[1].name)
       assert.same({ from_env = "X" }, list[1].spec.env.TOKEN)
-      code, out = cli("cluster show gpu --db " .. q(uri) .. " --json")
+      code, out = cli { "cluster", "show", "gpu", "--db", uri, "--json" }
       assert.equal(0, code)
       local rec = assert(json.decode(out))
       assert.equal("kuberay", rec.type)
       assert.equal("cpu", rec.spec.worker_groups[1].name)
-      code, out = cli("cluster delete dev --db " .. q(uri) .. " --json")
+      code, out = cli { "cluster", "delete", "dev", "--db", uri, "--json" }
       assert.equal(0, code)
       assert.equal("dev", assert(json.decode(out)).deleted)
-      code, out = cli("cluster show dev --db " .. q(uri) .. " --json")
+      code, out = cli { "cluster", "show", "dev", "--db", uri, "--json" }
       assert.equal(1, code)
       assert.equal("not_found", assert(json.decode(out)).error.code)
-      code = cli("cluster delete dev --db " .. q(uri))
+      code = cli { "cluster", "delete", "dev", "--db", uri }
       assert.equal(1, code)
     end)
 
     it("prints text, help and usage errors", function()
-      local code, out = cli("cluster list --db " .. q(uri))
+      local code, out = cli { "cluster", "list", "--db", uri }
       assert.equal(0, code)
       assert.matches("dev%s+local%s+workers=2", out)
       assert.matches("gpu%s+kuberay%s+namespace=geneva workers=cpu=2,gpu=0", out)
-      code, out = cli("cluster show gpu --db " .. q(uri))
+      code, out = cli { "cluster", "show", "gpu", "--db", uri }
       assert.equal(0, code)
       assert.matches("cluster gpu %(kuberay%)", out)
-      code, out = cli("cluster --help")
+      code, out = cli { "cluster", "--help" }
       assert.equal(0, code)
       assert.matches("usage: geneva cluster list", out)
       local err
-      code, _, err = cli("cluster list")
+      code, _, err = cli { "cluster", "list" }
       assert.equal(2, code)
       assert.matches("missing %-%-db URI", err)
-      code = cli("cluster frob --db " .. q(uri))
+      code = cli { "cluster", "frob", "--db", uri }
       assert.equal(2, code)
-      code = cli("cluster show --db " .. q(uri))
+      code = cli { "cluster", "show", "--db", uri }
       assert.equal(2, code)
-      code = cli("cluster list --db " .. q(uri) .. " --bogus")
+      code = cli { "cluster", "list", "--db", uri, "--bogus" }
       assert.equal(2, code)
-      code, out = cli("cluster list --json --db " .. q(dir .. "/missing"))
+      code, out = cli { "cluster", "list", "--json", "--db", dir .. "/missing" }
       assert.equal(1, code)
       assert.equal("not_found", assert(json.decode(out)).error.code)
     end)

@@ -4,6 +4,7 @@ local fs = require "geneva.fs"
 local proc = require "geneva.proc"
 local time = require "geneva.time"
 local child = require "child"
+local tables = require "tables"
 
 local worker_pids = child.worker_pids
 
@@ -16,11 +17,10 @@ describe("geneva.context", function()
   before_each(function()
     dir = child.tmpdir()
     db = geneva.connect(dir)
-    local rows = {}
-    for i = 1, 3000 do rows[i] = { id = i, content = ("w "):rep(i % 4 + 1) } end
-    tbl = db:create_table("docs", rows)
-    tbl:add_columns { words = geneva.udf { data_type = "int64",
-      fn = function(content) return select(2, content:gsub("%S+", "")) end } }
+    tbl = tables.make(db, "docs", 3000, {
+      rows = function(i) return { id = i, content = ("w "):rep(i % 4 + 1) } end,
+      columns = { words = geneva.udf { data_type = "int64",
+        fn = function(content) return select(2, content:gsub("%S+", "")) end } } })
   end)
   after_each(function() child.rmtree(dir) end)
 
@@ -237,17 +237,23 @@ describe("geneva.context", function()
       assert.equals(0, leases(dir))
     end
 
+    -- sends p the signal; it must exit with code and leave nothing behind
+    local function stop_clean(p, signal, code)
+      local pid = p:pid()
+      assert(proc.kill(pid, signal))
+      local how, got = p:wait(20)
+      p:close()
+      assert.same({ "exited", code }, { how, got })
+      assert_clean(pid)
+    end
+
     for _, c in ipairs({ { "INT", 130 }, { "TERM", 143 } }) do
       it("SIG" .. c[1] .. " during a backfill tears everything down", function()
         local p = start('tbl:backfill("slow", { batch_size = 100 })')
         local pid = p:pid()
         time.sleep(0.3)
         assert.equals(2, #worker_pids(pid))
-        assert(proc.kill(pid, c[1]))
-        local how, code = p:wait(20)
-        p:close()
-        assert.same({ "exited", c[2] }, { how, code })
-        assert_clean(pid)
+        stop_clean(p, c[1], c[2])
         local rec = db:jobs()[1]
         assert.equals("FAILED", rec.status)
         assert.equals("interrupted", rec.error.code)
@@ -255,23 +261,13 @@ describe("geneva.context", function()
 
       it("SIG" .. c[1] .. " before any backfill tears everything down", function()
         local p = start('geneva.time.sleep(100)')
-        local pid = p:pid()
-        assert(proc.kill(pid, c[1]))
-        local how, code = p:wait(20)
-        p:close()
-        assert.same({ "exited", c[2] }, { how, code })
-        assert_clean(pid)
+        stop_clean(p, c[1], c[2])
       end)
 
       it("SIG" .. c[1] .. " after a backfill tears everything down", function()
         local p = start('tbl:backfill("quick", { batch_size = 1000 }); io.stdout:write("done\\n"); io.stdout:flush(); geneva.time.sleep(100)')
-        local pid = p:pid()
         assert.equals("done", p:read_line("stdout", 60))
-        assert(proc.kill(pid, c[1]))
-        local how, code = p:wait(20)
-        p:close()
-        assert.same({ "exited", c[2] }, { how, code })
-        assert_clean(pid)
+        stop_clean(p, c[1], c[2])
         assert.equals(3000, tbl:count_rows("quick IS NOT NULL"))
       end)
     end
@@ -288,8 +284,8 @@ describe("geneva.context", function()
       p:close()
       -- the leases name the dead driver as their owner
       local state = { XDG_STATE_HOME = dir .. "/state" }   -- this test's leases only
-      local list = proc.run{ argv = { child.bin, "reap", "--list", "--json", "--db", dir }, env_add = state }
-      local rows = require("geneva.json").decode(list.stdout)
+      local _, list = child.cli({ "reap", "--list", "--json", "--db", dir }, { env = state })
+      local rows = require("geneva.json").decode(list)
       assert.equals(4, #rows)
       local hb
       for _, r in ipairs(rows) do
@@ -297,9 +293,9 @@ describe("geneva.context", function()
         if r.kind == "tmpdir" then hb = r.info.path end
       end
       assert.is_true(fs.exists(hb))              -- left behind by the kill
-      local res = proc.run{ argv = { child.bin, "reap", "--json", "--db", dir }, env_add = state }
-      assert.equals(0, res.code)
-      local out = require("geneva.json").decode(res.stdout)
+      local code, stdout = child.cli({ "reap", "--json", "--db", dir }, { env = state })
+      assert.equals(0, code)
+      local out = require("geneva.json").decode(stdout)
       assert.equals(4, out.reaped)
       assert.same({}, out.refused)               -- its own leases pass every check
       assert.is_false(fs.exists(hb))

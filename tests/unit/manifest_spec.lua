@@ -13,20 +13,10 @@ local q = child.quote
 
 local raises = require("expect").raises
 
-local function write(p, s)
-  assert(fs.mkdir_p(p:match("^(.*)/")))
-  local f = assert(io.open(p, "wb"))
-  f:write(s)
-  f:close()
-end
+local write = child.write
 
-local function cli(argstr)
-  local out, err = os.tmpname(), os.tmpname()
-  local _, _, code = os.execute(("%s %s >%s 2>%s"):format(q(child.bin), argstr, out, err))
-  local o, e = child.read(out), child.read(err)
-  os.remove(out) os.remove(err)
-  return code, o, e
-end
+-- runs `geneva ARGS...`; returns exit code, stdout, stderr
+local cli = child.cli
 
 -- (ino, mtime_ns, ctime_ns, size) of each path, to prove nothing was written
 local function snapshot(paths)
@@ -153,13 +143,11 @@ describe("geneva.context.manifest", function()
     end)
 
     it("globs relative to the current directory without base_dir", function()
-      local p = io.popen(("cd %s && %s -e %s"):format(q(proj), q(child.bin), q(([[
+      local _, out = child.cli({ "-e", ([[
         local db = require("geneva").connect(%q)
         local rec = db:define_manifest("cwd", { files = { "conf/*.yaml" } })
         io.write(rec.files[1].path)
-      ]]):format(dir .. "/db"))))
-      local out = p:read("a")
-      p:close()
+      ]]):format(dir .. "/db") }, { cwd = proj })
       assert.equal("conf/a.yaml", out)
     end)
 
@@ -342,8 +330,8 @@ describe("geneva.context.manifest", function()
 
     it("geneva manifest list|show|delete", function()
       local rec = db:define_manifest("dev", spec())
-      local uri = q(dir .. "/db")
-      local code, out = cli("manifest show dev --json --db " .. uri)
+      local uri = dir .. "/db"
+      local code, out = cli { "manifest", "show", "dev", "--json", "--db", uri }
       assert.equal(0, code)
       local shown = assert(json.decode(out))
       assert.equal(rec.checksum, shown.checksum)
@@ -351,27 +339,27 @@ describe("geneva.context.manifest", function()
       assert.equal("lua/feats.lua", shown.files[5].path)
       assert.is_number(shown.files[5].size)
       assert.equal(64, #shown.files[5].sha256)
-      code, out = cli("manifest show dev --db " .. uri)
+      code, out = cli { "manifest", "show", "dev", "--db", uri }
       assert.equal(0, code)
       assert.truthy(out:find("checksum " .. rec.checksum, 1, true))
       assert.truthy(out:find("data/sub/model.bin", 1, true))
-      code, out = cli("manifest list --json --db " .. uri)
+      code, out = cli { "manifest", "list", "--json", "--db", uri }
       assert.equal(0, code)
       local list = assert(json.decode(out))
       assert.equal(1, #list)
       assert.equal(rec.checksum, list[1].checksum)
-      code, out = cli("manifest list --db " .. uri)
+      code, out = cli { "manifest", "list", "--db", uri }
       assert.equal(0, code)
       assert.matches("^dev%s+" .. rec.checksum:sub(1, 12), out)
-      code, out = cli("manifest show nope --json --db " .. uri)
+      code, out = cli { "manifest", "show", "nope", "--json", "--db", uri }
       assert.equal(1, code)
       assert.equal("not_found", assert(json.decode(out)).error.code)
-      code = cli("manifest show --db " .. uri)
+      code = cli { "manifest", "show", "--db", uri }
       assert.equal(2, code)
-      code, out = cli("manifest --help")
+      code, out = cli { "manifest", "--help" }
       assert.equal(0, code)
       assert.matches("usage: geneva manifest", out)
-      code = cli("manifest delete dev --db " .. uri)
+      code = cli { "manifest", "delete", "dev", "--db", uri }
       assert.equal(0, code)
       assert.is_nil((db:get_manifest("dev")))
     end)

@@ -65,9 +65,8 @@ describe("geneva reap", function()
   end
 
   local function reap(...)
-    local argv = { child.bin, "reap", "--json", "--db", dir, ... }
-    local r = assert(proc.run{ argv = argv, env_add = env(), timeout = 60 })
-    return r.code, json.decode(r.stdout), r.stderr
+    local code, out, err = child.cli({ "reap", "--json", "--db", dir, ... }, { env = env(), timeout = 60 })
+    return code, json.decode(out), err
   end
 
   -- the refusal that mentions s (plain text), or nil
@@ -96,9 +95,9 @@ describe("geneva reap", function()
     assert(fs.symlink(tmp, dir .. "/tmplink"))
     local named = dir .. "/tmplink/" .. real:match("[^/]+$")
     plant("both", "via", tmpdir_lease("via", named, dead_owner()))
-    local r = assert(proc.run{ argv = { child.bin, "reap", "--json", "--db", dir }, timeout = 60,
-      env_add = { XDG_STATE_HOME = dir .. "/state", TMPDIR = dir .. "/tmplink/" } })
-    local res = json.decode(r.stdout)
+    local _, out = child.cli({ "reap", "--json", "--db", dir }, { timeout = 60,
+      env = { XDG_STATE_HOME = dir .. "/state", TMPDIR = dir .. "/tmplink/" } })
+    local res = json.decode(out)
     assert.same({ 1, {} }, { res.reaped, res.refused })
     assert.is_false(fs.exists(real))
     assert.equals("link", fs.stat(dir .. "/tmplink", { follow = false }).type)
@@ -143,17 +142,17 @@ describe("geneva reap", function()
   it("lists leases with their owners' state and journal", function()
     plant("both", "gone", tmpdir_lease("gone", geneva_tmp(), dead_owner()))
     plant("db", "hint", tmpdir_lease("hint", geneva_tmp(), dead_owner()))
-    local r = proc.run{ argv = { child.bin, "reap", "--list", "--json", "--db", dir }, env_add = env() }
-    local rows = json.decode(r.stdout)
+    local _, out = child.cli({ "reap", "--list", "--json", "--db", dir }, { env = env() })
+    local rows = json.decode(out)
     assert.equals(2, #rows)
     assert.same({ "gone", "tmpdir", "dead", "both" }, { rows[1].id, rows[1].kind, rows[1].owner, rows[1].journal })
     assert.same({ "hint", "db" }, { rows[2].id, rows[2].journal })
   end)
 
   it("rejects bad usage with exit 2", function()
-    assert.equals(2, proc.run{ argv = { child.bin, "reap", "--bogus" } }.code)
-    assert.equals(2, proc.run{ argv = { child.bin, "reap", "extra" } }.code)
-    assert.equals(0, proc.run{ argv = { child.bin, "reap", "--help" } }.code)
+    assert.equals(2, (child.cli { "reap", "--bogus" }))
+    assert.equals(2, (child.cli { "reap", "extra" }))
+    assert.equals(0, (child.cli { "reap", "--help" }))
   end)
 
   -- a real `geneva worker --stdio` (it waits for its init line), and the

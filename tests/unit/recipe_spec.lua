@@ -6,16 +6,12 @@ local yaml = require "geneva.yaml"
 local json = require "geneva.json"
 local fs = require "geneva.fs"
 local child = require "child"
+local tables = require "tables"
 
 local SRC = os.getenv("GENEVA_SOURCE_DIR") or "."
 local RECIPES = SRC .. "/scripts/recipes"
 
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
+local write = child.write
 
 -- load's error (a geneva.Error) for a recipe that must fail
 local function load_err(path, vars)
@@ -25,28 +21,17 @@ local function load_err(path, vars)
   return e
 end
 
--- runs `geneva recipe ...` -> exit status, stdout, stderr
+-- runs `geneva recipe ...` in the source tree -> exit status, stdout, stderr
 local function cli(args, env)
-  local out, err = os.tmpname(), os.tmpname()
-  local prefix = ""
-  for k, v in pairs(env or {}) do prefix = prefix .. k .. "=" .. child.quote(v) .. " " end
-  local q = {}
-  for i, a in ipairs(args) do q[i] = child.quote(a) end
-  local cmd = ("cd %s && %s%s recipe %s >%s 2>%s"):format(child.quote(SRC), prefix,
-    child.quote(child.bin), table.concat(q, " "), out, err)
-  local _, _, status = os.execute(cmd)
-  local o, e = child.read(out), child.read(err)
-  os.remove(out); os.remove(err)
-  return status, o, e
+  return child.cli({ "recipe", table.unpack(args) }, { cwd = SRC, env = env })
 end
 
+-- db at dir with table docs: (id, content) for ids 1..n, row 3's content null
 local function make_docs(dir, n)
   local db = geneva.connect(dir)
-  local rows = {}
-  for i = 1, n do rows[i] = { id = i, content = ("w "):rep(i % 4 + 1) } end
-  rows[3].content = nil
-  db:create_table("docs", rows, { schema = { { name = "id", data_type = "int64" },
-                                             { name = "content", data_type = "string" } } })
+  tables.make(db, "docs", n, { schema = { { name = "id", data_type = "int64" },
+                                          { name = "content", data_type = "string" } },
+    rows = function(i) return { id = i, content = i ~= 3 and ("w "):rep(i % 4 + 1) or nil } end })
   return db
 end
 

@@ -19,11 +19,7 @@ local function raises(code, pattern, f, ...)
   return e
 end
 
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local write = child.write
 
 -- runs code in a child `geneva -e`; returns its stdout (asserting exit 0)
 local function in_child(code, env)

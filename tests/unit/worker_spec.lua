@@ -33,18 +33,7 @@ local SCHEMA = {
 }
 
 -- A task for column of tbl over rows lo..hi of fragment 1
-local function task_for(tbl, column, lo, hi, where)
-  local m = tbl:_snapshot()
-  for _, c in ipairs(m.schema) do
-    if c.name == column then
-      local spec = c.udf
-      spec.version = c.udf_version
-      return { id = "t", table_dir = tbl.dir, version = m.version, fragment = m.fragments[1].id,
-               lo = lo, hi = hi, column = column, udf = spec, where = where }
-    end
-  end
-  error("no column " .. column)
-end
+local task_for = require("tables").task_for
 
 -- The staged file's rows as {rowid = value} (NULL as sqlite.null)
 local function staged(path)

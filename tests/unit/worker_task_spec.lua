@@ -2,19 +2,17 @@
 local geneva = require "geneva"
 local fs = require "geneva.fs"
 local json = require "geneva.json"
-local proc = require "geneva.proc"
 local child = require "child"
+local tables = require "tables"
 
 describe("geneva worker --task", function()
   local dir, tbl
   before_each(function()
     dir = child.tmpdir()
     local db = geneva.connect(dir)
-    local rows = {}
-    for i = 1, 500 do rows[i] = { id = i, content = ("x"):rep(i % 9) } end
-    tbl = db:create_table("docs", rows)
-    tbl:add_columns { len = geneva.udf { data_type = "int64", fn = function(content) return #content end },
-                      bad = geneva.udf { data_type = "int64", fn = function(id) return "nope" end } }
+    tbl = tables.make(db, "docs", 500, { rows = function(i) return { id = i, content = ("x"):rep(i % 9) } end,
+      columns = { len = geneva.udf { data_type = "int64", fn = function(content) return #content end },
+                  bad = geneva.udf { data_type = "int64", fn = function(id) return "nope" end } } })
   end)
   after_each(function() child.rmtree(dir) end)
 
@@ -31,8 +29,8 @@ describe("geneva worker --task", function()
   local function run(task)
     local path = dir .. "/task.json"
     assert(fs.write(path, json.encode(task)))
-    local r = proc.run{ argv = { child.bin, "worker", "--task", path } }
-    return r.code, json.decode(assert(fs.read(path .. ".result")), { null_as_nil = true })
+    local code = child.cli { "worker", "--task", path }
+    return code, json.decode(assert(fs.read(path .. ".result")), { null_as_nil = true })
   end
 
   it("computes its window, stages it, and the driver can commit it", function()

@@ -86,6 +86,24 @@ local function poll_events(self, timeout)
   return out
 end
 
+-- Lists a task's failed rowids in rec.rows.failed_rowids (there once a row
+-- failed; keys: fragment ids as strings, JSON object keys), at most
+-- job.MAX_FAILED_ROWIDS in all; rows.failed_rowids_truncated says some are
+-- not listed. n: how many failed (the worker lists at most as many too).
+local function list_failed(self, fragment, rowids, n)
+  local rows = self.rec.rows
+  local room = job.MAX_FAILED_ROWIDS - (self.failed_listed or 0)
+  if n > #rowids or #rowids > room then rows.failed_rowids_truncated = true end
+  if room <= 0 then return end
+  local key = tostring(fragment)
+  rows.failed_rowids = rows.failed_rowids or {}
+  local list = rows.failed_rowids[key] or {}
+  rows.failed_rowids[key] = list
+  for i = 1, math.min(#rowids, room) do list[#list + 1] = rowids[i] end
+  table.sort(list)             -- tasks end in any order
+  self.failed_listed = (self.failed_listed or 0) + math.min(#rowids, room)
+end
+
 local function commit_pending(self)
   if #self.pending == 0 then return end
   local files = self.pending
@@ -143,6 +161,7 @@ local function on_event(self, ev)
     local r = ev.result
     rec.rows.computed = rec.rows.computed + r.computed
     rec.rows.failed = rec.rows.failed + r.failed
+    if r.failed > 0 then list_failed(self, ev.task.fragment, r.failed_rowids or {}, r.failed) end
     rec.tasks.done = rec.tasks.done + 1
     for _, e in ipairs(r.errors or {}) do event(self, "row error: " .. tostring(errors.from(e))) end
     if r.staged then

@@ -19,6 +19,7 @@ local driver = require "geneva.backfill.driver"
 local runner = require "geneva.runner"
 local time = require "geneva.time"
 local ledger = require "geneva.ledger"
+local where = require "geneva.store.where"
 
 local column_of = require("geneva.store.reader").find_column
 
@@ -51,9 +52,6 @@ local function new_job(tbl, column, opts)
     end
   end
   posint("batch_size"); posint("concurrency"); posint("commit_every")
-  if opts.where ~= nil and type(opts.where) ~= "string" then
-    errors.throw("invalid_argument", "backfill: where must be a SQL string")
-  end
   if tbl._pinned then
     errors.throw("invalid_argument", ("table '%s' is checked out at version %d: backfill needs the latest")
       :format(tbl.name, tbl._pinned))
@@ -64,6 +62,8 @@ local function new_job(tbl, column, opts)
   if not col.virtual or not col.udf then
     errors.throw("invalid_argument", ("column '%s' has no UDF to backfill"):format(column), { column = column })
   end
+  -- before any job exists: a where that is not one expression never runs
+  where.check(opts.where, snapshot, "backfill")
   local db_dir = tbl.db.dir
   -- two drivers on one column would compute the same rows and trip over
   -- each other's staged files. The check and this job's PENDING record are

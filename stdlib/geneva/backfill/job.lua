@@ -16,6 +16,10 @@ job.STATUSES = { PENDING = true, RUNNING = true, DONE = true, FAILED = true, CAN
 local FINAL = { DONE = true, FAILED = true, CANCELLED = true }
 job.FINAL = FINAL
 
+-- A record lists at most this many failed rowids (rows.failed_rowids, by
+-- fragment); rows.failed counts them all, and the column files mark them all.
+job.MAX_FAILED_ROWIDS = 1000
+
 local function jobs_dir(db_dir) return db_dir .. "/_geneva/jobs" end
 
 
@@ -85,17 +89,31 @@ job.owner_alive = owner_alive
 
 -- job.load(db_dir, id) -> record | nil, Error(not_found). A RUNNING or
 -- PENDING record whose driver is gone is reported FAILED/abandoned.
+local function read_record(db_dir, id)
+  local text = fs.read(record_path(db_dir, id))
+  if not text then return nil, errors.new("not_found", ("no job '%s'"):format(id), { job_id = id }) end
+  local rec, err = json.decode(text, { null_as_nil = true })
+  if type(rec) ~= "table" then
+    return nil, errors.new("internal", ("corrupt job record %s: %s"):format(id, err or "not an object"))
+  end
+  return rec
+end
+
 function job.load(db_dir, id)
   if not valid_id(id) then
     return nil, errors.new("invalid_argument", ("bad job id '%s'"):format(tostring(id)))
   end
-  local text = fs.read(record_path(db_dir, id))
-  if not text then return nil, errors.new("not_found", ("no job '%s'"):format(id), { job_id = id }) end
-  local rec, err = json.decode(text, { null_as_nil = true })
-  if not rec then return nil, errors.new("internal", ("corrupt job record %s: %s"):format(id, err)) end
+  local rec, err = read_record(db_dir, id)
+  if not rec then return nil, err end
   if not FINAL[rec.status] and not owner_alive(rec.owner) then
-    rec.status = "FAILED"
-    rec.error = { code = "abandoned", message = "the job's driver is gone" }
+    -- a driver writes its final record before it exits: what we read may
+    -- predate that write, so look again now that it is gone
+    rec, err = read_record(db_dir, id)
+    if not rec then return nil, err end
+    if not FINAL[rec.status] then
+      rec.status = "FAILED"
+      rec.error = { code = "abandoned", message = "the job's driver is gone" }
+    end
   end
   return rec
 end

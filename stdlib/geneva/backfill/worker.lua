@@ -1,10 +1,11 @@
 -- geneva.backfill.worker: what a worker process does with backfill tasks.
 --
 -- A task is one rowid window of one fragment: the worker selects the rows of
--- the window that still need computing (missing or stale, matching `where`),
--- runs the UDF over them in batches, and writes
+-- the window that still need computing (geneva.store.reader.missing, matching
+-- `where`), runs the UDF over them in batches, and writes
 -- `_staging/<column>/<udf_version>/f<frag>-<lo>-<hi>.db` (a temp file renamed
--- into place: a staged file is complete or absent). Memory stays flat: rows
+-- into place: a staged file is complete or absent) with the rows that failed
+-- under on_error = "null" in its table `failed` (store.versions, "Failed marks"). Memory stays flat: rows
 -- are streamed through a prepared statement, `chunk` rows at a time.
 --
 -- Modes (geneva.cli.worker): `--stdio` serves tasks over JSON lines (local
@@ -14,6 +15,7 @@ local errors = require "geneva.errors"
 local types = require "geneva.store.types"
 local fs = require "geneva.fs"
 local storage = require "geneva.store.versions"
+local where_check = require "geneva.store.where"
 
 local worker = {}
 
@@ -22,8 +24,9 @@ local CHUNK = 1024          -- rows handed to the UDF executor at a time
 -- pays SQLite's per-statement cost (bind, step, reset, VDBE setup) once per
 -- BLOCK rows; it more than halves the write cost. CHUNK is a multiple.
 local BLOCK = 64
+local MAX_FAILED_ROWIDS = require("geneva.backfill.job").MAX_FAILED_ROWIDS
 
-local function quote(name) return '"' .. name:gsub('"', '""') .. '"' end
+local quote = require("geneva.sqlite").quote_ident
 
 -- worker.staged_path(tbl_dir, column, udf_version, frag, lo, hi) -> path
 function worker.staged_path(tbl_dir, column, udf_version, frag, lo, hi)
@@ -67,12 +70,6 @@ function State:snapshot(tbl_dir, version)
     self.snapshots[key] = m
   end
   return m
-end
-
-local function find_fragment(snapshot, id)
-  for _, f in ipairs(snapshot.fragments) do
-    if f.id == id then return f end
-  end
 end
 
 -- A staged output that cannot be written (ulimit -f, a full disk, a
@@ -141,9 +138,11 @@ local function write_rows(o, rowids, values, n)
   end
 end
 
--- Publishes the output (keep) or drops it; on a failure the temp file goes
--- too, so a failed task leaves nothing in _staging.
-local function close_output(o, keep)
+-- Publishes the output (keep) with its failed marks (a table `failed` of
+-- the rowids that failed under on_error = "null", only when some did), or
+-- drops it; on a failure the temp file goes too, so a failed task leaves
+-- nothing in _staging.
+local function close_output(o, keep, failed_rowids)
   o.ins:close()
   o.many:close()
   if not keep then
@@ -151,7 +150,12 @@ local function close_output(o, keep)
     os.remove(o.tmp)
     return
   end
-  local ok, err, code = o.db:exec("COMMIT")
+  local ok, err, code = true, nil, nil
+  if #failed_rowids > 0 then
+    ok, err, code = o.db:exec("CREATE TABLE failed(_rowid INTEGER PRIMARY KEY)")
+    if ok then ok, err, code = o.db:insert_columns("INSERT INTO failed(_rowid) VALUES (?)", { failed_rowids }) end
+  end
+  if ok then ok, err, code = o.db:exec("COMMIT") end
   if not ok then
     o.db:close()
     os.remove(o.tmp)
@@ -197,14 +201,16 @@ end
 
 -- }======
 
--- worker.run_task(state, task) -> result {computed=, failed=, staged=, errors=}
+-- worker.run_task(state, task) -> result {computed=, failed=, staged=, errors=,
+-- failed_rowids=} (failed_rowids: the first job.MAX_FAILED_ROWIDS rowids that
+-- failed; the staged file has them all)
 -- | raises an Error (udf_error for on_error="fail", others for bad tasks).
 -- task: {table_dir, version, fragment, lo, hi, column, udf (spec with
 -- .version), where}
 function worker.run_task(state, task)
   local reader = require "geneva.store.reader"
   local snapshot = state:snapshot(task.table_dir, task.version)
-  local frag = find_fragment(snapshot, task.fragment)
+  local frag = storage.find_fragment(snapshot, task.fragment)
   if not frag then
     errors.throw("not_found", ("fragment %d is not in version %d"):format(task.fragment, task.version))
   end
@@ -219,31 +225,32 @@ function worker.run_task(state, task)
     if not c then errors.throw("invalid_argument", ("UDF input column '%s' does not exist"):format(name)) end
     in_types[i] = assert(types.parse(c.data_type))
   end
+  -- tasks come from a driver that checked where; a task file may not have
+  where_check.check(task.where, snapshot, "backfill")
   local wanted = { task.column }
   for _, name in ipairs(inputs) do wanted[#wanted + 1] = name end
   -- and what `where` mentions (the reader ignores repeated names)
   if task.where then
     for _, name in ipairs(reader.columns_in(snapshot, task.where)) do wanted[#wanted + 1] = name end
   end
-  local r = reader.open(task.table_dir, snapshot, frag, { columns = wanted })
+  local r <close> = reader.open(task.table_dir, snapshot, frag, { columns = wanted })
   local sel = {}
   for i, name in ipairs(inputs) do sel[i] = quote(name) end
-  local sql = ("SELECT _rowid%s FROM t WHERE _rowid BETWEEN ? AND ? AND (%s IS NULL OR %s IS NOT ?)%s ORDER BY _rowid")
-    :format(#sel > 0 and ", " .. table.concat(sel, ", ") or "", quote(task.column),
-            quote("__ver_" .. task.column),
+  local sql = ("SELECT _rowid%s FROM t WHERE _rowid BETWEEN ? AND ? AND %s%s ORDER BY _rowid")
+    :format(#sel > 0 and ", " .. table.concat(sel, ", ") or "", reader.missing(task.column, spec.version, frag),
             task.where and (" AND (" .. task.where .. ")") or "")
-  local stmt, err = r:prepare(sql)
+  local stmt <close>, err = r:prepare(sql)
   if not stmt then
-    r:close()
-    errors.throw("invalid_argument", ("bad where clause %q: %s"):format(task.where or "", err))
+    if task.where then where_check.fail("backfill", task.where, err) end
+    errors.throw("internal", err)
   end
-  stmt:bind_all({ task.lo, task.hi, spec.version })
+  stmt:bind_all({ task.lo, task.hi })
 
   local ex = state:executor(spec, task.column).ex
   local null = json.null
   local out = open_output(worker.staged_path(task.table_dir, task.column, spec.version,
                                              task.fragment, task.lo, task.hi))
-  local computed, failed, first_errors = 0, 0, {}
+  local computed, failed, first_errors, failed_rowids = 0, 0, {}, {}
   -- Per chunk, not per row: one fetch_columns call fills the column arrays
   -- straight from SQLite, one ex:run, and write_rows binds BLOCK rows per
   -- call. Only the types whose SQLite form differs from the Lua one are
@@ -254,6 +261,7 @@ function worker.run_task(state, task)
     if k == "bool" or k == "vector" or k == "float64" then conv[#conv + 1] = i end
   end
   local wrap = out_type.kind == "blob" or out_type.kind == "vector"
+  local float64 = out_type.kind == "float64"     -- NaN is stored as a BLOB (types.to_sql)
   local from_sql, to_sql = types.from_sql, types.to_sql
   -- A UDF with a timeout runs one row per chunk and says which row it is on
   -- (heartbeat), so the runner can kill a worker stuck inside C code and
@@ -301,23 +309,31 @@ function worker.run_task(state, task)
           w[i] = v == null and null or to_sql(out_type, v)
         end
         values = w
+      elseif float64 then
+        for i = 1, n do
+          local v = values[i]
+          if v ~= v then values[i] = to_sql(out_type, v) end
+        end
       end
       write_rows(out, rowids, values, n)
       computed = computed + n - #res.failed
       failed = failed + #res.failed
       for _, f in ipairs(res.failed) do
+        failed_rowids[#failed_rowids + 1] = rowids[f.index]
         if #first_errors < 5 then first_errors[#first_errors + 1] = errors.plain(errors.from(f.error, "udf_error")) end
       end
       if n < chunk then break end
     end
   end)
-  stmt:close()
+  stmt:close()      -- the input is done with (r and stmt are to-be-closed for the error paths)
   r:close()
   local rows = computed + failed
-  close_output(out, ok and rows > 0)
+  close_output(out, ok and rows > 0, failed_rowids)
   if not ok then error(errors.from(perr, "udf_error"), 0) end
+  local listed = failed_rowids
+  if #listed > MAX_FAILED_ROWIDS then listed = table.move(failed_rowids, 1, MAX_FAILED_ROWIDS, 1, {}) end
   return {
-    computed = computed, failed = failed, errors = first_errors,
+    computed = computed, failed = failed, errors = first_errors, failed_rowids = listed,
     staged = rows > 0 and out.path or nil,
   }
 end
@@ -377,7 +393,7 @@ function worker.task_main(path)
   local task = assert(json.decode(text, { null_as_nil = true }))
   local ok, res = pcall(worker.run_task, worker.state(), task)
   local out = ok and { op = "done", task = task.id, computed = res.computed, failed = res.failed,
-                       staged = res.staged, errors = res.errors }
+                       staged = res.staged, errors = res.errors, failed_rowids = res.failed_rowids }
                  or { op = "failed", task = task.id, error = errors.plain(errors.from(res, "udf_error")) }
   assert(fs.write_atomic(path .. ".result", json.encode(out)))
   return ok and 0 or 1

@@ -43,6 +43,35 @@ function args.parse(argv, spec)
   return opts, pos
 end
 
+-- args.action(pos, verbs, operand) -> verb: the command's first word must
+-- be one of verbs (a list); each verb but the first takes one operand, named
+-- in the message when it is missing ("job ID"). Raises {usage = message}.
+function args.action(pos, verbs, operand)
+  local verb = pos[1]
+  if not verb then
+    error({ usage = ("missing action (%s or %s)"):format(table.concat(verbs, ", ", 1, #verbs - 1),
+      verbs[#verbs]) }, 0)
+  end
+  local known = false
+  for _, v in ipairs(verbs) do known = known or v == verb end
+  if not known then error({ usage = ("unknown action '%s'"):format(verb) }, 0) end
+  local n = verb == verbs[1] and 1 or 2
+  if n == 2 and not pos[2] then error({ usage = ("missing %s"):format(operand) }, 0) end
+  if #pos > n then error({ usage = ("unexpected argument '%s'"):format(pos[n + 1]) }, 0) end
+  return verb
+end
+
+-- args.database(opts) -> opts.db: --db must be given (a usage error) and
+-- name a directory (raises not_found)
+function args.database(opts)
+  if not opts.db then error({ usage = "missing --db URI" }, 0) end
+  local st = require("geneva.fs").stat(opts.db)
+  if not st or st.type ~= "dir" then
+    require("geneva.errors").throw("not_found", ("no database at '%s'"):format(opts.db))
+  end
+  return opts.db
+end
+
 -- args.run(usage, fn) -> exit code: runs fn(), mapping usage errors to 2,
 -- geneva.Errors to 1 (as {"error": ...} on stdout with --json)
 function args.run(usage, json_out, fn)

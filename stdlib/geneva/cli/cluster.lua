@@ -1,17 +1,15 @@
 -- geneva cluster list|show NAME|delete NAME --db URI [--json]
 local json = require "geneva.json"
+local registry_cmd = require "geneva.cli.registry_cmd"
 local cluster = require "geneva.context.cluster"
 
 local M = {}
 
-local usage = [[
-usage: geneva cluster list        --db URI [--json]
-       geneva cluster show NAME   --db URI [--json]
-       geneva cluster delete NAME --db URI [--json]
+local usage = registry_cmd.usage("cluster", [[
 Lists the clusters defined in a database, shows one definition, or deletes
 it. Secrets appear only as references (token_env, token_file, from_env).
 Exit codes: 0 ok, 1 failure (unknown name, no database), 2 bad syntax.
-]]
+]])
 
 local function summary(spec)
   if spec.type == "local" then
@@ -45,7 +43,7 @@ local impl = {
 }
 
 function M.main(argv)
-  return require("geneva.cli.registry_cmd").main(argv, "cluster", usage, impl)
+  return registry_cmd.main(argv, "cluster", usage, impl)
 end
 
 return M

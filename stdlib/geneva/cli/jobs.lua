@@ -26,27 +26,14 @@ function M.main(argv)
     opts, pos = args.parse(argv, { db = "value", json = "flag", help = "flag",
                                    table = "value", status = "value" })
     if opts.help then io.stdout:write(usage) return 0 end
-    local verb = pos[1]
-    if not verb then error({ usage = "missing action (list, show or cancel)" }, 0) end
-    local job = require "geneva.backfill.job"
     -- the whole command line is checked before the database: bad syntax is 2
-    if verb ~= "list" and verb ~= "show" and verb ~= "cancel" then
-      error({ usage = ("unknown action '%s'"):format(verb) }, 0)
-    end
-    if verb ~= "list" and not pos[2] then error({ usage = "missing job ID" }, 0) end
-    if #pos > (verb == "list" and 1 or 2) then
-      error({ usage = ("unexpected argument '%s'"):format(pos[verb == "list" and 2 or 3]) }, 0)
-    end
+    local verb = args.action(pos, { "list", "show", "cancel" }, "job ID")
+    local job = require "geneva.backfill.job"
     local status = opts.status and opts.status:upper()
     if status and not job.STATUSES[status] then
       error({ usage = ("unknown status '%s'"):format(opts.status) }, 0)
     end
-    if not opts.db then error({ usage = "missing --db URI" }, 0) end
-    local st = require("geneva.fs").stat(opts.db)
-    if not st or st.type ~= "dir" then
-      require("geneva.errors").throw("not_found", ("no database at '%s'"):format(opts.db))
-    end
-    local db = opts.db
+    local db = args.database(opts)
     if verb == "list" then
       local recs = job.list(db, { table = opts.table, status = status })
       if opts.json then

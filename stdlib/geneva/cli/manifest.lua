@@ -1,18 +1,16 @@
 -- geneva manifest list|show NAME|delete NAME --db URI [--json]
 local json = require "geneva.json"
+local registry_cmd = require "geneva.cli.registry_cmd"
 local manifest = require "geneva.context.manifest"
 
 local M = {}
 
-local usage = [[
-usage: geneva manifest list        --db URI [--json]
-       geneva manifest show NAME   --db URI [--json]
-       geneva manifest delete NAME --db URI [--json]
+local usage = registry_cmd.usage("manifest", [[
 Lists the manifests defined in a database, shows one (checksum, size and
 the packaged files; --json gives the whole record), or deletes its record
 (the content-addressed package stays: other manifests may share it).
 Exit codes: 0 ok, 1 failure (unknown name, no database), 2 bad syntax.
-]]
+]])
 
 local function mib(n) return ("%.1f MiB"):format((n or 0) / 1048576) end
 
@@ -54,7 +52,7 @@ local impl = {
 }
 
 function M.main(argv)
-  return require("geneva.cli.registry_cmd").main(argv, "manifest", usage, impl)
+  return registry_cmd.main(argv, "manifest", usage, impl)
 end
 
 return M

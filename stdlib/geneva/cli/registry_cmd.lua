@@ -2,9 +2,15 @@
 -- `geneva manifest ...`: list | show NAME | delete NAME, --db URI, --json.
 local args = require "geneva.cli.args"
 local json = require "geneva.json"
-local errors = require "geneva.errors"
 
 local M = {}
+
+-- M.usage(kind, text) -> the usage of `geneva <kind>`: its three forms, then text
+function M.usage(kind, text)
+  return ("usage: geneva %s list        --db URI [--json]\n"
+    .. "       geneva %s show NAME   --db URI [--json]\n"
+    .. "       geneva %s delete NAME --db URI [--json]\n"):format(kind, kind, kind) .. text
+end
 
 -- M.main(argv, kind, usage, impl) -> exit code
 -- impl: {list = fn(db) -> records, get = fn(db, name) -> rec | nil, err,
@@ -15,21 +21,8 @@ function M.main(argv, kind, usage, impl)
     local pos
     opts, pos = args.parse(argv, { db = "value", json = "flag", help = "flag" })
     if opts.help then io.stdout:write(usage) return 0 end
-    local verb = pos[1]
-    if not verb then error({ usage = "missing action (list, show or delete)" }, 0) end
-    if verb ~= "list" and verb ~= "show" and verb ~= "delete" then
-      error({ usage = ("unknown action '%s'"):format(verb) }, 0)
-    end
-    if verb ~= "list" and not pos[2] then error({ usage = ("missing %s NAME"):format(kind) }, 0) end
-    if #pos > (verb == "list" and 1 or 2) then
-      error({ usage = ("unexpected argument '%s'"):format(pos[verb == "list" and 2 or 3]) }, 0)
-    end
-    if not opts.db then error({ usage = "missing --db URI" }, 0) end
-    local st = require("geneva.fs").stat(opts.db)
-    if not st or st.type ~= "dir" then
-      errors.throw("not_found", ("no database at '%s'"):format(opts.db))
-    end
-    local db = require("geneva.db").connect(opts.db)
+    local verb = args.action(pos, { "list", "show", "delete" }, kind .. " NAME")
+    local db = require("geneva.db").connect(args.database(opts))
     if verb == "list" then
       local recs = impl.list(db)
       if opts.json then

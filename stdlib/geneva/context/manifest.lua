@@ -24,6 +24,7 @@ local json = require "geneva.json"
 local errors = require "geneva.errors"
 local cluster = require "geneva.context.cluster"
 local registry = require "geneva.context.registry"
+local sv = require "geneva.context.spec"   -- spec validation
 
 local M = {}
 
@@ -33,7 +34,7 @@ M.STALE_REFRESH_BYTES = 16 * 1024 * 1024  -- re-hashed-but-same bytes that refre
 M.CACHE_FORMAT = 1
 
 local KIND = "manifests"
-local fail, expected, sub = cluster.fail, cluster.expected, cluster.sub
+local fail, expected, sub = sv.fail, sv.expected, sv.sub
 
 local io_check = errors.io
 
@@ -70,20 +71,19 @@ local function relative_pattern(path, v)
   end
 end
 
+local function directory(path, v)
+  if type(v) ~= "string" or v == "" then expected(path, "a directory path", v) end
+  return v
+end
+
 local FIELDS = {
   name = function(p, v) if type(v) ~= "string" then expected(p, "a string", v) end return v end,
   modules = function(p, v) return list_of_strings(p, v, module_name) end,
   files = function(p, v) return list_of_strings(p, v, relative_pattern) end,
   env = function(p, v) return cluster.check_env(v, p) end,
-  ship_host = function(p, v) if type(v) ~= "boolean" then expected(p, "true or false", v) end return v end,
-  local_zip_output_dir = function(p, v)
-    if type(v) ~= "string" or v == "" then expected(p, "a directory path", v) end
-    return v
-  end,
-  base_dir = function(p, v)
-    if type(v) ~= "string" or v == "" then expected(p, "a directory path", v) end
-    return v
-  end,
+  ship_host = sv.bool,
+  local_zip_output_dir = directory,
+  base_dir = directory,
   rocks = function(p) fail(p, "not supported yet (ship the modules with `modules` or `files`)") end,
 }
 
@@ -96,7 +96,7 @@ with the field's path. A single string is accepted for modules and files.
 function M.validate(spec, where)
   where = where or ""
   if type(spec) ~= "table" then expected(where, "a manifest spec table", spec) end
-  return cluster.check_fields(where, spec, FIELDS, "a manifest spec table")
+  return sv.check_fields(where, spec, FIELDS, "a manifest spec table")
 end
 
 -- }=====
@@ -393,7 +393,7 @@ local function collect(spec)
   end
   local host
   if spec.ship_host then
-    local exe = io_check(require("geneva.proc").exe())
+    local exe = io_check(require("geneva.host.core").worker_exe())   -- geneva, not an embedder
     add("bin/geneva", exe, "ship_host", "exec")
     local libs = M.host_libs(exe)
     for _, l in ipairs(libs) do add("lib/" .. l[1], l[2], "ship_host") end
@@ -508,33 +508,14 @@ end
 
 -- M.get(db, name) -> record | nil, Error(not_found). A probe: never raises
 -- for an unknown name; raises for unreadable records.
-function M.get(db, name)
-  if type(name) ~= "string" or not pcall(registry.check_name, "manifest", name) then
-    return nil, errors.new("not_found", ("manifest %s is not defined"):format(cluster.show(name)))
-  end
-  local rec = registry.read(db, KIND, name)
-  if not rec then
-    return nil, errors.new("not_found", ("manifest '%s' is not defined in %s"):format(name, db.path))
-  end
-  return rec
-end
+function M.get(db, name) return registry.find(db, KIND, name) end
 
 -- M.list(db) -> array of records, sorted by name
-function M.list(db)
-  local out = {}
-  for _, n in ipairs(registry.names(db, KIND)) do
-    local rec = registry.read(db, KIND, n)
-    if rec then out[#out + 1] = rec end
-  end
-  return out
-end
+function M.list(db) return (registry.list(db, KIND)) end
 
 -- M.delete(db, name) -> true | raises not_found. The package stays: other
 -- manifests may share it (same checksum).
-function M.delete(db, name)
-  registry.check_name("manifest", name)
-  return registry.remove(db, KIND, name)
-end
+function M.delete(db, name) return registry.delete(db, KIND, name) end
 
 -- }=====
 

@@ -5,6 +5,7 @@
 local fs = require "geneva.fs"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
+local show = require("geneva.context.spec").show
 
 local M = {}
 
@@ -84,5 +85,41 @@ function M.remove(db, kind, name)
   fs.fsync_dir(M.dir(db, kind))
   return true
 end
+
+-- {===== what the kinds' modules (context.cluster, context.manifest) share;
+-- kind is the directory ("clusters"), names in messages are singular
+
+-- M.find(db, kind, name) -> record | nil, Error(not_found). A probe: never
+-- raises for an unknown (or invalid) name; raises for unreadable records.
+function M.find(db, kind, name)
+  local what = kind:gsub("s$", "")
+  if type(name) ~= "string" or not pcall(M.check_name, what, name) then
+    return nil, errors.new("not_found", ("%s %s is not defined"):format(what, show(name)))
+  end
+  local rec = M.read(db, kind, name)
+  if not rec then
+    return nil, errors.new("not_found", ("%s '%s' is not defined in %s"):format(what, name, db.path))
+  end
+  return rec
+end
+
+-- M.list(db, kind) -> records, names: the readable records, sorted by name
+function M.list(db, kind)
+  local recs, names = {}, {}
+  for _, n in ipairs(M.names(db, kind)) do
+    local rec = M.read(db, kind, n)
+    if rec then recs[#recs + 1], names[#names + 1] = rec, n end
+  end
+  return recs, names
+end
+
+-- M.delete(db, kind, name) -> true | raises invalid_argument (a bad name),
+-- not_found
+function M.delete(db, kind, name)
+  M.check_name((kind:gsub("s$", "")), name)
+  return M.remove(db, kind, name)
+end
+
+-- }=====
 
 return M

@@ -34,11 +34,18 @@
 -- (a manifest's base_dir defaults to it), which
 -- load also puts first on package.path (so `udf.module` finds a module next
 -- to the recipe).
+--
+-- The pieces: geneva.recipe.template (positions, problems, substitution),
+-- geneva.recipe.shape (the fields of a recipe); this module loads, checks
+-- further, applies, runs and renders.
 local yaml = require "geneva.yaml"
 local errors = require "geneva.errors"
 local fs = require "geneva.fs"
+local template = require "geneva.recipe.template"
+local shape = require "geneva.recipe.shape"
 
 local NULL = yaml.null
+local loc_of, deep_copy = shape.loc_of, template.deep_copy
 
 local recipe = {}
 
@@ -47,552 +54,6 @@ Recipe.__index = Recipe
 Recipe.__name = "geneva.Recipe"
 function Recipe:__tostring() return ("geneva.Recipe %s"):format(self.file) end
 recipe.Recipe = Recipe
-
-local function isnull(v) return v == nil or v == NULL end
-
-local function describe(v)
-  if isnull(v) then return "null" end
-  if math.type(v) == "integer" then return "an integer" end
-  if math.type(v) == "float" then return "a number" end
-  if type(v) == "table" then return next(v) == nil and "an empty collection"
-    or (v[1] ~= nil and "a list" or "a map") end
-  return "a " .. type(v)
-end
-
--- A scalar as written in messages (strings quoted); collections described.
-local function show(v)
-  if type(v) == "string" then return (("%q"):format(v):gsub("\\\n", "\\n")) end
-  if type(v) == "number" or type(v) == "boolean" then return tostring(v) end
-  return describe(v)
-end
-
--- {====== Source positions
--- libyaml counts columns in characters; these turn (line, col) into byte
--- offsets of the source and back.
-
-local function new_source(text, file)
-  local starts = { 1 }
-  for i in text:gmatch("\n()") do starts[#starts + 1] = i end
-  return { text = text, file = file, starts = starts }
-end
-
-local function utf8_step(text, i)
-  local b = text:byte(i)
-  return i + ((b >= 0xF0 and 4) or (b >= 0xE0 and 3) or (b >= 0xC0 and 2) or 1)
-end
-
-local function offset_of(src, line, col)
-  local i = src.starts[line]
-  if not i then return nil end
-  local stop = src.starts[line + 1] or (#src.text + 1)
-  for _ = 2, col do
-    if i >= stop then break end
-    i = utf8_step(src.text, i)
-  end
-  return i
-end
-
-local function linecol_of(src, off)
-  local lo, hi = 1, #src.starts
-  while lo < hi do
-    local mid = (lo + hi + 1) // 2
-    if src.starts[mid] <= off then lo = mid else hi = mid - 1 end
-  end
-  local col, i = 1, src.starts[lo]
-  while i < off do i = utf8_step(src.text, i); col = col + 1 end
-  return lo, col
-end
-
--- The offset of the k-th "${" that is not part of an escape "$${", scanning
--- text from `from` the way the substitution does.
-local function kth_ref(text, from, k)
-  local i, n = from, 0
-  while true do
-    local d = text:find("$", i, true)
-    if not d then return nil end
-    if text:sub(d, d + 2) == "$${" then
-      i = d + 3
-    elseif text:sub(d, d + 1) == "${" then
-      n = n + 1
-      if n == k then return d end
-      i = d + 2
-    else
-      i = d + 1
-    end
-  end
-end
-
--- }======
-
--- {====== Problems (errors with file:line:col)
-
-local function problem_error(file, problems)
-  table.sort(problems, function(a, b)
-    if a.line ~= b.line then return a.line < b.line end
-    return a.col < b.col
-  end)
-  local p = problems[1]
-  local msg = ("%s:%d:%d: %s"):format(file, p.line, p.col, p.message)
-  if #problems > 1 then
-    msg = msg .. (" (and %d more problem%s)"):format(#problems - 1, #problems > 2 and "s" or "")
-  end
-  return errors.new("invalid_argument", msg, { path = file, line = p.line, col = p.col,
-    problems = problems })
-end
-
--- Collects problems; raises them at check() or at the first fatal one.
-local Problems = {}
-Problems.__index = Problems
-
-local function new_problems(file) return setmetatable({ file = file, list = {} }, Problems) end
-
-function Problems:add(loc, fmt, ...)
-  local msg = select("#", ...) > 0 and fmt:format(...) or fmt
-  loc = loc or { line = 1, col = 1 }
-  self.list[#self.list + 1] = { line = loc.line or 1, col = loc.col or 1, message = msg }
-end
-
-function Problems:check()
-  if #self.list > 0 then error(problem_error(self.file, self.list), 0) end
-end
-
--- }======
-
--- {====== Substitution
-
--- A thrown substitution error: offset into the scalar text and a message.
-local function sub_fail(at, msg) error({ sub_at = at, sub_msg = msg }, 0) end
-
--- parse(s) -> parts: strings and refs {name=, at=, default=parts|nil}.
--- Raises sub_fail for a bad or unterminated reference.
-local function parse_parts(s, i, nested, open_at)
-  local parts, buf = {}, {}
-  local function flush()
-    if #buf > 0 then parts[#parts + 1] = table.concat(buf); buf = {} end
-  end
-  local n = #s
-  while i <= n do
-    local d = s:find(nested and "[%$}]" or "%$", i)
-    if not d then buf[#buf + 1] = s:sub(i); break end
-    if d > i then buf[#buf + 1] = s:sub(i, d - 1) end
-    i = d
-    if s:byte(i) == 125 then                       -- "}" closes a default
-      flush()
-      return parts, i + 1
-    elseif s:sub(i, i + 2) == "$${" then
-      buf[#buf + 1] = "${"
-      i = i + 3
-    elseif s:sub(i, i + 1) == "${" then
-      flush()
-      local name = s:match("^[%a_][%w_]*", i + 2)
-      if not name then
-        if s:sub(i + 2, i + 2) == "}" then sub_fail(i, "empty variable reference '${}'") end
-        sub_fail(i, "expected a variable name after '${' (letters, digits and _)")
-      end
-      local j = i + 2 + #name
-      if s:sub(j, j) == "}" then
-        parts[#parts + 1] = { name = name, at = i }
-        i = j + 1
-      elseif s:sub(j, j + 1) == ":-" then
-        local def
-        def, j = parse_parts(s, j + 2, true, i)
-        parts[#parts + 1] = { name = name, at = i, default = def }
-        i = j
-      elseif j > n then
-        sub_fail(i, ("unterminated reference '${%s' (no closing '}')"):format(name))
-      else
-        sub_fail(i, ("bad reference '${%s%s': expected '}' or ':-default}' after the name")
-          :format(name, s:sub(j, j)))
-      end
-    else
-      buf[#buf + 1] = "$"
-      i = i + 1
-    end
-  end
-  if nested then sub_fail(open_at, "unterminated '${' (no closing '}')") end
-  flush()
-  return parts
-end
-
-local function has_ref(parts)
-  for _, p in ipairs(parts) do if type(p) == "table" then return true end end
-  return false
-end
-
--- The text a scalar var value stands for inside a string.
-local function value_text(v)
-  if type(v) == "string" then return v end
-  if math.type(v) == "integer" then return ("%d"):format(v) end
-  if math.type(v) == "float" then
-    if v ~= v then return ".nan" end
-    if v == math.huge then return ".inf" end
-    if v == -math.huge then return "-.inf" end
-    local s = ("%.17g"):format(v)
-    for p = 15, 16 do
-      local t = ("%." .. p .. "g"):format(v)
-      if tonumber(t) == v then s = t break end
-    end
-    if not s:find("[%.eEn]") then s = s .. ".0" end
-    return s
-  end
-  if type(v) == "boolean" then return tostring(v) end
-  return nil
-end
-
--- A deep copy of v; with pos, the copies get the originals' positions.
-local function deep_copy(v, pos, seen)
-  if type(v) ~= "table" then return v end
-  seen = seen or {}
-  if seen[v] then return seen[v] end
-  local t = {}
-  seen[v] = t
-  for k, x in pairs(v) do t[deep_copy(k, pos, seen)] = deep_copy(x, pos, seen) end
-  if pos and pos[v] then pos[t] = pos[v] end
-  return t
-end
-
--- The substitution state of one load: vars, their sources and uses.
-local Subst = {}
-Subst.__index = Subst
-
--- lookup(name) -> value | nil (unset), declared
-function Subst:lookup(name)
-  self.used[name] = true
-  local v = self.set[name]
-  if v ~= nil then return v, true end
-  if self.var_nodes and rawget(self.var_nodes, name) ~= nil then
-    v = self:var_value(name)
-    if isnull(v) then return nil, true end
-    return v, true
-  end
-  return nil, false
-end
-
--- A vars: default, substituted (it may refer to other vars); memoized.
-function Subst:var_value(name)
-  local memo = self.var_memo[name]
-  if memo ~= nil then return memo[1] end
-  if self.resolving[name] then
-    local chain = {}
-    for _, n in ipairs(self.resolving_stack) do chain[#chain + 1] = n end
-    chain[#chain + 1] = name
-    error({ sub_cycle = ("variable '%s' refers to itself (%s)"):format(name, table.concat(chain, " -> ")) }, 0)
-  end
-  self.resolving[name] = true
-  self.resolving_stack[#self.resolving_stack + 1] = name
-  local vp = self.var_pos
-  local v = self:walk(self.var_nodes[name], vp and vp.values[name])
-  self.resolving_stack[#self.resolving_stack] = nil
-  self.resolving[name] = nil
-  self.var_memo[name] = { v }
-  return v
-end
-
-function Subst:eval(parts, plain_whole)
-  -- an unquoted scalar that is exactly ${name}: a list or map var goes in as is
-  if plain_whole and #parts == 1 and type(parts[1]) == "table" then
-    local p = parts[1]
-    local v = self:lookup(p.name)
-    if type(v) == "table" then return deep_copy(v, self.pos) end
-  end
-  local out = {}
-  for _, p in ipairs(parts) do
-    if type(p) == "string" then
-      out[#out + 1] = p
-    else
-      local v, declared = self:lookup(p.name)
-      if p.default and (v == nil or v == "") then
-        out[#out + 1] = self:eval(p.default, false)
-      elseif v == nil then
-        -- recorded, so every bad reference of a scalar is reported
-        self.missing[#self.missing + 1] = { at = p.at, msg = declared
-          and ("variable '%s' has no value (give it one with --set %s=...)"):format(p.name, p.name)
-          or ("unknown variable '%s' (declare it under vars: or pass --set %s=...)"):format(p.name, p.name) }
-      else
-        local t = value_text(v)
-        if not t then
-          self.missing[#self.missing + 1] = { at = p.at, msg =
-            ("variable '%s' is %s: it can only be used as a whole unquoted value"):format(p.name, describe(v)) }
-          t = ""
-        end
-        out[#out + 1] = t
-      end
-    end
-  end
-  return table.concat(out)
-end
-
--- Expands one scalar string; loc is its position entry {line, col, plain}.
--- Problems are recorded and the scalar is kept as written.
-function Subst:scalar(s, loc, is_key)
-  local outer = self.missing
-  self.missing = {}
-  local ok, res = pcall(function()
-    local parts = parse_parts(s, 1, false)
-    if #parts == 1 and parts[1] == s then return s end       -- nothing to do
-    local plain = loc and loc.plain and not is_key
-    local v = self:eval(parts, plain)
-    if #self.missing > 0 then error({ sub_list = self.missing }, 0) end
-    if type(v) == "string" and plain and (has_ref(parts) or v ~= s) then v = yaml.resolve(v) end
-    return v
-  end)
-  self.missing = outer
-  if ok then return res end
-  if type(res) == "table" and res.sub_at then res = { sub_list = { { at = res.sub_at, msg = res.sub_msg } } } end
-  if type(res) == "table" and res.sub_list then
-    for _, m in ipairs(res.sub_list) do
-      local line, col = loc and loc.line or 1, loc and loc.col or 1
-      local src = self.src
-      local start = loc and offset_of(src, loc.line, loc.col)
-      if start then
-        -- the k-th "${" of the value is the k-th of the source from its start
-        local k, i = 0, 1
-        while true do
-          local d = kth_ref(s, i, 1)
-          if not d or d > m.at then break end
-          k = k + 1
-          i = d + 2
-        end
-        local off = k > 0 and kth_ref(src.text, start, k)
-        if off then line, col = linecol_of(src, off) end
-      end
-      self.problems:add({ line = line, col = col }, "%s", m.msg)
-    end
-    return s
-  end
-  if type(res) == "table" and res.sub_cycle then
-    self.problems:add(loc, "%s", res.sub_cycle)
-    return s
-  end
-  error(res, 0)
-end
-
--- Walks a loaded value: a new tree with every scalar substituted; new tables
--- get entries in self.pos (kind, order of keys, key and value positions).
-function Subst:walk(v, loc)
-  if type(v) == "string" then
-    if v:find("$", 1, true) then return self:scalar(v, loc) end
-    return v
-  end
-  if type(v) ~= "table" then return v end
-  local p = self.src_pos[v]
-  local out = {}
-  if p and p.kind == "seq" then
-    local np = { kind = "seq", line = p.line, col = p.col, items = {} }
-    for i = 1, #v do
-      out[i] = self:walk(v[i], p.items[i])
-      np.items[i] = p.items[i]
-    end
-    self.pos[out] = np
-    return out
-  end
-  local np = { kind = "map", line = p and p.line or 1, col = p and p.col or 1,
-               order = {}, keys = {}, values = {} }
-  local order = p and p.order
-  if not order then
-    order = {}
-    for k in pairs(v) do order[#order + 1] = k end
-    table.sort(order, function(a, b) return tostring(a) < tostring(b) end)
-  end
-  for _, k in ipairs(order) do
-    if v[k] ~= nil then
-      local kloc, vloc = p and p.keys[k], p and p.values[k]
-      local nk = k
-      if type(k) == "string" and k:find("$", 1, true) then nk = self:scalar(k, kloc, true) end
-      if out[nk] ~= nil then
-        self.problems:add(kloc, "duplicate key '%s' after substitution", tostring(nk))
-      else
-        out[nk] = self:walk(v[k], vloc)
-        np.order[#np.order + 1] = nk
-        np.keys[nk], np.values[nk] = kloc, vloc
-      end
-    end
-  end
-  self.pos[out] = np
-  return out
-end
-
--- }======
-
--- {====== Shape of a recipe
-
-local TOP = { vars = "map", db = "string", clusters = "map", manifests = "map", jobs = "map" }
-local TOP_ORDER = "vars, db, clusters, manifests, jobs"
-
-local JOB = { table = "string", column = "string", udf = "map", where = "string",
-              cluster = "string", manifest = "string", backfill = "map" }
-local JOB_ORDER = "table, column, udf, where, cluster, manifest, backfill"
-
-local UDF = { module = "string", ["function"] = "string", data_type = "string",
-              input_columns = "strings", batch = "boolean", setup = "setup",
-              on_error = "string", retries = "count", timeout = "number", num_cpus = "number",
-              num_gpus = "number", memory = "posint", name = "string" }
-local UDF_ORDER = "module, function, data_type, input_columns, batch, setup, on_error, "
-  .. "retries, timeout, num_cpus, num_gpus, memory, name"
-
-local BACKFILL = { where = "string", batch_size = "posint", concurrency = "posint",
-                   commit_every = "posint", resume = "boolean" }
-local BACKFILL_ORDER = "where, batch_size, concurrency, commit_every, resume"
-
-local kinds = {
-  string = function(v) return type(v) == "string" end,
-  map = function(v) return type(v) == "table" and v[1] == nil end,
-  boolean = function(v) return type(v) == "boolean" end,
-  number = function(v) return type(v) == "number" end,
-  count = function(v) return math.type(v) == "integer" and v >= 0 end,
-  posint = function(v) return math.type(v) == "integer" and v > 0 end,
-  strings = function(v)
-    if type(v) ~= "table" then return false end
-    for k, x in pairs(v) do
-      if math.type(k) ~= "integer" or type(x) ~= "string" then return false end
-    end
-    return true
-  end,
-  setup = function(v) return type(v) == "string" or (type(v) == "table" and v[1] == nil) end,
-}
-local expected = {
-  string = "a string", map = "a map", boolean = "true or false", number = "a number",
-  count = "an integer >= 0", posint = "an integer > 0", strings = "a list of strings",
-  setup = "a function name or a map {module, function}",
-}
-
--- Checks map t (at pos entry p) against fields; returns a plain table of
--- the non-null values. what names the map in messages ("job 'x'").
-local function is_map(r, v)
-  if type(v) ~= "table" then return false end
-  local p = r.pos[v]
-  if p then return p.kind == "map" end
-  return v[1] == nil
-end
-
-local function check_fields(r, t, fields, allowed, what)
-  local p = r.pos[t] or { order = {}, keys = {}, values = {} }
-  local out = {}
-  for _, k in ipairs(p.order) do
-    local v = t[k]
-    local kind = fields[k]
-    if not kind and fields == TOP and type(k) == "string" and k:sub(1, 2) == "x-" then
-      out[k] = v                             -- x-*: free-form, for anchors to merge
-    elseif not kind then
-      r.problems:add(p.keys[k], "unknown field '%s' in %s (allowed: %s)", tostring(k), what, allowed)
-    elseif not isnull(v) then
-      if (kind == "map" and is_map(r, v)) or (kind ~= "map" and kinds[kind](v)) then
-        out[k] = v
-      else
-        r.problems:add(p.values[k], "%s: '%s' must be %s, got %s", what, k, expected[kind], show(v))
-      end
-    end
-  end
-  return out
-end
-
-local function loc_of(r, t, key, which)
-  local p = r.pos[t]
-  if not p then return nil end
-  if key == nil then return p end
-  if p.kind == "seq" then return p.items[key] end
-  return (which == "key" and p.keys or p.values)[key] or p.keys[key]
-end
-
--- The entries of a map value, in document order: {name=, value=}.
-local function entries(r, t)
-  local out = {}
-  local p = r.pos[t]
-  for _, k in ipairs(p and p.order or {}) do out[#out + 1] = { name = k, value = t[k] } end
-  return out
-end
-
-local function check_shape(r)
-  local doc = r.doc
-  if not is_map(r, doc) then
-    r.problems:add(r.pos[doc] or { line = 1, col = 1 },
-      "a recipe is a map with the fields %s, got %s", TOP_ORDER, describe(doc))
-    r.problems:check()
-  end
-  local top = check_fields(r, doc, TOP, TOP_ORDER, "the recipe")
-  if top.db == nil and isnull(doc.db) then
-    r.problems:add(r.pos[doc], "missing field 'db' (the database the recipe applies to)")
-  elseif top.db == "" then
-    r.problems:add(loc_of(r, doc, "db"), "'db' must not be empty")
-  end
-  r.db_uri = top.db
-
-  r.clusters, r.manifests, r.jobs = {}, {}, {}
-  for _, section in ipairs({ "clusters", "manifests" }) do
-    local m = top[section]
-    if m then
-      for _, e in ipairs(entries(r, m)) do
-        local what = section:sub(1, -2) .. " '" .. tostring(e.name) .. "'"
-        if type(e.name) ~= "string" then
-          r.problems:add(loc_of(r, m, e.name, "key"), "%s name must be a string", section:sub(1, -2))
-        elseif not is_map(r, e.value) then
-          r.problems:add(loc_of(r, m, e.name), "%s: the spec must be a map, got %s", what, describe(e.value))
-        else
-          table.insert(r[section], { name = e.name, spec = e.value })
-        end
-      end
-    end
-  end
-
-  if top.jobs then
-    for _, e in ipairs(entries(r, top.jobs)) do
-      local what = "job '" .. tostring(e.name) .. "'"
-      local jt = e.value
-      if type(e.name) ~= "string" then
-        r.problems:add(loc_of(r, top.jobs, e.name, "key"), "job names must be strings")
-      elseif not is_map(r, jt) then
-        r.problems:add(loc_of(r, top.jobs, e.name), "%s must be a map, got %s", what, describe(jt))
-      else
-        local j = check_fields(r, jt, JOB, JOB_ORDER, what)
-        j.name, j.node = e.name, jt
-        for _, req in ipairs({ "table", "column", "udf" }) do
-          if isnull(jt[req]) then
-            r.problems:add(loc_of(r, top.jobs, e.name, "key"), "%s: missing field '%s'", what, req)
-          end
-        end
-        if j.udf then
-          j.udf = check_fields(r, jt.udf, UDF, UDF_ORDER, what .. " udf")
-          for _, req in ipairs({ "module", "function", "data_type" }) do
-            if isnull(jt.udf[req]) then
-              r.problems:add(loc_of(r, jt, "udf", "key"), "%s udf: missing field '%s'", what, req)
-            end
-          end
-          local s = jt.udf.setup
-          if type(s) == "table" then
-            check_fields(r, s, { module = "string", ["function"] = "string" }, "module, function",
-              what .. " udf setup")
-          end
-        end
-        if j.backfill then
-          j.backfill = check_fields(r, jt.backfill, BACKFILL, BACKFILL_ORDER, what .. " backfill")
-          if j.backfill.where and j.where then
-            r.problems:add(loc_of(r, jt.backfill, "where", "key"),
-              "%s: 'where' is given both in the job and in its backfill options: keep one", what)
-          end
-        end
-        r.jobs[#r.jobs + 1] = j
-      end
-    end
-  end
-
-  -- names a job uses that the recipe does not define come from the db
-  for _, j in ipairs(r.jobs) do
-    for _, kind in ipairs({ "cluster", "manifest" }) do
-      local name = j[kind]
-      if name then
-        local found = false
-        for _, e in ipairs(r[kind .. "s"]) do if e.name == name then found = true end end
-        if not found then
-          local l = loc_of(r, j.node, kind) or { line = 1, col = 1 }
-          r.warnings[#r.warnings + 1] = ("%s:%d:%d: job '%s': %s '%s' is not defined in this recipe; "
-            .. "it must exist in the db"):format(r.file, l.line, l.col, j.name, kind, name)
-        end
-      end
-    end
-  end
-end
-
--- }======
 
 -- {====== Loading
 
@@ -630,7 +91,7 @@ local function check_vars(vars)
       errors.throw("invalid_argument", ("recipe: bad variable name %s (letters, digits and _, not starting with a digit)")
         :format(type(k) == "string" and ("'" .. k .. "'") or tostring(k)))
     end
-    if type(v) ~= "table" and not value_text(v) then
+    if type(v) ~= "table" and not template.value_text(v) then
       errors.throw("invalid_argument", ("recipe: variable '%s' must be a string, number, boolean or table, got %s")
         :format(k, type(v)))
     end
@@ -673,90 +134,28 @@ function recipe.load(path, vars)
     errors.throw(code == "ENOENT" and "not_found" or "unavailable",
       ("cannot read recipe %s: %s"):format(path, tostring(msg)), { path = path })
   end
-  local src = new_source(text, path)
+  local src = template.source(text, path)
   local doc, pos, ycode = yaml.load(text, { filename = path, positions = true })
   if doc == nil then error(yaml_error(path, src, pos, ycode), 0) end
 
   local dir = assert(fs.realpath(dirname(path)))
   local r = setmetatable({ file = path, dir = dir, path = dir .. "/" .. path:match("[^/]*$"),
-                           warnings = {}, problems = new_problems(path) }, Recipe)
+                           warnings = {}, problems = template.problems(path) }, Recipe)
 
-  local st = setmetatable({ set = set, used = {}, src = src, src_pos = pos or {}, pos = {}, missing = {},
-                            problems = r.problems, var_memo = {}, resolving = {},
-                            resolving_stack = {} }, Subst)
-  if type(doc) == "table" and doc[1] == nil and type(doc.vars) == "table" then
-    local vp = pos[doc.vars]
-    if vp and vp.kind == "map" then
-      st.var_nodes, st.var_pos = doc.vars, vp
-      for _, k in ipairs(vp.order) do
-        if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
-          r.problems:add(vp.keys[k], "bad variable name '%s' (letters, digits and _, not starting with a digit)",
-            tostring(k))
-        end
-      end
-    end
-  end
-
-  local out
-  if type(doc) == "table" then
-    -- substitute everything but vars; vars itself shows its effective values
-    local p = pos[doc]
-    local np = { kind = p.kind, line = p.line, col = p.col, order = {}, keys = {}, values = {},
-                 items = p.items }
-    if p.kind == "seq" then
-      out = st:walk(doc, p)
-    else
-      out = {}
-      for _, k in ipairs(p.order) do
-        if k == "vars" and st.var_nodes then
-          local vars_out = {}
-          local vnp = { kind = "map", line = st.var_pos.line, col = st.var_pos.col, order = {},
-                        keys = {}, values = {} }
-          for _, name in ipairs(st.var_pos.order) do
-            local v = set[name]
-            if v == nil then v = st:var_value(name) end
-            vars_out[name] = v
-            vnp.order[#vnp.order + 1] = name
-            vnp.keys[name], vnp.values[name] = st.var_pos.keys[name], st.var_pos.values[name]
-          end
-          st.pos[vars_out] = vnp
-          out.vars = vars_out
-        else
-          out[k] = st:walk(doc[k], p.values[k])
-        end
-        np.order[#np.order + 1] = k
-        np.keys[k], np.values[k] = p.keys[k], p.values[k]
-      end
-      st.pos[out] = np
-    end
-  else
-    out = st:walk(doc)
-  end
-  r.doc, r.pos = out, st.pos
+  local used
+  r.doc, r.pos, r.vars, used = template.expand(doc, pos, src, set, r.problems)
   r.problems:check()
 
-  -- effective vars: --set values, then the recipe's defaults
-  r.vars = {}
-  for k, v in pairs(set) do r.vars[k] = v end
-  if st.var_nodes then
-    for _, k in ipairs(st.var_pos.order) do
-      if r.vars[k] == nil then
-        local v = st.var_memo[k] and st.var_memo[k][1]
-        if v == nil then v = st:var_value(k) end
-        r.vars[k] = v
-      end
-    end
-  end
   local names = {}
   for k in pairs(set) do names[#names + 1] = k end
   table.sort(names)
   for _, k in ipairs(names) do
-    if not st.used[k] then
+    if not used[k] then
       r.warnings[#r.warnings + 1] = ("%s: --set %s: no ${%s} in the recipe uses it"):format(path, k, k)
     end
   end
 
-  check_shape(r)
+  shape.check(r)
   r.problems:check()
 
   -- the database: an absolute path (or a URI, kept)
@@ -823,15 +222,21 @@ local function field_loc(r, node, err, fallback)
   return best
 end
 
+-- Error e again with another message, its fields and then extra's.
+local function reworded(e, message, extra)
+  local fields = {}
+  for k, v in pairs(e) do fields[k] = v end
+  fields.code, fields.message = nil, nil
+  for k, v in pairs(extra) do fields[k] = v end
+  return errors.new(e.code, message, fields)
+end
+
 -- Re-raises err as an invalid_argument (or its own code) located in the file.
 local function located_error(r, loc, prefix, err)
   local e = errors.from(err)
   loc = loc or { line = 1, col = 1 }
-  local fields = {}
-  for k, v in pairs(e) do fields[k] = v end
-  fields.code, fields.message = nil, nil
-  fields.path, fields.line, fields.col = r.file, loc.line, loc.col
-  return errors.new(e.code, ("%s:%d:%d: %s: %s"):format(r.file, loc.line, loc.col, prefix, e.message), fields)
+  return reworded(e, ("%s:%d:%d: %s: %s"):format(r.file, loc.line, loc.col, prefix, e.message),
+    { path = r.file, line = loc.line, col = loc.col })
 end
 
 -- YAML nulls are absent fields to the registries
@@ -887,7 +292,7 @@ end
 -- jobs use. Raises invalid_argument with file:line:col.
 function recipe.validate(r)
   assert(getmetatable(r) == Recipe, "recipe.validate: expected a Recipe (recipe.load)")
-  local problems = new_problems(r.file)
+  local problems = template.problems(r.file)
   local function add(loc, err, prefix)
     local e = located_error(r, loc, prefix, err)
     problems:add(loc, "%s", (e.message:gsub("^.-:%d+:%d+: ", "")))
@@ -1001,11 +406,7 @@ local function run_job(r, db, j)
   if not bok then
     local e = errors.from(berr)
     if e.code == "interrupted" then error(berr, 0) end
-    local fields = {}
-    for k, v in pairs(e) do fields[k] = v end
-    fields.code, fields.message = nil, nil
-    fields.recipe_job = j.name
-    error(errors.new(e.code, ("%s: job '%s': %s"):format(r.file, j.name, e.message), fields), 0)
+    error(reworded(e, ("%s: job '%s': %s"):format(r.file, j.name, e.message), { recipe_job = j.name }), 0)
   end
   if type(rec) == "table" and type(rec.record) == "function" then rec = rec:record() end
   rec = rec or {}

@@ -58,9 +58,13 @@ function runner.attach(handoff, scope)
 end
 
 -- runner.worker_exe() -> the program started as workers and background
--- drivers: a `geneva`, never a copy of an embedding application.
+-- drivers: a `geneva`, never a copy of an embedding application. The host
+-- resolves it (host/worker_exe.c, design §5); raises unavailable, saying
+-- how to set it, when there is none.
 function runner.worker_exe()
-  return require("geneva.proc").exe()
+  local exe, err = require("geneva.host.core").worker_exe()
+  if not exe then errors.throw("unavailable", "cannot start workers: " .. err) end
+  return exe
 end
 
 -- {====== Which runner a backfill uses

@@ -32,7 +32,8 @@ function M.new(opts)
   end
   local self = setmetatable({
     size = n, max_attempts = opts.max_attempts or 3,
-    exe = opts.exe or proc.exe(), scope = opts.scope or ledger.current(), env_add = opts.env_add,
+    exe = opts.exe or require("geneva.runner").worker_exe(),
+    scope = opts.scope or ledger.current(), env_add = opts.env_add,
     cwd = opts.cwd,
     workers = {}, queue = {}, qhead = 1, qtail = 0, running = {}, closed = false,
     spawned = 0,

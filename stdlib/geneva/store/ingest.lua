@@ -16,7 +16,7 @@ local ingest = {}
 
 ingest.DEFAULT_FRAGMENT_SIZE = 100000
 
-local function qi(name) return '"' .. name:gsub('"', '""') .. '"' end
+local qi = require("geneva.sqlite").quote_ident
 
 -- ingest.check_name(name [, what="column"]) -> name | raises invalid_argument.
 -- Columns: letters, digits, _; not "_rowid", not starting with "__".
@@ -373,7 +373,7 @@ function ingest.to_columns(batch, schema)
             -- fast paths first: a 1M-row load spends its time here
             if fast == "integer" and math_type(v) == "integer" then         -- luacheck: ignore
             elseif fast == "string" and type(v) == "string" then            -- luacheck: ignore
-            elseif k == "float64" and math_type(v) == "float" then          -- luacheck: ignore
+            elseif k == "float64" and math_type(v) == "float" and v == v then  -- luacheck: ignore (not NaN)
             elseif types.is_null(v) then
               col[i] = nil
             else

@@ -4,7 +4,9 @@
 -- reader.open gives an in-memory geneva.sqlite Db where the TEMP VIEW `t`
 -- has `_rowid`, each requested column by name, and for each virtual column
 -- c a `"__ver_c"` with the udf_version of the file its value came from (NULL
--- when no column file holds the row). The fragment's data file and column
+-- when no column file holds the row) and a `"__failed_c"`, 1 when that file
+-- marks the row failed (geneva.store.versions, "Failed marks"), else 0.
+-- The fragment's data file and column
 -- files are attached read-only; per rowid the newest column file wins, even
 -- when its value is NULL. SQLite attaches at most 10 files (pitfalls.md), so
 -- when a fragment needs more, the longest column lists are first folded into
@@ -17,8 +19,8 @@ local reader = {}
 
 reader.MAX_ATTACHED = 10   -- Debian's SQLITE_MAX_ATTACHED
 
-local function qi(name) return '"' .. name:gsub('"', '""') .. '"' end
-reader.quote_ident = qi
+local qi = sqlite.quote_ident
+reader.quote_ident = qi      -- the same function, for older callers
 local ql = storage.quote_literal
 
 local check = errors.io
@@ -33,36 +35,27 @@ function reader.find_column(m, name)
 end
 
 -- reader.columns_in(snapshot, sql) -> array of the schema's column names
--- that occur as words in sql (a superset of what the SQL can reference).
-function reader.columns_in(m, sql)
-  local words = {}
-  for w in sql:gmatch("[%a_][%w_]*") do
-    w = w:lower()
-    words[w:match("^__ver_(.+)$") or w] = true
-  end
-  local out = {}
-  for _, c in ipairs(m.schema) do
-    if words[c.name:lower()] then out[#out + 1] = c.name end
-  end
-  return out
-end
+-- that sql (a where) mentions: geneva.store.where.columns.
+reader.columns_in = require("geneva.store.where").columns
 
--- Folds a column's file list into TEMP table tname(_rowid, value, ver).
-local function fold(db, tbl_dir, list, tname)
-  check(db:exec(("CREATE TEMP TABLE %s(_rowid INTEGER PRIMARY KEY, value, ver TEXT)"):format(tname)))
-  for _, e in ipairs(list) do
-    check(db:attach(tbl_dir .. "/" .. e.file, "src", { immutable = true }))
-    local ok, msg, code = db:exec(("INSERT OR REPLACE INTO temp.%s SELECT _rowid, value, %s FROM src.col")
-      :format(tname, e.udf_version and ql(e.udf_version) or "NULL"))
-    db:detach("src")
-    check(ok, msg, code)
-  end
+--[[
+reader.missing(column, udf_version [, fragment]) -> SQL condition over t:
+the rows a backfill of column computes. Missing = never computed by this
+UDF version (no column file holds the row, or the winning file's
+udf_version differs) or failed under on_error = "null" (a failed mark in
+the winning file). A NULL the UDF returned is a computed value. (perf) With
+fragment and no file of column in it, every row is missing: "1", no test
+per row. The version is a literal, so SQLite folds what it can.
+]]
+function reader.missing(column, udf_version, frag)
+  if frag and #((frag.columns or {})[column] or {}) == 0 then return "1" end
+  return ("(%s IS NOT %s OR %s)"):format(qi("__ver_" .. column), ql(udf_version), qi("__failed_" .. column))
 end
 
 --[[
-reader.open(tbl_dir, snapshot, fragment [, {columns = {...}}]) -> Db
+reader.open(tbl_dir, snapshot, fragment [, {columns = {...}, reserve = n}]) -> Db
 columns defaults to every column of the schema; an unknown name raises
-invalid_argument. Raises unavailable when a file cannot be opened. The
+invalid_argument. reserve keeps n attach slots free for the caller. Raises unavailable when a file cannot be opened. The
 caller owns the Db (close it, or `local db <close> = reader.open(...)`).
 ]]
 function reader.open(tbl_dir, m, frag, opts)
@@ -97,29 +90,29 @@ function reader.open(tbl_dir, m, frag, opts)
       total = total + #lists[i]
     end
     local folded = {}
-    local budget = reader.MAX_ATTACHED - 1
+    local budget = reader.MAX_ATTACHED - 1 - (opts and opts.reserve or 0)
     while total > budget do
       local best
       for i in ipairs(cols) do
         if not folded[i] and #lists[i] > 0 and (not best or #lists[i] > #lists[best]) then best = i end
       end
       folded[best] = "fold_" .. best
-      fold(db, tbl_dir, lists[best], folded[best])
+      storage.fold_into(db, tbl_dir, lists[best], folded[best])
       total = total - #lists[best]
     end
 
     local sel, joins, nalias = { "base._rowid AS _rowid" }, {}, 0
     for i, c in ipairs(cols) do
       local base = (not c.virtual and in_data[c.name:lower()]) and ("base." .. qi(c.name)) or "NULL"
-      local value, ver
+      local value, ver, failed
       if folded[i] then
         nalias = nalias + 1
         local j = "j" .. nalias
         joins[#joins + 1] = ("LEFT JOIN temp.%s AS %s ON %s._rowid = base._rowid"):format(folded[i], j, j)
         value = ("CASE WHEN %s._rowid IS NOT NULL THEN %s.value ELSE %s END"):format(j, j, base)
-        ver = j .. ".ver"
+        ver, failed = j .. ".ver", ("coalesce(%s.failed, 0)"):format(j)
       elseif #lists[i] > 0 then
-        local vcase, wcase = {}, {}
+        local vcase, wcase, fcase, marks = {}, {}, {}, false
         for k = #lists[i], 1, -1 do        -- newest first
           local e = lists[i][k]
           nalias = nalias + 1
@@ -129,14 +122,27 @@ function reader.open(tbl_dir, m, frag, opts)
           vcase[#vcase + 1] = ("WHEN %s._rowid IS NOT NULL THEN %s.value"):format(j, j)
           wcase[#wcase + 1] = ("WHEN %s._rowid IS NOT NULL THEN %s"):format(j,
             e.udf_version and ql(e.udf_version) or "NULL")
+          -- (perf) a file without failures joins nothing more
+          if c.virtual and storage.has_failed_marks(db, alias) then
+            local fj = "f" .. nalias
+            joins[#joins + 1] = ("LEFT JOIN %s.failed AS %s ON %s._rowid = base._rowid"):format(alias, fj, fj)
+            fcase[#fcase + 1] = ("WHEN %s._rowid IS NOT NULL THEN %s._rowid IS NOT NULL"):format(j, fj)
+            marks = true
+          else
+            fcase[#fcase + 1] = ("WHEN %s._rowid IS NOT NULL THEN 0"):format(j)
+          end
         end
         value = ("CASE %s ELSE %s END"):format(table.concat(vcase, " "), base)
         ver = ("CASE %s ELSE NULL END"):format(table.concat(wcase, " "))
+        failed = marks and ("CASE %s ELSE 0 END"):format(table.concat(fcase, " ")) or "0"
       else
-        value, ver = base, "NULL"
+        value, ver, failed = base, "NULL", "0"
       end
       sel[#sel + 1] = value .. " AS " .. qi(c.name)
-      if c.virtual then sel[#sel + 1] = ver .. " AS " .. qi("__ver_" .. c.name) end
+      if c.virtual then
+        sel[#sel + 1] = ver .. " AS " .. qi("__ver_" .. c.name)
+        sel[#sel + 1] = failed .. " AS " .. qi("__failed_" .. c.name)
+      end
     end
     check(db:exec(("CREATE TEMP VIEW t AS SELECT %s FROM d.data AS base %s")
       :format(table.concat(sel, ", "), table.concat(joins, " "))))

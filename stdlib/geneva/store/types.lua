@@ -2,6 +2,12 @@
 -- blob and float32[N] vectors. Checks values returned by UDFs and converts
 -- between Lua values and what SQLite stores (vectors are little-endian
 -- float32 blobs, bools 0/1). NULL is nil everywhere here.
+--
+-- NaN: SQLite stores a NaN REAL as NULL (pitfalls.md), so a float64 NaN is
+-- stored as an 8-byte BLOB, its little-endian IEEE 754 bits (sign and
+-- payload kept), and from_sql turns such a BLOB back into the NaN. Every
+-- other float64 (infinities and -0.0 included) is a plain REAL; vectors
+-- keep NaN in their blob anyway.
 local types = {}
 
 local scalar = {
@@ -77,14 +83,18 @@ end
 
 local sqlite_blob   -- geneva.sqlite's blob(), loaded on first use
 
--- types.to_sql(t, v) -> value to bind (v already checked). Blobs and vectors
--- come back wrapped by geneva.sqlite.blob(bytes), so binding them stores a
--- BLOB (a plain string would be stored as TEXT); the wrapper's .blob field
--- holds the bytes too.
+-- types.to_sql(t, v) -> value to bind (v already checked). Blobs, vectors
+-- and float64 NaN come back wrapped by geneva.sqlite.blob(bytes), so binding
+-- them stores a BLOB (a plain string would be stored as TEXT); the wrapper's
+-- .blob field holds the bytes of blobs and vectors too.
 function types.to_sql(t, v)
   if v == nil then return nil end
   local k = t.kind
   if k == "bool" then return v and 1 or 0 end
+  if k == "float64" and v ~= v then          -- NaN
+    sqlite_blob = sqlite_blob or require("geneva.sqlite").blob
+    return sqlite_blob(string.pack("<d", v))
+  end
   if k == "vector" or k == "blob" then
     sqlite_blob = sqlite_blob or require("geneva.sqlite").blob
     local bytes = k == "blob" and v or string.pack(t.fmt, table.unpack(v, 1, t.dim))
@@ -136,7 +146,10 @@ function types.from_sql(t, v)
     out[t.dim + 1] = nil          -- drop unpack's next position
     return out
   end
-  if k == "float64" and math.type(v) == "integer" then return v + 0.0 end
+  if k == "float64" then
+    if math.type(v) == "integer" then return v + 0.0 end
+    if type(v) == "string" and #v == 8 then return (string.unpack("<d", v)) end   -- NaN
+  end
   return v
 end
 

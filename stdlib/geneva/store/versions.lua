@@ -81,6 +81,13 @@ function storage.latest(tbl_dir)
   return storage.read(tbl_dir, n), n
 end
 
+-- storage.find_fragment(snapshot, id) -> the fragment entry with that id | nil
+function storage.find_fragment(m, id)
+  for _, f in ipairs(m.fragments) do
+    if f.id == id then return f end
+  end
+end
+
 -- Marks the arrays of a snapshot so that empty ones encode as [] again.
 local function mark_arrays(m)
   m.schema = json.array(setmetatable(m.schema or {}, nil))
@@ -126,9 +133,10 @@ function storage.init(tbl_dir, m)
 end
 
 --[[
-storage.commit(tbl_dir, operation, mutate [, opts]) -> new snapshot
+storage.commit(tbl_dir, operation, mutate [, opts]) -> new snapshot | nil
 mutate(latest) gets a fresh copy of the latest snapshot and returns the new
-one (it may modify and return its argument) or raises. When another writer
+one (it may modify and return its argument), or false when there is nothing
+to commit (then nothing is published and commit returns nil), or raises. When another writer
 publishes the same version first, the latest is read again and mutate runs
 again: it must be safe to repeat (see also opts.on_retry). Retries are
 bounded (opts.retries, default storage.COMMIT_RETRIES) with jittered
@@ -142,6 +150,7 @@ function storage.commit(tbl_dir, operation, mutate, opts)
     local cur, n = storage.latest(tbl_dir)
     if not cur then errors.throw("not_found", ("no table at '%s'"):format(tbl_dir), { path = tbl_dir }) end
     local new = mutate(cur, attempt)
+    if new == false then return nil end
     if type(new) ~= "table" then
       errors.throw("internal", "storage.commit: mutate must return the new snapshot")
     end
@@ -223,38 +232,82 @@ local function quote(s) return "'" .. tostring(s):gsub("'", "''") .. "'" end
 storage.quote_literal = quote
 
 --[[
+Failed marks. A column file may hold, beside col(_rowid INTEGER PRIMARY
+KEY, value), a table failed(_rowid INTEGER PRIMARY KEY) listing the rows
+whose UDF call failed under on_error = "null" (their value is NULL). Only
+files with failures have it; files written before it existed have none.
+storage.has_failed_marks(db, alias) -> boolean: the file attached as alias
+has the table.
+]]
+function storage.has_failed_marks(db, alias)
+  local n, msg, code = db:value(("SELECT count(*) FROM %s.sqlite_master WHERE type = 'table' AND name = 'failed'")
+    :format(alias))
+  check(n, msg, code)
+  return n > 0
+end
+
+--[[
+storage.fold_into(db, tbl_dir, list, tname): reads a (fragment, column)
+file list (oldest first, entries {file=, udf_version=}) into a new TEMP
+table tname(_rowid INTEGER PRIMARY KEY, value, ver TEXT, failed INTEGER) of
+db, the newest file winning per rowid (its NULLs too): ver is the winning
+file's udf_version (NULL if it has none), failed 1 for its failed marks.
+Attaches each file as "src" in turn. Raises unavailable.
+]]
+function storage.fold_into(db, tbl_dir, list, tname)
+  check(db:exec(("CREATE TEMP TABLE %s(_rowid INTEGER PRIMARY KEY, value, ver TEXT, failed INTEGER)"):format(tname)))
+  for _, e in ipairs(list) do
+    check(db:attach(join(tbl_dir, e.file), "src", { immutable = true }))
+    local ver = e.udf_version and quote(e.udf_version) or "NULL"
+    local pok, marks = pcall(storage.has_failed_marks, db, "src")
+    if not pok then
+      db:detach("src")
+      error(marks, 0)
+    end
+    local sql = marks
+      and ("INSERT OR REPLACE INTO temp.%s SELECT c._rowid, c.value, %s, f._rowid IS NOT NULL "
+           .. "FROM src.col AS c LEFT JOIN src.failed AS f ON f._rowid = c._rowid")
+      or "INSERT OR REPLACE INTO temp.%s SELECT _rowid, value, %s, 0 FROM src.col"
+    local ok, msg, code = db:exec(sql:format(tname, ver))
+    db:detach("src")
+    check(ok, msg, code)
+  end
+end
+
+--[[
 storage.fold_column_files(tbl_dir, list) -> new list
 Folds a (fragment, column) file list (oldest first, entries {file=,
 udf_version=, lo=, hi=}) into as few files as keep the same reading: one per
 distinct udf_version of the winning files (usually one), each holding the
-rows its version won, NULLs included. The new files are in data/ (synced) but
-not referenced: the caller commits or removes them. Raises unavailable.
+rows its version won, NULLs and failed marks included. The new files are in
+data/ (synced) but not referenced: the caller commits or removes them.
+Raises unavailable.
 ]]
 function storage.fold_column_files(tbl_dir, list)
   local mem = check(sqlite.open(":memory:"))
   local made = {}
   local ok, res = pcall(function()
-    check(mem:exec("PRAGMA temp_store=MEMORY; "
-      .. "CREATE TEMP TABLE fold(_rowid INTEGER PRIMARY KEY, value, ver TEXT)"))
-    for _, e in ipairs(list) do
-      check(mem:attach(join(tbl_dir, e.file), "src", { immutable = true }))
-      check(mem:exec("INSERT OR REPLACE INTO temp.fold SELECT _rowid, value, "
-        .. quote(e.udf_version or "") .. " FROM src.col"))
-      check(mem:detach("src"))
-    end
+    check(mem:exec("PRAGMA temp_store=MEMORY"))
+    storage.fold_into(mem, tbl_dir, list, "fold")
     local out = {}
     local vers = {}
-    for row in mem:rows("SELECT ver, min(_rowid), max(_rowid) FROM temp.fold GROUP BY ver ORDER BY min(_rowid)") do
+    for row in mem:rows("SELECT ver, min(_rowid), max(_rowid), max(failed) FROM temp.fold GROUP BY ver ORDER BY min(_rowid)") do
       vers[#vers + 1] = row
     end
     for _, r in ipairs(vers) do
+      local ver = r[1] ~= sqlite.null and r[1] or nil
+      local is_ver = "ver IS " .. (ver and quote(ver) or "NULL")
       local tmp = storage.temp_data_path(tbl_dir)
       local wok, werr = pcall(function()
         check(mem:attach(tmp, "dst"))
         check(mem:exec("PRAGMA dst.journal_mode=OFF; PRAGMA dst.synchronous=OFF; "
           .. "CREATE TABLE dst.col(_rowid INTEGER PRIMARY KEY, value); "
-          .. "INSERT INTO dst.col SELECT _rowid, value FROM temp.fold WHERE ver = " .. quote(r[1])
-          .. " ORDER BY _rowid; PRAGMA dst.synchronous=FULL; PRAGMA dst.user_version=1"))
+          .. "INSERT INTO dst.col SELECT _rowid, value FROM temp.fold WHERE " .. is_ver .. " ORDER BY _rowid"))
+        if r[4] == 1 then
+          check(mem:exec("CREATE TABLE dst.failed(_rowid INTEGER PRIMARY KEY); "
+            .. "INSERT INTO dst.failed SELECT _rowid FROM temp.fold WHERE " .. is_ver .. " AND failed ORDER BY _rowid"))
+        end
+        check(mem:exec("PRAGMA dst.synchronous=FULL; PRAGMA dst.user_version=1"))
         check(mem:detach("dst"))
       end)
       if not wok then
@@ -268,8 +321,7 @@ function storage.fold_column_files(tbl_dir, list)
         end
         error(e, 0)
       end
-      out[#out + 1] = { file = storage.publish_file(tbl_dir, tmp, "c"),
-                        udf_version = r[1] ~= "" and r[1] or nil, lo = r[2], hi = r[3] }
+      out[#out + 1] = { file = storage.publish_file(tbl_dir, tmp, "c"), udf_version = ver, lo = r[2], hi = r[3] }
       made[#made + 1] = out[#out].file
     end
     return out
