@@ -13,6 +13,7 @@ local expect = require "expect"
 local wait_until = expect.wait_until
 
 local SRC = os.getenv("GENEVA_SOURCE_DIR") or "."
+local function runner_current() return (require("geneva.runner").current()) end
 
 local function make_table(db, name, n, fragment_size)
   local rows = {}
@@ -120,7 +121,9 @@ describe("ray runner", function()
     }
     local submits = emu:counter("submit")
     local a, b
-    ray()(function()
+    -- a named cluster this time
+    db:define_cluster("emulated", { type = "ray", address = emu.url })
+    geneva.context{ cluster = "emulated", db = db }(function()
       a = tbl:backfill("up", { batch_size = 400, where = "id % 3 = 0" })
       b = tbl:backfill("salted", { batch_size = 400, concurrency = 2 })
     end)
@@ -284,6 +287,61 @@ describe("ray runner", function()
       assert.is_truthy(has(rec.events, "submitted " .. again), table.concat(rec.events, "\n"))
     end)
   end
+
+  it("a head that restarts and forgets its jobs and packages: slots resubmitted, package uploaded again, exact", function()
+    local mdir = dir .. "/src"
+    assert(fs.mkdir_p(mdir))
+    assert(fs.write(mdir .. "/restart_udfs.lua", "return { f = function(id) local t = os.clock() + 0.001 while os.clock() < t do end return id * 13 end }"))
+    local saved = package.path
+    package.path = mdir .. "/?.lua;" .. package.path
+    local tbl = make_table(db, "docs", 4000)
+    tbl:add_columns { s = geneva.udf { module = "restart_udfs", ["function"] = "f", data_type = "int64" } }
+    db:define_manifest("rm", { modules = { "restart_udfs" } })
+    package.path = saved
+    local puts = emu:counter("package_put_ok")
+    local rec
+    ray{ manifest = "rm" }(function()
+      local j = tbl:backfill_async("s", { batch_size = 250 })
+      wait_until("tasks done", function() return j:record().tasks.done >= 2 end, 60)
+      assert.equal(200, (emu:api("POST", "/_emulator/restart", { downtime = 1 })))
+      rec = j:wait()
+    end)
+    assert.equal("DONE", rec.status)
+    assert.equal(4000, rec.rows.committed)
+    check_exact(tbl, 4000, "s", function(r) return r.id * 13 end)
+    assert.is_truthy(has(rec.events, "no longer knows it"), table.concat(rec.events, "\n"))
+    assert.is_truthy(has(rec.events, "uploaded again"), table.concat(rec.events, "\n"))
+    assert.equal(puts + 2, emu:counter("package_put_ok"))
+  end)
+
+  it("a dashboard lost for longer than LOST_AFTER fails the job clearly; teardown finishes once it is back", function()
+    local ray_runner = require "geneva.runner.ray"
+    local tbl = make_table(db, "docs", 4000)
+    tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
+    local saved = ray_runner.LOST_AFTER
+    ray_runner.LOST_AFTER = 1.5
+    local ok, e = pcall(ray(), function()
+      local r = runner_current()
+      local poll, hit = r.poll, false
+      r.poll = function(self, timeout)
+        local ev = poll(self, timeout)
+        for _, x in ipairs(ev) do
+          if x.kind == "done" and not hit then
+            hit = true
+            emu:api("POST", "/_emulator/restart", { downtime = 4 })
+          end
+        end
+        return ev
+      end
+      tbl:backfill("s", { batch_size = 250 })
+    end)
+    ray_runner.LOST_AFTER = saved
+    assert.is_false(ok)
+    assert.equal("unavailable", e.code)
+    assert.is_truthy(tostring(e):find("lost the Ray dashboard at " .. emu.url .. " for over 1.5s", 1, true), tostring(e))
+    assert.same({}, emu:state().jobs)
+    assert.same({}, fs.list(dir .. "/db/_geneva/leases"))
+  end)
 
   it("job:cancel() of a background job stops its workers within two seconds", function()
     local tbl = make_table(db, "docs", 20000)
@@ -543,6 +601,8 @@ describe("ray runner: connecting", function()
         child.rmtree(dir .. "/db")
       end
       assert.same({}, e:state().jobs)
+      -- nor in what the workers logged on the cluster (they never get it)
+      for name, text in pairs(e:logs()) do assert.is_nil(text:find(TOKEN, 1, true), "the token is in " .. name) end
     end)
 
     it("a wrong token (403) and a missing one (401): clear errors without the token", function()

@@ -69,6 +69,8 @@ M.DEFAULT_SLOTS = 4       -- slots when the cluster's free resources are unknown
 M.MAX_UPLOAD = 100 * 1024 * 1024   -- aiohttp's client_max_size: a body this big is a 413
 M.USER_AGENT = "geneva-ray/1"      -- not a browser (the dashboard's guard)
 M.STALE = nil             -- heartbeat timeout for the queue (nil: queue.STALE)
+M.LOST_AFTER = 60         -- seconds of an unreachable dashboard before the job fails
+M.UNREACHABLE_TEARDOWN = 10   -- seconds of no answer at all before teardown gives up (leases stay)
 
 local TERMINAL = { STOPPED = true, SUCCEEDED = true, FAILED = true }
 
@@ -350,7 +352,8 @@ deleted in time is in failures.
 ]]
 function Conn:stop_all(sids, deadline_s)
   local deadline = time.monotonic() + (deadline_s or M.STOP_DEADLINE)
-  local state, gone, failures, unreachable_n = {}, {}, {}, 0
+  local state, gone, failures = {}, {}, {}
+  local unreachable_since        -- no answer at all since then
   for _, sid in ipairs(sids) do state[sid] = { next_stop = 0 } end
   while true do
     local waiting = 0
@@ -358,10 +361,11 @@ function Conn:stop_all(sids, deadline_s)
       local s = state[sid]
       if not s.terminal and not gone[sid] then
         local d, why = self:job(sid)
+        if d ~= nil then unreachable_since = nil end
         if d == false then
           gone[sid] = true
         elseif d == nil then
-          unreachable_n = unreachable_n + 1
+          unreachable_since = unreachable_since or time.monotonic()
           s.why = why
           waiting = waiting + 1
         elseif TERMINAL[d.status] then
@@ -377,7 +381,10 @@ function Conn:stop_all(sids, deadline_s)
         end
       end
     end
-    if waiting == 0 or time.monotonic() > deadline or unreachable_n >= 3 * #sids + 3 then break end
+    if waiting == 0 or time.monotonic() > deadline
+       or (unreachable_since and time.monotonic() - unreachable_since > M.UNREACHABLE_TEARDOWN) then
+      break
+    end
     time.sleep(0.1)
   end
   for _, sid in ipairs(sids) do
@@ -486,6 +493,7 @@ end
 local function new_runner(o)
   local self = setmetatable({
     conn = o.conn, db_dir = o.db_dir, exe = o.exe, lua_path = o.lua_path, working_dir = o.working_dir,
+    packages = o.packages or {},
     py_modules = o.py_modules, manifest_exe = o.manifest_exe, env_refs = o.env_refs, env = o.env,
     refs = o.refs or {}, notes = o.notes or {}, max_slots = o.max_slots,
     jobs = {}, subs = {}, order = {}, next_status = 0, status_failures = 0, closed = false,
@@ -682,6 +690,15 @@ local function submission_ended(self, sub, details, events)
   for _, l in ipairs(tail) do log(events, js.id, "  | " .. l) end
   js.disp:requeue_worker(sub.sid, ("ended (Ray job %s)"):format(sub.status), events)
   if js.failed then return end
+  if sub.status == "GONE" then
+    -- a head restarted without GCS fault tolerance forgets packages too
+    for _, pkg in ipairs(self.packages) do
+      if type(pkg) == "table" and type(pkg.name) == "string" and type(pkg.path) == "string" then
+        local how = self.conn:ensure_package(pkg.name, pkg.path)
+        if how == "uploaded" then log(events, js.id, ("package %s uploaded again"):format(pkg.name)) end
+      end
+    end
+  end
   if sub.attempt < M.SLOT_ATTEMPTS then
     submit_slot(self, js, sub.slot, sub.attempt + 1, events)
   else
@@ -694,8 +711,15 @@ local function submission_ended(self, sub, details, events)
   end
 end
 
+local function lost(self)
+  errors.throw("unavailable", ("lost the Ray dashboard at %s for over %gs: %s")
+    :format(self.conn.address, M.LOST_AFTER, clean(self.last_status_error)))
+end
+
 local function check_submissions(self, events)
   local failures = 0
+  local round = time.monotonic()
+  if self.unreachable_since and round - self.unreachable_since > M.LOST_AFTER then lost(self) end
   for _, sid in ipairs(self.order) do
     local sub = self.subs[sid]
     if not sub.gone and not sub.ended then
@@ -723,11 +747,8 @@ local function check_submissions(self, events)
   -- an unreachable dashboard: back off, and give up after a minute
   if failures > 0 then
     self.status_failures = self.status_failures + 1
-    self.unreachable_since = self.unreachable_since or time.monotonic()
-    if time.monotonic() - self.unreachable_since > 60 then
-      errors.throw("unavailable", ("lost the Ray dashboard at %s for over a minute: %s")
-        :format(self.conn.address, clean(self.last_status_error)))
-    end
+    self.unreachable_since = self.unreachable_since or round
+    if time.monotonic() - self.unreachable_since > M.LOST_AFTER then lost(self) end
     self.next_status = time.monotonic() + math.min(M.STATUS_EVERY * 2 ^ self.status_failures, 10)
   else
     self.status_failures, self.unreachable_since = 0, nil
@@ -838,7 +859,7 @@ function Runner:handoff()
            api_version = c.api_version, tls = c.tls, env = self:env_vars(), exe = self.exe,
            lua_path = self.lua_path, working_dir = self.working_dir, py_modules = self.py_modules,
            manifest_exe = self.manifest_exe, refs = self.refs, max_slots = self.max_slots,
-           notes = self.notes }
+           notes = self.notes, packages = self.packages }
 end
 
 -- Stops, deletes and confirms gone every submission not gone yet; queue
@@ -929,6 +950,8 @@ function M.provision(spec, env)
     local name = M.package_name(zip)
     local how = conn:ensure_package(name, zip)
     o.working_dir = "gcs://" .. name
+    o.packages = o.packages or {}
+    o.packages[#o.packages + 1] = { name = name, path = zip }
     notes[#notes + 1] = ("manifest '%s': package %s %s"):format(rec.name or "?", name,
       how == "uploaded" and "uploaded" or "already on the cluster")
     if rec.spec and rec.spec.env then o.env_refs[#o.env_refs + 1] = rec.spec.env end
@@ -943,6 +966,8 @@ function M.provision(spec, env)
       local name = M.package_name(path)
       local how = conn:ensure_package(name, path)
       o.py_modules = "gcs://" .. name
+      o.packages = o.packages or {}
+      o.packages[#o.packages + 1] = { name = name, path = path }
       notes[#notes + 1] = ("worker runtime: package %s %s"):format(name,
         how == "uploaded" and "uploaded" or "already on the cluster")
     else
@@ -967,7 +992,8 @@ function M.attach(h, scope)
   local self = new_runner{ conn = conn, db_dir = h.db, parent = scope, exe = h.exe, lua_path = h.lua_path,
                            working_dir = h.working_dir, py_modules = h.py_modules, manifest_exe = h.manifest_exe,
                            env = env, refs = type(h.refs) == "table" and h.refs or {}, max_slots = h.max_slots,
-                           notes = type(h.notes) == "table" and h.notes or {} }
+                           notes = type(h.notes) == "table" and h.notes or {},
+                           packages = type(h.packages) == "table" and h.packages or {} }
   self.attached = true
   return self
 end
