@@ -343,6 +343,27 @@ describe("ray runner", function()
     assert.same({}, fs.list(dir .. "/db/_geneva/leases"))
   end)
 
+  it("workers that cannot start: each slot retried, then a clear error with the Ray message and log lines", function()
+    local tbl = make_table(db, "docs", 1000)
+    tbl:add_columns { x = geneva.udf { data_type = "int64", fn = function(id) return id end } }
+    local R = require "geneva.runner"
+    local real = R.worker_exe
+    R.worker_exe = function() return "/nonexistent/bin/geneva" end    -- what a node without geneva does
+    local submits = emu:counter("submit")
+    local ok, e = pcall(ray(), function() tbl:backfill("x", { batch_size = 500, concurrency = 1 }) end)
+    R.worker_exe = real
+    assert.is_false(ok)
+    assert.equal("unavailable", e.code)
+    local msg = tostring(e)
+    assert.is_truthy(msg:find("every worker submission of job", 1, true), msg)
+    assert.is_truthy(msg:find("ended FAILED: Job entrypoint command failed with exit code 127", 1, true), msg)
+    assert.is_truthy(msg:find("/nonexistent/bin/geneva", 1, true), msg)      -- the log's last lines
+    assert.equal(3, emu:counter("submit") - submits)                         -- SLOT_ATTEMPTS for its one slot
+    local rec = db:jobs()[1]
+    assert.equal("FAILED", rec.status)
+    assert.equal(3, count(rec.events, "^ray: worker submission .* FAILED"))
+  end)
+
   it("job:cancel() of a background job stops its workers within two seconds", function()
     local tbl = make_table(db, "docs", 20000)
     tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
