@@ -26,25 +26,7 @@ local function say(fmt, ...) io.stderr:write(fmt:format(...), "\n") end
 
 -- {====== data
 
--- rows lo..hi as ingest rows, or as column arrays
-local function rows_of(lo, hi)
-  local rows = {}
-  for i = lo, hi do rows[#rows + 1] = { id = i, text = common.text_of(i) } end
-  return rows
-end
-
-local SCHEMA = { { name = "id", data_type = "int64" }, { name = "text", data_type = "string" } }
-
--- a geneva table of n rows, built CHUNK rows at a time
-local function build_table(db, name, n)
-  local tbl
-  for lo = 1, n, CHUNK do
-    local rows = rows_of(lo, math.min(n, lo + CHUNK - 1))
-    if not tbl then tbl = db:create_table(name, rows, { schema = SCHEMA })
-    else tbl:add(rows) end
-  end
-  return tbl
-end
+local build_table = common.build_table
 
 -- the plain SQLite file the Python pool reads: data(id INTEGER PRIMARY KEY, text TEXT)
 local function build_sqlite(path, n)
@@ -61,17 +43,7 @@ local function build_sqlite(path, n)
 end
 
 -- sum and count of a column over every fragment of the latest version
-local function column_sum(tbl, col)
-  local reader = require "geneva.store.reader"
-  local m = tbl:_snapshot()
-  local sum, nonnull = 0, 0
-  for _, f in ipairs(m.fragments) do
-    local r <close> = reader.open(tbl.dir, m, f, { columns = { col } })
-    local row = assert(r:first(('SELECT total("%s"), count("%s") FROM t'):format(col, col)))
-    sum, nonnull = sum + math.tointeger(row[1]), nonnull + row[2]
-  end
-  return sum, nonnull
-end
+local column_sum = common.column_sum
 
 -- }======
 

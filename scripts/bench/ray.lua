@@ -26,28 +26,9 @@ local dir = tmp.path
 
 local function say(fmt, ...) io.stderr:write(fmt:format(...), "\n") end
 
-local SCHEMA = { { name = "id", data_type = "int64" }, { name = "text", data_type = "string" } }
-local function build_table(db, name, n)
-  local tbl
-  for lo = 1, n, 1000000 do
-    local rows = {}
-    for i = lo, math.min(n, lo + 999999) do rows[#rows + 1] = { id = i, text = common.text_of(i) } end
-    if not tbl then tbl = db:create_table(name, rows, { schema = SCHEMA }) else tbl:add(rows) end
-  end
-  return tbl
-end
+local build_table = common.build_table
 
-local function column_sum(tbl, col)
-  local reader = require "geneva.store.reader"
-  local m = tbl:_snapshot()
-  local sum, nonnull = 0, 0
-  for _, f in ipairs(m.fragments) do
-    local r <close> = reader.open(tbl.dir, m, f, { columns = { col } })
-    local row = assert(r:first(('SELECT total("%s"), count("%s") FROM t'):format(col, col)))
-    sum, nonnull = sum + math.tointeger(row[1]), nonnull + row[2]
-  end
-  return sum, nonnull
-end
+local column_sum = common.column_sum
 
 local expected = 0
 for i = 1, N do expected = expected + #common.text_of(i) end
