@@ -1,6 +1,6 @@
 -- Specs for job records: db:jobs filters, db:job, and the CLI
--- `geneva jobs list|show|cancel --db DIR [--json]`, including cancelling a
--- job that another process is running.
+-- `geneva jobs list|show|logs|cancel --db DIR [--json]`, including
+-- cancelling a job that another process is running and following its log.
 local geneva = require "geneva"
 local errors = require "geneva.errors"
 local job = require "geneva.backfill.job"
@@ -247,6 +247,62 @@ print(ok and "DONE" or ("ERROR " .. tostring(e.code)))
       assert.is_false(ok)
       assert.equal("cancelled", e.code)
       assert.equal(id, e.job_id)
+    end)
+
+    it("logs: the workers' output tagged by worker, the driver's events, and the end", function()
+      local tbl = make_table(db, "docs", 400, { fragment_size = 100 })
+      tbl:add_columns { p = geneva.udf { data_type = "int64", fn = function(id)
+        if id % 100 == 1 then io.stderr:write("saw row ", id, "\n") end
+        return id
+      end } }
+      local rec = tbl:backfill("p", { batch_size = 100 })
+      local j = db:job(rec.id)
+      local lines = j:logs()
+      local text = table.concat(lines, "\n")
+      for _, id in ipairs({ 1, 101, 201, 301 }) do
+        assert.matches("%d%d:%d%d:%d%d %[worker %d+%] saw row " .. id .. "\n", text .. "\n")
+      end
+      assert.matches("planned 400 rows in 4 tasks", text)
+      assert.matches("DONE: 400 rows computed, 0 failed", lines[#lines])
+      -- the CLI prints the same lines
+      local code, out = cli("logs", rec.id, "--db", db.dir)
+      assert.equal(0, code)
+      assert.equal(text .. "\n", out)
+      local err
+      code, out, err = cli("logs", "nope", "--db", db.dir)
+      assert.equal(1, code)
+      assert.matches("no job 'nope'", err)
+    end)
+
+    it("logs -f follows a job running in another process to its end, then exits with its outcome", function()
+      local tbl = make_table(db, "docs", 4000, { fragment_size = 1000 })
+      tbl:add_columns { s = geneva.udf { data_type = "int64", fn = function(id)
+        if id % 500 == 0 then io.stderr:write("at ", id, "\n") end
+        local t = os.clock() + 0.0005 while os.clock() < t do end
+        return id
+      end } }
+      local p = child.start(root, "driver", [[
+local geneva = require "geneva"
+local tbl = geneva.connect(arg[1]):open_table("docs")
+tbl:backfill("s", { batch_size = 500, concurrency = 2 })
+]], db.dir)
+      local id = wait_until("a running job", function()
+        local recs = db:jobs { status = "RUNNING" }
+        return recs[1] and recs[1].id
+      end)
+      local code, out = cli("logs", id, "-f", "--db", db.dir)
+      assert.equal(0, code)
+      assert.equal("exited", (p:wait(30)))
+      p:close()
+      for i = 500, 4000, 500 do assert.matches("%] at " .. i .. "\n", out) end
+      assert.matches("DONE: 4000 rows computed", out)
+      -- follow through the Job object: a finished job gives its whole log at once
+      local seen = {}
+      local lines = db:job(id):logs { follow = true, on_line = function(l) seen[#seen + 1] = l end }
+      assert.same(lines, seen)
+      assert.equal(out, table.concat(lines, "\n") .. "\n")
+      local e = raises("invalid_argument", function() db:job(id):logs { folow = true } end)
+      assert.matches("unknown option 'folow'", e.message)
     end)
   end)
 end)

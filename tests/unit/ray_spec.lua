@@ -383,6 +383,33 @@ describe("ray runner", function()
     assert.same({}, emu:state().jobs)
   end)
 
+  it("logs: the workers' Ray logs, tagged by slot, followed live by geneva jobs logs -f and job:logs", function()
+    local tbl = make_table(db, "docs", 8000)
+    tbl:add_columns { s = geneva.udf { data_type = "int64", fn = function(id)
+      if id % 1000 == 0 then io.stderr:write("udf at row ", id, "\n") end
+      local t = os.clock() + 0.0005
+      while os.clock() < t do end
+      return id
+    end } }
+    ray()(function()
+      local j = tbl:backfill_async("s", { batch_size = 1000, concurrency = 2 })
+      wait_until("a running job", function() return j:status() == "RUNNING" end)
+      -- another process follows the log while the job runs
+      local code, out = child.cli({ "jobs", "logs", j.id, "-f", "--db", db.dir }, { timeout = 60 })
+      assert.equal(0, code)
+      for i = 1000, 8000, 1000 do
+        assert.matches("%[slot [12]%] udf at row " .. i .. "\n", out)
+      end
+      assert.matches("%[slot 1%] geneva worker", out)
+      assert.matches("%[slot 2%] geneva worker", out)
+      assert.matches("ray: submitted geneva%-", out)
+      assert.matches("DONE: 8000 rows computed, 0 failed[^\n]*\n$", out)
+      -- the same lines through the Job object, once it has ended
+      local lines = j:logs()
+      assert.equal(out, table.concat(lines, "\n") .. "\n")
+    end)
+  end)
+
   it("ship_host: the workers run the geneva shipped in a py_modules package, not this host's", function()
     local tbl = make_table(db, "docs", 1000)
     tbl:add_columns { h = geneva.udf { data_type = "int64", fn = function(id) return id + 1 end } }

@@ -32,10 +32,12 @@ local function save(self, force)
   end
 end
 
+-- An event: in the record (the last MAX_EVENTS) and in the job's log (all)
 local function event(self, line)
   local ev = self.rec.events
   if #ev >= MAX_EVENTS then table.remove(ev, 2) end
   ev[#ev + 1] = line
+  self.log:write(line)
 end
 
 local function progress(self)
@@ -55,6 +57,13 @@ end
 local function finish(self, status, err)
   local rec = self.rec
   if job.FINAL[rec.status] then return end
+  -- the workers' last lines come first in the log
+  if self.runner.drain then
+    local dok, evs = pcall(self.runner.drain, self.runner, rec.id)
+    for _, ev in ipairs(dok and evs or {}) do
+      if ev.kind == "log" then self.log:write(ev.line) end
+    end
+  end
   rec.status = status
   rec.finished_at = time.iso8601()
   rec.seconds = time.monotonic() - self.t0
@@ -62,6 +71,10 @@ local function finish(self, status, err)
     local e = errors.from(err)
     rec.error = errors.plain(e)
     event(self, ("%s: %s"):format(status, tostring(e)))
+  else
+    local r = rec.rows
+    event(self, ("%s: %d rows computed, %d failed, %d commits in %.2fs"):format(status,
+      r.computed, r.failed, rec.commits, rec.seconds))
   end
   local ok, v = pcall(self.tbl.version, self.tbl)
   rec.version_end = ok and v or nil
@@ -70,6 +83,7 @@ local function finish(self, status, err)
   job.save_final(self.db_dir, rec)
   self.saved_at = time.monotonic()
   job.clear_cancel(self.db_dir, rec.id)
+  self.log:close()
   if self.runner.job_done then pcall(self.runner.job_done, self.runner, rec.id) end
   if self.lease then self.lease:forget() end
 end
@@ -123,7 +137,9 @@ local function start(self)
   local col = column_of(snapshot, rec.column)
   self.udf_version = col.udf_version
   rec.udf_version = col.udf_version
+  local seen = #rec.events
   planner.recover_staged(self.tbl, rec.column, col.udf_version, rec.options.resume, rec)
+  for i = seen + 1, #rec.events do self.log:write(rec.events[i]) end
   snapshot = self.tbl:_snapshot()
   rec.version_start = snapshot.version
   local tasks, planned = planner.plan_tasks(self.tbl, snapshot, rec.column, col.udf_version,
@@ -250,11 +266,15 @@ function driver.new(tbl, rec, runner, opts)
   opts = opts or {}
   local self = setmetatable({ tbl = tbl, db_dir = tbl.db.dir, rec = rec, pending = {},
     runner = runner, t0 = time.monotonic(), bar = opts.bar }, Driver)
+  self.log = job.open_log(self.db_dir, rec.id)
+  for _, line in ipairs(rec.events) do self.log:write(line) end
   self.lease = ledger.current():reserve("job", rec.id):bind(function()
     if not job.FINAL[rec.status] then
       pcall(runner.cancel, runner, rec.id)
       rec.status, rec.finished_at = "FAILED", time.iso8601()
       rec.error = { code = "interrupted", message = "the driver was interrupted" }
+      self.log:write("FAILED: interrupted: the driver was interrupted")
+      self.log:close()
       -- if even that cannot be written, the record reads abandoned once
       -- this process is gone; keeping the lease would not help reap
       pcall(job.save_final, self.db_dir, rec)

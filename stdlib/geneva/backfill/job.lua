@@ -4,7 +4,9 @@
 -- state change and at most about once a second for progress. A cancel
 -- request from another process is the file `<id>.cancel`, which the owning
 -- driver polls. A RUNNING record whose owner (hostname, boot id, pid, start
--- time) is gone reads as FAILED with code `abandoned`.
+-- time) is gone reads as FAILED with code `abandoned`. Its log, every line
+-- of the driver and of its workers (tagged by worker or Ray slot), is
+-- `<id>.log` beside it, appended by the driver (job:logs, geneva jobs logs).
 local fs = require "geneva.fs"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
@@ -148,6 +150,65 @@ function job.list(db_dir, filter)
   return out
 end
 
+-- {====== The job's log
+
+-- A log stops growing at this size (a line says so): a UDF printing per row
+-- must not fill the disk that holds the table.
+job.MAX_LOG_BYTES = 64 * 1024 * 1024
+
+local function log_path(db_dir, id) return jobs_dir(db_dir) .. "/" .. id .. ".log" end
+
+-- job.open_log(db_dir, id) -> log with :write(line) and :close(). Lines get
+-- the wall-clock time; a log that cannot be written costs its lines, never
+-- the job.
+function job.open_log(db_dir, id)
+  fs.mkdir_p(jobs_dir(db_dir))
+  local f = io.open(log_path(db_dir, id), "a")
+  local log = { f = f, size = f and f:seek("end") or 0 }
+  function log:write(line)
+    if not self.f then return end
+    local text = os.date("!%H:%M:%S ") .. tostring(line):gsub("[\r\n]+", " ") .. "\n"
+    if self.size + #text > job.MAX_LOG_BYTES then
+      self.f:write(os.date("!%H:%M:%S "), "(log truncated at ", job.MAX_LOG_BYTES, " bytes)\n")
+      self.f:close()
+      self.f = nil
+      return
+    end
+    if not self.f:write(text) or not self.f:flush() then
+      self.f:close()
+      self.f = nil
+      return
+    end
+    self.size = self.size + #text
+  end
+  function log:close()
+    if self.f then self.f:close() self.f = nil end
+  end
+  return log
+end
+
+-- job.read_log(db_dir, id [, offset]) -> lines, next offset | nil when there
+-- is no log: the whole lines from byte offset on (a line still being
+-- written waits for the next read).
+function job.read_log(db_dir, id, offset)
+  local f = io.open(log_path(db_dir, id), "rb")
+  if not f then return nil end
+  offset = offset or 0
+  f:seek("set", offset)
+  local text = f:read("a") or ""
+  f:close()
+  local lines, pos = {}, 1
+  while true do
+    local nl = text:find("\n", pos, true)
+    if not nl then break end
+    lines[#lines + 1] = text:sub(pos, nl - 1)
+    pos = nl + 1
+  end
+  return lines, offset + pos - 1
+end
+
+-- }======
+
 -- job.request_cancel(db_dir, id) -> record: leaves a cancel marker; if the
 -- owner is gone, marks the record CANCELLED itself.
 function job.request_cancel(db_dir, id)
@@ -174,6 +235,39 @@ end
 
 function job.clear_cancel(db_dir, id)
   os.remove(jobs_dir(db_dir) .. "/" .. id .. ".cancel")
+end
+
+--[[
+job.follow_log(db_dir, id, on_line [, {interval=, step=}]) -> record
+Calls on_line(line) for every line of the job's log, as it is written,
+until the job has ended and its log is read to the end. step(seconds), if
+given, replaces the sleep between reads (a job this process drives steps
+there). Raises interrupted on a signal. A job without a log (made before
+logs existed) gives its record's events once it has ended.
+]]
+function job.follow_log(db_dir, id, on_line, opts)
+  opts = opts or {}
+  local interval = opts.interval or 0.2
+  local offset = 0
+  local rec, err
+  while true do
+    rec, err = job.load(db_dir, id)
+    if not rec then error(err, 2) end
+    local final = FINAL[rec.status]
+    local lines, next_offset = job.read_log(db_dir, id, offset)
+    if lines then
+      offset = next_offset
+      for _, l in ipairs(lines) do on_line(l) end
+    elseif final then
+      for _, ev in ipairs(rec.events or {}) do on_line(ev) end
+    end
+    if final then return rec end
+    if opts.step then
+      opts.step(interval)
+    elseif not time.sleep(interval) then
+      errors.raise("interrupted", "interrupted while following the log of job %s", id)
+    end
+  end
 end
 
 -- {====== The Job object
@@ -292,15 +386,39 @@ function Job:cancel()
   return true
 end
 
--- job:logs([{follow = false}]) -> array of log lines (events of the record)
+--[[
+job:logs([{follow = false, on_line = fn}]) -> array of log lines
+The job's log: its driver's events and its workers' output, each line
+"HH:MM:SS [worker N|slot N] text" (UTC). With follow, lines are passed to
+on_line (default: written to stdout) as they come until the job has ended,
+and the whole log is returned then. A job of this process is stepped
+meanwhile. Older jobs without a log give their record's events.
+]]
 function Job:logs(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then errors.throw("invalid_argument", "job:logs: options must be a table {follow=, on_line=}") end
+  for k in pairs(opts) do
+    if k ~= "follow" and k ~= "on_line" then
+      errors.throw("invalid_argument", ("job:logs: unknown option '%s' (follow, on_line)"):format(tostring(k)))
+    end
+  end
   local rec = refresh(self)
   local lines = {}
-  for _, ev in ipairs(rec.events or {}) do lines[#lines + 1] = ev end
-  if opts and opts.follow and not FINAL[rec.status] then
-    pcall(self.wait, self)
-    return self:logs()
+  if not opts.follow then
+    lines = job.read_log(self._db_dir, rec.id)
+    if not lines then
+      lines = {}
+      for _, ev in ipairs(rec.events or {}) do lines[#lines + 1] = ev end
+    end
+    return lines
   end
+  local on_line = opts.on_line or function(l) io.stdout:write(l, "\n") io.stdout:flush() end
+  local step = self._driver and function(t) self._driver:step(t) end or nil
+  self._rec = job.follow_log(self._db_dir, rec.id, function(l)
+    lines[#lines + 1] = l
+    on_line(l)
+  end, { step = step })
+  refresh(self)
   return lines
 end
 

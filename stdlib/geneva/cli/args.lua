@@ -1,5 +1,6 @@
 -- geneva.cli.args: option parsing shared by the subcommands.
 --   local opts, pos = args.parse(argv, {db = "value", json = "flag", ...})
+-- A short option is an entry naming its long one: {["-f"] = "follow"}.
 -- raises {usage = message} for bad syntax (the command exits 2).
 local args = {}
 
@@ -11,6 +12,7 @@ function args.parse(argv, spec)
     local name, inline = a:match("^%-%-([%w%-_]+)=(.*)$")
     name = name or a:match("^%-%-([%w%-_]+)$")
     if a == "-h" then name = "help" end
+    if a:match("^%-%a$") and type(spec[a]) == "string" and spec[spec[a]] then name = spec[a] end
     if name then
       local key = name:gsub("%-", "_")
       local kind = spec[key]

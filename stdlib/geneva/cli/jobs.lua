@@ -1,4 +1,4 @@
--- geneva jobs list|show|cancel --db URI [--json]
+-- geneva jobs list|show|logs|cancel --db URI [--json]
 local args = require "geneva.cli.args"
 local json = require "geneva.json"
 
@@ -7,10 +7,14 @@ local M = {}
 local usage = [[
 usage: geneva jobs list   --db URI [--table T] [--status S] [--json]
        geneva jobs show   ID --db URI [--json]
+       geneva jobs logs   ID --db URI [-f|--follow]
        geneva jobs cancel ID --db URI [--json]
-Lists the backfill jobs of a database, shows one record, or cancels a job:
-the owning driver notices within a second and keeps what it committed; a
-job whose driver is gone is marked CANCELLED at once.
+Lists the backfill jobs of a database, shows one record, prints a job's
+log (its driver's events and its workers' output, tagged by worker or Ray
+slot; with -f, follows it until the job ends, and exits 1 unless it ended
+DONE), or cancels a job: the owning driver notices within a second and
+keeps what it committed; a job whose driver is gone is marked CANCELLED at
+once.
 ]]
 
 local function line(rec)
@@ -24,10 +28,11 @@ function M.main(argv)
   local opts, pos = {}, {}
   return args.run(usage, function() return opts.json end, function()
     opts, pos = args.parse(argv, { db = "value", json = "flag", help = "flag",
-                                   table = "value", status = "value" })
+                                   table = "value", status = "value",
+                                   follow = "flag", ["-f"] = "follow" })
     if opts.help then io.stdout:write(usage) return 0 end
     -- the whole command line is checked before the database: bad syntax is 2
-    local verb = args.action(pos, { "list", "show", "cancel" }, "job ID")
+    local verb = args.action(pos, { "list", "show", "logs", "cancel" }, "job ID")
     local job = require "geneva.backfill.job"
     local status = opts.status and opts.status:upper()
     if status and not job.STATUSES[status] then
@@ -41,6 +46,16 @@ function M.main(argv)
       else
         for _, rec in ipairs(recs) do io.stdout:write(line(rec), "\n") end
       end
+    elseif verb == "logs" then
+      local function out(l) io.stdout:write(l, "\n") io.stdout:flush() end
+      if opts.follow then
+        local rec = job.follow_log(db, pos[2], out)
+        return rec.status == "DONE" and 0 or 1
+      end
+      local rec, err = job.load(db, pos[2])
+      if not rec then error(err, 0) end
+      local lines = job.read_log(db, pos[2])
+      for _, l in ipairs(lines or rec.events or {}) do out(l) end
     else
       local rec, err
       if verb == "show" then

@@ -25,6 +25,8 @@
 --   r:handoff() -> table      what attach() needs; may hold resolved
 --                             secrets, so it travels over a pipe, never to disk
 --   r:close()                 tear down all it made (idempotent)
+--   r:drain(job_id) -> events optional: log events still on their way
+--                             (pulled now), before the driver ends the job
 --   r:job_done(job_id)        optional: the driver says the job has ended
 --                             (its workers may go)
 local errors = require "geneva.errors"

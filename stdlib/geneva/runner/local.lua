@@ -158,7 +158,7 @@ end
 local function handle_line(self, w, line, events)
   local msg = protocol.parse(line)
   if not msg then
-    events[#events + 1] = { kind = "log", line = line, job = w.task and w.task.job }
+    events[#events + 1] = { kind = "log", line = ("[worker %d] %s"):format(w.id, line), job = w.task and w.task.job }
     return
   end
   if msg.op ~= "done" and msg.op ~= "failed" then return end
@@ -230,7 +230,9 @@ function Pool:poll(timeout)
       local line, _, rcode = w.p:read_line(which, 0)
       if line then
         if which == "stdout" then handle_line(self, w, line, events)
-        else events[#events + 1] = { kind = "log", line = line, job = w.task and w.task.job } end
+        else
+          events[#events + 1] = { kind = "log", line = ("[worker %d] %s"):format(w.id, line), job = w.task and w.task.job }
+        end
       else
         if rcode == "EOF" and which == "stdout" then dead[w] = true end
         break

@@ -71,6 +71,8 @@ M.USER_AGENT = "geneva-ray/1"      -- not a browser (the dashboard's guard)
 M.STALE = nil             -- heartbeat timeout for the queue (nil: queue.STALE)
 M.LOST_AFTER = 60         -- seconds of an unreachable dashboard before the job fails
 M.UNREACHABLE_TEARDOWN = 10   -- seconds of no answer at all before teardown gives up (leases stay)
+M.LOG_EVERY = 2.0         -- seconds between pulls of a running submission's log
+M.MAX_LOG_FETCH = 64 * 1024 * 1024   -- a log bigger than this is not pulled any more
 
 local TERMINAL = { STOPPED = true, SUCCEEDED = true, FAILED = true }
 
@@ -184,7 +186,8 @@ function Conn:request(method, path, o)
   local headers = { ["User-Agent"] = M.USER_AGENT, Accept = "application/json" }
   if self.token and self.send_token then headers["X-Ray-Authorization"] = "Bearer " .. self.token end
   local req = { url = self.address .. path, method = method, headers = headers,
-                timeout = o.timeout or 30, connect_timeout = o.connect_timeout or 5, retry = o.retry }
+                timeout = o.timeout or 30, connect_timeout = o.connect_timeout or 5, retry = o.retry,
+                max_response_bytes = o.max_response_bytes }
   for _, k in ipairs(TLS_FIELDS) do
     if self.tls and self.tls[k] ~= nil then req[k] = self.tls[k] end
   end
@@ -335,12 +338,19 @@ function Conn:delete(sid)
   return nil, ("DELETE /api/jobs/%s answered %d %s"):format(sid, st, first_line(body))
 end
 
+-- conn:log_text(sid) -> the submission's whole log | nil (Ray has no
+-- offset parameter: GET /api/jobs/{id}/logs answers all of it)
+function Conn:log_text(sid)
+  local st, data = self:request("GET", "/api/jobs/" .. sid .. "/logs",
+                                { timeout = 15, max_response_bytes = M.MAX_LOG_FETCH })
+  if st ~= 200 or type(data) ~= "table" or type(data.logs) ~= "string" then return nil end
+  return data.logs
+end
+
 -- conn:logs(sid, n) -> the last n lines of the submission's log (may be {})
 function Conn:logs(sid, n)
-  local st, data = self:request("GET", "/api/jobs/" .. sid .. "/logs", { timeout = 15 })
-  if st ~= 200 or type(data) ~= "table" or type(data.logs) ~= "string" then return {} end
   local out = {}
-  for i, l in ipairs(last_lines(data.logs, n)) do out[i] = clean(l, 300) end
+  for i, l in ipairs(last_lines(self:log_text(sid), n)) do out[i] = clean(l, 300) end
   return out
 end
 
@@ -545,6 +555,25 @@ local function log(events, job, line)
   events[#events + 1] = { kind = "log", job = job, line = "ray: " .. line }
 end
 
+-- The lines a submission's log has gained since the last pull, as log
+-- events tagged by slot. Ray answers the whole log every time: what was
+-- seen is skipped by length (a shorter log is a new one: a restarted
+-- dashboard), and a last line without its newline waits for the next pull.
+local function pull_log(self, sub, events)
+  if sub.log_failed then return end
+  sub.log_pulled = time.monotonic()
+  local text = self.conn:log_text(sub.sid)
+  if not text then return end
+  local seen = sub.log_seen or 0
+  if #text < seen then seen = 0 end
+  local upto = text:find("\n[^\n]*$", seen + 1)
+  if not upto then return end
+  for l in text:sub(seen + 1, upto):gmatch("([^\n]*)\n") do
+    events[#events + 1] = { kind = "log", job = sub.job, line = ("[slot %d] %s"):format(sub.slot, clean(l, 2000)) }
+  end
+  sub.log_seen = upto
+end
+
 local function submission_body(self, js, sub)
   local udf = js.udf or {}
   local renv = json.object()
@@ -735,6 +764,7 @@ local function check_submissions(self, events)
             sub.node = type(d.driver_node_id) == "string" and clean(d.driver_node_id, 64) or nil
             log(events, sub.job, ("%s RUNNING on node %s"):format(sid, sub.node and sub.node:sub(1, 12) or "?"))
           end
+          if TERMINAL[status] then pull_log(self, sub, events) end
           if TERMINAL[status] or status == "GONE" then
             sub.ended = true
             if status == "GONE" then sub.gone = true end
@@ -742,6 +772,12 @@ local function check_submissions(self, events)
           end
         end
       end
+    end
+  end
+  for _, sid in ipairs(self.order) do
+    local sub = self.subs[sid]
+    if sub.status == "RUNNING" and not sub.ended and round - (sub.log_pulled or 0) >= M.LOG_EVERY then
+      pull_log(self, sub, events)
     end
   end
   -- an unreachable dashboard: back off, and give up after a minute
@@ -822,6 +858,17 @@ function Runner:cancel(job_id)
       end
     end
   end
+end
+
+-- drain(job) -> log events: the last lines of the job's workers' logs,
+-- pulled now (the driver writes them before it closes the job's log)
+function Runner:drain(job_id)
+  local events = {}
+  for _, sid in ipairs(self.order) do
+    local sub = self.subs[sid]
+    if sub.job == job_id and not sub.gone then pcall(pull_log, self, sub, events) end
+  end
+  return events
 end
 
 -- job_done(job) (the driver, when a job has ended): workers are told to
