@@ -25,6 +25,12 @@
 -- files. Without ship_host the workers run the geneva of this host by its
 -- absolute path: the cluster's nodes must have it there (true of a cluster
 -- on this machine, such as the emulator in tests/fakes).
+-- Packages are not leased: Ray owns their lifetime, and there is nothing for
+-- a lease to do. The REST API has no way to delete one; the GCS keeps an
+-- upload pinned for RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S (600 s
+-- by default), then only while some job's runtime_env uses it; and a
+-- content-addressed name is shared by everyone who uploads the same bytes,
+-- so deleting "ours" could break another user's running job.
 --
 -- Workers: per backfill job, one submission per worker slot (the job's
 -- concurrency, else what the free CPUs/GPUs in /api/cluster_status allow
