@@ -6,6 +6,7 @@ local fs = require "geneva.fs"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
 local storage = require "geneva.store.versions"
+local backend = require "geneva.store.backend"
 local ingest = require "geneva.store.ingest"
 local table_mod = require "geneva.table"
 
@@ -82,7 +83,7 @@ function Db:job(id)
 end
 
 function Db:table_names()
-  local names = errors.io(fs.list(self.path))
+  local names = errors.io(backend.list(self.path))
   local out = {}
   for _, name in ipairs(names) do
     if name:match("^[%a][%w_%-]*$") and exists(self, name) then out[#out + 1] = name end
@@ -106,7 +107,7 @@ end
 
 -- db:drop_table(name) -> true | raises not_found
 function Db:drop_table(name)
-  errors.io(fs.remove_tree(existing_dir(self, name)))
+  errors.io(backend.delete_tree(existing_dir(self, name)))
   return true
 end
 
@@ -143,7 +144,7 @@ function Db:create_table(name, source, opts)
   local cols, names, sqltypes = ingest.to_columns(batch, schema)
 
   local dir = self:table_dir(name)
-  if mode == "overwrite" and exists(self, name) then errors.io(fs.remove_tree(dir)) end
+  if mode == "overwrite" and exists(self, name) then errors.io(backend.delete_tree(dir)) end
   local fresh = not fs.exists(dir)
   errors.io(fs.mkdir_p(dir .. "/data"))
   local ok, err = pcall(function()
@@ -163,7 +164,7 @@ function Db:create_table(name, source, opts)
     end
   end)
   if not ok then
-    if fresh and not exists(self, name) then fs.remove_tree(dir) end
+    if fresh and not exists(self, name) then backend.delete_tree(dir) end
     error(err, 0)
   end
   return table_mod.new(self, name, dir)

@@ -14,6 +14,7 @@ local types = require "geneva.store.types"
 local errors = require "geneva.errors"
 local sqlite = require "geneva.sqlite"
 local storage = require "geneva.store.versions"
+local backend = require "geneva.store.backend"
 local reader = require "geneva.store.reader"
 local ingest = require "geneva.store.ingest"
 local where_check = require "geneva.store.where"
@@ -505,13 +506,13 @@ end
 --[[
 tbl:_commit_column_files(column, udf_version, files) -> version, committed
 For the backfill driver. files: array of {fragment = id, path = staged file
-holding col(_rowid INTEGER PRIMARY KEY, value) [and failed marks], lo =, hi =}. Moves each into
-data/ and appends it to its fragment's list for column in a new version
+holding col(_rowid INTEGER PRIMARY KEY, value) [and failed marks], lo =, hi =}. Publishes each
+into data/ and appends it to its fragment's list for column in a new version
 (re-applied over concurrent commits); a list longer than
 storage.MAX_COLUMN_FILES is folded. Files of fragments that no longer exist
 are skipped (left where they are). Raises conflict when column is gone, not
-virtual, or its udf_version is no longer udf_version; the moved files then go
-back to their staged paths. Returns the new version and how many files it
+virtual, or its udf_version is no longer udf_version. A staged file is
+removed only once its commit has landed. Returns the new version and how many files it
 committed (the latest version, 0 and no commit when none applied).
 ]]
 --[[ tbl:backfill(column [, {where=, batch_size=, concurrency=, commit_every=,
@@ -553,14 +554,19 @@ function Table:_commit_column_files(column, udf_version, files)
         invalid(("_commit_column_files: files[%d] needs fragment (integer) and path"):format(i))
       end
       if find_fragment(m0, f.fragment) then
-        local rel = storage.publish_file(self.dir, f.path, "c")
+        local rel = storage.publish_file(self.dir, f.path, "c", { keep_source = true })
         moved[#moved + 1] = { fragment = f.fragment, file = rel, from = f.path, lo = f.lo, hi = f.hi }
       end
     end
     if #moved > 0 then storage.sync_data_dir(self.dir) end
   end)
+  -- until the commit lands the staged files stay: a failure drops only
+  -- the published copies
+  local function unpublish()
+    for _, e in ipairs(moved) do backend.delete(self.dir .. "/" .. e.file) end
+  end
   if not ok then
-    for _, e in ipairs(moved) do os.rename(self.dir .. "/" .. e.file, e.from) end
+    unpublish()
     error(err, 0)
   end
   if #moved == 0 then return self:version(), 0 end
@@ -586,21 +592,22 @@ function Table:_commit_column_files(column, udf_version, files)
     return m
   end)
   if not ok then
-    for _, e in ipairs(moved) do os.rename(self.dir .. "/" .. e.file, e.from) end
+    unpublish()
     error(res, 0)
   end
-  -- files whose fragment vanished meanwhile go back; files folded into a
-  -- new one at once were never referenced by any version
+  -- files whose fragment vanished meanwhile stay staged only; files folded
+  -- into a new one at once were never referenced by any version
   local used, committed = {}, 0
   for _, f in ipairs(res and res.fragments or {}) do
     for _, e in ipairs(f.columns[cname] or {}) do used[e.file] = true end
   end
   for _, e in ipairs(moved) do
     if not applied[e.file] then
-      os.rename(self.dir .. "/" .. e.file, e.from)
+      backend.delete(self.dir .. "/" .. e.file)
     else
       committed = committed + 1
-      if not used[e.file] then os.remove(self.dir .. "/" .. e.file) end
+      if not used[e.file] then backend.delete(self.dir .. "/" .. e.file) end
+      backend.delete(e.from)
     end
   end
   return res and res.version or self:version(), committed

@@ -7,16 +7,16 @@
 -- column's current UDF version, or failed) and match `where`, cut into
 -- tasks over fixed rowid windows [k*bs+1, (k+1)*bs] of each fragment.
 local errors = require "geneva.errors"
-local fs = require "geneva.fs"
 local reader = require "geneva.store.reader"
 local where_check = require "geneva.store.where"
 local storage = require "geneva.store.versions"
+local backend = require "geneva.store.backend"
 
 local planner = {}
 
 -- Rows in a staged output file (0 if it cannot be read: the commit will say)
 local function staged_rows(path)
-  local db <close> = require("geneva.sqlite").open(path, { readonly = true })
+  local db <close> = require("geneva.sqlite").open(backend.fetch(path) or path, { readonly = true })
   if not db then return 0 end
   local ok, n = pcall(db.value, db, "SELECT count(*) FROM col")
   return ok and math.tointeger(n) or 0
@@ -30,7 +30,8 @@ local function still_missing(tbl, snapshot, column, udf_version, f)
   local frag = storage.find_fragment(snapshot, f.fragment)
   if not frag then return true end             -- the commit skips it
   local r <close> = reader.open(tbl.dir, snapshot, frag, { columns = { column }, reserve = 1 })
-  if not r:attach(f.path, "s", { immutable = true }) then return true end
+  local path = backend.fetch(f.path)
+  if not path or not r:attach(path, "s", { immutable = true }) then return true end
   local v = r:value(("SELECT EXISTS (SELECT 1 FROM s.col JOIN t USING (_rowid) WHERE %s)")
     :format(reader.missing(column, udf_version, frag)))
   return v ~= 0
@@ -42,18 +43,18 @@ end
 function planner.recover_staged(tbl, column, udf_version, resume, rec)
   local base = tbl.dir .. "/_staging/" .. column
   local files = {}
-  for _, v in ipairs(fs.list(base) or {}) do
+  for _, v in ipairs(backend.list(base) or {}) do
     local dir = base .. "/" .. v
     if v ~= udf_version then
-      fs.remove_tree(dir)
+      backend.delete_tree(dir)
     else
-      for _, name in ipairs(fs.list(dir) or {}) do
+      for _, name in ipairs(backend.list(dir) or {}) do
         local f, lo, hi = name:match("^f(%d+)%-(%d+)%-(%d+)%.db$")
         if f and resume then
           files[#files + 1] = { fragment = math.tointeger(tonumber(f)), lo = math.tointeger(tonumber(lo)),
                                 hi = math.tointeger(tonumber(hi)), path = dir .. "/" .. name }
         else
-          os.remove(dir .. "/" .. name)   -- a partial temp file, or not resuming
+          backend.delete(dir .. "/" .. name)   -- a partial temp file, or not resuming
         end
       end
     end
@@ -62,7 +63,7 @@ function planner.recover_staged(tbl, column, udf_version, resume, rec)
     local snapshot, useful = tbl:_snapshot(), {}
     for _, f in ipairs(files) do
       if still_missing(tbl, snapshot, column, udf_version, f) then useful[#useful + 1] = f
-      else os.remove(f.path) end
+      else backend.delete(f.path) end
     end
     if #useful < #files then
       rec.events[#rec.events + 1] = ("dropped %d checkpoint(s) of an earlier run: their rows were computed since")

@@ -171,6 +171,13 @@ local function close_output(o, keep, failed_rowids)
     os.remove(o.tmp)
     output_failed(o.path, err, code)
   end
+  -- in an object store, the staged file is there for the driver (and for
+  -- a resume) once uploaded
+  ok, err, code = require("geneva.store.backend").upload(o.path)
+  if not ok then
+    os.remove(o.path)
+    output_failed(o.path, err, code)
+  end
 end
 
 -- {====== Per-row watchdog (UDFs with a timeout)

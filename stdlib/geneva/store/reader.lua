@@ -79,7 +79,7 @@ function reader.open(tbl_dir, m, frag, opts)
   local db = check(sqlite.open(":memory:"))
   local ok, err = pcall(function()
     check(db:exec("PRAGMA temp_store=MEMORY"))
-    check(db:attach(tbl_dir .. "/" .. frag.data, "d", { immutable = true }))
+    check(db:attach(storage.data_file(tbl_dir, frag.data), "d", { immutable = true }))
     local in_data = {}
     for row in db:rows("PRAGMA d.table_info(data)") do in_data[row[2]:lower()] = true end
 
@@ -117,7 +117,7 @@ function reader.open(tbl_dir, m, frag, opts)
           local e = lists[i][k]
           nalias = nalias + 1
           local alias, j = "c" .. nalias, "j" .. nalias
-          check(db:attach(tbl_dir .. "/" .. e.file, alias, { immutable = true }))
+          check(db:attach(storage.data_file(tbl_dir, e.file), alias, { immutable = true }))
           joins[#joins + 1] = ("LEFT JOIN %s.col AS %s ON %s._rowid = base._rowid"):format(alias, j, j)
           vcase[#vcase + 1] = ("WHEN %s._rowid IS NOT NULL THEN %s.value"):format(j, j)
           wcase[#wcase + 1] = ("WHEN %s._rowid IS NOT NULL THEN %s"):format(j,

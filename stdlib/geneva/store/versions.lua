@@ -1,4 +1,6 @@
--- geneva.store.versions: one table directory on disk (docs/internals.md "On disk").
+-- geneva.store.versions: one table's files (docs/internals.md "On disk"),
+-- in a directory or an object store: every read and write goes through
+-- geneva.store.backend, by the path the file has in a directory.
 --
 --   <tbl>/_versions/<N>.json   the version log (dotfiles there are temp files)
 --   <tbl>/data/*.db            immutable SQLite files (fragment data, columns)
@@ -6,12 +8,14 @@
 --
 -- A snapshot is the decoded JSON of one version. Commits are optimistic:
 -- storage.commit re-reads the latest version and re-applies the caller's
--- mutation when another writer published N+1 first (fs.create_exclusive gives
--- EEXIST), so concurrent appends and column commits all land, densely numbered.
+-- mutation when another writer published N+1 first (a conditional create:
+-- link() in a directory, `If-None-Match: *` on S3, gives EEXIST), so
+-- concurrent appends and column commits all land, densely numbered.
 --
 -- Errors are geneva.Error tables (raised): not_found for a missing version,
 -- conflict when retries run out, unavailable for I/O failures.
 local fs = require "geneva.fs"
+local backend = require "geneva.store.backend"
 local json = require "geneva.json"
 local sqlite = require "geneva.sqlite"
 local time = require "geneva.time"
@@ -33,11 +37,7 @@ storage.check = check
 -- storage.versions(tbl_dir) -> sorted array of version numbers (empty if
 -- the directory or its log does not exist). Raises unavailable otherwise.
 function storage.versions(tbl_dir)
-  local names, msg, code = fs.list(join(tbl_dir, "_versions"))
-  if not names then
-    if code == "ENOENT" or code == "ENOTDIR" then return {} end
-    check(nil, msg, code)
-  end
+  local names = check(backend.list(join(tbl_dir, "_versions")))
   local out = {}
   for _, name in ipairs(names) do
     local n = name:match("^(%d+)%.json$")
@@ -62,7 +62,7 @@ end
 -- modify). Raises not_found for a missing version, internal for bad JSON.
 function storage.read(tbl_dir, n)
   local path = version_path(tbl_dir, n)
-  local text, msg, code = fs.read(path)
+  local text, msg, code = backend.get(path)
   if not text then
     if code == "ENOENT" then errors.throw("not_found", ("version %s does not exist"):format(tostring(n)), { path = path }) end
     check(nil, msg, code)
@@ -107,14 +107,14 @@ local function publish(tbl_dir, n, m)
   m.created_at = time.iso8601(time.now(), 6)
   local path = version_path(tbl_dir, n)
   local text = json.encode(mark_arrays(m), { indent = 1, sort_keys = true })
-  local ok, msg, code = fs.create_exclusive(path, text)
+  local ok, msg, code = backend.put_if_absent(path, text)
   if ok then return true end
   if code == "EEXIST" then return false end
-  -- A step after the link can fail (the directory's fsync): our file is
-  -- then in place and readers see the version, so it is committed, and the
-  -- caller must not roll back the files it references.
-  if fs.read(path) == text then
-    fs.fsync_dir(join(tbl_dir, "_versions"))
+  -- A step after the create can fail (the directory's fsync, a lost
+  -- answer): our file is then in place and readers see the version, so it
+  -- is committed, and the caller must not roll back the files it references.
+  if backend.get(path) == text then
+    backend.sync_dir(join(tbl_dir, "_versions"))
     return true
   end
   check(nil, msg, code)
@@ -170,6 +170,7 @@ end
 -- storage.temp_data_path(tbl_dir) -> absolute path of a fresh dotfile in
 -- data/ (a file being built; never referenced by a snapshot)
 function storage.temp_data_path(tbl_dir)
+  check(fs.mkdir_p(join(tbl_dir, "data")))     -- an object store's mirror may not have it yet
   return ("%s/data/.tmp-%s.db"):format(tbl_dir, fs.random_hex(16))
 end
 
@@ -195,37 +196,41 @@ function storage.finish_file(db)
   return check(ok, msg, code)
 end
 
--- storage.publish_file(tbl_dir, tmp, prefix) -> relative path "data/<prefix>-<hex>.db":
--- moves a finished file into data/ under a fresh name, never replacing a
--- file (link + unlink; EEXIST picks another name).
-function storage.publish_file(tbl_dir, tmp, prefix)
+--[[
+storage.publish_file(tbl_dir, src, prefix [, {keep_source = false}]) -> "data/<prefix>-<hex>.db"
+Makes a finished file a data file under a fresh name, never replacing one
+(EEXIST picks another name). src is a local temp file, removed once
+published, or with keep_source a staged file, which stays until its commit
+has landed (the caller removes it), so a failed commit loses nothing.
+]]
+function storage.publish_file(tbl_dir, src, prefix, opts)
+  check(backend.fetch(src))
   for _ = 1, 8 do
     local rel = ("data/%s-%s.db"):format(prefix, fs.random_hex(16))
-    local ok, msg, code = fs.link(tmp, join(tbl_dir, rel))
+    local ok, msg, code = backend.publish(src, join(tbl_dir, rel))
     if ok then
-      fs.remove(tmp)
+      if not (opts and opts.keep_source) then fs.remove(src) end   -- a local temp file
       return rel
     end
-    if code ~= "EEXIST" then
-      -- no hard links (some FUSE file systems): a fresh random name is unique enough
-      if code == "EPERM" or code == "ENOTSUP" or code == "EOPNOTSUPP" then
-        check(fs.rename(tmp, join(tbl_dir, rel)))
-        return rel
-      end
-      check(nil, msg, code)
-    end
+    if code ~= "EEXIST" then check(nil, msg, code) end
   end
   errors.throw("internal", "could not find a free file name in " .. join(tbl_dir, "data"))
 end
 
--- storage.sync_data_dir(tbl_dir): fsyncs data/ so renames into it are durable
+-- storage.sync_data_dir(tbl_dir): fsyncs data/ so links into it are durable
 function storage.sync_data_dir(tbl_dir)
-  return check(fs.fsync_dir(join(tbl_dir, "data")))
+  return check(backend.sync_dir(join(tbl_dir, "data")))
 end
 
 -- storage.remove_files(tbl_dir, rels): best effort removal of orphans
 function storage.remove_files(tbl_dir, rels)
-  for _, rel in ipairs(rels) do fs.remove(join(tbl_dir, rel)) end
+  for _, rel in ipairs(rels) do backend.delete(join(tbl_dir, rel)) end
+end
+
+-- storage.data_file(tbl_dir, rel) -> local path of a data file to open
+-- (downloaded once into the cache when the table is in an object store)
+function storage.data_file(tbl_dir, rel)
+  return check(backend.fetch(join(tbl_dir, rel)))
 end
 
 local function quote(s) return "'" .. tostring(s):gsub("'", "''") .. "'" end
@@ -257,7 +262,7 @@ Attaches each file as "src" in turn. Raises unavailable.
 function storage.fold_into(db, tbl_dir, list, tname)
   check(db:exec(("CREATE TEMP TABLE %s(_rowid INTEGER PRIMARY KEY, value, ver TEXT, failed INTEGER)"):format(tname)))
   for _, e in ipairs(list) do
-    check(db:attach(join(tbl_dir, e.file), "src", { immutable = true }))
+    check(db:attach(storage.data_file(tbl_dir, e.file), "src", { immutable = true }))
     local ver = e.udf_version and quote(e.udf_version) or "NULL"
     local pok, marks = pcall(storage.has_failed_marks, db, "src")
     if not pok then

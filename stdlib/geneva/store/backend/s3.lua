@@ -1,0 +1,268 @@
+--[[
+geneva.store.backend.s3: a database in an object store (s3://bucket/prefix),
+served to geneva.store.backend through a local mirror directory.
+
+The mirror is `<cache>/s3/<endpoint host>/<bucket>/<prefix>`, where <cache>
+is GENEVA_CACHE_DIR, else $XDG_CACHE_HOME/geneva, else ~/.cache/geneva. A
+path under it names the object whose key is the path's rest under the
+prefix. Only immutable objects (data, column and staged files, whose names
+are never reused) are kept there: fetch() downloads one once per machine,
+and later reads open the local copy. Everything mutable (versions, records)
+is read from the store every time. The cache is capped
+(GENEVA_CACHE_MAX_BYTES, default CACHE_MAX): past it the least recently
+used data files go.
+
+Conditional creates are `PUT` with `If-None-Match: *`; a 412 (or 409
+ConditionalRequestConflict) is EEXIST. A store that ignores the header
+would let two writers both "win" a version: mount() probes for that once
+per bucket and process, and refuses to write to such a store.
+]]
+local fs = require "geneva.fs"
+local errors = require "geneva.errors"
+
+local M = {}
+
+M.CACHE_MAX = 10 * 1024 * 1024 * 1024
+
+local S3 = {}
+S3.__index = S3
+
+-- {====== The client's raised Errors as the bindings' nil, msg, code
+
+local CODES = { not_found = "ENOENT", conflict = "EEXIST", interrupted = "EINTR" }
+
+local function call(fn, ...)
+  local ok, res = pcall(fn, ...)
+  if ok then return res == nil and true or res end
+  local e = errors.from(res)
+  return nil, e.message, CODES[e.code] or "EIO"
+end
+
+-- }======
+
+-- {====== The cache
+
+local function cache_root()
+  local d = os.getenv("GENEVA_CACHE_DIR")
+  if d and d ~= "" then return d end
+  local x = os.getenv("XDG_CACHE_HOME")
+  if x and x ~= "" then return x .. "/geneva" end
+  return (fs.home() or "/tmp") .. "/.cache/geneva"
+end
+M.cache_root = cache_root
+
+local function cache_max()
+  local v = math.tointeger(tonumber(os.getenv("GENEVA_CACHE_MAX_BYTES") or ""))
+  return v and v > 0 and v or M.CACHE_MAX
+end
+
+-- what this process has downloaded since it last looked at the whole cache
+local cache = { total = nil }
+
+-- The cached data files under root, oldest use first
+local function cached_files(root)
+  local out = {}
+  for _, e in ipairs(fs.walk(root) or {}) do
+    local path = type(e) == "table" and e.path or e
+    if type(path) == "string" and path:match("/data/[^/]+%.db$") or (type(path) == "string" and path:match("/_staging/.+%.db$")) then
+      local st = fs.stat(path)
+      if st and st.type == "file" then out[#out + 1] = { path = path, size = st.size, mtime = st.mtime } end
+    end
+  end
+  table.sort(out, function(a, b) return a.mtime < b.mtime end)
+  return out
+end
+
+-- After a download of `size` bytes: evict the least recently used files
+-- (their mtime is bumped on every use) until the cache is under its cap.
+-- An open SQLite handle keeps reading an evicted file (unlink semantics).
+local function account(size, keep)
+  local root = cache_root() .. "/s3"
+  if not cache.total then
+    cache.total = 0
+    for _, f in ipairs(cached_files(root)) do cache.total = cache.total + f.size end
+  else
+    cache.total = cache.total + size
+  end
+  local cap = cache_max()
+  if cache.total <= cap then return end
+  local files = cached_files(root)
+  cache.total = 0
+  for _, f in ipairs(files) do cache.total = cache.total + f.size end
+  for _, f in ipairs(files) do
+    if cache.total <= cap then break end
+    if f.path ~= keep and fs.remove(f.path) then cache.total = cache.total - f.size end
+  end
+end
+
+-- }======
+
+-- {====== The backend interface (geneva.store.backend)
+
+local function key_of(self, key) return self.prefix == "" and key or (self.prefix .. "/" .. key) end
+
+function S3:get(key) return call(self.client.get, self.client, key_of(self, key)) end
+
+function S3:put(key, _, bytes)
+  self:check_writable()
+  return call(self.client.put, self.client, key_of(self, key), bytes)
+end
+
+function S3:put_if_absent(key, _, bytes)
+  self:check_writable()
+  return call(self.client.put, self.client, key_of(self, key), bytes, { if_none_match = true })
+end
+
+-- The names directly under a "directory": objects and common prefixes
+function S3:list(key)
+  local prefix = key_of(self, key)
+  prefix = prefix == "" and "" or (prefix .. "/")
+  local res, msg, code = call(self.client.list, self.client, prefix, { delimiter = "/" })
+  if not res then return nil, msg, code end
+  local seen, out = {}, {}
+  local function add(full)
+    local name = full:sub(#prefix + 1):gsub("/$", "")
+    if name ~= "" and not name:find("/", 1, true) and not seen[name] then
+      seen[name] = true
+      out[#out + 1] = name
+    end
+  end
+  for _, o in ipairs(res.objects or res) do add(type(o) == "table" and o.key or o) end
+  for _, p in ipairs(res.prefixes or {}) do add(p) end
+  table.sort(out)
+  return out
+end
+
+function S3:delete(key, path)
+  fs.remove(path)          -- the mirror's copy, if any
+  local ok, msg, code = call(self.client.delete, self.client, key_of(self, key))
+  if not ok and code == "ENOENT" then return true end
+  return ok, msg, code
+end
+
+function S3:delete_tree(key, path)
+  fs.remove_tree(path)
+  local prefix = key_of(self, key) .. "/"
+  local res, msg, code = call(self.client.list, self.client, prefix)
+  if not res then return nil, msg, code end
+  for _, o in ipairs(res.objects or res) do
+    local k = type(o) == "table" and o.key or o
+    local ok, dmsg, dcode = call(self.client.delete, self.client, k)
+    if not ok and dcode ~= "ENOENT" then return nil, dmsg, dcode end
+  end
+  return true
+end
+
+-- The object as a local file: the cached copy (its use recorded for the
+-- LRU), else downloaded into place (atomically: a temp name, then rename).
+function S3:fetch(key, path)
+  if fs.exists(path) then
+    fs.utime(path)
+    return path
+  end
+  local ok, msg, code = fs.mkdir_p(path:match("^(.*)/[^/]*$"))
+  if not ok then return nil, msg, code end
+  ok, msg, code = call(self.client.get_file, self.client, key_of(self, key), path)
+  if not ok then return nil, msg, code end
+  local st = fs.stat(path)
+  account(st and st.size or 0, path)
+  return path
+end
+
+function S3:upload(key, path, opts)
+  self:check_writable()
+  return call(self.client.put_file, self.client, key_of(self, key), path,
+              { if_none_match = opts and opts.if_absent or nil })
+end
+
+function S3:exists(key)
+  local ok, res = pcall(self.client.head, self.client, key_of(self, key))
+  return ok and res ~= nil and res ~= false
+end
+
+function S3:sync_dir() return true end
+
+-- dst made from the local file src (never replacing an object); the
+-- mirror keeps a copy of it under dst's name too.
+function S3:publish(_, src, dkey, dst)
+  local ok, msg, code = self:upload(dkey, src, { if_absent = true })
+  if not ok then return nil, msg, code end
+  if not fs.link(src, dst) then fs.copy(src, dst) end
+  return true
+end
+
+function S3:check_writable()
+  if self.unsafe then
+    errors.throw("unavailable", ("%s ignores conditional writes (If-None-Match: *): two writers could both commit the same version, so geneva does not write there"):format(self.uri))
+  end
+end
+
+-- }======
+
+-- {====== Mounting
+
+local mounted = {}     -- "uri\0endpoint" -> {root =, impl =}
+
+local function safe_part(s, what, uri)
+  if s == "" or s == "." or s == ".." or not s:match("^[%w%-_.=+@,]+$") then
+    errors.throw("invalid_argument", ("%s: %s '%s' has characters geneva does not use in paths"):format(uri, what, s))
+  end
+  return s
+end
+
+-- M.parse(uri) -> bucket, prefix ("" for the bucket's root)
+function M.parse(uri)
+  local bucket, rest = tostring(uri):match("^s3://([^/]+)/*(.-)/*$")
+  if not bucket then
+    errors.throw("invalid_argument", ("'%s' is not an s3:// URI (s3://bucket/prefix)"):format(tostring(uri)))
+  end
+  if not bucket:match("^[a-z0-9][a-z0-9.-]+[a-z0-9]$") or #bucket > 63 then
+    errors.throw("invalid_argument", ("%s: '%s' is not a valid bucket name"):format(uri, bucket))
+  end
+  local parts = {}
+  for p in rest:gmatch("[^/]+") do parts[#parts + 1] = safe_part(p, "prefix part", uri) end
+  return bucket, table.concat(parts, "/")
+end
+
+--[[
+M.mount(uri [, opts]) -> root, description
+Mounts an s3:// database (opts: endpoint, region, profile, path_style;
+design §3 gives their defaults) and returns its mirror root, the path the
+rest of geneva uses as the database's directory. description is plain and
+secret-free: what another process (a worker) needs to mount it the same way.
+Probes the store for conditional writes once per process (workers, whose
+driver probed, pass probe = false).
+]]
+function M.mount(uri, opts)
+  opts = opts or {}
+  local bucket, prefix = M.parse(uri)
+  local s3 = require "geneva.s3"
+  local client = s3.client { bucket = bucket, endpoint = opts.endpoint, region = opts.region,
+                             profile = opts.profile, path_style = opts.path_style }
+  local endpoint = client.endpoint or opts.endpoint or "aws"
+  local id = uri .. "\0" .. tostring(endpoint)
+  if mounted[id] then return mounted[id].root, mounted[id].desc end
+  local host = tostring(endpoint):match("^%a[%w+.-]*://([^/]+)") or tostring(endpoint)
+  host = host:gsub("[^%w%-_.]", "_")
+  local root = ("%s/s3/%s/%s%s"):format(cache_root(), host, bucket, prefix ~= "" and ("/" .. prefix) or "")
+  errors.io(fs.mkdir_p(root))
+  local impl = setmetatable({ client = client, prefix = prefix, uri = uri }, S3)
+  if client.probe_conditional_writes and opts.probe ~= false then
+    local ok, safe = pcall(client.probe_conditional_writes, client, key_of(impl, "_geneva/.probe-" .. fs.random_hex(8)))
+    if ok and safe == false then
+      impl.unsafe = true
+      io.stderr:write(("geneva: warning: %s ignores If-None-Match: *: read-only\n"):format(uri))
+    elseif not ok then
+      error(errors.from(safe), 0)
+    end
+  end
+  require("geneva.store.backend").mount(root, impl)
+  local desc = { uri = uri, endpoint = opts.endpoint, region = opts.region, profile = opts.profile,
+                 path_style = opts.path_style }
+  mounted[id] = { root = root, desc = desc }
+  return root, desc
+end
+
+-- }======
+
+return M
