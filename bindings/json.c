@@ -14,7 +14,19 @@
 **     that metatable encode as arrays (empty -> `[]`); `object_mt` forces an
 **     object (empty -> `{}`); an unmarked empty table encodes as `{}`;
 **   - `null` decodes to the `null` sentinel: the NULL light userdata, shared
-**     with cjson.null, geneva.sqlite and geneva.yaml.
+**     with cjson.null, geneva.sqlite and geneva.yaml;
+**   - text is UTF-8 both ways (RFC 8259 §8.1), so what we write is JSON any
+**     reader accepts and what we read means one thing. Decode rejects
+**     invalid UTF-8 (overlong forms, surrogates, beyond U+10FFFF, stray
+**     bytes) and lone surrogate \u escapes, with the byte offset. Encode
+**     raises on a string that is not valid UTF-8, naming its path, as it
+**     does for NaN: a lossy write of data (a where, a name) would be a
+**     silent coercion. Output meant for people or carrying messages passes
+**     invalid_utf8 = "replace": each bad byte becomes U+FFFD (as Go's
+**     encoding/json does). Bytes never need to travel through JSON: column
+**     values don't (BLOBs and the NaN BLOB stay in SQLite files), bytecode
+**     travels as base64, and errors.plain (job records, worker messages)
+**     replaces bad bytes in error fields.
 **
 ** Memory: the output/scratch buffer lives in a to-be-closed userdata ("box")
 ** on the Lua stack, so raising at any point frees it; nothing else is
@@ -112,6 +124,35 @@ static void jbuf_addc(lua_State *L, jbuf *b, char c) {
 
 /* }====== */
 
+/* {====== UTF-8 */
+
+/* The length (1..4) of the well-formed UTF-8 sequence at p (Unicode's
+** table 3-7: no overlong forms, no surrogates, nothing past U+10FFFF),
+** or 0 when p does not start one. */
+static size_t utf8_seq(const unsigned char *p, const unsigned char *end) {
+  unsigned char c = p[0], lo = 0x80, hi = 0xBF;
+  size_t n, i;
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) n = 2;
+  else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;                   /* overlong */
+    if (c == 0xED) hi = 0x9F;                   /* surrogates */
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;                   /* overlong */
+    if (c == 0xF4) hi = 0x8F;                   /* past U+10FFFF */
+  } else {
+    return 0;                                   /* continuation, C0, C1, F5.. */
+  }
+  if ((size_t)(end - p) < n || p[1] < lo || p[1] > hi) return 0;
+  for (i = 2; i < n; i++)
+    if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+  return n;
+}
+
+/* }====== */
+
 /* {====== Encoder */
 
 typedef struct enc {
@@ -119,6 +160,7 @@ typedef struct enc {
   jbuf *b;
   int indent;              /* spaces per level; 0 = compact */
   int sort;                /* sort object keys (canonical) */
+  int replace;             /* invalid UTF-8 -> U+FFFD (else raise) */
   int depth;
   char decpoint;           /* the locale's decimal point, for snprintf/strtod */
   const void *anc[JSON_MAX_DEPTH + 1];   /* tables being encoded (cycles) */
@@ -195,8 +237,19 @@ static void enc_string(enc *e, const char *s, size_t n) {
     const char *esc;
     char u[6];
     size_t elen = 2;
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    switch (c) {
+    if (c >= 0x80) {
+      size_t k = utf8_seq((const unsigned char *)s + i, (const unsigned char *)s + n);
+      if (k) { i += k - 1; continue; }
+      if (!e->replace) {
+        char what[64];
+        snprintf(what, sizeof what, "invalid UTF-8 in string (byte %zu)", i + 1);
+        enc_error(e, what);
+      }
+      esc = "\xEF\xBF\xBD";                      /* U+FFFD for this byte */
+      elen = 3;
+    } else if (c >= 0x20 && c != '"' && c != '\\') {
+      continue;
+    } else switch (c) {
       case '"': esc = "\\\""; break;
       case '\\': esc = "\\\\"; break;
       case '\n': esc = "\\n"; break;
@@ -482,13 +535,14 @@ static void enc_value(enc *e, int idx) {
 }
 
 /* Runs the encoder over the value at slot 1; pushes the text. */
-static int encode_common(lua_State *L, int indent, int sort) {
+static int encode_common(lua_State *L, int indent, int sort, int replace) {
   enc state;               /* ~24 KB of C stack; holds no owned memory */
   enc *e = &state;
   int top;
   e->L = L;
   e->indent = indent;
   e->sort = sort;
+  e->replace = replace;
   e->depth = 0;
   e->decpoint = localeconv()->decimal_point[0];
   e->b = jbuf_new(L);
@@ -501,12 +555,14 @@ static int encode_common(lua_State *L, int indent, int sort) {
 
 /*
 ** encode(v [, opts]) -> string. opts: indent (0..16 spaces; pretty output),
-** sort_keys (boolean). Raises on values JSON cannot hold, naming the path:
-** functions/userdata/threads, cycles, NaN/inf, mixed or sparse keys, nesting
-** deeper than 1000. The result string is owned by Lua.
+** sort_keys (boolean), invalid_utf8 ("error", the default, or "replace":
+** each byte of a string that is not UTF-8 becomes U+FFFD). Raises on
+** values JSON cannot hold, naming the path: functions/userdata/threads,
+** cycles, NaN/inf, strings that are not UTF-8, mixed or sparse keys,
+** nesting deeper than 1000. The result string is owned by Lua.
 */
 static int json_encode(lua_State *L) {
-  int indent = 0, sort = 0;
+  int indent = 0, sort = 0, replace = 0;
   luaL_checkany(L, 1);
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -519,6 +575,9 @@ static int json_encode(lua_State *L) {
         indent = (int)n;
       } else if (strcmp(k, "sort_keys") == 0) {
         sort = lua_toboolean(L, -1);
+      } else if (strcmp(k, "invalid_utf8") == 0) {
+        static const char *const modes[] = {"error", "replace", NULL};
+        replace = luaL_checkoption(L, -1, NULL, modes);
       } else {
         return luaL_argerror(L, 2, lua_pushfstring(L, "unknown option '%s'", k));
       }
@@ -526,7 +585,7 @@ static int json_encode(lua_State *L) {
     }
   }
   lua_settop(L, 1);
-  return encode_common(L, indent, sort);
+  return encode_common(L, indent, sort, replace);
 }
 
 /*
@@ -537,7 +596,7 @@ static int json_encode(lua_State *L) {
 static int json_canonical(lua_State *L) {
   luaL_checkany(L, 1);
   lua_settop(L, 1);
-  return encode_common(L, 0, 1);
+  return encode_common(L, 0, 1, 0);
 }
 
 /* }====== */
@@ -615,6 +674,11 @@ static int dec_string(dec *d) {
       d->p = p + 1;
       return 0;
     }
+    if (c >= 0x80) {
+      size_t k = utf8_seq((const unsigned char *)p, (const unsigned char *)d->end);
+      if (!k) return dec_failat(d, "invalid UTF-8 in string", p);
+      p += k - 1;
+    }
     if (c == '\\' || c < 0x20) break;
   }
   b->len = 0;
@@ -624,6 +688,12 @@ static int dec_string(dec *d) {
     c = (unsigned char)*p;
     if (c == '"') break;
     if (c < 0x20) return dec_failat(d, "control character in string", p);
+    if (c >= 0x80) {
+      size_t k = utf8_seq((const unsigned char *)p, (const unsigned char *)d->end);
+      if (!k) return dec_failat(d, "invalid UTF-8 in string", p);
+      p += k;
+      continue;
+    }
     if (c != '\\') { p++; continue; }
     jbuf_add(d->L, b, run, (size_t)(p - run));
     if (p + 1 >= d->end) return dec_failat(d, "unterminated string", d->p);

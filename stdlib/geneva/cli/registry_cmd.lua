@@ -26,7 +26,7 @@ function M.main(argv, kind, usage, impl)
     if verb == "list" then
       local recs = impl.list(db)
       if opts.json then
-        io.stdout:write(json.encode(json.array(recs), { sort_keys = true }), "\n")
+        io.stdout:write(json.encode(json.array(recs), { sort_keys = true, invalid_utf8 = "replace" }), "\n")
       else
         for _, rec in ipairs(recs) do io.stdout:write(impl.line(rec), "\n") end
       end
@@ -34,14 +34,14 @@ function M.main(argv, kind, usage, impl)
       local rec, err = impl.get(db, pos[2])
       if not rec then error(err, 0) end
       if opts.json then
-        io.stdout:write(json.encode(rec, { indent = 2, sort_keys = true }), "\n")
+        io.stdout:write(json.encode(rec, { indent = 2, sort_keys = true, invalid_utf8 = "replace" }), "\n")
       else
         io.stdout:write(impl.show(rec))
       end
     else
       impl.delete(db, pos[2])
       if opts.json then
-        io.stdout:write(json.encode({ deleted = pos[2], kind = kind }), "\n")
+        io.stdout:write(json.encode({ deleted = pos[2], kind = kind }, { invalid_utf8 = "replace" }), "\n")
       else
         io.stdout:write(("deleted %s '%s'\n"):format(kind, pos[2]))
       end
