@@ -609,8 +609,11 @@ typedef struct dec {
   jbuf *b;
   int depth;
   int null_as_nil;
-  const char *err;         /* static message, or NULL */
+  int exact_integers;      /* an integer beyond int64 fails (else a float) */
+  int unique_keys;         /* a key twice in one object fails (else last wins) */
+  const char *err;         /* static message or msgbuf, or NULL */
   const char *errpos;
+  char msgbuf[128];        /* a message naming what failed */
 } dec;
 
 /* Records the first failure; returns -1 for `return dec_failat(...)`. */
@@ -781,6 +784,12 @@ static int dec_number(dec *d) {
   jbuf_addc(d->L, d->b, '\0');
   if (lua_stringtonumber(d->L, d->b->p) == 0)
     return dec_failat(d, "invalid number", start);
+  if (!isfloat && d->exact_integers && !lua_isinteger(d->L, -1)) {
+    lua_pop(d->L, 1);
+    snprintf(d->msgbuf, sizeof d->msgbuf, "integer %.*s%s is beyond the int64 range",
+             (int)(p - start > 40 ? 40 : p - start), start, p - start > 40 ? "..." : "");
+    return dec_failat(d, d->msgbuf, start);
+  }
   if (!lua_isinteger(d->L, -1) && !isfinite((double)lua_tonumber(d->L, -1))) {
     lua_pop(d->L, 1);
     return dec_failat(d, "number out of range", start);
@@ -814,26 +823,64 @@ static int dec_array(dec *d) {
   }
 }
 
+/* Removes the members of the object on top whose value is null (the
+** null_as_nil members kept until the object was whole, for unique_keys). */
+static void drop_nulls(lua_State *L) {
+  lua_pushnil(L);                               /* [obj, k] */
+  while (lua_next(L, -2)) {                     /* [obj, k, v] */
+    int isnull = lua_rawequal(L, -1, UV_NULL);
+    lua_pop(L, 1);
+    if (isnull) {
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, -4);                        /* clearing during next is allowed */
+    }
+  }
+}
+
 static int dec_object(dec *d) {
   lua_State *L = d->L;
+  int held_nulls = 0;                           /* null members kept for unique_keys */
   d->p++;                                       /* '{' */
   lua_newtable(L);
   skip_ws(d);
   if (d->p < d->end && *d->p == '}') { d->p++; return 0; }
   for (;;) {
+    const char *key_at;
     skip_ws(d);
     if (d->p >= d->end) return dec_failat(d, "unexpected end of input in object", d->p);
     if (*d->p != '"') return dec_failat(d, "expected a string key", d->p);
+    key_at = d->p;
     if (dec_string(d)) return -1;
+    if (d->unique_keys) {                       /* [obj, k] */
+      lua_pushvalue(L, -1);
+      if (lua_rawget(L, -3) != LUA_TNIL) {
+        size_t n;
+        const char *k = lua_tolstring(L, -2, &n);
+        snprintf(d->msgbuf, sizeof d->msgbuf, "duplicate key '%.*s%s'",
+                 (int)(n > 40 ? 40 : n), k, n > 40 ? "..." : "");
+        return dec_failat(d, d->msgbuf, key_at);
+      }
+      lua_pop(L, 1);
+    }
     skip_ws(d);
     if (d->p >= d->end || *d->p != ':') return dec_failat(d, "expected ':'", d->p);
     d->p++;
     if (dec_value(d)) return -1;
+    if (d->unique_keys && lua_isnil(L, -1)) {   /* null_as_nil: drop it at '}' */
+      lua_pop(L, 1);
+      lua_pushvalue(L, UV_NULL);
+      held_nulls = 1;
+    }
     lua_rawset(L, -3);                          /* null_as_nil: removes key */
     skip_ws(d);
     if (d->p >= d->end) return dec_failat(d, "unexpected end of input in object", d->p);
     if (*d->p == ',') { d->p++; continue; }
-    if (*d->p == '}') { d->p++; return 0; }
+    if (*d->p == '}') {
+      d->p++;
+      if (held_nulls) drop_nulls(L);
+      return 0;
+    }
     return dec_failat(d, "expected ',' or '}'", d->p);
   }
 }
@@ -856,7 +903,7 @@ static int dec_value(dec *d) {
     case '[':
       if (d->depth >= JSON_MAX_DEPTH)
         return dec_failat(d, "nesting deeper than 1000 levels", d->p);
-      luaL_checkstack(L, 4, "json: nesting too deep");
+      luaL_checkstack(L, 6, "json: nesting too deep");   /* obj, key and 4 more */
       d->depth++;
       r = *d->p == '{' ? dec_object(d) : dec_array(d);
       d->depth--;
@@ -908,8 +955,11 @@ static int dec_fail(lua_State *L, dec *d) {
 ** decode(str [, opts]) -> value | nil, msg, "JSON_PARSE". opts.null_as_nil:
 ** object members whose value is null are left out (array elements and a
 ** top-level null stay json.null, so arrays keep their length and nil always
-** means failure). Arrays come back with json.array_mt. Raises only on
-** misuse (str not a string, unknown option) or memory.
+** means failure). opts.exact_integers: an integer beyond int64 fails instead
+** of becoming a float. opts.unique_keys: a key repeated in one object fails
+** (naming it) instead of the last one winning. Arrays come back with
+** json.array_mt. Raises only on misuse (str not a string, unknown option) or
+** memory.
 */
 static int json_decode(lua_State *L) {
   dec d;
@@ -917,13 +967,15 @@ static int json_decode(lua_State *L) {
   int base;
   luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING, 1, "string");
   d.s = lua_tolstring(L, 1, &len);
-  d.null_as_nil = 0;
+  d.null_as_nil = d.exact_integers = d.unique_keys = 0;
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_pushnil(L);
     while (lua_next(L, 2)) {
       const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
       if (strcmp(k, "null_as_nil") == 0) d.null_as_nil = lua_toboolean(L, -1);
+      else if (strcmp(k, "exact_integers") == 0) d.exact_integers = lua_toboolean(L, -1);
+      else if (strcmp(k, "unique_keys") == 0) d.unique_keys = lua_toboolean(L, -1);
       else return luaL_argerror(L, 2, lua_pushfstring(L, "unknown option '%s'", k));
       lua_pop(L, 1);
     }

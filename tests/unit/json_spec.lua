@@ -39,6 +39,19 @@ describe("geneva.json", function()
       assert.equal(1e30, json.decode("1" .. string.rep("0", 30)))
     end)
 
+    it("refuses integers beyond int64 with exact_integers", function()
+      local o = { exact_integers = true }
+      assert.equal(math.maxinteger, json.decode("9223372036854775807", o))
+      assert.equal(math.mininteger, json.decode("-9223372036854775808", o))
+      assert.equal(1e30, json.decode("1e30", o))                  -- a float is a float
+      local v, err, code = json.decode('{"id": 99999999999999999999}', o)
+      assert.is_nil(v)
+      assert.equal("JSON_PARSE", code)
+      assert.equal("json: integer 99999999999999999999 is beyond the int64 range at line 1, column 8 (byte 8)", err)
+      _, err = json.decode("[-9223372036854775809]", o)
+      assert.matches("integer %-9223372036854775809 is beyond", err)
+    end)
+
     it("encodes integral floats with .0 so they come back as floats", function()
       assert.equal("1.0", json.encode(1.0))
       assert.equal("-0.0", json.encode(-0.0))
@@ -115,6 +128,19 @@ describe("geneva.json", function()
       assert.equal(3, #v.b)
       assert.equal(json.null, json.decode("null", {null_as_nil = true}))
       assert.error_matches(function() json.decode("1", {nul = true}) end, "unknown option 'nul'")
+    end)
+
+    it("refuses repeated keys with unique_keys, naming the key", function()
+      assert.equal(2, json.decode('{"a": 1, "a": 2}').a)          -- by default the last wins
+      local o = { unique_keys = true }
+      local v, err = json.decode('{"a": 1, "b": {"c": 1, "c": 2}}', o)
+      assert.is_nil(v)
+      assert.equal("json: duplicate key 'c' at line 1, column 24 (byte 24)", err)
+      -- also when the first value was null and null_as_nil drops it
+      _, err = json.decode('{"a": null, "a": 2}', { unique_keys = true, null_as_nil = true })
+      assert.matches("duplicate key 'a'", err, 1, true)
+      v = json.decode('{"a": null, "b": {"c": null}, "d": [null]}', { unique_keys = true, null_as_nil = true })
+      assert.same({ b = {}, d = { json.null } }, v)
     end)
 
     it("keeps booleans and nested structures", function()
