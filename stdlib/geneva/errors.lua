@@ -89,11 +89,14 @@ errors.utf8_text = utf8_text
 
 -- errors.plain(e) -> table without metatable (for JSON job records and
 -- worker messages). Strings become valid UTF-8 (utf8_text): a message or
--- value may hold any bytes a UDF produced, and JSON only holds text.
+-- value may hold any bytes a UDF produced, and JSON only holds text. NaN
+-- and infinities (a bad value a UDF returned) become their text, "nan",
+-- "inf": JSON has no such numbers, and the worker's message must go out.
 function errors.plain(e)
   local t = {}
   for k, v in pairs(e) do
     if type(v) == "string" then t[k] = utf8_text(v)
+    elseif math.type(v) == "float" and (v ~= v or v == math.huge or v == -math.huge) then t[k] = tostring(v)
     elseif type(v) ~= "function" and type(v) ~= "userdata" then t[k] = v end
   end
   if type(t.cause) == "table" then t.cause = errors.plain(t.cause) end

@@ -157,6 +157,7 @@ describe("geneva jobs", function()
         y = geneva.udf { data_type = "int64", fn = function(id)
           if id == 42 then error("no \xff\xfe 42") end return id end },
         w = geneva.udf { data_type = "int64", fn = function() return "caf\xe9" end },
+        n = geneva.udf { data_type = "int64", fn = function() return 0 / 0 end },
       }
       local ok, e = pcall(a.backfill, a, "y", { batch_size = 50 })
       assert.is_false(ok)
@@ -166,10 +167,15 @@ describe("geneva jobs", function()
       assert.is_false(ok)
       assert.equal("udf_error", e.code)
       assert.equal("caf\u{FFFD}", e.value)
+      -- a NaN for an int64 column is the UDF's error too, not a worker that died
+      ok, e = pcall(a.backfill, a, "n", { batch_size = 50 })
+      assert.is_false(ok)
+      assert.equal("udf_error", e.code)
+      assert.matches("nan", e.value)
       local code, out = cli("list", "--db", db.dir, "--json")
       assert.equal(0, code)
       assert.truthy(utf8.len(out), "--json output is not UTF-8")
-      assert.same({ "FAILED", "FAILED" }, { doc(out)[1].status, doc(out)[2].status })
+      assert.same({ "FAILED", "FAILED", "FAILED" }, { doc(out)[1].status, doc(out)[2].status, doc(out)[3].status })
       -- a where that is not UTF-8 could not be recorded faithfully: refused
       ok, e = pcall(a.backfill, a, "y", { where = "text = 't\xe9'" })
       assert.is_false(ok)
