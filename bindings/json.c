@@ -14,7 +14,19 @@
 **     that metatable encode as arrays (empty -> `[]`); `object_mt` forces an
 **     object (empty -> `{}`); an unmarked empty table encodes as `{}`;
 **   - `null` decodes to the `null` sentinel: the NULL light userdata, shared
-**     with cjson.null, geneva.sqlite and geneva.yaml.
+**     with cjson.null, geneva.sqlite and geneva.yaml;
+**   - text is UTF-8 both ways (RFC 8259 §8.1), so what we write is JSON any
+**     reader accepts and what we read means one thing. Decode rejects
+**     invalid UTF-8 (overlong forms, surrogates, beyond U+10FFFF, stray
+**     bytes) and lone surrogate \u escapes, with the byte offset. Encode
+**     raises on a string that is not valid UTF-8, naming its path, as it
+**     does for NaN: a lossy write of data (a where, a name) would be a
+**     silent coercion. Output meant for people or carrying messages passes
+**     invalid_utf8 = "replace": each bad byte becomes U+FFFD (as Go's
+**     encoding/json does). Bytes never need to travel through JSON: column
+**     values don't (BLOBs and the NaN BLOB stay in SQLite files), bytecode
+**     travels as base64, and errors.plain (job records, worker messages)
+**     replaces bad bytes in error fields.
 **
 ** Memory: the output/scratch buffer lives in a to-be-closed userdata ("box")
 ** on the Lua stack, so raising at any point frees it; nothing else is
@@ -112,6 +124,35 @@ static void jbuf_addc(lua_State *L, jbuf *b, char c) {
 
 /* }====== */
 
+/* {====== UTF-8 */
+
+/* The length (1..4) of the well-formed UTF-8 sequence at p (Unicode's
+** table 3-7: no overlong forms, no surrogates, nothing past U+10FFFF),
+** or 0 when p does not start one. */
+static size_t utf8_seq(const unsigned char *p, const unsigned char *end) {
+  unsigned char c = p[0], lo = 0x80, hi = 0xBF;
+  size_t n, i;
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) n = 2;
+  else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;                   /* overlong */
+    if (c == 0xED) hi = 0x9F;                   /* surrogates */
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;                   /* overlong */
+    if (c == 0xF4) hi = 0x8F;                   /* past U+10FFFF */
+  } else {
+    return 0;                                   /* continuation, C0, C1, F5.. */
+  }
+  if ((size_t)(end - p) < n || p[1] < lo || p[1] > hi) return 0;
+  for (i = 2; i < n; i++)
+    if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+  return n;
+}
+
+/* }====== */
+
 /* {====== Encoder */
 
 typedef struct enc {
@@ -119,6 +160,7 @@ typedef struct enc {
   jbuf *b;
   int indent;              /* spaces per level; 0 = compact */
   int sort;                /* sort object keys (canonical) */
+  int replace;             /* invalid UTF-8 -> U+FFFD (else raise) */
   int depth;
   char decpoint;           /* the locale's decimal point, for snprintf/strtod */
   const void *anc[JSON_MAX_DEPTH + 1];   /* tables being encoded (cycles) */
@@ -195,8 +237,19 @@ static void enc_string(enc *e, const char *s, size_t n) {
     const char *esc;
     char u[6];
     size_t elen = 2;
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    switch (c) {
+    if (c >= 0x80) {
+      size_t k = utf8_seq((const unsigned char *)s + i, (const unsigned char *)s + n);
+      if (k) { i += k - 1; continue; }
+      if (!e->replace) {
+        char what[64];
+        snprintf(what, sizeof what, "invalid UTF-8 in string (byte %zu)", i + 1);
+        enc_error(e, what);
+      }
+      esc = "\xEF\xBF\xBD";                      /* U+FFFD for this byte */
+      elen = 3;
+    } else if (c >= 0x20 && c != '"' && c != '\\') {
+      continue;
+    } else switch (c) {
       case '"': esc = "\\\""; break;
       case '\\': esc = "\\\\"; break;
       case '\n': esc = "\\n"; break;
@@ -482,13 +535,14 @@ static void enc_value(enc *e, int idx) {
 }
 
 /* Runs the encoder over the value at slot 1; pushes the text. */
-static int encode_common(lua_State *L, int indent, int sort) {
+static int encode_common(lua_State *L, int indent, int sort, int replace) {
   enc state;               /* ~24 KB of C stack; holds no owned memory */
   enc *e = &state;
   int top;
   e->L = L;
   e->indent = indent;
   e->sort = sort;
+  e->replace = replace;
   e->depth = 0;
   e->decpoint = localeconv()->decimal_point[0];
   e->b = jbuf_new(L);
@@ -501,12 +555,14 @@ static int encode_common(lua_State *L, int indent, int sort) {
 
 /*
 ** encode(v [, opts]) -> string. opts: indent (0..16 spaces; pretty output),
-** sort_keys (boolean). Raises on values JSON cannot hold, naming the path:
-** functions/userdata/threads, cycles, NaN/inf, mixed or sparse keys, nesting
-** deeper than 1000. The result string is owned by Lua.
+** sort_keys (boolean), invalid_utf8 ("error", the default, or "replace":
+** each byte of a string that is not UTF-8 becomes U+FFFD). Raises on
+** values JSON cannot hold, naming the path: functions/userdata/threads,
+** cycles, NaN/inf, strings that are not UTF-8, mixed or sparse keys,
+** nesting deeper than 1000. The result string is owned by Lua.
 */
 static int json_encode(lua_State *L) {
-  int indent = 0, sort = 0;
+  int indent = 0, sort = 0, replace = 0;
   luaL_checkany(L, 1);
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -519,6 +575,9 @@ static int json_encode(lua_State *L) {
         indent = (int)n;
       } else if (strcmp(k, "sort_keys") == 0) {
         sort = lua_toboolean(L, -1);
+      } else if (strcmp(k, "invalid_utf8") == 0) {
+        static const char *const modes[] = {"error", "replace", NULL};
+        replace = luaL_checkoption(L, -1, NULL, modes);
       } else {
         return luaL_argerror(L, 2, lua_pushfstring(L, "unknown option '%s'", k));
       }
@@ -526,7 +585,7 @@ static int json_encode(lua_State *L) {
     }
   }
   lua_settop(L, 1);
-  return encode_common(L, indent, sort);
+  return encode_common(L, indent, sort, replace);
 }
 
 /*
@@ -537,7 +596,7 @@ static int json_encode(lua_State *L) {
 static int json_canonical(lua_State *L) {
   luaL_checkany(L, 1);
   lua_settop(L, 1);
-  return encode_common(L, 0, 1);
+  return encode_common(L, 0, 1, 0);
 }
 
 /* }====== */
@@ -550,8 +609,11 @@ typedef struct dec {
   jbuf *b;
   int depth;
   int null_as_nil;
-  const char *err;         /* static message, or NULL */
+  int exact_integers;      /* an integer beyond int64 fails (else a float) */
+  int unique_keys;         /* a key twice in one object fails (else last wins) */
+  const char *err;         /* static message or msgbuf, or NULL */
   const char *errpos;
+  char msgbuf[128];        /* a message naming what failed */
 } dec;
 
 /* Records the first failure; returns -1 for `return dec_failat(...)`. */
@@ -615,6 +677,11 @@ static int dec_string(dec *d) {
       d->p = p + 1;
       return 0;
     }
+    if (c >= 0x80) {
+      size_t k = utf8_seq((const unsigned char *)p, (const unsigned char *)d->end);
+      if (!k) return dec_failat(d, "invalid UTF-8 in string", p);
+      p += k - 1;
+    }
     if (c == '\\' || c < 0x20) break;
   }
   b->len = 0;
@@ -624,6 +691,12 @@ static int dec_string(dec *d) {
     c = (unsigned char)*p;
     if (c == '"') break;
     if (c < 0x20) return dec_failat(d, "control character in string", p);
+    if (c >= 0x80) {
+      size_t k = utf8_seq((const unsigned char *)p, (const unsigned char *)d->end);
+      if (!k) return dec_failat(d, "invalid UTF-8 in string", p);
+      p += k;
+      continue;
+    }
     if (c != '\\') { p++; continue; }
     jbuf_add(d->L, b, run, (size_t)(p - run));
     if (p + 1 >= d->end) return dec_failat(d, "unterminated string", d->p);
@@ -711,6 +784,12 @@ static int dec_number(dec *d) {
   jbuf_addc(d->L, d->b, '\0');
   if (lua_stringtonumber(d->L, d->b->p) == 0)
     return dec_failat(d, "invalid number", start);
+  if (!isfloat && d->exact_integers && !lua_isinteger(d->L, -1)) {
+    lua_pop(d->L, 1);
+    snprintf(d->msgbuf, sizeof d->msgbuf, "integer %.*s%s is beyond the int64 range",
+             (int)(p - start > 40 ? 40 : p - start), start, p - start > 40 ? "..." : "");
+    return dec_failat(d, d->msgbuf, start);
+  }
   if (!lua_isinteger(d->L, -1) && !isfinite((double)lua_tonumber(d->L, -1))) {
     lua_pop(d->L, 1);
     return dec_failat(d, "number out of range", start);
@@ -744,26 +823,64 @@ static int dec_array(dec *d) {
   }
 }
 
+/* Removes the members of the object on top whose value is null (the
+** null_as_nil members kept until the object was whole, for unique_keys). */
+static void drop_nulls(lua_State *L) {
+  lua_pushnil(L);                               /* [obj, k] */
+  while (lua_next(L, -2)) {                     /* [obj, k, v] */
+    int isnull = lua_rawequal(L, -1, UV_NULL);
+    lua_pop(L, 1);
+    if (isnull) {
+      lua_pushvalue(L, -1);
+      lua_pushnil(L);
+      lua_rawset(L, -4);                        /* clearing during next is allowed */
+    }
+  }
+}
+
 static int dec_object(dec *d) {
   lua_State *L = d->L;
+  int held_nulls = 0;                           /* null members kept for unique_keys */
   d->p++;                                       /* '{' */
   lua_newtable(L);
   skip_ws(d);
   if (d->p < d->end && *d->p == '}') { d->p++; return 0; }
   for (;;) {
+    const char *key_at;
     skip_ws(d);
     if (d->p >= d->end) return dec_failat(d, "unexpected end of input in object", d->p);
     if (*d->p != '"') return dec_failat(d, "expected a string key", d->p);
+    key_at = d->p;
     if (dec_string(d)) return -1;
+    if (d->unique_keys) {                       /* [obj, k] */
+      lua_pushvalue(L, -1);
+      if (lua_rawget(L, -3) != LUA_TNIL) {
+        size_t n;
+        const char *k = lua_tolstring(L, -2, &n);
+        snprintf(d->msgbuf, sizeof d->msgbuf, "duplicate key '%.*s%s'",
+                 (int)(n > 40 ? 40 : n), k, n > 40 ? "..." : "");
+        return dec_failat(d, d->msgbuf, key_at);
+      }
+      lua_pop(L, 1);
+    }
     skip_ws(d);
     if (d->p >= d->end || *d->p != ':') return dec_failat(d, "expected ':'", d->p);
     d->p++;
     if (dec_value(d)) return -1;
+    if (d->unique_keys && lua_isnil(L, -1)) {   /* null_as_nil: drop it at '}' */
+      lua_pop(L, 1);
+      lua_pushvalue(L, UV_NULL);
+      held_nulls = 1;
+    }
     lua_rawset(L, -3);                          /* null_as_nil: removes key */
     skip_ws(d);
     if (d->p >= d->end) return dec_failat(d, "unexpected end of input in object", d->p);
     if (*d->p == ',') { d->p++; continue; }
-    if (*d->p == '}') { d->p++; return 0; }
+    if (*d->p == '}') {
+      d->p++;
+      if (held_nulls) drop_nulls(L);
+      return 0;
+    }
     return dec_failat(d, "expected ',' or '}'", d->p);
   }
 }
@@ -786,7 +903,7 @@ static int dec_value(dec *d) {
     case '[':
       if (d->depth >= JSON_MAX_DEPTH)
         return dec_failat(d, "nesting deeper than 1000 levels", d->p);
-      luaL_checkstack(L, 4, "json: nesting too deep");
+      luaL_checkstack(L, 6, "json: nesting too deep");   /* obj, key and 4 more */
       d->depth++;
       r = *d->p == '{' ? dec_object(d) : dec_array(d);
       d->depth--;
@@ -838,8 +955,11 @@ static int dec_fail(lua_State *L, dec *d) {
 ** decode(str [, opts]) -> value | nil, msg, "JSON_PARSE". opts.null_as_nil:
 ** object members whose value is null are left out (array elements and a
 ** top-level null stay json.null, so arrays keep their length and nil always
-** means failure). Arrays come back with json.array_mt. Raises only on
-** misuse (str not a string, unknown option) or memory.
+** means failure). opts.exact_integers: an integer beyond int64 fails instead
+** of becoming a float. opts.unique_keys: a key repeated in one object fails
+** (naming it) instead of the last one winning. Arrays come back with
+** json.array_mt. Raises only on misuse (str not a string, unknown option) or
+** memory.
 */
 static int json_decode(lua_State *L) {
   dec d;
@@ -847,13 +967,15 @@ static int json_decode(lua_State *L) {
   int base;
   luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING, 1, "string");
   d.s = lua_tolstring(L, 1, &len);
-  d.null_as_nil = 0;
+  d.null_as_nil = d.exact_integers = d.unique_keys = 0;
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_pushnil(L);
     while (lua_next(L, 2)) {
       const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
       if (strcmp(k, "null_as_nil") == 0) d.null_as_nil = lua_toboolean(L, -1);
+      else if (strcmp(k, "exact_integers") == 0) d.exact_integers = lua_toboolean(L, -1);
+      else if (strcmp(k, "unique_keys") == 0) d.unique_keys = lua_toboolean(L, -1);
       else return luaL_argerror(L, 2, lua_pushfstring(L, "unknown option '%s'", k));
       lua_pop(L, 1);
     }

@@ -512,6 +512,13 @@ static int scalar_node(load_ctx *c, const yaml_event_t *ev) {
       lua_pushlstring(L, s, n);
     } else {
       kind = push_class(L, cls, s, n, I_NULL);
+      if (strcmp(t, "int") == 0 && !lua_isinteger(L, -1)) {
+        /* a plain one becomes a float, as Lua's literals do; an explicit
+        ** !!int asks for an integer, and a rounded float is not one */
+        lua_pop(L, 1);
+        return fail_at(c, "YAML_TAG", ev->start_mark,
+                       "!!int value '%s' is beyond the int64 range", s);
+      }
       if (strcmp(t, "float") == 0 && lua_isinteger(L, -1))
         lua_pushnumber(L, (lua_Number)lua_tointeger(L, -1)), lua_remove(L, -2);
     }

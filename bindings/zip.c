@@ -8,6 +8,10 @@
 ** (zip_source_file), never read into Lua. open() gives an Archive handle
 ** whose extract() refuses zip-slip: absolute names, ".." components, symlink
 ** entries, and writes through symlinks that already exist in the target.
+** extract() and read() also refuse zip bombs ("ZIP_LIMIT", see zlimits): a
+** total size and a compression ratio, checked on the sizes the archive
+** declares before anything is written, and again on the bytes actually
+** inflated, since declared sizes can lie.
 **
 ** Lua-callable functions are prefixed lzip_ (not zip_ as style.md §9.13
 ** would have it) because libzip owns the zip_ namespace (zip_open, ...).
@@ -154,6 +158,89 @@ static int push_failure(lua_State *L, const failure *f) {
 static int cancel_cb(zip_t *za, void *ud) {
   (void)za; (void)ud;
   return geneva_interrupted() != 0;
+}
+
+/* }====== */
+
+/* {====== Bomb limits
+** Defaults, overridable per call (opts.max_size, opts.max_ratio):
+** - 1 GiB unpacked in all: a package of code and assets is MBs, and a
+**   bomb (2 MB unpacking to 2 GiB) must not fill the disk or memory;
+** - a ratio of 100:1 for an entry past 1 MiB, Apache POI's ZipSecureFile
+**   default (MIN_INFLATE_RATIO 0.01): real files deflate ~3-10:1, even
+**   logs and sparse data stay under 100:1, while deflate's own maximum
+**   (~1032:1) is what bombs use. Small entries may exceed it: the grace
+**   keeps a tiny file of zeros from being refused. */
+#define ZIP_MAX_SIZE ((lua_Integer)1 << 30)
+#define ZIP_MAX_RATIO 100.0
+#define ZIP_RATIO_GRACE ((zip_uint64_t)1 << 20)
+
+typedef struct {
+  zip_uint64_t max_size;   /* bytes unpacked, all entries together */
+  double max_ratio;        /* size / compressed size of an entry */
+} zlimits;
+
+/* Reads opts.max_size and opts.max_ratio from the table at i (or none);
+** raises on bad values, so call it before any C resource is held. */
+static void get_limits(lua_State *L, int i, zlimits *lim) {
+  lua_Integer size = ZIP_MAX_SIZE;
+  double ratio = ZIP_MAX_RATIO;
+  if (!lua_isnoneornil(L, i)) {
+    luaL_checktype(L, i, LUA_TTABLE);
+    if (lua_getfield(L, i, "max_size") != LUA_TNIL) {
+      size = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+      luaL_argcheck(L, size > 0, i, "max_size must be a positive integer (bytes)");
+    }
+    if (lua_getfield(L, i, "max_ratio") != LUA_TNIL) {
+      ratio = lua_isnumber(L, -1) ? (double)lua_tonumber(L, -1) : 0;
+      luaL_argcheck(L, ratio >= 1, i, "max_ratio must be a number >= 1");
+    }
+    lua_pop(L, 2);
+  }
+  lim->max_size = (zip_uint64_t)size;
+  lim->max_ratio = ratio;
+}
+
+/* Whether `size` bytes inflated from `comp` compressed ones break the ratio. */
+static int over_ratio(const zlimits *lim, zip_uint64_t size, zip_uint64_t comp) {
+  return size > ZIP_RATIO_GRACE && (double)size > (double)comp * lim->max_ratio;
+}
+
+static void fail_total(failure *f, const char *apath, const zlimits *lim, const char *how) {
+  fail_set(f, "ZIP_LIMIT", "%s %s more than %llu bytes (max_size): refusing a possible zip bomb",
+           apath, how, (unsigned long long)lim->max_size);
+}
+
+static void fail_ratio(failure *f, const char *apath, const char *name, const zlimits *lim,
+                       zip_uint64_t size, zip_uint64_t comp) {
+  fail_set(f, "ZIP_LIMIT", "entry '%s' in %s inflates %llu bytes from %llu, more than "
+           "%g:1 (max_ratio): refusing a possible zip bomb", name, apath,
+           (unsigned long long)size, (unsigned long long)comp, lim->max_ratio);
+}
+
+/* Checks the declared sizes of entries [from, to) against lim; 0 or -1
+** with f set. */
+static int check_declared(zip_t *za, zip_uint64_t from, zip_uint64_t to, const char *apath,
+                          const zlimits *lim, failure *f) {
+  zip_uint64_t i, total = 0;
+  for (i = from; i < to; i++) {
+    zip_stat_t st;
+    if (zip_stat_index(za, i, 0, &st) < 0 || !(st.valid & ZIP_STAT_SIZE)
+        || !(st.valid & ZIP_STAT_COMP_SIZE)) {
+      fail_set(f, "ZIP_ER_INCONS", "cannot stat entry #%llu in %s", (unsigned long long)i + 1, apath);
+      return -1;
+    }
+    if (st.size > lim->max_size - total) {
+      fail_total(f, apath, lim, "declares");
+      return -1;
+    }
+    total += st.size;
+    if (over_ratio(lim, st.size, st.comp_size)) {
+      fail_ratio(f, apath, st.name ? st.name : "?", lim, st.size, st.comp_size);
+      return -1;
+    }
+  }
+  return 0;
 }
 
 /* }====== */
@@ -546,10 +633,12 @@ static int lzip_m_list(lua_State *L) {
 }
 
 /*
-** archive:read(name) -> bytes | nil, msg, code
+** archive:read(name [, opts]) -> bytes | nil, msg, code
 ** "ZIP_ER_NOENT" when there is no such entry; "ZIP_ER_CRC" etc. on damage;
+** "ZIP_LIMIT" when its declared size breaks opts.max_size or max_ratio (as
+** extract; reading stops at the declared size, so it cannot grow past it);
 ** "EINTR" when interrupted. The result buffer is Lua-owned and allocated
-** before the entry is opened. Raises when closed.
+** before the entry is opened. Raises when closed or on bad opts.
 */
 static int lzip_m_read(lua_State *L) {
   archive *a = check_open(L, 1);
@@ -563,12 +652,16 @@ static int lzip_m_read(lua_State *L) {
   char *p;
   size_t got = 0;
   failure f = { "", NULL };
+  zlimits lim;
 
+  get_limits(L, 3, &lim);
   idx = strlen(name) == nlen ? zip_name_locate(a->za, name, 0) : -1;
   if (idx < 0)
     return geneva_fail(L, "ZIP_ER_NOENT", "no entry '%s' in %s", name, apath);
   if (zip_stat_index(a->za, (zip_uint64_t)idx, 0, &st) < 0 || !(st.valid & ZIP_STAT_SIZE))
     return geneva_fail(L, "ZIP_ER_INCONS", "cannot stat entry '%s' in %s", name, apath);
+  if (check_declared(a->za, (zip_uint64_t)idx, (zip_uint64_t)idx + 1, apath, &lim, &f) != 0)
+    return push_failure(L, &f);
   if (st.size > (zip_uint64_t)(SIZE_MAX / 2))
     return geneva_fail(L, "ZIP_ER_MEMORY", "entry '%s' in %s is too large", name, apath);
   p = luaL_buffinitsize(L, &b, (size_t)st.size);   /* may raise: nothing open yet */
@@ -610,6 +703,8 @@ typedef struct {
   char *buf;         /* COPY_CHUNK bytes */
   unsigned long seq; /* temp file names */
   failure *f;
+  zlimits lim;
+  zip_uint64_t total;  /* bytes inflated so far, all entries */
 } xctx;
 
 static void fail_unsafe(xctx *x, const char *name, const char *why) {
@@ -661,6 +756,7 @@ static void extract_file(xctx *x, zip_t *za, zip_uint64_t idx, int dfd,
                          const char *base, const char *name, int exec) {
   char tmp[64];
   struct stat st;
+  zip_stat_t zst;
   zip_file_t *zf;
   int fd = -1;
   if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0) {
@@ -675,16 +771,29 @@ static void extract_file(xctx *x, zip_t *za, zip_uint64_t idx, int dfd,
     fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 && errno != EEXIST) { fail_errno(x->f, errno, "extracting", name); return; }
   }
-  zf = zip_fopen_index(za, idx, 0);
+  zf = zip_stat_index(za, idx, 0, &zst) == 0 ? zip_fopen_index(za, idx, 0) : NULL;
   if (!zf) {
     fail_zip(x->f, zip_get_error(za), name);
   } else {
+    zip_uint64_t got = 0;
     for (;;) {
       zip_int64_t r;
       if (geneva_interrupted()) { fail_set(x->f, "EINTR", "interrupted"); break; }
       r = zip_fread(zf, x->buf, COPY_CHUNK);
       if (r < 0) { fail_zip(x->f, zip_file_get_error(zf), name); break; }
       if (r == 0) break;
+      /* count what really inflates: the declared sizes checked up front
+      ** may lie, and libzip notices only at the end of the entry */
+      got += (zip_uint64_t)r;
+      if ((zip_uint64_t)r > x->lim.max_size - x->total) {
+        fail_total(x->f, x->apath, &x->lim, "unpacks to");
+        break;
+      }
+      x->total += (zip_uint64_t)r;
+      if (over_ratio(&x->lim, got, zst.comp_size)) {
+        fail_ratio(x->f, x->apath, name, &x->lim, got, zst.comp_size);
+        break;
+      }
       if (write_all(fd, x->buf, (size_t)r) != 0) {
         fail_errno(x->f, errno, "extracting", name);
         break;
@@ -730,13 +839,17 @@ static void extract_entry(xctx *x, zip_t *za, zip_uint64_t idx, const char *name
 }
 
 /*
-** archive:extract(dir) -> true | nil, msg, code
+** archive:extract(dir [, opts]) -> true | nil, msg, code
 ** Creates dir if missing (not its parents). Checks every entry first and
 ** extracts nothing if one is unsafe: absolute, with a ".." component, a
-** symlink or special file ("ZIP_UNSAFE"). While extracting, refuses to go
-** through a symlink found in dir ("ZIP_UNSAFE"; entries already extracted
-** stay). Files get mode 0644 or 0755 (exec bit kept). "EINTR" when
-** interrupted. Raises when closed.
+** symlink or special file ("ZIP_UNSAFE"), or if the declared sizes break
+** the bomb limits ("ZIP_LIMIT"; opts.max_size: bytes in all, default 1 GiB;
+** opts.max_ratio: size / compressed size of an entry past 1 MiB, default
+** 100). While extracting, refuses to go through a symlink found in dir
+** ("ZIP_UNSAFE") and stops when the bytes actually inflated break the
+** limits ("ZIP_LIMIT"); entries already extracted stay, the one being
+** written is removed. Files get mode 0644 or 0755 (exec bit kept). "EINTR"
+** when interrupted. Raises when closed or on bad opts.
 */
 static int lzip_m_extract(lua_State *L) {
   archive *a = check_open(L, 1);
@@ -744,9 +857,11 @@ static int lzip_m_extract(lua_State *L) {
   zip_int64_t n = zip_get_num_entries(a->za, 0), i;
   failure f = { "", NULL };
   xctx x;
+  get_limits(L, 3, &x.lim);
   x.apath = archive_path(L, 1);
   x.f = &f;
   x.seq = 0;
+  x.total = 0;
 
   /* 1. check everything before writing anything */
   for (i = 0; i < n && !f.code; i++) {
@@ -762,6 +877,8 @@ static int lzip_m_extract(lua_State *L) {
     if (why) return geneva_fail(L, "ZIP_UNSAFE", "unsafe entry '%s' in %s: %s",
                                 name, x.apath, why);
   }
+  if (n > 0 && check_declared(a->za, 0, (zip_uint64_t)n, x.apath, &x.lim, &f) != 0)
+    return push_failure(L, &f);
 
   /* 2. extract: C resources from here on, no raising until cleanup */
   x.root = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -72,11 +72,32 @@ function errors.io(ok, msg, code, ...)
   return ok, msg, code, ...
 end
 
--- errors.plain(e) -> table without metatable (for JSON job records)
+-- s as valid UTF-8: each byte that is not part of a character becomes
+-- U+FFFD (utf8.len is strict: no surrogates, overlong forms or > U+10FFFF).
+local function utf8_text(s)
+  if utf8.len(s) then return s end
+  local out, i = {}, 1
+  while true do
+    local ok, bad = utf8.len(s, i)
+    if ok then out[#out + 1] = s:sub(i) break end
+    out[#out + 1] = s:sub(i, bad - 1) .. "\u{FFFD}"
+    i = bad + 1
+  end
+  return table.concat(out)
+end
+errors.utf8_text = utf8_text
+
+-- errors.plain(e) -> table without metatable (for JSON job records and
+-- worker messages). Strings become valid UTF-8 (utf8_text): a message or
+-- value may hold any bytes a UDF produced, and JSON only holds text. NaN
+-- and infinities (a bad value a UDF returned) become their text, "nan",
+-- "inf": JSON has no such numbers, and the worker's message must go out.
 function errors.plain(e)
   local t = {}
   for k, v in pairs(e) do
-    if type(v) ~= "function" and type(v) ~= "userdata" then t[k] = v end
+    if type(v) == "string" then t[k] = utf8_text(v)
+    elseif math.type(v) == "float" and (v ~= v or v == math.huge or v == -math.huge) then t[k] = tostring(v)
+    elseif type(v) ~= "function" and type(v) ~= "userdata" then t[k] = v end
   end
   if type(t.cause) == "table" then t.cause = errors.plain(t.cause) end
   return t

@@ -9,9 +9,15 @@ local json = {
   -- metatables marking tables as arrays / objects for the encoder
   array_mt = core.array_mt,
   object_mt = core.object_mt,
-  -- decode(str [, {null_as_nil = bool}]) -> value | nil, msg, "JSON_PARSE"
+  -- decode(str [, {null_as_nil = bool, exact_integers = bool, unique_keys = bool}])
+  -- -> value | nil, msg, "JSON_PARSE"; text must be UTF-8 (a bad byte or lone
+  -- surrogate \u fails with its offset). exact_integers: an integer beyond
+  -- int64 fails (else it becomes a float); unique_keys: a repeated key fails
+  -- (else the last one wins).
   decode = core.decode,
-  -- encode(v [, {indent = n, sort_keys = bool}]) -> string; raises with a path
+  -- encode(v [, {indent = n, sort_keys = bool, invalid_utf8 = "error"|"replace"}])
+  -- -> string; raises with a path (also on a string that is not UTF-8, unless
+  -- invalid_utf8 = "replace": then each bad byte is U+FFFD; for output to people)
   encode = core.encode,
   -- canonical(v) -> string: compact, sorted keys; stable across processes
   canonical = core.canonical,

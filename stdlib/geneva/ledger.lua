@@ -99,6 +99,10 @@ ledger.set_step_deadline = core.set_step_deadline
 
 -- scope:reserve(kind, name [, info]) -> resource. With a journal, the lease
 -- file is on disk before this returns; raises if it cannot be written.
+-- Until res:bind, the resource's teardown removes its lease: nothing was
+-- made yet. It is bound before the first lease is written, so an interrupt
+-- (Ctrl-C) anywhere between reserve and bind leaves no lease behind once
+-- the scope closes.
 function Scope:reserve(kind, name, info)
   local res = raw_reserve(self, kind, name)
   local dirs = journal_of(self)
@@ -110,8 +114,9 @@ function Scope:reserve(kind, name, info)
       owner = ledger.owner(), created_at = os.time(), scope = res:info().scope,
     }
     local paths = {}
-    for i, d in ipairs(dirs) do
-      paths[i] = d .. "/" .. file
+    for i, d in ipairs(dirs) do paths[i] = d .. "/" .. file end
+    raw_bind(res, function() remove_leases(paths) end)
+    for i = 1, #paths do
       local ok, err = pcall(write_lease, paths[i], lease, dirs.durable)
       if not ok then remove_leases(paths); raw_forget(res); error(err, 2) end
     end

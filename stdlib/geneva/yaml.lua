@@ -9,8 +9,8 @@
 --   1.5 -2e3 .5 1.  .inf -.inf .nan (and .Inf/.INF/.NaN/.NAN) -> floats
 --   anything else                           -> strings
 -- Quoted scalars are always strings. Tags !!str !!int !!float !!bool !!null
--- are honoured (a value that does not fit, e.g. `!!int abc`, fails with
--- YAML_TAG); any other tag (`!!binary`, `!local`, `!`) leaves the scalar a
+-- are honoured (a value that does not fit, e.g. `!!int abc` or an `!!int`
+-- beyond int64, fails with YAML_TAG); any other tag (`!!binary`, `!local`, `!`) leaves the scalar a
 -- string and a collection what it is.
 --
 -- Nulls: `yaml.null` (a light userdata, equal to json.null and cjson.null)
@@ -30,6 +30,7 @@
 --   YAML_ALIAS          unknown alias, or an alias inside its own anchor
 --   YAML_KEY            a key that is a mapping, a sequence, null or NaN
 --   YAML_TAG            a !!int/!!float/!!bool/!!null value that does not fit
+--                       (an !!int beyond int64 included)
 --   YAML_LIMIT          nesting deeper than max_depth (1000), or aliases
 --                       standing for more than max_alias_nodes (1e6) nodes
 --   YAML_DUMP           (dump) a value YAML cannot carry

@@ -2,7 +2,11 @@
 --
 -- Archives made by zip.create are content-addressable: the same entries give
 -- the same bytes whatever their order, the files' mtimes or owners, and the
--- time zone. Extraction refuses zip-slip (see bindings/zip.c).
+-- time zone. Extraction refuses zip-slip and zip bombs (see bindings/zip.c):
+-- opts.max_size (bytes unpacked in all, default 1 GiB) and opts.max_ratio
+-- (an entry's size / compressed size past 1 MiB, default 100) are checked
+-- on the declared sizes first and on the bytes inflated while extracting,
+-- failing with "ZIP_LIMIT" and a message naming the archive.
 local core = require "geneva.zip.core"
 
 local zip = {}
@@ -67,18 +71,18 @@ end
 
 -- zip.open(path) -> Archive | nil, msg, code ("ENOENT", "ZIP_ER_NOZIP", ...)
 -- Archive methods: list() -> {{name, size, compressed_size, crc, mode,
--- is_dir, is_symlink}...}; read(name) -> bytes | nil, msg, "ZIP_ER_NOENT";
--- extract(dir) -> true | nil, msg, code ("ZIP_UNSAFE" for zip-slip);
+-- is_dir, is_symlink}...}; read(name [, opts]) -> bytes | nil, msg,
+-- "ZIP_ER_NOENT"; extract(dir [, opts]) -> true | nil, msg, code
+-- ("ZIP_UNSAFE" for zip-slip, "ZIP_LIMIT" for a bomb);
 -- close() (idempotent; also <close>). The handle is tracked by the ledger.
 zip.open = core.open
 
--- zip.extract(archive_path, dir) -> true | nil, msg, code: open, extract, close.
-function zip.extract(archive_path, dir)
-  local a, msg, code = core.open(archive_path)
+-- zip.extract(archive_path, dir [, opts]) -> true | nil, msg, code: open,
+-- extract (opts: max_size, max_ratio), close.
+function zip.extract(archive_path, dir, opts)
+  local a <close>, msg, code = core.open(archive_path)
   if not a then return nil, msg, code end
-  local ok, emsg, ecode = a:extract(dir)
-  a:close()
-  return ok, emsg, ecode
+  return a:extract(dir, opts)
 end
 
 return zip

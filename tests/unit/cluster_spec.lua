@@ -164,6 +164,29 @@ describe("geneva.context.cluster", function()
       assert.equal("false", ok.env.TOKENIZERS_PARALLELISM)
     end)
 
+    it("knows secrets by whole words and telling parts, in any case style", function()
+      local hint = "secrets are references: use token_env/token_file or {from_env=...}"
+      for _, name in ipairs { "DB_PASS", "AWS_ACCESS_KEY_ID", "PRIVATE_KEY", "AUTH", "MYSQL_PWD",
+                              "apiKey", "dbPassword", "SESSION_COOKIE", "HMAC_SIGNATURE", "SENTRY_DSN",
+                              "BASIC_AUTH_HEADER", "ssh-key", "SIGNING.KEY", "DBPASSWORD", "MYSECRETKEY",
+                              "AWSACCESSKEY", "GH_TOKENS", "JWT", "SERVICE_CREDS" } do
+        assert.is_true(sv.is_secret_key(name), name)
+        invalid({ type = "ray", address = "http://h", env = { [name] = "v" } }, "env." .. name .. ": " .. hint)
+      end
+      for _, name in ipairs { "KEYBOARD_LAYOUT", "TOKENIZERS_PARALLELISM", "AUTHOR", "MONKEY_MODE",
+                              "BYPASS_CACHE", "PASSENGERS", "HOME", "LANG", "SSL_CERT_FILE", "OMP_NUM_THREADS" } do
+        assert.is_false(sv.is_secret_key(name), name)
+      end
+      -- a number is refused under such a name, a boolean is no secret
+      invalid({ type = "ray", address = "http://h", env = { DB_PASS = 1234 } }, "env.DB_PASS: " .. hint)
+      local ok = cluster.validate{ type = "ray", address = "http://h", env = { AUTH = true, KEYBOARD_LAYOUT = "us",
+        DATABASE_URL = "postgres://db.example:5432/app" } }
+      assert.equal("true", ok.env.AUTH)
+      -- whatever the name, a URL carrying a password is refused
+      invalid({ type = "ray", address = "http://h", env = { DATABASE_URL = "postgres://app:hunter2@db:5432/app" } },
+        "env.DATABASE_URL: " .. hint .. " (no credentials in the URL)")
+    end)
+
     it("resolves references at use time, never storing values", function()
       local env = { A = "1", T = { from_env = "GENEVA_SPEC_SECRET" } }
       local looked = {}
@@ -249,6 +272,23 @@ describe("geneva.context.cluster", function()
       assert.is_nil(raw:find("s3cr3t", 1, true))
     end)
 
+    it("stores records with literal env values 0600, others with the default mode", function()
+      local function mode(name) return fs.stat(dir .. "/db/_geneva/clusters/" .. name .. ".json").mode & 511 end
+      db:define_cluster("lit", { type = "ray", address = "http://h", env = { MODE = "a" } })
+      assert.equal(384, mode("lit"))                                -- 0600
+      db:define_cluster("deep", { type = "kuberay", head_group = { env = { MODE = "a" } } })
+      assert.equal(384, mode("deep"))
+      db:define_cluster("refs", { type = "ray", address = "http://h", env = { T = { from_env = "X" } } })
+      local p = assert(io.popen("umask"))
+      local umask = tonumber(p:read("l"), 8)
+      p:close()
+      assert.equal(438 & ~umask, mode("refs"))                     -- 0666 less the umask
+      db:define_cluster("lit", { type = "ray", address = "http://h" })   -- redefined without literals
+      assert.equal(mode("refs"), mode("lit"))
+      db:define_manifest("m", { env = { MODE = "a" } })
+      assert.equal(384, fs.stat(dir .. "/db/_geneva/manifests/m.json").mode & 511)
+    end)
+
     it("rejects bad names and bad specs without writing", function()
       local e = raises("invalid_argument", db.define_cluster, db, "../evil", { type = "local" })
       assert.matches("invalid cluster name '../evil'", e.message, 1, true)
@@ -285,6 +325,17 @@ describe("geneva.context.cluster", function()
       assert.equal(2, #list)
       assert.equal("dev", list[1].name)
       assert.same({ from_env = "X" }, list[1].spec.env.TOKEN)
+      -- a secret stored by an older version is never printed
+      local path = uri .. "/_geneva/clusters/dev.json"
+      local raw = child.read(path)
+      child.write(path, (raw:gsub('"env": {', '"env": {\n      "DB_PASS": "hunter2",', 1)))
+      for _, argv in ipairs { { "list", "--json" }, { "show", "dev", "--json" }, { "show", "dev" }, { "list" } } do
+        code, out = cli { "cluster", "--db", uri, table.unpack(argv) }
+        assert.equal(0, code)
+        assert.is_nil(out:find("hunter2", 1, true), table.concat(argv, " "))
+      end
+      code, out = cli { "cluster", "show", "dev", "--json", "--db", uri }
+      assert.equal("<redacted>", assert(json.decode(out)).spec.env.DB_PASS)
       code, out = cli { "cluster", "show", "gpu", "--db", uri, "--json" }
       assert.equal(0, code)
       local rec = assert(json.decode(out))

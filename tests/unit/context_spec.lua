@@ -137,6 +137,24 @@ describe("geneva.context", function()
       assert.equals(0, leases(dir))
     end)
 
+    it("leaves no lease nor worker when Ctrl-C lands while a worker starts", function()
+      -- the interrupt arrives after the process exists, before its lease is bound
+      local real, calls = proc.info, 0
+      proc.info = function(pid)
+        calls = calls + 1
+        if calls == 2 then error("interrupted", 0) end
+        return real(pid)
+      end
+      local ok, err = pcall(function()
+        geneva.context{ cluster = { type = "local", workers = 3 } }(function() end)
+      end)
+      proc.info = real
+      assert.is_false(ok)
+      assert.matches("interrupted", tostring(err))
+      assert.equals(0, leases(dir))
+      assert.equals(0, #worker_pids(proc.self().pid))
+    end)
+
     it("journals the manifest package's lease before its temp dir exists", function()
       local mdir = dir .. "/src"
       assert(fs.mkdir_p(mdir))

@@ -151,6 +151,38 @@ describe("geneva jobs", function()
       assert.matches("not_found", stderr)
     end)
 
+    it("keep records and --json valid UTF-8 when a UDF fails with any bytes", function()
+      local a = make_table(db, "a", 100, { fragment_size = 50 })
+      a:add_columns {
+        y = geneva.udf { data_type = "int64", fn = function(id)
+          if id == 42 then error("no \xff\xfe 42") end return id end },
+        w = geneva.udf { data_type = "int64", fn = function() return "caf\xe9" end },
+        n = geneva.udf { data_type = "int64", fn = function() return 0 / 0 end },
+      }
+      local ok, e = pcall(a.backfill, a, "y", { batch_size = 50 })
+      assert.is_false(ok)
+      assert.equal("udf_error", e.code)
+      assert.matches("no \u{FFFD}\u{FFFD} 42", e.message, 1, true)
+      ok, e = pcall(a.backfill, a, "w", { batch_size = 50 })
+      assert.is_false(ok)
+      assert.equal("udf_error", e.code)
+      assert.equal("caf\u{FFFD}", e.value)
+      -- a NaN for an int64 column is the UDF's error too, not a worker that died
+      ok, e = pcall(a.backfill, a, "n", { batch_size = 50 })
+      assert.is_false(ok)
+      assert.equal("udf_error", e.code)
+      assert.matches("nan", e.value)
+      local code, out = cli("list", "--db", db.dir, "--json")
+      assert.equal(0, code)
+      assert.truthy(utf8.len(out), "--json output is not UTF-8")
+      assert.same({ "FAILED", "FAILED", "FAILED" }, { doc(out)[1].status, doc(out)[2].status, doc(out)[3].status })
+      -- a where that is not UTF-8 could not be recorded faithfully: refused
+      ok, e = pcall(a.backfill, a, "y", { where = "text = 't\xe9'" })
+      assert.is_false(ok)
+      assert.equal("invalid_argument", e.code)
+      assert.matches("not valid UTF-8", e.message, 1, true)
+    end)
+
     it("bad usage exits 2", function()
       for _, argv in ipairs {
         {}, { "--db", db.dir }, { "frob", "--db", db.dir }, { "list" }, { "list", "--db" },

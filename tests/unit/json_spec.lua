@@ -39,6 +39,19 @@ describe("geneva.json", function()
       assert.equal(1e30, json.decode("1" .. string.rep("0", 30)))
     end)
 
+    it("refuses integers beyond int64 with exact_integers", function()
+      local o = { exact_integers = true }
+      assert.equal(math.maxinteger, json.decode("9223372036854775807", o))
+      assert.equal(math.mininteger, json.decode("-9223372036854775808", o))
+      assert.equal(1e30, json.decode("1e30", o))                  -- a float is a float
+      local v, err, code = json.decode('{"id": 99999999999999999999}', o)
+      assert.is_nil(v)
+      assert.equal("JSON_PARSE", code)
+      assert.equal("json: integer 99999999999999999999 is beyond the int64 range at line 1, column 8 (byte 8)", err)
+      _, err = json.decode("[-9223372036854775809]", o)
+      assert.matches("integer %-9223372036854775809 is beyond", err)
+    end)
+
     it("encodes integral floats with .0 so they come back as floats", function()
       assert.equal("1.0", json.encode(1.0))
       assert.equal("-0.0", json.encode(-0.0))
@@ -117,6 +130,19 @@ describe("geneva.json", function()
       assert.error_matches(function() json.decode("1", {nul = true}) end, "unknown option 'nul'")
     end)
 
+    it("refuses repeated keys with unique_keys, naming the key", function()
+      assert.equal(2, json.decode('{"a": 1, "a": 2}').a)          -- by default the last wins
+      local o = { unique_keys = true }
+      local v, err = json.decode('{"a": 1, "b": {"c": 1, "c": 2}}', o)
+      assert.is_nil(v)
+      assert.equal("json: duplicate key 'c' at line 1, column 24 (byte 24)", err)
+      -- also when the first value was null and null_as_nil drops it
+      _, err = json.decode('{"a": null, "a": 2}', { unique_keys = true, null_as_nil = true })
+      assert.matches("duplicate key 'a'", err, 1, true)
+      v = json.decode('{"a": null, "b": {"c": null}, "d": [null]}', { unique_keys = true, null_as_nil = true })
+      assert.same({ b = {}, d = { json.null } }, v)
+    end)
+
     it("keeps booleans and nested structures", function()
       local s = '{"a":true,"b":false,"c":[1,"two",{"d":[]}]}'
       assert.equal(s, json.canonical(json.decode(s)))
@@ -137,6 +163,45 @@ describe("geneva.json", function()
       assert.matches("surrogate", err)
       _, err = json.decode([["\udc00"]])
       assert.matches("surrogate", err)
+    end)
+
+    it("rejects invalid UTF-8 with its byte offset, and lone surrogate escapes", function()
+      local bad = {
+        { '"ab\xffc"', 4 },                -- a byte that never starts a character
+        { '["\xc3"]', 3 },                 -- truncated two-byte sequence
+        { '"\xc0\xaf"', 2 },              -- overlong "/"
+        { '"\xe0\x80\xaf"', 2 },         -- overlong, three bytes
+        { '"\xed\xa0\x80"', 2 },         -- a UTF-16 surrogate written as UTF-8
+        { '"\xf4\x90\x80\x80"', 2 },    -- past U+10FFFF
+        { '"\xe2\x82"', 2 },              -- truncated three-byte sequence
+        { '{"k\x80": 1}', 4 },             -- in a key
+        { '"x\\n\xfe"', 5 },             -- after an escape (the slow path)
+      }
+      for _, c in ipairs(bad) do
+        local v, err, code = json.decode(c[1])
+        assert.is_nil(v, c[1])
+        assert.equal("JSON_PARSE", code)
+        assert.matches("json: invalid UTF%-8 in string at line 1, column %d+ %(byte " .. c[2] .. "%)", err)
+      end
+      -- the longest valid forms of each length pass
+      assert.equal("\u{7f}\u{7ff}\u{ffff}\u{10ffff}\u{d7ff}\u{e000}",
+        json.decode('"\u{7f}\u{7ff}\u{ffff}\u{10ffff}\u{d7ff}\u{e000}"'))
+      local _, err = json.decode([[ ["ok", "\ude00x"] ]])
+      assert.matches("lone low surrogate in \\u escape at line 1, column 10 %(byte 10%)", err)
+      _, err = json.decode([["\ud800\u0041"]])
+      assert.matches("high surrogate not followed by a low one", err)
+    end)
+
+    it("encodes only UTF-8: raises naming the path, or replaces with invalid_utf8", function()
+      assert.error_matches(function() json.encode({ rows = { "ok", "caf\xe9" } }) end,
+        "json: invalid UTF%-8 in string %(byte 4%) at %.rows%[2%]$")
+      assert.error_matches(function() json.encode({ ["k\xff"] = 1 }) end, "invalid UTF%-8 in string %(byte 2%)")
+      assert.error_matches(function() json.canonical("\xed\xa0\x80") end, "invalid UTF%-8")
+      local out = json.encode({ m = "caf\xe9 \xc3", ["k\xff"] = "\u{10ffff}" }, { invalid_utf8 = "replace", sort_keys = true })
+      assert.equal('{"k\u{fffd}":"\u{10ffff}","m":"caf\u{fffd} \u{fffd}"}', out)
+      assert.truthy(utf8.len(out))
+      assert.equal('"\u{fffd}\u{fffd}"', json.encode("\xed\xa0", { invalid_utf8 = "replace" }))
+      assert.error_matches(function() json.encode("", { invalid_utf8 = "drop" }) end, "invalid option 'drop'")
     end)
 
     it("rejects raw control characters and bad escapes", function()

@@ -154,6 +154,27 @@ describe("geneva.ledger", function()
       assert.same({}, lease_files())
     end)
 
+    it("leave nothing when an interrupt lands between reserve and bind", function()
+      local s = ledger.scope{ name = "ctx", journal = dir }
+      -- as spawn_worker: the lease is written, then Ctrl-C before the process is bound
+      local ok, err = pcall(function()
+        s:reserve("proc", "worker", { exe = "geneva" })
+        error("interrupted", 0)
+      end)
+      assert.is_false(ok)
+      assert.equals("interrupted", err)
+      assert.equals(1, #lease_files())
+      assert.is_true(s:close())
+      assert.same({}, lease_files())
+      -- a later bind replaces the lease-only teardown (and still drops the lease)
+      local log = {}
+      s = ledger.scope{ name = "ctx2", journal = dir }
+      s:reserve("proc", "w"):bind(function() log[#log + 1] = "down" end)
+      assert.is_true(s:close())
+      assert.same({ "down" }, log)
+      assert.same({}, lease_files())
+    end)
+
     it("stay when teardown fails, and are marked when retained", function()
       local s = ledger.scope{ name = "ctx", journal = dir }
       s:reserve("a", "bad"):bind(function() error("nope") end)

@@ -318,6 +318,49 @@ jobs:
       assert.matches("duplicate key 'x' after substitution", e.message, 1, true)
     end)
 
+    it("caps ${...} expansion: total text, copies of list vars, depth", function()
+      -- "billion laughs" through vars: each var is ten uses of the one before
+      local function laughs(n, first, use)
+        local lines = { "vars:", "  l0: " .. first }
+        for i = 1, n do lines[#lines + 1] = ("  l%d: %s"):format(i, use(i - 1)) end
+        lines[#lines + 1] = ("db: ./db\nx-a: ${l%d}\n"):format(n)
+        return table.concat(lines, "\n")
+      end
+      local text = laughs(4, ("x"):rep(1000), function(k) return ("${l%d}"):format(k):rep(10) end)
+      local p = write(dir .. "/r.yaml", text)
+      local e = load_err(p)
+      assert.equals("invalid_argument", e.code)
+      assert.same({ 6, 7 }, { e.line, e.col })          -- l4: 10 MB of text
+      assert.matches(p .. ":6:7: ${...} expands to more than 4194304 bytes", e.message, 1, true)
+
+      local list = laughs(5, "[a, b, c, d, e, f, g, h, i, j]", function(k)
+        return "\n" .. ("    - ${l%d}\n"):format(k):rep(10):sub(1, -2)
+      end)
+      e = load_err(write(dir .. "/r.yaml", list))
+      assert.matches("expands to more than 1000000 nodes", e.message, 1, true)
+      assert.equals(55, e.line)                         -- the 8th use of l4 in l5 crosses it
+
+      -- a chain of vars, written in order (each resolved from a memo) or in
+      -- reverse (each resolved by recursion): the same depth either way
+      local chain = { "vars:", "  v0: x" }
+      for i = 1, 300 do chain[#chain + 1] = ("  v%d: ${v%d}"):format(i, i - 1) end
+      local tail = "\ndb: ${v300}\n"
+      e = load_err(write(dir .. "/r.yaml", table.concat(chain, "\n") .. tail))
+      assert.matches(p .. ":67:8: variables refer to variables more than 64 levels deep (through 'v64')",
+        e.message, 1, true)
+      table.move(chain, 2, #chain, 1)
+      chain[#chain] = nil
+      local reversed = { "vars:" }
+      for i = #chain, 1, -1 do reversed[#reversed + 1] = chain[i] end
+      e = load_err(write(dir .. "/r.yaml", table.concat(reversed, "\n") .. tail))
+      assert.matches("variables refer to variables more than 64 levels deep", e.message, 1, true)
+      assert.is_nil(e.message:find("stack overflow", 1, true))
+
+      e = load_err(write(dir .. "/r.yaml", "db: ./db\nx-a: " .. ("${a:-"):rep(80) .. ("}"):rep(80) .. "\n"))
+      assert.matches(p .. ":2:", e.message, 1, true)
+      assert.matches("defaults nested more than 64 levels deep", e.message, 1, true)
+    end)
+
     it("fails with not_found for a missing file", function()
       local e = load_err(dir .. "/nope.yaml")
       assert.equals("not_found", e.code)

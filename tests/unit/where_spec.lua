@@ -28,6 +28,7 @@ local ESCAPES = {
   { "id = :x", "parameter" },
   { "", "empty" },
   { "   ", "empty" },
+  { "content = 'caf\xe9'", "not valid UTF-8 (byte 15)" },
 }
 
 -- wheres that are one expression, with the rows they match among 1..10

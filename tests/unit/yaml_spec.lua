@@ -78,6 +78,11 @@ i: !!float "-.inf"
       fails("YAML_TAG", "^<string>:2:4: invalid !!int value 'abc'$",
         yaml.load("a: 1\nb: !!int abc\n"))
       fails("YAML_TAG", "!!bool", yaml.load("!!bool yes"))
+      -- an explicit !!int is never rounded into a float
+      fails("YAML_TAG", "^r.yaml:3:6: !!int value '99999999999999999999' is beyond the int64 range$",
+        yaml.load("a: 1\nb:\n  c: !!int 99999999999999999999\n", { filename = "r.yaml" }))
+      fails("YAML_TAG", "!!int value '0x1FFFFFFFFFFFFFFFF' is beyond", yaml.load("!!int 0x1FFFFFFFFFFFFFFFF"))
+      assert.are.equal(math.mininteger, yaml.load("!!int -9223372036854775808"))
     end)
 
     it("loads nulls as yaml.null, or the sentinel asked for", function()

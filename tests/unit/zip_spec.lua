@@ -259,6 +259,85 @@ describe("geneva.zip", function()
     end)
   end)
 
+  describe("bombs", function()
+    local MiB = 1024 * 1024
+
+    -- an archive whose headers (local and central) claim `claim` bytes for
+    -- an entry that inflates to `real` zeros, as a hostile tool would write
+    local function lying_zip(path, real, claim)
+      local py = os.tmpname()
+      write(py, ([[
+import struct, sys, zipfile
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as z:
+    z.writestr("zeros.bin", bytes(%d))
+b = bytearray(open(sys.argv[1], "rb").read())
+for sig, off in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+    i = b.find(sig)
+    struct.pack_into("<I", b, i + off, %d)
+open(sys.argv[1], "wb").write(b)
+]]):format(real, claim))
+      assert(os.execute(("python3 %s %s"):format(q(py), q(path))))
+      os.remove(py)
+    end
+
+    local function refused(out, target, opts, pattern)
+      local a <close> = assert(zip.open(out))
+      local ok, msg, code = a:extract(target, opts)
+      assert.is_nil(ok)
+      assert.equals("ZIP_LIMIT", code)
+      assert.matches(pattern, msg)
+      assert.matches(out, msg, 1, true)                 -- names the archive
+      return msg
+    end
+
+    it("refuses declared sizes past max_ratio or max_size before writing anything", function()
+      local out, target = dir .. "/bomb.zip", dir .. "/t"
+      assert.is_true(zip.create(out, { { name = "a.txt", data = "fine" },
+        { name = "zeros.bin", data = string.rep("\0", 4 * MiB) } }, { level = 9 }))
+      assert.is_true(#child.read(out) < 10000)
+      refused(out, target, nil, "entry 'zeros.bin' in .* inflates 4194304 bytes from %d+, more than 100:1 %(max_ratio%)")
+      assert.is_false(child.exists(target .. "/a.txt"))
+      assert.is_true(zip.extract(out, target, { max_ratio = 10000 }))   -- overridable
+      assert.equals(4 * MiB, #child.read(target .. "/zeros.bin"))
+
+      local entries = {}
+      for i = 1, 3 do entries[i] = { name = "z" .. i, data = string.rep("\0", MiB) } end
+      assert.is_true(zip.create(out, entries))
+      refused(out, dir .. "/t2", { max_size = 2 * MiB, max_ratio = math.huge },
+        "declares more than 2097152 bytes %(max_size%)")
+      assert.is_false(child.exists(dir .. "/t2"))
+      local a <close> = assert(zip.open(out))
+      local v, msg, code = a:read("z1", { max_size = MiB - 1, max_ratio = math.huge })
+      assert.is_nil(v)
+      assert.equals("ZIP_LIMIT", code)
+      assert.matches("max_size", msg)
+      assert.equals(MiB, #a:read("z1", { max_ratio = math.huge }))
+      -- small entries are let through whatever their ratio
+      assert.is_true(zip.create(out, { { name = "z", data = string.rep("\0", 100000) } }))
+      assert.is_true(zip.extract(out, dir .. "/t3"))
+    end)
+
+    it("counts the bytes really inflated: declared sizes can lie", function()
+      local out = dir .. "/liar.zip"
+      lying_zip(out, 8 * MiB, 1000)
+      assert.equals(1000, (zip.open(out)):list()[1].size)
+      local target = dir .. "/t"
+      refused(out, target, { max_size = MiB, max_ratio = math.huge }, "unpacks to more than 1048576 bytes %(max_size%)")
+      assert.equals("", listdir(target))                 -- the partial file is removed
+      refused(out, dir .. "/t2", nil, "entry 'zeros.bin' in .* inflates %d+ bytes from %d+, more than 100:1")
+      assert.equals("", listdir(dir .. "/t2"))
+    end)
+
+    it("checks its options", function()
+      local out = dir .. "/ok.zip"
+      assert.is_true(zip.create(out, { { name = "a", data = "a" } }))
+      local a <close> = assert(zip.open(out))
+      assert.has_error(function() a:extract(dir .. "/t", { max_size = 0 }) end, "bad argument #2 to 'extract' (max_size must be a positive integer (bytes))")
+      assert.has_error(function() a:extract(dir .. "/t", { max_ratio = 0.5 }) end)
+      assert.has_error(function() a:read("a", { max_size = "1" }) end)
+    end)
+  end)
+
   describe("bad input", function()
     it("reports a missing source file", function()
       local out = dir .. "/a.zip"

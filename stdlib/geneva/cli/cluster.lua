@@ -38,7 +38,8 @@ local impl = {
   end,
   show = function(rec)
     return ("cluster %s (%s)\ncreated %s, updated %s\n%s\n"):format(rec.name, rec.type,
-      rec.created_at or "?", rec.updated_at or "?", json.encode(rec.spec, { indent = 2, sort_keys = true }))
+      rec.created_at or "?", rec.updated_at or "?",
+      json.encode(rec.spec, { indent = 2, sort_keys = true, invalid_utf8 = "replace" }))
   end,
 }
 

@@ -42,7 +42,7 @@ function M.main(argv)
     if verb == "list" then
       local recs = job.list(db, { table = opts.table, status = status })
       if opts.json then
-        io.stdout:write(json.encode(json.array(recs)), "\n")
+        io.stdout:write(json.encode(json.array(recs), { invalid_utf8 = "replace" }), "\n")
       else
         for _, rec in ipairs(recs) do io.stdout:write(line(rec), "\n") end
       end
@@ -66,11 +66,11 @@ function M.main(argv)
         rec = job.load(db, pos[2]) or rec
       end
       if opts.json then
-        io.stdout:write(json.encode(rec, { indent = 2 }), "\n")
+        io.stdout:write(json.encode(rec, { indent = 2, invalid_utf8 = "replace" }), "\n")
       elseif verb == "cancel" then
         io.stdout:write(("cancel requested for %s (now %s)\n"):format(rec.id, rec.status))
       else
-        io.stdout:write(json.encode(rec, { indent = 2 }), "\n")
+        io.stdout:write(json.encode(rec, { indent = 2, invalid_utf8 = "replace" }), "\n")
       end
     end
     return 0

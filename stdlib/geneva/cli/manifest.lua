@@ -41,7 +41,8 @@ local impl = {
         rec.host.glibc_min or "?", table.concat(rec.host.bundled or {}, " "))
     end
     if rec.spec and rec.spec.env and next(rec.spec.env) then
-      lines[#lines + 1] = "env      " .. json.encode(rec.spec.env, { sort_keys = true })
+      lines[#lines + 1] = "env      "
+        .. json.encode(rec.spec.env, { sort_keys = true, invalid_utf8 = "replace" })
     end
     lines[#lines + 1] = ("files (%d):"):format(rec.file_count or #(rec.files or {}))
     for _, f in ipairs(rec.files or {}) do

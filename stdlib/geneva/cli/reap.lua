@@ -35,7 +35,7 @@ function M.main(argv)
                             journal = e.source }
       end
       if opts.json then
-        io.stdout:write(json.encode(json.array(rows)), "\n")
+        io.stdout:write(json.encode(json.array(rows), { invalid_utf8 = "replace" }), "\n")
       else
         local c = reap.clean     -- lease fields are untrusted: no escape sequences
         for _, r in ipairs(rows) do
@@ -51,7 +51,7 @@ function M.main(argv)
     if opts.json then
       io.stdout:write(json.encode({ reaped = res.reaped, skipped = res.skipped,
                                     refused = json.array(res.refused),
-                                    failed = json.array(res.failed) }), "\n")
+                                    failed = json.array(res.failed) }, { invalid_utf8 = "replace" }), "\n")
     else
       for _, item in ipairs(res.items) do io.stdout:write("reaped ", item, "\n") end
       for _, f in ipairs(res.failed) do io.stderr:write("geneva: cannot reap ", f, "\n") end

@@ -5,6 +5,21 @@ local json = require "geneva.json"
 
 local M = {}
 
+-- A copy of v whose env values under secret names (spec.is_secret_key) read
+-- "<redacted>": records written before the rule was widened may hold some,
+-- and list/show must not print them.
+local function redact(v, is_env)
+  if type(v) ~= "table" then return v end
+  local is_secret_key = require("geneva.context.spec").is_secret_key
+  local out = setmetatable({}, getmetatable(v))    -- keeps json array/object marks
+  for k, x in pairs(v) do
+    if is_env and type(x) ~= "table" and is_secret_key(k) then out[k] = "<redacted>"
+    else out[k] = redact(x, k == "env") end
+  end
+  return out
+end
+M.redact = redact
+
 -- M.usage(kind, text) -> the usage of `geneva <kind>`: its three forms, then text
 function M.usage(kind, text)
   return ("usage: geneva %s list        --db URI [--json]\n"
@@ -24,24 +39,25 @@ function M.main(argv, kind, usage, impl)
     local verb = args.action(pos, { "list", "show", "delete" }, kind .. " NAME")
     local db = require("geneva.db").connect(args.database(opts))
     if verb == "list" then
-      local recs = impl.list(db)
+      local recs = redact(impl.list(db))
       if opts.json then
-        io.stdout:write(json.encode(json.array(recs), { sort_keys = true }), "\n")
+        io.stdout:write(json.encode(json.array(recs), { sort_keys = true, invalid_utf8 = "replace" }), "\n")
       else
         for _, rec in ipairs(recs) do io.stdout:write(impl.line(rec), "\n") end
       end
     elseif verb == "show" then
       local rec, err = impl.get(db, pos[2])
       if not rec then error(err, 0) end
+      rec = redact(rec)
       if opts.json then
-        io.stdout:write(json.encode(rec, { indent = 2, sort_keys = true }), "\n")
+        io.stdout:write(json.encode(rec, { indent = 2, sort_keys = true, invalid_utf8 = "replace" }), "\n")
       else
         io.stdout:write(impl.show(rec))
       end
     else
       impl.delete(db, pos[2])
       if opts.json then
-        io.stdout:write(json.encode({ deleted = pos[2], kind = kind }), "\n")
+        io.stdout:write(json.encode({ deleted = pos[2], kind = kind }, { invalid_utf8 = "replace" }), "\n")
       else
         io.stdout:write(("deleted %s '%s'\n"):format(kind, pos[2]))
       end

@@ -15,9 +15,11 @@
 -- Kubernetes reads "100m" as 0.1 byte, which is always a typo for 100Mi.
 --
 -- Secrets are references, never values: token_env / token_file, and
--- {from_env = "NAME"} for any env value. A field that looks like a secret and
--- holds a plain string is refused. resolve_env reads the references at use
--- time, for a child process; nothing here stores or logs their values.
+-- {from_env = "NAME"} for any env value. A field whose name looks like a
+-- secret (spec.is_secret_key) and holds a string or a number is refused, and
+-- so is a URL with a password in any env value. resolve_env reads the
+-- references at use time, for a child process; nothing here stores or logs
+-- their values. Records with literal env values are stored 0600 (registry).
 --
 -- The generic pieces (messages with field paths, Kubernetes syntax, field
 -- checkers) are geneva.context.spec.
@@ -60,7 +62,9 @@ function M.check_env(env, path)
       check_env_name(sub(p, "from_env"), v.from_env)
       out[k] = { from_env = v.from_env }
     elseif t == "string" or t == "number" or t == "boolean" then
-      if t == "string" and sv.is_secret_key(k) then fail(p, sv.SECRET_HINT) end
+      -- a number is a secret too under such a name (a PIN); a boolean never
+      if t ~= "boolean" and sv.is_secret_key(k) then fail(p, sv.SECRET_HINT) end
+      if sv.has_url_password(v) then fail(p, sv.SECRET_HINT .. " (no credentials in the URL)") end
       if t == "number" and math.type(v) == "float" and v == math.floor(v) and math.abs(v) < 2^53 then
         v = math.tointeger(v)
       end

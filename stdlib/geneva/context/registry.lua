@@ -1,7 +1,11 @@
 -- geneva.context.registry: named JSON records under <db>/_geneva/<kind>/<name>.json
 -- (clusters, manifests). Writes are atomic (temp file, fsync, rename) and
 -- skipped when the stored bytes would not change, so re-defining an
--- unchanged object writes nothing. Errors are raised geneva.Errors.
+-- unchanged object writes nothing. A record holding a literal env value is
+-- written 0600 (M.private): secrets are refused by name, but a value under
+-- a name no rule knows may still be one. Records of references and
+-- structure only keep the default mode, so a team sharing a db can read
+-- each other's definitions. Errors are raised geneva.Errors.
 local fs = require "geneva.fs"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
@@ -47,13 +51,28 @@ function M.read(db, kind, name)
   return rec, data
 end
 
+-- M.private(v) -> boolean: v holds, at any depth, an `env` table with a
+-- literal value (a reference {from_env=...} is a table)
+function M.private(v)
+  if type(v) ~= "table" then return false end
+  for k, x in pairs(v) do
+    if k == "env" and type(x) == "table" then
+      for _, e in pairs(x) do if type(e) ~= "table" then return true end end
+    end
+    if M.private(x) then return true end
+  end
+  return false
+end
+
+local MODE_PRIVATE = 384   -- 0600
+
 -- M.write(db, kind, name, rec [, old_bytes]) -> true if written, false when
 -- the bytes are unchanged (old_bytes: what M.read returned)
 function M.write(db, kind, name, rec, old_bytes)
   local data = M.encode(rec)
   if data == old_bytes then return false end
   io_check(fs.mkdir_p(M.dir(db, kind)))
-  io_check(fs.write_atomic(M.path(db, kind, name), data))
+  io_check(fs.write_atomic(M.path(db, kind, name), data, { mode = M.private(rec) and MODE_PRIVATE or nil }))
   return true
 end
 

@@ -74,19 +74,37 @@ local function nearest(k, fields)
   return best
 end
 
--- Does a key name a secret? Whole words token/key after api, and the
--- substrings secret/password/passwd/credential (TOKENIZERS_PARALLELISM is not).
+-- Does a key name a secret? One of SECRET_WORDS as a whole word (words are
+-- the runs of letters: DB_PASS, AWS_ACCESS_KEY_ID, apiKey, PRIVATE-KEY), or
+-- one of SECRET_PARTS anywhere (DBPASSWORD, MYSECRETKEY). Whole words keep
+-- KEYBOARD_LAYOUT, TOKENIZERS_PARALLELISM, AUTHOR and BYPASS out. The rule
+-- errs on the side of a secret: a false positive (SORT_KEY, SESSION_TTL)
+-- costs a {from_env=...} reference, a false negative stores a secret.
+-- Certificates are left out: CERT names are paths to public files.
+local SECRET_WORDS = {}
+for w in ([[pass passwd password passwords passphrase pwd secret secrets token tokens
+  key keys apikey credential credentials creds cred auth authorization bearer private
+  session sessionid cookie cookies signature jwt dsn]]):gmatch("%a+") do
+  SECRET_WORDS[w] = true
+end
+local SECRET_PARTS = { "passw", "secret", "credential", "apikey", "accesskey", "privatekey",
+  "authtoken", "passphrase" }
+
 function M.is_secret_key(k)
   if type(k) ~= "string" then return false end
   local l = k:lower()
-  if l:find("secret", 1, true) or l:find("passw", 1, true) or l:find("credential", 1, true)
-     or l:find("apikey", 1, true) or l:find("api_key", 1, true) then
-    return true
+  for _, part in ipairs(SECRET_PARTS) do
+    if l:find(part, 1, true) then return true end
   end
-  for w in l:gmatch("[%a%d]+") do
-    if w == "token" or w == "tokens" then return true end
+  for w in k:gsub("(%l)(%u)", "%1_%2"):lower():gmatch("%a+") do   -- camelCase too
+    if SECRET_WORDS[w] then return true end
   end
   return false
+end
+
+-- Does a value carry a password in a URL (scheme://user:password@host)?
+function M.has_url_password(v)
+  return type(v) == "string" and v:find("^%a[%w+.%-]*://[^/@:]*:[^/@]+@") ~= nil
 end
 
 -- }=====

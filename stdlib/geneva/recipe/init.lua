@@ -25,6 +25,9 @@
 -- is. Defaults in `vars:` may refer to other vars. Note that YAML ends an
 -- unquoted scalar at `{` inside flow collections ({...} and [...]): there,
 -- quote the reference or write the collection in block style.
+-- Substitution is capped (geneva.recipe.template: 4 MiB of substituted text,
+-- 1e6 nodes copied by whole list/map uses, vars and defaults 64 deep): past
+-- a cap, load fails at the scalar that crossed it.
 -- A --set that no ${...} uses is a warning (r.warnings). Top-level keys
 -- starting with `x-` are free-form (a place for anchors that jobs merge
 -- with `<<: *name`); any other unknown field is an error.

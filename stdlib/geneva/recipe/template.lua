@@ -121,12 +121,36 @@ end
 
 -- {====== Substitution
 
+-- Caps on what substitution may build, the defence YAML loaders have
+-- against "billion laughs" (our yaml binding's max_alias_nodes, go-yaml's
+-- alias budget): ten vars of ten uses each of the one before reached 3 GB.
+-- A recipe is a few KB, so the caps are far above any real one and far
+-- below what hurts a machine:
+-- - MAX_BYTES: the text every substituted scalar adds up to (4 MiB);
+-- - MAX_NODES: the list and map nodes whole `${name}` uses copy, as many as
+--   the yaml binding lets aliases stand for (1e6, ~100 MB of Lua tables);
+-- - MAX_DEPTH: vars whose values use vars, and defaults inside defaults; a
+--   real chain is a handful long, and 64 keeps the recursion (pcall per
+--   level) well inside Lua's C-stack limit (LUAI_MAXCCALLS, 200).
+local MAX_BYTES = 4 * 1024 * 1024
+local MAX_NODES = 1000000
+local MAX_DEPTH = 64
+
+
 -- A thrown substitution error: offset into the scalar text and a message.
 local function sub_fail(at, msg) error({ sub_at = at, sub_msg = msg }, 0) end
 
+-- A thrown cap: ends the whole expansion (template.expand) at the scalar
+-- being substituted, since anything after it would only pile up more.
+local function limit_fail(fmt, ...) error({ sub_limit = fmt:format(...) }, 0) end
+
 -- parse(s) -> parts: strings and refs {name=, at=, default=parts|nil}.
--- Raises sub_fail for a bad or unterminated reference.
+-- nested: the depth of the default being parsed (nil at the top). Raises
+-- sub_fail for a bad or unterminated reference.
 local function parse_parts(s, i, nested, open_at)
+  if nested and nested > MAX_DEPTH then
+    sub_fail(open_at, ("defaults nested more than %d levels deep"):format(MAX_DEPTH))
+  end
   local parts, buf = {}, {}
   local function flush()
     if #buf > 0 then parts[#parts + 1] = table.concat(buf); buf = {} end
@@ -156,7 +180,7 @@ local function parse_parts(s, i, nested, open_at)
         i = j + 1
       elseif s:sub(j, j + 1) == ":-" then
         local def
-        def, j = parse_parts(s, j + 2, true, i)
+        def, j = parse_parts(s, j + 2, (nested or 0) + 1, i)
         parts[#parts + 1] = { name = name, at = i, default = def }
         i = j
       elseif j > n then
@@ -212,9 +236,24 @@ local function deep_copy(v, pos, seen)
   return t
 end
 
+-- The nodes (tables and scalars) of v, counting no further than `stop`.
+local function count_nodes(v, stop)
+  if type(v) ~= "table" then return 1 end
+  local n = 1
+  for _, x in pairs(v) do
+    n = n + count_nodes(x, stop - n)
+    if n > stop then break end
+  end
+  return n
+end
+
 -- The substitution state of one load: vars, their sources and uses.
 local Subst = {}
 Subst.__index = Subst
+
+local function too_deep(name)
+  limit_fail("variables refer to variables more than %d levels deep (through '%s')", MAX_DEPTH, name)
+end
 
 -- lookup(name) -> value | nil (unset), declared
 function Subst:lookup(name)
@@ -222,7 +261,12 @@ function Subst:lookup(name)
   local v = self.set[name]
   if v ~= nil then return v, true end
   if self.var_nodes and rawget(self.var_nodes, name) ~= nil then
-    v = self:var_value(name)
+    local depth
+    v, depth = self:var_value(name)
+    -- the var being resolved (if any) is one deeper than those it uses
+    local top = #self.depth_stack
+    if top > 0 and depth + 1 > self.depth_stack[top] then self.depth_stack[top] = depth + 1 end
+    if depth + 1 > MAX_DEPTH then too_deep(name) end
     if isnull(v) then return nil, true end
     return v, true
   end
@@ -230,23 +274,30 @@ function Subst:lookup(name)
 end
 
 -- A vars: default, substituted (it may refer to other vars); memoized.
+-- -> value, depth (0 for a var that uses none, else one more than the
+-- deepest it uses: the same whatever order the vars are resolved in).
 function Subst:var_value(name)
   local memo = self.var_memo[name]
-  if memo ~= nil then return memo[1] end
+  if memo ~= nil then return memo[1], memo[2] end
   if self.resolving[name] then
     local chain = {}
     for _, n in ipairs(self.resolving_stack) do chain[#chain + 1] = n end
     chain[#chain + 1] = name
     error({ sub_cycle = ("variable '%s' refers to itself (%s)"):format(name, table.concat(chain, " -> ")) }, 0)
   end
+  -- stops the recursion itself before the C stack does (one pcall a level)
+  if #self.resolving_stack >= MAX_DEPTH then too_deep(name) end
   self.resolving[name] = true
   self.resolving_stack[#self.resolving_stack + 1] = name
+  self.depth_stack[#self.depth_stack + 1] = 0
   local vp = self.var_pos
   local v = self:walk(self.var_nodes[name], vp and vp.values[name])
+  local depth = self.depth_stack[#self.depth_stack]
+  self.depth_stack[#self.depth_stack] = nil
   self.resolving_stack[#self.resolving_stack] = nil
   self.resolving[name] = nil
-  self.var_memo[name] = { v }
-  return v
+  self.var_memo[name] = { v, depth }
+  return v, depth
 end
 
 function Subst:eval(parts, plain_whole)
@@ -254,9 +305,13 @@ function Subst:eval(parts, plain_whole)
   if plain_whole and #parts == 1 and type(parts[1]) == "table" then
     local p = parts[1]
     local v = self:lookup(p.name)
-    if type(v) == "table" then return deep_copy(v, self.pos) end
+    if type(v) == "table" then
+      self.nodes = self.nodes + count_nodes(v, MAX_NODES - self.nodes)
+      if self.nodes > MAX_NODES then limit_fail("${...} expands to more than %d nodes", MAX_NODES) end
+      return deep_copy(v, self.pos)
+    end
   end
-  local out = {}
+  local out, n, size = {}, 0, 0
   for _, p in ipairs(parts) do
     if type(p) == "string" then
       out[#out + 1] = p
@@ -279,6 +334,11 @@ function Subst:eval(parts, plain_whole)
         out[#out + 1] = t
       end
     end
+    -- checked before the concat: the parts may be one big string many times
+    if #out > n then
+      n, size = #out, size + #out[#out]
+      if self.bytes + size > MAX_BYTES then limit_fail("${...} expands to more than %d bytes", MAX_BYTES) end
+    end
   end
   return table.concat(out)
 end
@@ -293,6 +353,7 @@ function Subst:scalar(s, loc, is_key)
     if #parts == 1 and parts[1] == s then return s end       -- nothing to do
     local plain = loc and loc.plain and not is_key
     local v = self:eval(parts, plain)
+    if type(v) == "string" then self.bytes = self.bytes + #v end
     if #self.missing > 0 then error({ sub_list = self.missing }, 0) end
     if type(v) == "string" and plain and (has_ref(parts) or v ~= s) then v = yaml.resolve(v) end
     return v
@@ -320,6 +381,10 @@ function Subst:scalar(s, loc, is_key)
       self.problems:add({ line = line, col = col }, "%s", m.msg)
     end
     return s
+  end
+  if type(res) == "table" and res.sub_limit then
+    self.problems:add(loc, "%s", res.sub_limit)
+    self.problems:check()                    -- raises: no point going on
   end
   if type(res) == "table" and res.sub_cycle then
     self.problems:add(loc, "%s", res.sub_cycle)
@@ -384,7 +449,7 @@ end
 function template.expand(doc, pos, src, set, problems)
   local st = setmetatable({ set = set, used = {}, src = src, src_pos = pos or {}, pos = {}, missing = {},
                             problems = problems, var_memo = {}, resolving = {},
-                            resolving_stack = {} }, Subst)
+                            resolving_stack = {}, depth_stack = {}, bytes = 0, nodes = 0 }, Subst)
   if type(doc) == "table" and doc[1] == nil and type(doc.vars) == "table" then
     local vp = pos[doc.vars]
     if vp and vp.kind == "map" then

@@ -16,6 +16,10 @@ local ingest = {}
 
 ingest.DEFAULT_FRAGMENT_SIZE = 100000
 
+-- SQLite's default SQLITE_MAX_COLUMN (Debian's build keeps it): a data file's
+-- table holds at most this many columns, _rowid included.
+ingest.MAX_COLUMNS = 2000
+
 local qi = require("geneva.sqlite").quote_ident
 
 -- ingest.check_name(name [, what="column"]) -> name | raises invalid_argument.
@@ -190,9 +194,14 @@ function ingest.read_jsonl(path)
   for l in (text .. (text:sub(-1) == "\n" and "" or "\n")):gmatch("([^\n]*)\n") do
     line = line + 1
     if l:find("%S") then
-      local v, err = json.decode(l, { null_as_nil = true })
+      -- a repeated key or an integer beyond int64 would pass as the last
+      -- value or a rounded float: both fail here instead
+      local v, err = json.decode(l, { null_as_nil = true, exact_integers = true, unique_keys = true })
       if v == nil then
-        errors.throw("invalid_argument", ("%s:%d: bad JSON: %s"):format(path, line, tostring(err)), { path = path, line = line })
+        -- each line is its own document: "at line 1" would mislead
+        local what = err:gsub("^json: ", ""):gsub(" at line 1, column (%d+) %(byte %d+%)$", " at column %1")
+        if not (what:find("^duplicate key") or what:find("^integer .* int64 range")) then what = "bad JSON: " .. what end
+        errors.throw("invalid_argument", ("%s:%d: %s"):format(path, line, what), { path = path, line = line })
       end
       if type(v) ~= "table" or json.is_array(v) then
         errors.throw("invalid_argument", ("%s:%d: expected a JSON object"):format(path, line), { path = path, line = line })
@@ -309,7 +318,11 @@ function ingest.resolve_schema(batch, given)
     if batch.kind == "csv" then
       local sample = {}
       for i = 1, batch.n do sample[i] = col[i] end
-      t = types.infer(sample)
+      local at, why
+      t, at, why = types.infer(sample)
+      if not t then
+        fail(batch, at, name, ("column '%s': %s (give opts.schema float64 or string to keep it)"):format(name, why))
+      end
     else
       t = infer_values(batch, name, col)
     end
@@ -347,6 +360,13 @@ function ingest.to_columns(batch, schema)
       local _, fields = locate(batch, 1, name)
       errors.throw("invalid_argument", ("column '%s' is virtual (computed by backfill) and cannot be written"):format(name), fields)
     end
+  end
+  local stored = 0
+  for _, c in ipairs(schema) do if not c.virtual then stored = stored + 1 end end
+  if stored > ingest.MAX_COLUMNS - 1 then
+    local where = batch.path and (batch.path .. ": ") or ""
+    errors.throw("invalid_argument", ("%s%d columns: SQLite allows at most %d columns per table (SQLITE_MAX_COLUMN), "
+      .. "one of them our _rowid"):format(where, stored, ingest.MAX_COLUMNS), { path = batch.path })
   end
   local cells = {}
   for name, col in pairs(batch.cells) do cells[by_lower[name:lower()].name] = col end

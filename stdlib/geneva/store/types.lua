@@ -154,19 +154,25 @@ function types.from_sql(t, v)
 end
 
 -- types.infer(strings) -> type name for a CSV column: int64, float64, bool
--- or string, from its non-empty cells.
+-- or string, from its non-empty cells | nil, index, reason for a column of
+-- integers one of which is beyond int64 (rather than a float64 column that
+-- silently rounds them all).
 function types.infer(cells)
   local int, float, bool = true, true, true
-  local any = false
-  for _, c in ipairs(cells) do
+  local any, big = false, nil
+  for i, c in ipairs(cells) do
     if c ~= "" then
       any = true
-      if int and not (c:match("^[+-]?%d+$") and math.tointeger(tonumber(c))) then int = false end
+      if int then
+        if not c:match("^[+-]?%d+$") then int = false
+        elseif not big and not math.tointeger(tonumber(c)) then big = i end
+      end
       if float and (not tonumber(c) or c:match("^%s*[+-]?0[xX]")) then float = false end
       if bool and c ~= "true" and c ~= "false" then bool = false end
     end
   end
   if not any then return "string" end
+  if int and big then return nil, big, ("integer %s is beyond the int64 range"):format(cells[big]) end
   if int then return "int64" end
   if float then return "float64" end
   if bool then return "bool" end
@@ -178,8 +184,10 @@ function types.parse_cell(t, s)
   if s == "" then return nil end
   local k = t.kind
   if k == "int64" then
-    local v = s:match("^[+-]?%d+$") and math.tointeger(tonumber(s))
+    local digits = s:match("^[+-]?%d+$")
+    local v = digits and math.tointeger(tonumber(s))
     if v then return v end
+    if digits then return nil, ("integer %s is beyond the int64 range"):format(s) end
     return nil, ("expected int64, got %q"):format(s)
   elseif k == "float64" then
     local v = tonumber(s)

@@ -43,6 +43,9 @@ not one expression by the rules above.
 function where.scan(s)
   if type(s) ~= "string" then return nil, "must be an SQL string" end
   if not s:find("%S") then return nil, "empty expression" end
+  -- the where travels in JSON (job record, tasks), which holds only UTF-8
+  local ok, bad = utf8.len(s)
+  if not ok then return nil, ("not valid UTF-8 (byte %d)"):format(bad) end
   local names, depth, i, n = {}, 0, 1, #s
   local after_in = false          -- the previous token was the word IN
   while i <= n do
