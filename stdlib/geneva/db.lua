@@ -28,22 +28,37 @@ function M.check_table_name(name)
   return name
 end
 
+local S3_OPTIONS = { endpoint = "string", region = "string", profile = "string", path_style = "boolean" }
+
 --[[
 M.connect(uri [, opts]) -> Db
-uri is a directory (created if missing); object-store URIs are not supported
-yet (invalid_argument). The Db becomes the "latest connect" (M.latest()).
+uri is a directory (created if missing) or s3://bucket/prefix (opts:
+endpoint, region, profile, path_style; design §3). An s3 database is
+served through its local mirror (geneva.store.backend.s3): db.path is
+that mirror, db.uri the s3 URI, db.store what a worker needs to mount it.
+The Db becomes the "latest connect" (M.latest()).
 ]]
 function M.connect(uri, opts)
-  if type(uri) ~= "string" or uri == "" then invalid("connect: uri must be a directory path") end
+  if type(uri) ~= "string" or uri == "" then invalid("connect: uri must be a directory path or s3://bucket/prefix") end
   if opts ~= nil and type(opts) ~= "table" then invalid("connect: opts must be a table") end
-  if uri:match("^%a[%w+.-]*://") and not uri:match("^file://") then
-    invalid(("connect: '%s': only local directories are supported for now"):format(uri))
+  local path, store
+  if uri:match("^s3://") then
+    for k, v in pairs(opts or {}) do
+      if not S3_OPTIONS[k] then
+        invalid(("connect: unknown option '%s' for an s3 database (endpoint, region, profile, path_style)"):format(tostring(k)))
+      end
+      if type(v) ~= S3_OPTIONS[k] then invalid(("connect: option '%s' must be a %s"):format(k, S3_OPTIONS[k])) end
+    end
+    path, store = require("geneva.store.backend.s3").mount(uri, opts)
+  elseif uri:match("^%a[%w+.-]*://") and not uri:match("^file://") then
+    invalid(("connect: '%s': a database is a directory or s3://bucket/prefix"):format(uri))
+  else
+    path = uri:gsub("^file://", "")
+    errors.io(fs.mkdir_p(path))
+    path = errors.io(fs.realpath(path))
   end
-  local path = uri:gsub("^file://", "")
-  errors.io(fs.mkdir_p(path))
-  path = errors.io(fs.realpath(path))
   -- dir: alias of path, for modules that say tbl.db.dir
-  local db = setmetatable({ uri = uri, path = path, dir = path, opts = opts or {} }, Db)
+  local db = setmetatable({ uri = uri, path = path, dir = path, opts = opts or {}, store = store }, Db)
   require("geneva.context").use_db(db)   -- names resolve against it
   return db
 end
@@ -51,7 +66,7 @@ end
 -- M.latest() -> the Db of the latest connect in this Lua state, or nil
 function M.latest() return require("geneva.context").latest_db() end
 
-function Db:__tostring() return ("geneva.Db '%s'"):format(self.path) end
+function Db:__tostring() return ("geneva.Db '%s'"):format(self.store and self.uri or self.path) end
 
 -- db:table_dir(name) -> path of the table's directory (no checks)
 function Db:table_dir(name) return self.path .. "/" .. name end

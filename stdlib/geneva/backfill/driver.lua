@@ -151,6 +151,7 @@ local function start(self)
   for i, t in ipairs(tasks) do
     t.id, t.job = ("%s/%d"):format(rec.id, i), rec.id
     t.table_dir, t.version, t.column = self.tbl.dir, snapshot.version, rec.column
+    t.store = self.tbl.db.store        -- an object store the worker mounts (nil: a directory)
     t.udf, t.where = spec, rec.options.where
   end
   self.tasks, self.next_task, self.in_flight = tasks, 1, 0

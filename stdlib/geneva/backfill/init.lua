@@ -129,7 +129,7 @@ function backfill.start_async(tbl, column, opts)
     lease:update{ pid = p:pid(), pgid = p:pgid(), start_time = info and info.start_time }
     lease:bind(function() p:close() end)
     -- the handoff may hold resolved secrets (env): a pipe, never a file
-    local msg = json.encode{ db = db_dir, table = tbl.name, job = rec.id, runner = r:handoff(),
+    local msg = json.encode{ db = db_dir, store = tbl.db.store, table = tbl.name, job = rec.id, runner = r:handoff(),
                              describe = r:describe() }
     local wok, werr = p:write(msg .. "\n")
     p:close_stdin()

@@ -8,6 +8,7 @@
 -- of the driver and of its workers (tagged by worker or Ray slot), is
 -- `<id>.log` beside it, appended by the driver (job:logs, geneva jobs logs).
 local fs = require "geneva.fs"
+local backend = require "geneva.store.backend"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
 local time = require "geneva.time"
@@ -43,7 +44,7 @@ function job.save(db_dir, rec, compact)
   local ok, err, code = fs.mkdir_p(jobs_dir(db_dir))
   if ok then
     rec.updated_at = time.iso8601()
-    ok, err, code = fs.write_atomic(record_path(db_dir, rec.id),
+    ok, err, code = backend.put(record_path(db_dir, rec.id),
       compact and json.encode(rec) or json.encode(rec, { indent = 2 }),
       { fsync = FINAL[rec.status] or false })
   end
@@ -92,7 +93,7 @@ job.owner_alive = owner_alive
 -- job.load(db_dir, id) -> record | nil, Error(not_found). A RUNNING or
 -- PENDING record whose driver is gone is reported FAILED/abandoned.
 local function read_record(db_dir, id)
-  local text = fs.read(record_path(db_dir, id))
+  local text = backend.get(record_path(db_dir, id))
   if not text then return nil, errors.new("not_found", ("no job '%s'"):format(id), { job_id = id }) end
   local rec, err = json.decode(text, { null_as_nil = true })
   if type(rec) ~= "table" then
@@ -130,7 +131,7 @@ function job.list(db_dir, filter)
     errors.throw("invalid_argument", ("jobs: unknown status '%s' (PENDING, RUNNING, DONE, FAILED or CANCELLED)")
       :format(tostring(filter.status)))
   end
-  local names = fs.list(jobs_dir(db_dir)) or {}
+  local names = backend.list(jobs_dir(db_dir)) or {}
   local out = {}
   for i = #names, 1, -1 do
     local id = names[i]:match("^([%w%-_]+)%.json$")
@@ -158,13 +159,27 @@ job.MAX_LOG_BYTES = 64 * 1024 * 1024
 
 local function log_path(db_dir, id) return jobs_dir(db_dir) .. "/" .. id .. ".log" end
 
+-- In an object store (no appends) the log is written locally in the
+-- mirror and uploaded whole, at most every LOG_UPLOAD_EVERY seconds and at
+-- the end.
+job.LOG_UPLOAD_EVERY = 5
+
 -- job.open_log(db_dir, id) -> log with :write(line) and :close(). Lines get
 -- the wall-clock time; a log that cannot be written costs its lines, never
 -- the job.
 function job.open_log(db_dir, id)
   fs.mkdir_p(jobs_dir(db_dir))
-  local f = io.open(log_path(db_dir, id), "a")
-  local log = { f = f, size = f and f:seek("end") or 0 }
+  local path = log_path(db_dir, id)
+  local f = io.open(path, "a")
+  local log = { f = f, size = f and f:seek("end") or 0, remote = backend.is_remote(path), uploaded = 0,
+                uploaded_at = time.monotonic() }
+  function log:upload(force)
+    if not self.remote or self.size == self.uploaded then return end
+    if force or time.monotonic() - self.uploaded_at >= job.LOG_UPLOAD_EVERY then
+      self.uploaded_at = time.monotonic()
+      if backend.upload(path) then self.uploaded = self.size end
+    end
+  end
   function log:write(line)
     if not self.f then return end
     local text = os.date("!%H:%M:%S ") .. tostring(line):gsub("[\r\n]+", " ") .. "\n"
@@ -180,9 +195,11 @@ function job.open_log(db_dir, id)
       return
     end
     self.size = self.size + #text
+    self:upload(false)
   end
   function log:close()
     if self.f then self.f:close() self.f = nil end
+    self:upload(true)
   end
   return log
 end
@@ -191,12 +208,19 @@ end
 -- is no log: the whole lines from byte offset on (a line still being
 -- written waits for the next read).
 function job.read_log(db_dir, id, offset)
-  local f = io.open(log_path(db_dir, id), "rb")
-  if not f then return nil end
   offset = offset or 0
-  f:seek("set", offset)
-  local text = f:read("a") or ""
-  f:close()
+  local path, text = log_path(db_dir, id), nil
+  if backend.is_remote(path) then
+    text = backend.get(path)
+    if not text then return nil end
+    text = text:sub(offset + 1)
+  else
+    local f = io.open(path, "rb")       -- (perf) a followed log is read from where it was
+    if not f then return nil end
+    f:seek("set", offset)
+    text = f:read("a") or ""
+    f:close()
+  end
   local lines, pos = {}, 1
   while true do
     local nl = text:find("\n", pos, true)
@@ -224,17 +248,17 @@ function job.request_cancel(db_dir, id)
     return rec
   end
   if FINAL[rec.status] then return rec end
-  local ok, err = fs.write_atomic(jobs_dir(db_dir) .. "/" .. id .. ".cancel", time.iso8601())
+  local ok, err = backend.put(jobs_dir(db_dir) .. "/" .. id .. ".cancel", time.iso8601())
   if not ok then errors.raise("unavailable", "cannot write the cancel marker of job %s: %s", id, err) end
   return rec
 end
 
 function job.cancel_requested(db_dir, id)
-  return fs.exists(jobs_dir(db_dir) .. "/" .. id .. ".cancel")
+  return backend.exists(jobs_dir(db_dir) .. "/" .. id .. ".cancel")
 end
 
 function job.clear_cancel(db_dir, id)
-  os.remove(jobs_dir(db_dir) .. "/" .. id .. ".cancel")
+  backend.delete(jobs_dir(db_dir) .. "/" .. id .. ".cancel")
 end
 
 --[[

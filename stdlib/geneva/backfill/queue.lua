@@ -31,7 +31,13 @@
 -- driver takes them. The driver checks a result's shape, its counts against
 -- the task's window and that the staged file is the task's own path before
 -- using any of it.
+--
+-- The queue lives wherever the database does (geneva.store.backend): in an
+-- object store claims and results are conditional PUTs, heartbeats are
+-- rewritten objects (a beat is a change of content), and both sides look
+-- less often (REMOTE_POLL) to keep requests per task low.
 local fs = require "geneva.fs"
+local backend = require "geneva.store.backend"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
 local time = require "geneva.time"
@@ -44,6 +50,8 @@ queue.MAX_ATTEMPTS = 3      -- runs of one task in all
 queue.JOB_CHECK = 0.5       -- seconds between an idle worker's looks at the job record
 local MAX_FILE = 4 * 1024 * 1024   -- a queue file larger than this is refused
 local MAX_IDLE_SLEEP = 0.2
+local REMOTE_POLL = 0.25    -- seconds between a driver's looks at a queue in an object store
+local REMOTE_IDLE_SLEEP = 1.0
 
 local function valid_job_id(id)
   return type(id) == "string" and #id <= 128 and id:match("^[%w%-_]+$") ~= nil
@@ -71,7 +79,13 @@ queue.parse_name = parse_name
 local function is_int(v) return math.type(v) == "integer" end
 
 local function read_json(path)
-  local text, err, code = fs.read_regular(path, MAX_FILE)
+  local text, err, code
+  if backend.is_remote(path) then
+    text, err, code = backend.get(path)
+    if text and #text > MAX_FILE then return nil, "larger than " .. MAX_FILE .. " bytes" end
+  else
+    text, err, code = fs.read_regular(path, MAX_FILE)   -- a regular file, no symlink
+  end
   if not text then return nil, err, code end
   local ok, v = pcall(json.decode, text, { null_as_nil = true })
   if not ok or type(v) ~= "table" then return nil, "not a JSON object" end
@@ -82,6 +96,7 @@ end
 -- (not synced: a lost claim or result only means the task runs again)
 -- linked into place. -> true | nil, msg, code ("EEXIST": someone was first)
 local function publish_exclusive(path, data)
+  if backend.is_remote(path) then return backend.put_if_absent(path, data) end
   local tmp = ("%s/.%s.%s.tmp"):format(path:match("^(.*)/"), path:match("([^/]*)$"), fs.random_hex(12))
   local ok, err, code = fs.write(tmp, data)
   if not ok then os.remove(tmp) return nil, err, code end
@@ -109,9 +124,9 @@ function queue.dispatcher(db_dir, job_id, opts)
   for _, sub in ipairs({ "tasks", "claims", "results", "workers" }) do
     errors.io(fs.mkdir_p(dir .. "/" .. sub))
   end
-  os.remove(dir .. "/stop")
+  backend.delete(dir .. "/stop")
   return setmetatable({
-    dir = dir, job = job_id, db_dir = db_dir,
+    dir = dir, job = job_id, db_dir = db_dir, remote = backend.is_remote(dir), polled_at = 0,
     max_attempts = opts.max_attempts or queue.MAX_ATTEMPTS, stale = opts.stale or queue.STALE,
     entries = {}, by_name = {}, nopen = 0, beats = {}, checked_at = 0,
   }, Dispatcher)
@@ -131,7 +146,7 @@ local function write_task(self, e)
   e.name = ("%d.%d.json"):format(e.key, e.attempt)
   e.state, e.worker, e.claimed_at = "queued", nil, nil
   local body = json.encode({ attempt = e.attempt, task = e.task })
-  errors.io(fs.write_atomic(self.dir .. "/tasks/" .. e.name, body, { fsync = false }))
+  errors.io(backend.put(self.dir .. "/tasks/" .. e.name, body, { fsync = false }))
   self.by_name[e.name] = e
 end
 
@@ -154,8 +169,8 @@ local function settle(self, e)
   e.done = true
   self.nopen = self.nopen - 1
   if e.name then
-    os.remove(self.dir .. "/tasks/" .. e.name)
-    os.remove(self.dir .. "/claims/" .. e.name)
+    backend.delete(self.dir .. "/tasks/" .. e.name)
+    backend.delete(self.dir .. "/claims/" .. e.name)
     self.by_name[e.name] = nil
   end
 end
@@ -166,8 +181,8 @@ end
 
 -- The task runs again under attempt + 1, or fails after max_attempts.
 local function requeue(self, e, why, events)
-  os.remove(self.dir .. "/tasks/" .. e.name)
-  os.remove(self.dir .. "/claims/" .. e.name)
+  backend.delete(self.dir .. "/tasks/" .. e.name)
+  backend.delete(self.dir .. "/claims/" .. e.name)
   self.by_name[e.name] = nil
   if e.attempt >= self.max_attempts then
     settle(self, e)
@@ -219,14 +234,18 @@ local function check_result(e, msg)
      or msg.computed + msg.failed > width then
     return nil, "its row counts do not fit the task's window"
   end
-  if msg.staged ~= nil and msg.staged ~= staged_path(t) then
+  -- compared from the table on: an object store's mirror is at another
+  -- path on each machine; the driver then uses its own path of the file
+  local own = staged_path(t)
+  local tail = own:sub(#t.table_dir + 1)
+  if msg.staged ~= nil and (type(msg.staged) ~= "string" or msg.staged:sub(-#tail) ~= tail) then
     return nil, "its staged file is not the task's output path"
   end
   if msg.staged == nil and msg.computed + msg.failed > 0 then
     return nil, "rows were computed but no staged file is named"
   end
   local res = { op = "done", task = t.id, computed = msg.computed, failed = msg.failed,
-                staged = msg.staged, errors = {} }
+                staged = msg.staged and own, errors = {} }
   if msg.errors ~= nil then
     if type(msg.errors) ~= "table" then return nil, "errors is not a list" end
     for i = 1, math.min(#msg.errors, 20) do res.errors[i] = clean_error(msg.errors[i], "udf_error") end
@@ -247,7 +266,7 @@ end
 
 local function collect_results(self, events)
   local dir = self.dir .. "/results/"
-  for _, name in ipairs(fs.list(dir) or {}) do
+  for _, name in ipairs(backend.list(dir) or {}) do
     local key, attempt = parse_name(name)
     if key then
       local e = self.entries[key]
@@ -263,14 +282,14 @@ local function collect_results(self, events)
           if attempt == e.attempt then requeue(self, e, "its result was unusable", events) end
         end
       end
-      os.remove(dir .. name)
+      backend.delete(dir .. name)
     end
   end
 end
 
 local function scan_claims(self)
   local dir = self.dir .. "/claims/"
-  for _, name in ipairs(fs.list(dir) or {}) do
+  for _, name in ipairs(backend.list(dir) or {}) do
     local e = self.by_name[name]
     if e and not e.done and e.state == "queued" then
       local c = read_json(dir .. name)
@@ -286,8 +305,16 @@ end
 -- (first seen counts as a change: staleness is measured on our clock).
 local function last_beat(self, id, now)
   local b = self.beats[id]
-  local st = valid_worker_id(id) and fs.stat(self.dir .. "/workers/" .. id .. ".beat")
-  local mark = st and st.mtime_ns or false
+  local path = self.dir .. "/workers/" .. id .. ".beat"
+  local mark = false
+  if valid_worker_id(id) then
+    if self.remote then
+      mark = backend.get(path) or false
+    else
+      local st = fs.stat(path)
+      mark = st and st.mtime_ns or false
+    end
+  end
   if not b then
     b = { mark = mark, seen = now }
     self.beats[id] = b
@@ -317,6 +344,11 @@ end
 function Dispatcher:poll(events)
   events = events or {}
   if self.cancelled then return events end
+  if self.remote then
+    local now = time.monotonic()
+    if now - self.polled_at < REMOTE_POLL then return events end
+    self.polled_at = now
+  end
   collect_results(self, events)
   scan_claims(self)
   check_stale(self, events)
@@ -328,6 +360,11 @@ end
 function Dispatcher:requeue_worker(id, why, events)
   events = events or {}
   if self.cancelled then return events end
+  if self.remote then
+    local now = time.monotonic()
+    if now - self.polled_at < REMOTE_POLL then return events end
+    self.polled_at = now
+  end
   collect_results(self, events)      -- what it finished before it went counts
   scan_claims(self)
   for _, e in pairs(self.entries) do
@@ -363,7 +400,7 @@ end
 
 -- d:stop(): the stop marker; workers exit once idle
 function Dispatcher:stop()
-  if fs.exists(self.dir) then fs.write(self.dir .. "/stop", time.iso8601()) end
+  if self.remote or fs.exists(self.dir) then backend.put(self.dir .. "/stop", time.iso8601(), { fsync = false }) end
 end
 
 -- d:cancel(): stop marker, open tasks withdrawn, no more events
@@ -377,7 +414,7 @@ end
 
 -- d:remove(): the queue directory goes (once its workers are gone)
 function Dispatcher:remove()
-  fs.remove_tree(self.dir)
+  backend.delete_tree(self.dir)
   fs.remove(self.dir:match("^(.*)/queue$"))    -- the job's dir, when empty
 end
 
@@ -485,10 +522,10 @@ end
 -- Tries the open tasks, from a per-worker offset so racing workers start
 -- apart. -> true when it ran one
 local function take_one(ctx)
-  local names = fs.list(ctx.dir .. "/tasks") or {}
+  local names = backend.list(ctx.dir .. "/tasks") or {}
   if #names == 0 then return false end
   local claimed = {}
-  for _, n in ipairs(fs.list(ctx.dir .. "/claims") or {}) do claimed[n] = true end
+  for _, n in ipairs(backend.list(ctx.dir .. "/claims") or {}) do claimed[n] = true end
   local n = #names
   local start = (ctx.slot or 0) % n
   for i = 0, n - 1 do
@@ -507,23 +544,42 @@ end
 
 -- A child process that touches the beat file every BEAT seconds while this
 -- worker lives (PR_SET_PDEATHSIG ends it with us), so a worker busy in a
--- long UDF call still beats.
+-- long UDF call still beats. In an object store the child is a geneva that
+-- rewrites the beat object with a counter.
+local BEAT_REMOTE = [[
+local store, path, every = require("geneva.json").decode(arg[1]), arg[2], tonumber(arg[3])
+require("geneva.backfill.worker").mount(store)
+local backend, time = require "geneva.store.backend", require "geneva.time"
+local n = 0
+repeat
+  n = n + 1
+  backend.put(path, tostring(n), { fsync = false })
+until not time.sleep(every)
+]]
+
 local function start_heartbeat(ctx)
   local path = ("%s/workers/%s.beat"):format(ctx.dir, ctx.id)
-  fs.write(path, tostring(ctx.pid))
+  local argv
+  if ctx.store then
+    argv = { require("geneva.proc").exe(), "-e", BEAT_REMOTE, json.encode(ctx.store), path, tostring(queue.BEAT) }
+  else
+    fs.write(path, tostring(ctx.pid))
+    argv = { "/bin/sh", "-c", 'while touch -- "$1"; do sleep "$2"; done', "geneva-beat", path, tostring(queue.BEAT) }
+  end
   local p, err = require("geneva.proc").spawn{
-    argv = { "/bin/sh", "-c", 'while touch -- "$1"; do sleep "$2"; done', "geneva-beat", path, tostring(queue.BEAT) },
-    stdin = "null", stdout = "null", stderr = "null", new_group = false }
+    argv = argv, stdin = "null", stdout = "null", stderr = "null", new_group = false }
   if not p then say(ctx.id, "no heartbeat (%s): its tasks may be retried elsewhere", tostring(err)) end
   return p
 end
 
 --[[
-queue.work(db_dir, job_id [, {slot = n, id = worker id}]) -> exit code
+queue.work(db, job_id [, {slot = n, id = worker id, store = }]) -> exit code
 The worker's loop (`geneva worker --queue`): claim, run and report tasks
-until the job's record is final or the stop marker exists, then 0. A
-database or job it cannot find raises unavailable, saying the database must
-be reachable at the same path (or URI) from this node.
+until the job's record is final or the stop marker exists, then 0. db is
+a directory, or an s3:// URI with store = the database's store description
+(geneva.store.backend.s3.mount). A database or job it cannot find raises
+unavailable, saying the database must be reachable at the same path (or
+URI) from this node.
 ]]
 function queue.work(db_dir, job_id, opts)
   opts = opts or {}
@@ -533,8 +589,16 @@ function queue.work(db_dir, job_id, opts)
   local me = proc.self()
   local id = opts.id or ("%s-%d"):format(me.hostname:gsub("[^%w%-_.]", "_"), me.pid)
   if not valid_worker_id(id) then errors.throw("invalid_argument", ("bad worker id '%s'"):format(tostring(id))) end
-  local real = fs.realpath(db_dir)
-  if not real or not fs.exists(real .. "/_geneva") then
+  local real, store = nil, opts.store
+  if store then
+    if type(store) ~= "table" or store.uri ~= db_dir then
+      errors.throw("invalid_argument", ("worker: the store description is not that of %s"):format(db_dir))
+    end
+    real = require("geneva.backfill.worker").mount(store)
+  else
+    real = fs.realpath(db_dir)
+  end
+  if not real or not (store or fs.exists(real .. "/_geneva")) then
     errors.throw("unavailable", ("database %s is not reachable from this node (%s): a local database path needs a file system shared at the same path with every worker node")
       :format(db_dir, me.hostname))
   end
@@ -548,9 +612,9 @@ function queue.work(db_dir, job_id, opts)
     errors.throw("internal", ("the record of job %s is malformed"):format(job_id))
   end
   local ctx = { job = job_id, id = id, slot = math.tointeger(opts.slot), pid = me.pid, host = me.hostname,
-                dir = queue.dir(real, job_id), rec = rec, table_dir = real .. "/" .. rec.table,
+                dir = queue.dir(real, job_id), rec = rec, table_dir = real .. "/" .. rec.table, store = store,
                 state = require("geneva.backfill.worker").state() }
-  if not fs.exists(ctx.dir .. "/tasks") then
+  if not store and not fs.exists(ctx.dir .. "/tasks") then
     if job.FINAL[rec.status] then return 0 end
     errors.throw("unavailable", ("job %s has no task queue in %s"):format(job_id, db_dir))
   end
@@ -559,7 +623,7 @@ function queue.work(db_dir, job_id, opts)
       tostring(proc.exe()))
   local idle, checked, ran = 0.005, 0, 0
   while true do
-    if fs.exists(ctx.dir .. "/stop") then break end
+    if backend.exists(ctx.dir .. "/stop") then break end
     if take_one(ctx) then
       ran = ran + 1
       idle = 0.005
@@ -572,7 +636,7 @@ function queue.work(db_dir, job_id, opts)
       end
       local ok = time.sleep(idle)
       if not ok then errors.throw("interrupted", "interrupted") end
-      idle = math.min(idle * 2, MAX_IDLE_SLEEP)
+      idle = math.min(idle * 2, store and REMOTE_IDLE_SLEEP or MAX_IDLE_SLEEP)
     end
   end
   say(id, "done: %d tasks", ran)

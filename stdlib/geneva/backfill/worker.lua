@@ -208,6 +208,17 @@ end
 
 -- }======
 
+-- worker.mount(store) -> root: an s3 database's mirror, mounted as the
+-- driver described it (store: db.store, secret-free)
+function worker.mount(store)
+  if type(store) ~= "table" or type(store.uri) ~= "string" then
+    errors.throw("internal", "a task's store is not {uri=, ...}")
+  end
+  local o = { probe = false }
+  for _, k in ipairs({ "endpoint", "region", "profile", "path_style" }) do o[k] = store[k] end
+  return (require("geneva.store.backend.s3").mount(store.uri, o))
+end
+
 -- worker.run_task(state, task) -> result {computed=, failed=, staged=, errors=,
 -- failed_rowids=} (failed_rowids: the first job.MAX_FAILED_ROWIDS rowids that
 -- failed; the staged file has them all)
@@ -216,6 +227,7 @@ end
 -- .version), where}
 function worker.run_task(state, task)
   local reader = require "geneva.store.reader"
+  if task.store then worker.mount(task.store) end
   local snapshot = state:snapshot(task.table_dir, task.version)
   local frag = storage.find_fragment(snapshot, task.fragment)
   if not frag then

@@ -2,7 +2,7 @@
 --   geneva worker --stdio        serve tasks over stdin/stdout (local runner)
 --   geneva worker --task FILE    run the task in FILE, write FILE.result
 --   geneva worker --driver       drive a background job (handoff on stdin)
---   geneva worker --queue DB JOB [--slot N] [--id ID]
+--   geneva worker --queue DB JOB [--slot N] [--id ID] [--store JSON]
 --                                run the job's tasks from its queue in the db
 --                                (geneva.backfill.queue: Ray workers)
 local M = {}
@@ -11,7 +11,7 @@ local usage = [[
 usage: geneva worker --stdio
        geneva worker --task FILE
        geneva worker --driver
-       geneva worker --queue DB_URI JOB_ID [--slot N] [--id ID]
+       geneva worker --queue DB_URI JOB_ID [--slot N] [--id ID] [--store JSON]
 Internal: runs backfill tasks for a driver (see docs/internals.md).
 ]]
 
@@ -23,7 +23,16 @@ function M.driver_main()
     io.stderr:write("geneva worker --driver: ", why, "\n")
     return 2
   end
-  local tbl = require("geneva.db").connect(msg.db):open_table(msg.table)
+  local db
+  if type(msg.store) == "table" and type(msg.store.uri) == "string" then
+    local o = {}
+    for _, k in ipairs({ "endpoint", "region", "profile", "path_style" }) do o[k] = msg.store[k] end
+    db = require("geneva.db").connect(msg.store.uri, o)
+    msg.db = db.dir
+  else
+    db = require("geneva.db").connect(msg.db)
+  end
+  local tbl = db:open_table(msg.table)
   return backfill.drive(tbl, msg)
 end
 
@@ -34,7 +43,7 @@ function M.queue_main(argv)
   local i = 2
   while i <= #argv do
     local a = argv[i]
-    if (a == "--slot" or a == "--id") and argv[i + 1] then
+    if (a == "--slot" or a == "--id" or a == "--store") and argv[i + 1] then
       opts[a:sub(3)] = argv[i + 1]
       i = i + 2
     else
@@ -47,7 +56,12 @@ function M.queue_main(argv)
     io.stderr:write(usage)
     return 2
   end
-  local ok, err = pcall(require("geneva.backfill.queue").work, pos[1], pos[2], { slot = slot, id = opts.id })
+  local store
+  if pos[1] and pos[1]:match("^s3://") then
+    -- the database's store description (endpoint, region...: no secrets)
+    store = opts.store and require("geneva.json").decode(opts.store, { null_as_nil = true }) or { uri = pos[1] }
+  end
+  local ok, err = pcall(require("geneva.backfill.queue").work, pos[1], pos[2], { slot = slot, id = opts.id, store = store })
   if ok then return err end
   local e = require("geneva.errors").from(err)
   if e.code == "interrupted" then error(err, 0) end

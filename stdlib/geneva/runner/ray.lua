@@ -508,7 +508,7 @@ end
 --     refs = {token_env=, token_file=}, notes = {lines}}
 local function new_runner(o)
   local self = setmetatable({
-    conn = o.conn, db_dir = o.db_dir, exe = o.exe, lua_path = o.lua_path, working_dir = o.working_dir,
+    conn = o.conn, db_dir = o.db_dir, store = o.store, exe = o.exe, lua_path = o.lua_path, working_dir = o.working_dir,
     packages = o.packages or {},
     py_modules = o.py_modules, manifest_exe = o.manifest_exe, env_refs = o.env_refs, env = o.env,
     refs = o.refs or {}, notes = o.notes or {}, max_slots = o.max_slots,
@@ -553,8 +553,13 @@ local function entrypoint(self, js, sub)
   end
   local lua_path = sh_quote(self.lua_path)
   if self.working_dir then lua_path = '"$PWD/lua/?.lua;$PWD/lua/?/init.lua;"' .. lua_path end
+  local db = sh_quote(self.db_dir)
+  if self.store then
+    -- an object store: the workers mount it themselves, wherever they run
+    db = sh_quote(self.store.uri) .. " --store " .. sh_quote(json.encode(self.store))
+  end
   return ("%sLUA_PATH=%s exec %s worker --queue %s %s --slot %d --id %s")
-    :format(pre, lua_path, exe, sh_quote(self.db_dir), sh_quote(js.id), sub.slot, sh_quote(sub.sid))
+    :format(pre, lua_path, exe, db, sh_quote(js.id), sub.slot, sh_quote(sub.sid))
 end
 
 local function log(events, job, line)
@@ -907,7 +912,7 @@ end
 -- What attach() needs; holds the resolved token and env: a pipe only
 function Runner:handoff()
   local c = self.conn
-  return { type = "ray", address = c.address, db = self.db_dir, token = c.token, token_source = c.token_source,
+  return { type = "ray", address = c.address, db = self.db_dir, store = self.store, token = c.token, token_source = c.token_source,
            send_token = c.send_token or false, auth_mode = c.auth_mode, ray_version = c.ray_version,
            api_version = c.api_version, tls = c.tls, env = self:env_vars(), exe = self.exe,
            lua_path = self.lua_path, working_dir = self.working_dir, py_modules = self.py_modules,
@@ -984,14 +989,14 @@ function M.provision(spec, env)
   end
   local db_dir = db.path or db.dir
   local notes = {}
-  if not M.is_local_address(spec.address) then
+  if not db.store and not M.is_local_address(spec.address) then
     local msg = ("the database %s is a local path and the Ray dashboard %s is not on this host: the Ray nodes must mount it at the same path")
       :format(db_dir, spec.address)
     io.stderr:write("geneva: warning: ", msg, "\n")
     notes[#notes + 1] = "warning: " .. msg
   end
   local conn = M.connect(spec)
-  local o = { conn = conn, db_dir = db_dir, parent = env.scope, lua_path = package.path, notes = notes,
+  local o = { conn = conn, db_dir = db_dir, store = db.store, parent = env.scope, lua_path = package.path, notes = notes,
               refs = { token_env = spec.token_env, token_file = spec.token_file },
               env_refs = {} }
   local rec = env.manifest
@@ -1042,7 +1047,7 @@ function M.attach(h, scope)
   conn.v = parse_version(conn.ray_version)
   local env = {}
   for k, v in pairs(h.env or {}) do env[k] = tostring(v) end
-  local self = new_runner{ conn = conn, db_dir = h.db, parent = scope, exe = h.exe, lua_path = h.lua_path,
+  local self = new_runner{ conn = conn, db_dir = h.db, store = type(h.store) == "table" and h.store or nil, parent = scope, exe = h.exe, lua_path = h.lua_path,
                            working_dir = h.working_dir, py_modules = h.py_modules, manifest_exe = h.manifest_exe,
                            env = env, refs = type(h.refs) == "table" and h.refs or {}, max_slots = h.max_slots,
                            notes = type(h.notes) == "table" and h.notes or {},

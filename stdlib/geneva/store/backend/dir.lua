@@ -44,12 +44,12 @@ function Dir:exists(_, path) return fs.exists(path) end
 
 function Dir:sync_dir(_, path) return fs.fsync_dir(path) end
 
--- A hard link (src stays); file systems without them (some FUSE mounts)
--- get a copy under the fresh name instead.
-function Dir:publish(_, src, _, dst)
+-- A hard link (src stays); file systems without them (some FUSE mounts),
+-- or a src elsewhere, get a copy under the fresh name instead.
+function Dir:publish(src, _, dst)
   local ok, msg, code = fs.link(src, dst)
   if ok or code == "EEXIST" then return ok, msg, code end
-  if code == "EPERM" or code == "ENOTSUP" or code == "EOPNOTSUPP" then
+  if code == "EPERM" or code == "ENOTSUP" or code == "EOPNOTSUPP" or code == "EXDEV" then
     if fs.exists(dst) then return nil, dst .. ": exists", "EEXIST" end
     local n, cmsg, ccode = fs.copy(src, dst)
     if not n then return nil, cmsg, ccode end

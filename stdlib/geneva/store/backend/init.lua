@@ -22,8 +22,9 @@ unchanged.
                                                   (immutable objects only)
   backend.upload(path [, {if_absent=}]) -> true   a local file at path becomes
                                                   the object at path
-  backend.publish(src, dst) -> true               dst made from src, never
-                                                  replacing (EEXIST); src stays
+  backend.publish(src, dst) -> true               dst made from the local file
+                                                  src, never replacing (EEXIST);
+                                                  src stays
   backend.exists(path) -> boolean
   backend.is_remote(path) -> boolean
   backend.sync_dir(dir) -> true                   durable renames (dir only)
@@ -73,13 +74,10 @@ backend.upload = route("upload")
 backend.exists = route("exists")
 backend.sync_dir = route("sync_dir")
 
+-- src must be a local file (fetch() it first when it is an object)
 function backend.publish(src, dst)
   local impl, dkey = backend.for_path(dst)
-  local simpl, skey = backend.for_path(src)
-  if simpl ~= impl then
-    return nil, ("cannot publish %s as %s: not in the same store"):format(src, dst), "EXDEV"
-  end
-  return impl:publish(skey, src, dkey, dst)
+  return impl:publish(src, dkey, dst)
 end
 
 return backend

@@ -117,8 +117,8 @@ end
 function S3:list(key)
   local prefix = key_of(self, key)
   prefix = prefix == "" and "" or (prefix .. "/")
-  local res, msg, code = call(self.client.list, self.client, prefix, { delimiter = "/" })
-  if not res then return nil, msg, code end
+  local ok, objects, prefixes = pcall(self.client.list, self.client, prefix, { delimiter = "/" })
+  if not ok then return call(error, objects) end
   local seen, out = {}, {}
   local function add(full)
     local name = full:sub(#prefix + 1):gsub("/$", "")
@@ -127,8 +127,8 @@ function S3:list(key)
       out[#out + 1] = name
     end
   end
-  for _, o in ipairs(res.objects or res) do add(type(o) == "table" and o.key or o) end
-  for _, p in ipairs(res.prefixes or {}) do add(p) end
+  for _, o in ipairs(objects) do add(o.key) end
+  for _, p in ipairs(prefixes) do add(p) end
   table.sort(out)
   return out
 end
@@ -143,11 +143,10 @@ end
 function S3:delete_tree(key, path)
   fs.remove_tree(path)
   local prefix = key_of(self, key) .. "/"
-  local res, msg, code = call(self.client.list, self.client, prefix)
-  if not res then return nil, msg, code end
-  for _, o in ipairs(res.objects or res) do
-    local k = type(o) == "table" and o.key or o
-    local ok, dmsg, dcode = call(self.client.delete, self.client, k)
+  local lok, objects = pcall(self.client.list, self.client, prefix)
+  if not lok then return call(error, objects) end
+  for _, o in ipairs(objects) do
+    local ok, dmsg, dcode = call(self.client.delete, self.client, o.key)
     if not ok and dcode ~= "ENOENT" then return nil, dmsg, dcode end
   end
   return true
@@ -176,15 +175,15 @@ function S3:upload(key, path, opts)
 end
 
 function S3:exists(key)
-  local ok, res = pcall(self.client.head, self.client, key_of(self, key))
-  return ok and res ~= nil and res ~= false
+  local ok, info = pcall(self.client.head, self.client, key_of(self, key))
+  return ok and info ~= nil
 end
 
 function S3:sync_dir() return true end
 
 -- dst made from the local file src (never replacing an object); the
 -- mirror keeps a copy of it under dst's name too.
-function S3:publish(_, src, dkey, dst)
+function S3:publish(src, dkey, dst)
   local ok, msg, code = self:upload(dkey, src, { if_absent = true })
   if not ok then return nil, msg, code end
   if not fs.link(src, dst) then fs.copy(src, dst) end
@@ -213,6 +212,7 @@ end
 -- M.parse(uri) -> bucket, prefix ("" for the bucket's root)
 function M.parse(uri)
   local bucket, rest = tostring(uri):match("^s3://([^/]+)/*(.-)/*$")
+  -- the prefix is made of path parts (it names the mirror's directories)
   if not bucket then
     errors.throw("invalid_argument", ("'%s' is not an s3:// URI (s3://bucket/prefix)"):format(tostring(uri)))
   end
@@ -239,7 +239,7 @@ function M.mount(uri, opts)
   local s3 = require "geneva.s3"
   local client = s3.client { bucket = bucket, endpoint = opts.endpoint, region = opts.region,
                              profile = opts.profile, path_style = opts.path_style }
-  local endpoint = client.endpoint or opts.endpoint or "aws"
+  local endpoint = client.endpoint
   local id = uri .. "\0" .. tostring(endpoint)
   if mounted[id] then return mounted[id].root, mounted[id].desc end
   local host = tostring(endpoint):match("^%a[%w+.-]*://([^/]+)") or tostring(endpoint)
