@@ -78,6 +78,39 @@ function Moto:python(code, ...)
   return res.stdout
 end
 
+local Proxy = {}
+Proxy.__index = Proxy
+
+-- m:proxy() -> Proxy {endpoint}: tests/support/fault_proxy.py in front of
+-- m. proxy:faults{sequence=, rates=, match=, seed=} sets what it injects;
+-- proxy:state() -> {requests, injected = {action = n}, log}; proxy:stop().
+function Moto:proxy()
+  local p = assert(proc.spawn { argv = { "python3", SRC .. "/tests/support/fault_proxy.py", self.endpoint },
+                                stdin = "pipe", stdout = "pipe" })
+  local line = p:read_line("stdout", 30)
+  local url = line and line:match("^listening (http://%S+)$")
+  if not url then p:close(); error("the fault proxy did not start: " .. tostring(line)) end
+  return setmetatable({ p = p, endpoint = url }, Proxy)
+end
+
+local function control(self, body)
+  local http = require "geneva.http"
+  local st, data = http.json { url = self.endpoint .. "/__faults__", method = body and "POST" or "GET",
+                               json = body, timeout = 10 }
+  assert(st == 200, "fault proxy: " .. tostring(data))
+  return data
+end
+function Proxy:faults(spec) return control(self, spec) end
+function Proxy:state() return control(self) end
+function Proxy:stop()
+  if self.p then
+    self.p:close_stdin()
+    self.p:wait(10)
+    self.p:close()
+    self.p = nil
+  end
+end
+
 function Moto:stop()
   if self.p then
     self.p:close_stdin()

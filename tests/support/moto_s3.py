@@ -36,7 +36,7 @@ except ImportError as e:
 
 POLICY = {
     "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    "Statement": [{"Effect": "Allow", "Action": ["s3:*", "sts:GetSessionToken"], "Resource": "*"}],
 }
 
 

@@ -58,8 +58,10 @@ function M.upload(client, key, path, size, opts, util)
                                       body = doc, headers = headers }
   -- S3 may answer 200 and put an <Error> in the body (a failure after the
   -- headers went out): that is a failure too
+  -- (moto names the root CompleteMultipartUploadResponse)
   local root = xml.parse(answer)
-  if not root or root.name ~= "CompleteMultipartUploadResult" then
+  if not root or not (root.name == "CompleteMultipartUploadResult"
+                      or root.name == "CompleteMultipartUploadResponse") then
     local e = require("geneva.s3.request").parse_error(answer)
     errors.throw(e.code == "PreconditionFailed" and "conflict" or "unavailable",
       ("s3 put_file s3://%s/%s: CompleteMultipartUpload failed: %s"):format(
