@@ -328,6 +328,32 @@ describe("geneva.s3", function()
     end)
   end)
 
+  describe("untrusted answers", function()
+    local xml = require "geneva.s3.xml"
+    it("the XML reader takes S3's documents and refuses the rest without raising", function()
+      local root = assert(xml.parse('<?xml version="1.0"?>\n<Error><Code>NoSuchKey</Code>' ..
+        '<Message>a &lt;b&gt; &amp; &#233;<![CDATA[<x>]]></Message><Key/></Error>'))
+      assert.equal("Error", root.name)
+      assert.equal("NoSuchKey", xml.text(root, "Code"))
+      assert.equal("a <b> & \u{e9}<x>", xml.text(root, "Message"))
+      assert.equal("", xml.text(root, "Key"))
+      for _, bad in ipairs { "", "<a>", "<a></b>", "<a/><b/>", "text", "<a>&bogus;</a>",
+                             '<!DOCTYPE a [<!ENTITY x "y">]><a>&x;</a>', ("<a>"):rep(40) .. ("</a>"):rep(40) } do
+        local r, msg = xml.parse(bad)
+        assert.is_nil(r, bad)
+        assert.is_string(msg)
+      end
+    end)
+
+    it("a server error message is cut short and cleaned of control bytes", function()
+      local e = require("geneva.s3.request").parse_error("<Error><Code>SlowDown</Code><Message>" ..
+        ("x\n"):rep(500) .. "</Message></Error>")
+      assert.equal("SlowDown", e.code)
+      assert.is_true(#e.message <= 303)
+      assert.is_nil(e.message:find("\n"))
+    end)
+  end)
+
   describe("defaults (design §3)", function()
     local creds = { access_key = "AKIAX", secret_key = "s" }
     it("endpoint, region and addressing", function()

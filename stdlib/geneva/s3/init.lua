@@ -20,6 +20,10 @@ probe and returns nil, err for a missing object. Error fields: s3_code
   interrupted       SIGINT/TERM during a transfer
 Secrets (secret key, session token, Authorization) never appear in errors,
 in tostring(client) nor in the client's fields.
+
+A conditional PUT retried after a lost answer (a reset after the server
+wrote the object) reports conflict although it created the object: as for
+any conflict, re-read; the content then is the caller's own.
 ]]
 local errors = require "geneva.errors"
 local http = require "geneva.http"
