@@ -185,6 +185,7 @@ typedef struct request {
   int owns_easy;               /* 0: the easy handle belongs to a session */
   struct curl_slist *headers;
   FILE *in, *out;
+  curl_off_t in_left;          /* bytes of body_file still to send; -1: to EOF */
   gbuf body, hdr;              /* response body; header block of the last response */
   char *effective_url;
   long max_bytes;              /* -1: no cap */
@@ -278,7 +279,11 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud) {
 
 static size_t on_read(char *ptr, size_t size, size_t nmemb, void *ud) {
   request *r = (request *)ud;
-  size_t n = fread(ptr, 1, size * nmemb, r->in);
+  size_t want = size * nmemb, n;
+  if (r->in_left >= 0 && (curl_off_t)want > r->in_left) want = (size_t)r->in_left;
+  if (want == 0) return 0;
+  n = fread(ptr, 1, want, r->in);
+  if (r->in_left >= 0) r->in_left -= (curl_off_t)n;
   if (n == 0 && ferror(r->in)) {
     r->read_errno = errno ? errno : EIO;
     return CURL_READFUNC_ABORT;
@@ -305,8 +310,9 @@ typedef struct {
   const char *client_cert_pem, *client_key_pem, *bearer_token;
   size_t ca_pem_len, cert_pem_len, key_pem_len;
   double connect_timeout, timeout;
-  int verify, follow, has_content_type, has_user_agent;
+  int verify, follow, has_content_type, has_user_agent, path_as_is;
   lua_Integer max_bytes;
+  lua_Integer body_offset, body_length;   /* body_file range; length -1: to the end */
   int lines;                   /* stack index of the header-line array */
 } req_opts;
 
@@ -314,7 +320,8 @@ static const char *const known_opts[] = {
   "url", "method", "headers", "body", "body_file", "output_file",
   "connect_timeout", "timeout", "verify", "ca_file", "ca_pem", "client_cert",
   "client_key", "client_cert_pem", "client_key_pem", "bearer_token",
-  "follow_redirects", "max_response_bytes", NULL
+  "follow_redirects", "max_response_bytes", "body_file_offset",
+  "body_file_length", "path_as_is", NULL
 };
 
 static int opt_error(lua_State *L, const char *name, const char *what) {
@@ -345,6 +352,20 @@ static double opt_seconds(lua_State *L, int o, const char *name) {
     if (lua_type(L, -1) != LUA_TNUMBER) opt_error(L, name, "number expected");
     v = lua_tonumber(L, -1);
     if (!(v >= 0 && v < 1e7)) opt_error(L, name, "must be between 0 and 1e7 seconds");
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/* opts[name] as a non-negative integer, or def when absent. */
+static lua_Integer opt_count(lua_State *L, int o, const char *name, lua_Integer def) {
+  lua_Integer v = def;
+  lua_pushstring(L, name);
+  lua_rawget(L, o);
+  if (!lua_isnil(L, -1)) {
+    int isint;
+    v = lua_tointegerx(L, -1, &isint);
+    if (!isint || v < 0) opt_error(L, name, "non-negative integer expected");
   }
   lua_pop(L, 1);
   return v;
@@ -460,6 +481,11 @@ static void check_opts(lua_State *L, int o_idx, req_opts *o) {
   o->body = opt_string(L, o_idx, "body", &o->body_len, 1);
   o->body_file = opt_string(L, o_idx, "body_file", NULL, 0);
   if (o->body && o->body_file) opt_error(L, "body_file", "cannot be combined with 'body'");
+  o->body_offset = opt_count(L, o_idx, "body_file_offset", 0);
+  o->body_length = opt_count(L, o_idx, "body_file_length", -1);
+  if (!o->body_file && (o->body_offset != 0 || o->body_length != -1))
+    opt_error(L, o->body_offset ? "body_file_offset" : "body_file_length",
+              "needs 'body_file'");
   o->output_file = opt_string(L, o_idx, "output_file", NULL, 0);
   o->ca_file = opt_string(L, o_idx, "ca_file", NULL, 0);
   o->ca_pem = opt_string(L, o_idx, "ca_pem", &o->ca_pem_len, 1);
@@ -475,6 +501,7 @@ static void check_opts(lua_State *L, int o_idx, req_opts *o) {
   o->timeout = opt_seconds(L, o_idx, "timeout");
   o->verify = opt_bool(L, o_idx, "verify", 1);
   o->follow = opt_bool(L, o_idx, "follow_redirects", 0);
+  o->path_as_is = opt_bool(L, o_idx, "path_as_is", 0);
   o->max_bytes = -1;
   lua_pushliteral(L, "max_response_bytes");
   lua_rawget(L, o_idx);
@@ -502,6 +529,7 @@ typedef struct {
   const char *setopt_failed;   /* name of the option libcurl refused */
   int open_errno;              /* opening body_file/output_file failed */
   const char *open_path;
+  curl_off_t file_size;        /* body_file's size when its range is past the end, else -1 */
 } outcome;
 
 static long to_ms(double s) {
@@ -523,12 +551,26 @@ static void perform(request *r, const req_opts *o, lua_State *L, outcome *out) {
       out->setopt_failed = #opt; return; } } while (0)
 
   memset(out, 0, sizeof *out);
+  out->file_size = -1;
+  r->in_left = -1;
   if (o->body_file) {
     struct stat st;
     r->in = fopen(o->body_file, "rb");
     if (!r->in) { out->open_errno = errno; out->open_path = o->body_file; return; }
     if (fstat(fileno(r->in), &st) == 0 && S_ISREG(st.st_mode))
       upload_size = (curl_off_t)st.st_size;   /* else chunked */
+    if (o->body_offset || o->body_length >= 0) {
+      /* a range of a regular file (one part of a multipart upload) */
+      curl_off_t size = upload_size, end;
+      if (size < 0) { out->open_errno = ESPIPE; out->open_path = o->body_file; return; }
+      end = o->body_length >= 0 ? (curl_off_t)o->body_offset + (curl_off_t)o->body_length : size;
+      if ((curl_off_t)o->body_offset > size || end > size) { out->file_size = size; return; }
+      if (fseeko(r->in, (off_t)o->body_offset, SEEK_SET) != 0) {
+        out->open_errno = errno; out->open_path = o->body_file; return;
+      }
+      upload_size = end - (curl_off_t)o->body_offset;
+      r->in_left = upload_size;
+    }
   }
   if (o->output_file) {
     r->out = fopen(o->output_file, "wb");
@@ -563,6 +605,8 @@ static void perform(request *r, const req_opts *o, lua_State *L, outcome *out) {
   SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   SET(CURLOPT_FOLLOWLOCATION, (long)o->follow);
   SET(CURLOPT_MAXREDIRS, 10L);
+  /* signed URLs (S3) must go out as given: no squashing of /./ or /../ */
+  SET(CURLOPT_PATH_AS_IS, (long)o->path_as_is);
   SET(CURLOPT_HTTPHEADER, r->headers);
   SET(CURLOPT_WRITEFUNCTION, on_write);
   SET(CURLOPT_WRITEDATA, r);
@@ -635,6 +679,10 @@ static int push_failure(lua_State *L, request *r, const req_opts *o,
     lua_pushfstring(L, "cannot open '%s'", out->open_path);
     return geneva_fail_errno(L, out->open_errno, lua_tostring(L, -1));
   }
+  if (out->file_size >= 0)
+    return geneva_fail(L, "EINVAL", "body_file '%s': range %I+%I is past its end (%I bytes)",
+                       o->body_file, (lua_Integer)o->body_offset,
+                       (lua_Integer)o->body_length, (lua_Integer)out->file_size);
   luaL_buffinit(L, &b);
   if (r->oom) {
     code = "ENOMEM";
@@ -797,7 +845,7 @@ static int do_request(lua_State *L, CURL *easy, int o_idx) {
     out.rc = CURLE_FAILED_INIT;
   } else {
     perform(r, &o, L, &out);
-    if (out.rc == CURLE_OK && !r->interrupted && !out.open_errno) {
+    if (out.rc == CURLE_OK && !r->interrupted && !out.open_errno && out.file_size < 0) {
       curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
       curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &total);
       curl_easy_getinfo(r->easy, CURLINFO_REDIRECT_COUNT, &redirects);
@@ -807,7 +855,7 @@ static int do_request(lua_State *L, CURL *easy, int o_idx) {
   request_release_transfer(r);
   if (r->write_errno && out.rc == CURLE_OK) out.rc = CURLE_WRITE_ERROR;  /* fclose */
   /* phase 3 */
-  if (out.rc != CURLE_OK || r->interrupted || out.open_errno) {
+  if (out.rc != CURLE_OK || r->interrupted || out.open_errno || out.file_size >= 0) {
     /* a partial download is not left behind as if it were the file */
     if (r->out_created) remove(o.output_file);
     return push_failure(L, r, &o, &out);

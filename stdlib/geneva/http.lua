@@ -88,9 +88,11 @@ end
 --[[
 http.request(opts) -> status, headers, body, info | nil, msg, code
 Options are the core's (bindings/http.c: url, method, headers, body,
-body_file, output_file, connect_timeout, timeout, verify, ca_file, ca_pem,
-client_cert, client_key, client_cert_pem, client_key_pem, bearer_token,
-follow_redirects, max_response_bytes) plus:
+body_file, body_file_offset, body_file_length (a range of body_file: one
+part of a multipart upload), output_file, connect_timeout, timeout, verify,
+ca_file, ca_pem, client_cert, client_key, client_cert_pem, client_key_pem,
+bearer_token, follow_redirects, max_response_bytes, path_as_is (send /./
+and /../ as given: signed URLs)) plus:
   query   = {name = value | {values}}: appended to the URL, encoded
   session = a handle from http.session(): reuse its connections
   retry   = true | {attempts=4, base_delay=0.25, max_delay=8,

@@ -192,6 +192,41 @@ describe("geneva.http", function()
       assert.equal(pattern(n), read_file(dst))
     end)
 
+    it("sends a range of body_file (body_file_offset, body_file_length)", function()
+      local n = 2 * 1024 * 1024 + 5
+      local src = dir .. "/range.bin"
+      local data = pattern(n)
+      write_file(src, data)
+      local function put(opts)
+        opts.url, opts.method, opts.body_file = srv.url("/echo"), "PUT", src
+        local status, _, body = core.request(opts)
+        assert.equal(200, status)
+        return echo_of(body)
+      end
+      local doc = put { body_file_offset = 1024 * 1024 + 3, body_file_length = 70000 }
+      assert.equal(70000, doc.body_length)
+      assert.equal("70000", doc.headers["content-length"])
+      local sha = require("geneva.crypto").sha256
+      assert.equal(sha(data:sub(1024 * 1024 + 4, 1024 * 1024 + 3 + 70000), "hex"), doc.body_sha256)
+      doc = put { body_file_offset = n - 10 }             -- to the end
+      assert.equal(sha(data:sub(-10), "hex"), doc.body_sha256)
+      doc = put { body_file_offset = n, body_file_length = 0 }
+      assert.equal(0, doc.body_length)
+      local ok, msg, code = core.request { url = srv.url("/echo"), method = "PUT", body_file = src,
+        body_file_offset = n - 1, body_file_length = 2 }
+      assert.is_nil(ok)
+      assert.equal("EINVAL", code)
+      assert.matches("past its end", msg)
+    end)
+
+    it("path_as_is keeps /./ and /../ in the path (signed URLs)", function()
+      local status, _, body = core.request { url = srv.url("/echo/a/./b/../c"), path_as_is = true }
+      assert.equal(200, status)
+      assert.equal("/echo/a/./b/../c", echo_of(body).path)
+      status, _, body = core.request { url = srv.url("/echo/a/./b/../c") }
+      assert.equal("/echo/a/c", echo_of(body).path)
+    end)
+
     it("reports a missing body_file or an unwritable output_file", function()
       local ok, msg, code = core.request { url = srv.url("/echo"), method = "POST",
         body_file = dir .. "/nope" }
@@ -292,6 +327,8 @@ describe("geneva.http", function()
       raises({ url = srv.url("/"), headers = "X-A: 1" }, "table expected")
       raises({ url = srv.url("/"), headers = { ["Bad Name"] = "x" } }, "header name")
       raises({ url = srv.url("/"), body = "x", body_file = "/etc/hostname" }, "body_file")
+      raises({ url = srv.url("/"), body_file_offset = 3 }, "needs 'body_file'")
+      raises({ url = srv.url("/"), body_file = "/etc/hostname", body_file_length = -1 }, "body_file_length")
       raises({ url = srv.url("/"), timeout = -1 }, "'timeout'")
       raises({ url = srv.url("/"), verify = "yes" }, "'verify'")
       raises({ url = srv.url("/"), max_response_bytes = 1.5 }, "max_response_bytes")
