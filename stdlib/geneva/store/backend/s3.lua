@@ -99,7 +99,10 @@ end
 
 -- {====== The backend interface (geneva.store.backend)
 
-local function key_of(self, key) return self.prefix == "" and key or (self.prefix .. "/" .. key) end
+local function key_of(self, key)
+  if self.prefix == "" or key == "" then return self.prefix .. key end
+  return self.prefix .. "/" .. key
+end
 
 function S3:get(key) return call(self.client.get, self.client, key_of(self, key)) end
 
