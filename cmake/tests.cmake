@@ -34,9 +34,10 @@ foreach(spec ${GENEVA_SPECS})
   add_test(NAME ${name} COMMAND ${cmd} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(${name} PROPERTIES TIMEOUT 600 LABELS "${labels}"
     ENVIRONMENT "${GENEVA_TEST_ENV}")
-  # "storage: dir s3" on the first line: run again on an s3:// database
-  # (moto, tests/support/with_moto.lua)
-  if(first MATCHES "storage: dir s3")
+  # "storage: dir s3" in the header comment: run again on an s3://
+  # database (moto, tests/support/with_moto.lua)
+  file(STRINGS ${spec} header LIMIT_COUNT 10)
+  if(header MATCHES "storage: dir s3")
     add_test(NAME ${name}.s3 COMMAND $<TARGET_FILE:geneva> ${CMAKE_SOURCE_DIR}/tests/support/with_moto.lua
       ${cmd} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
     set_tests_properties(${name}.s3 PROPERTIES TIMEOUT 600 LABELS "unit;s3"

@@ -36,11 +36,14 @@ end
 -- tables.staged(tbl, column [, all]) -> paths of the column's staged outputs
 -- (checkpoints f<frag>-<lo>-<hi>.db); with all, of every file there.
 function tables.staged(tbl, column, all)
+  local backend = require "geneva.store.backend"   -- in an object store: what was uploaded
   local out = {}
   local base = tbl.dir .. "/_staging/" .. column
-  for _, v in ipairs(fs.list(base) or {}) do
-    for _, f in ipairs(fs.list(base .. "/" .. v) or {}) do
-      if all or f:match("^f%d+%-%d+%-%d+%.db$") then out[#out + 1] = base .. "/" .. v .. "/" .. f end
+  for _, v in ipairs(backend.list(base) or {}) do
+    for _, f in ipairs(backend.list(base .. "/" .. v) or {}) do
+      if all or f:match("^f%d+%-%d+%-%d+%.db$") then
+        out[#out + 1] = assert(backend.fetch(base .. "/" .. v .. "/" .. f))
+      end
     end
   end
   return out

@@ -1,6 +1,7 @@
 -- Specs for backfill under faults, with real processes and real signals:
 -- kill -9 of a worker, kill -9 of the driver then a resuming re-run, two
 -- drivers on one table at once, SIGTERM of a driver.
+-- Runs on a directory and on s3 (moto): see testdb.lua. storage: dir s3
 local geneva = require "geneva"
 local backfill = require "geneva.backfill"
 local job = require "geneva.backfill.job"
@@ -11,6 +12,7 @@ local fs = require "geneva.fs"
 local sqlite = require "geneva.sqlite"
 local child = require "child"
 local tables = require "tables"
+local testdb = require "testdb"
 
 local function text_of(i) return ("r%d:"):format(i) .. ("xy"):rep(i % 9) end
 
@@ -40,7 +42,7 @@ describe("geneva.backfill faults", function()
   local root, db
   before_each(function()
     root = child.tmpdir()
-    db = geneva.connect(root .. "/db")
+    db = testdb.connect(root .. "/db")
   end)
   after_each(function() child.rmtree(root) end)
 
@@ -104,7 +106,7 @@ describe("geneva.backfill faults", function()
     local tbl = make_table(db, "docs", N, { fragment_size = 2000 })
     tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
     local v0 = tbl:version()
-    local p, output = start_driver(root, "driver", DRIVER, db.dir, "docs", "s", "50", "4")
+    local p, output = start_driver(root, "driver", DRIVER, db.uri, "docs", "s", "50", "4")
     wait_until("commits", function() return tbl:version() >= v0 + 3 end)
     local dpid = p:pid()
     local r = assert(proc.run { argv = { "pgrep", "-P", tostring(dpid), "-f", "worker --stdio" } })
@@ -160,11 +162,11 @@ describe("geneva.backfill faults", function()
     assert.same({}, staged(tbl, "s"))
 
     -- geneva jobs cancel on the killed job marks it CANCELLED
-    local st, cancel_out, cancel_err = child.cli { "jobs", "cancel", killed_id, "--db", db.dir, "--json" }
+    local st, cancel_out, cancel_err = child.cli { "jobs", "cancel", killed_id, "--db", db.uri, "--json" }
     assert.equal(0, st, cancel_err)
     assert.equal("CANCELLED", json.decode(cancel_out).status)
     assert.equal("CANCELLED", job.load(db.dir, killed_id).status)
-    assert.is_false(fs.exists(db.dir .. "/_geneva/jobs/" .. killed_id .. ".cancel"))
+    assert.is_false(require("geneva.store.backend").exists(db.dir .. "/_geneva/jobs/" .. killed_id .. ".cancel"))
   end)
 
   it("commits both of two drivers backfilling different columns at once", function()
@@ -174,8 +176,8 @@ describe("geneva.backfill faults", function()
       a = geneva.udf { data_type = "int64", fn = slow },
       b = geneva.udf { data_type = "string", fn = function(text) return text:reverse() end },
     }
-    local pa, outa = start_driver(root, "da", DRIVER, db.dir, "docs", "a", "100")
-    local pb, outb = start_driver(root, "db", DRIVER, db.dir, "docs", "b", "100")
+    local pa, outa = start_driver(root, "da", DRIVER, db.uri, "docs", "a", "100")
+    local pb, outb = start_driver(root, "db", DRIVER, db.uri, "docs", "b", "100")
     for _, x in ipairs { { pa, outa }, { pb, outb } } do
       local how, code = x[1]:wait(90)
       local o, e = x[2]()
@@ -217,8 +219,8 @@ end
       local column = "s" .. round
       tbl:add_columns { [column] = geneva.udf { data_type = "int64", fn = slow } }
       local at = ("%.3f"):format(time.now() + 1.5)
-      local pa, outa = start_driver(root, "sa" .. round, START, db.dir, at, release, column)
-      local pb, outb = start_driver(root, "sb" .. round, START, db.dir, at, release, column)
+      local pa, outa = start_driver(root, "sa" .. round, START, db.uri, at, release, column)
+      local pb, outb = start_driver(root, "sb" .. round, START, db.uri, at, release, column)
       wait_until("both drivers to answer", function()
         return outa() ~= "" and outb() ~= ""
       end, 60)
@@ -241,7 +243,7 @@ end
     local tbl = make_table(db, "docs", 8000, { fragment_size = 2000 })
     tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
     local v0 = tbl:version()
-    local p = start_driver(root, "driver", DRIVER, db.dir, "docs", "s", "50")
+    local p = start_driver(root, "driver", DRIVER, db.uri, "docs", "s", "50")
     wait_until("a commit", function() return tbl:version() > v0 end)
     assert.is_true(proc.kill(p:pid(), "TERM"))
     local how, code = p:wait(20)

@@ -3,6 +3,7 @@
 -- appends, alter_columns, batch/stateful/vector UDFs, on_error and retries,
 -- checkout of older versions, async jobs, and flat worker memory.
 -- (Faults with real signals: backfill_faults_spec.lua; the CLI: jobs_spec.lua.)
+-- Runs on a directory and on s3 (moto): see testdb.lua. storage: dir s3
 local geneva = require "geneva"
 local errors = require "geneva.errors"
 local backfill = require "geneva.backfill"
@@ -10,6 +11,7 @@ local job = require "geneva.backfill.job"
 local fs = require "geneva.fs"
 local child = require "child"
 local tables = require "tables"
+local testdb = require "testdb"
 
 local raises = require("expect").raises
 
@@ -33,7 +35,7 @@ describe("geneva.backfill", function()
   local root, db
   before_each(function()
     root = child.tmpdir()
-    db = geneva.connect(root .. "/db")
+    db = testdb.connect(root .. "/db")
   end)
   after_each(function() child.rmtree(root) end)
 

@@ -1,4 +1,5 @@
--- Specs for tables: geneva.connect, Db, Table, storage, reader, ingest. storage: dir s3
+-- Specs for tables: geneva.connect, Db, Table, storage, reader, ingest.
+-- Runs on a directory and on s3 (moto): see testdb.lua. storage: dir s3
 local geneva = require "geneva"
 local testdb = require "testdb"
 local errors = require "geneva.errors"

@@ -63,10 +63,12 @@ function args.action(pos, verbs, operand)
   return verb
 end
 
--- args.database(opts) -> opts.db: --db must be given (a usage error) and
--- name a directory (raises not_found)
+-- args.database(opts) -> the database's directory: --db must be given (a
+-- usage error) and name a directory (raises not_found) or an s3:// database
+-- (mounted: the directory is its mirror, geneva.store.backend.s3)
 function args.database(opts)
   if not opts.db then error({ usage = "missing --db URI" }, 0) end
+  if opts.db:match("^s3://") then return require("geneva.db").connect(opts.db).dir end
   local st = require("geneva.fs").stat(opts.db)
   if not st or st.type ~= "dir" then
     require("geneva.errors").throw("not_found", ("no database at '%s'"):format(opts.db))

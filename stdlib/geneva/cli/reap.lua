@@ -26,6 +26,7 @@ function M.main(argv)
     if opts.help then io.stdout:write(usage) return 0 end
     if #pos > 0 then error({ usage = ("unexpected argument '%s'"):format(pos[1]) }, 0) end
     local reap = require "geneva.context.reap"
+    if opts.db then opts.db = args.database(opts) end     -- an s3:// db: its mirror
     if opts.list then
       local rows = {}
       local entries, refused = reap.list{ db = opts.db }
