@@ -47,9 +47,11 @@ end
 -- driver's death (the page cache does), and a machine crash takes local
 -- workers with it. Remote resources (Ray jobs, Kubernetes objects) outlive a
 -- crash: their scopes ask for durable = true.
+-- A journal in an s3 database's mirror is written to the store
+-- (geneva.store.backend), so `geneva reap --db s3://...` finds it anywhere.
 local function write_lease(path, lease, durable)
-  local fs, json = require "geneva.fs", require "geneva.json"
-  local ok, err = fs.write_atomic(path, json.encode(lease, { indent = 1 }), { fsync = durable or false })
+  local backend, json = require "geneva.store.backend", require "geneva.json"
+  local ok, err = backend.put(path, json.encode(lease, { indent = 1 }), { fsync = durable or false })
   if not ok then
     error(require("geneva.errors").new("unavailable", ("cannot journal lease '%s': %s"):format(path, err),
       { path = path }), 3)
@@ -57,7 +59,7 @@ local function write_lease(path, lease, durable)
 end
 
 local function remove_leases(paths)
-  for _, p in ipairs(paths or {}) do os.remove(p) end
+  for _, p in ipairs(paths or {}) do require("geneva.store.backend").delete(p) end
 end
 
 -- ledger.scope{name=, parent=, journal=, durable=} -> scope (parent: the

@@ -1,5 +1,8 @@
 -- Contexts: semantics, and guaranteed teardown with real signals and kill -9.
+-- Runs on a directory and on s3 (moto): see testdb.lua. storage: dir s3
 local geneva = require "geneva"
+local testdb = require "testdb"
+local backend = require "geneva.store.backend"
 local fs = require "geneva.fs"
 local proc = require "geneva.proc"
 local time = require "geneva.time"
@@ -8,15 +11,16 @@ local tables = require "tables"
 
 local worker_pids = child.worker_pids
 
-local function leases(dir)
-  return #(fs.list(dir .. "/_geneva/leases") or {})
+-- the leases in the database's journal
+local function leases(db)
+  return #(backend.list(db.dir .. "/_geneva/leases") or {})
 end
 
 describe("geneva.context", function()
   local dir, db, tbl
   before_each(function()
     dir = child.tmpdir()
-    db = geneva.connect(dir)
+    db = testdb.connect(dir)
     tbl = tables.make(db, "docs", 3000, {
       rows = function(i) return { id = i, content = ("w "):rep(i % 4 + 1) } end,
       columns = { words = geneva.udf { data_type = "int64",
@@ -29,12 +33,12 @@ describe("geneva.context", function()
       local a, b = geneva.context{ cluster = { type = "local", workers = 2 } }(function(x)
         local pids = worker_pids(proc.self().pid)
         assert.equals(2, #pids)                 -- started at enter
-        assert.equals(3, leases(dir))           -- a lease per worker, one for their heartbeat dir
+        assert.equals(3, leases(db))           -- a lease per worker, one for their heartbeat dir
         return x, tbl:backfill("words").rows.computed
       end, "x")
       assert.same({ "x", 3000 }, { a, b })
       assert.equals(0, #worker_pids(proc.self().pid))
-      assert.equals(0, leases(dir))
+      assert.equals(0, leases(db))
     end)
 
     it("re-raises fn's error after teardown", function()
@@ -44,7 +48,7 @@ describe("geneva.context", function()
       assert.is_false(ok)
       assert.same({ code = "mine" }, err)
       assert.equals(0, #worker_pids(proc.self().pid))
-      assert.equals(0, leases(dir))
+      assert.equals(0, leases(db))
     end)
 
     it("reuses its workers for every backfill inside", function()
@@ -104,8 +108,8 @@ describe("geneva.context", function()
       local ctx = geneva.local_cluster{ workers = 1, on_exit = "retain_on_failure" }
       pcall(ctx, function() error("fail") end)
       assert.equals(1, #worker_pids(proc.self().pid))
-      local l = require("geneva.json").decode(child.read(dir .. "/_geneva/leases/" ..
-        fs.list(dir .. "/_geneva/leases")[1]))
+      local l = require("geneva.json").decode(backend.get(db.dir .. "/_geneva/leases/" ..
+        backend.list(db.dir .. "/_geneva/leases")[1]))
       assert.equals("retained", l.state)
       require("geneva.ledger").root():close()      -- what host exit does
       assert.equals(0, #worker_pids(proc.self().pid))
@@ -134,7 +138,7 @@ describe("geneva.context", function()
       end)
       local rows = tbl:to_rows{ columns = { "id", "tagged" }, where = "id <= 2" }
       assert.same({ "v1:shipped:1", "v1:shipped:2" }, { rows[1].tagged, rows[2].tagged })
-      assert.equals(0, leases(dir))
+      assert.equals(0, leases(db))
     end)
 
     it("leaves no lease nor worker when Ctrl-C lands while a worker starts", function()
@@ -151,7 +155,7 @@ describe("geneva.context", function()
       proc.info = real
       assert.is_false(ok)
       assert.matches("interrupted", tostring(err))
-      assert.equals(0, leases(dir))
+      assert.equals(0, leases(db))
       assert.equals(0, #worker_pids(proc.self().pid))
     end)
 
@@ -165,8 +169,8 @@ describe("geneva.context", function()
       fs.tmpdir = function(prefix)
         if prefix == "geneva-pkg-" then      -- the package's lease must be on disk now
           seen = false
-          for _, name in ipairs(fs.list(dir .. "/_geneva/leases") or {}) do
-            local l = json.decode(child.read(dir .. "/_geneva/leases/" .. name))
+          for _, name in ipairs(backend.list(db.dir .. "/_geneva/leases") or {}) do
+            local l = json.decode(backend.get(db.dir .. "/_geneva/leases/" .. name))
             if l.kind == "tmpdir" and l.name:match("^package ") then seen = true end
           end
         end
@@ -178,7 +182,7 @@ describe("geneva.context", function()
       fs.tmpdir = real
       assert(ok, tostring(err))
       assert.is_true(seen)
-      assert.equals(0, leases(dir))
+      assert.equals(0, leases(db))
     end)
 
     it("stores ray and kuberay clusters; entering an unreachable ray one or a kuberay one is unavailable", function()
@@ -192,7 +196,7 @@ describe("geneva.context", function()
         assert.is_false(ok)
         assert.equals("unavailable", err.code)
       end
-      assert.equals(0, leases(dir))
+      assert.equals(0, leases(db))
       assert.equals(0, #worker_pids(proc.self().pid))
     end)
 
@@ -244,7 +248,7 @@ describe("geneva.context", function()
     local function start(body)
       local path = dir .. "/job.lua"
       assert(fs.write(path, script:format(body)))
-      local p = assert(proc.spawn{ argv = { child.bin, path, dir }, stdout = "pipe", stderr = "pipe",
+      local p = assert(proc.spawn{ argv = { child.bin, path, db.uri }, stdout = "pipe", stderr = "pipe",
                                    env_add = { XDG_STATE_HOME = dir .. "/state" } })
       assert.equals("entered", p:read_line("stdout", 30))
       return p
@@ -252,7 +256,7 @@ describe("geneva.context", function()
 
     local function assert_clean(pid)
       assert.equals(0, #worker_pids(pid))
-      assert.equals(0, leases(dir))
+      assert.equals(0, leases(db))
     end
 
     -- sends p the signal; it must exit with code and leave nothing behind
@@ -296,13 +300,13 @@ describe("geneva.context", function()
       time.sleep(0.3)
       local kids = worker_pids(pid)
       assert.equals(2, #kids)
-      assert.equals(4, leases(dir))            -- two workers, their heartbeat dir, the job
+      assert.equals(4, leases(db))            -- two workers, their heartbeat dir, the job
       assert(proc.kill(pid, "KILL"))
       p:wait(10)
       p:close()
       -- the leases name the dead driver as their owner
       local state = { XDG_STATE_HOME = dir .. "/state" }   -- this test's leases only
-      local _, list = child.cli({ "reap", "--list", "--json", "--db", dir }, { env = state })
+      local _, list = child.cli({ "reap", "--list", "--json", "--db", db.uri }, { env = state })
       local rows = require("geneva.json").decode(list)
       assert.equals(4, #rows)
       local hb
@@ -311,7 +315,7 @@ describe("geneva.context", function()
         if r.kind == "tmpdir" then hb = r.info.path end
       end
       assert.is_true(fs.exists(hb))              -- left behind by the kill
-      local code, stdout = child.cli({ "reap", "--json", "--db", dir }, { env = state })
+      local code, stdout = child.cli({ "reap", "--json", "--db", db.uri }, { env = state })
       assert.equals(0, code)
       local out = require("geneva.json").decode(stdout)
       assert.equals(4, out.reaped)
@@ -319,7 +323,7 @@ describe("geneva.context", function()
       assert.is_false(fs.exists(hb))
       time.sleep(0.2)
       for _, k in ipairs(kids) do assert.is_false(proc.alive(k)) end   -- zombies count as gone
-      assert.equals(0, leases(dir))
+      assert.equals(0, leases(db))
       assert.same({}, fs.list(dir .. "/state/geneva/leases"))   -- the mirror too
     end)
   end)

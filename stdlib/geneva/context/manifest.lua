@@ -20,6 +20,7 @@
 -- manifest.check_host(record) on the worker). The stat cache is shared by
 -- all manifests of a db and never pruned (entries are ~150 bytes).
 local fs = require "geneva.fs"
+local backend = require "geneva.store.backend"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
 local cluster = require "geneva.context.cluster"
@@ -455,7 +456,8 @@ function M.define(db, name, spec)
 
   local pkgdir = registry.dir(db, "packages")
   local zpath = pkgdir .. "/" .. checksum .. ".zip"
-  if not fs.exists(zpath) then
+  -- in an s3 database the zip is built in the mirror, then uploaded
+  if not backend.exists(zpath) and not fs.exists(zpath) then
     io_check(fs.mkdir_p(pkgdir))
     local zentries = {}
     for i, e in ipairs(entries) do zentries[i] = { name = e.name, path = e.path, mode = e.mode } end
@@ -467,7 +469,8 @@ function M.define(db, name, spec)
       end
     end
   end
-  local zst = io_check(fs.stat(zpath))
+  if not backend.exists(zpath) then io_check(backend.upload(zpath)) end
+  local zst = io_check(fs.stat(io_check(backend.fetch(zpath))))
 
   if norm.local_zip_output_dir then
     local dir = norm.local_zip_output_dir
@@ -501,9 +504,10 @@ function M.define(db, name, spec)
   return rec
 end
 
--- M.package_path(db, record) -> absolute path of the record's zip
+-- M.package_path(db, record) -> local path of the record's zip (an s3
+-- database's is downloaded into its mirror once)
 function M.package_path(db, rec)
-  return registry.dir(db, "packages") .. "/" .. rec.checksum .. ".zip"
+  return io_check(backend.fetch(registry.dir(db, "packages") .. "/" .. rec.checksum .. ".zip"))
 end
 
 -- M.get(db, name) -> record | nil, Error(not_found). A probe: never raises

@@ -59,6 +59,7 @@
 -- -> true | false, err. ctx: {lease =, same_boot = bool, uid = our uid,
 -- trusted = the lease comes from this user's journal}.
 local fs = require "geneva.fs"
+local backend = require "geneva.store.backend"
 local json = require "geneva.json"
 local proc = require "geneva.proc"
 
@@ -251,7 +252,13 @@ end
 
 -- read_lease(path) -> lease | nil, why
 local function read_lease(path)
-  local text, err = fs.read_regular(path, MAX_LEASE_BYTES)
+  local text, err
+  if backend.is_remote(path) then
+    text, err = backend.get(path)
+    if text and #text > MAX_LEASE_BYTES then text, err = nil, "too big" end
+  else
+    text, err = fs.read_regular(path, MAX_LEASE_BYTES)     -- a regular file, no symlink
+  end
   if not text then return nil, err end
   local ok, lease = pcall(json.decode, text, { null_as_nil = true })
   if not ok or lease == nil then return nil, "not valid JSON" end
@@ -284,7 +291,9 @@ end
 -- any directory).
 local function journals(db, uid, refused)
   local out = {}
-  if db then
+  if db and backend.is_remote(db) then
+    out[#out + 1] = { dir = db .. "/_geneva/leases", trusted = false }    -- objects: no links to follow
+  elseif db then
     local g = fs.stat(db .. "/_geneva", { follow = false })
     local l = fs.stat(db .. "/_geneva/leases", { follow = false })
     if g and l then
@@ -334,7 +343,7 @@ function reap.list(opts)
   local by_name, names, dirs = {}, {}, {}
   for _, j in ipairs(journals(opts.db, uid, refused)) do
     dirs[#dirs + 1] = j.dir
-    for _, name in ipairs(fs.list(j.dir) or {}) do
+    for _, name in ipairs(backend.list(j.dir) or {}) do
       if name:match("%.json$") and name:sub(1, 1) ~= "." then
         local path = j.dir .. "/" .. name
         local e = by_name[name]
@@ -383,7 +392,7 @@ local function describe(l)
 end
 
 local function remove_everywhere(dirs, name)
-  for _, d in ipairs(dirs) do os.remove(d .. "/" .. name) end
+  for _, d in ipairs(dirs) do backend.delete(d .. "/" .. name) end
 end
 
 -- Decides what to do with one entry: "skip", "refuse", why | "act"

@@ -7,6 +7,7 @@
 -- structure only keep the default mode, so a team sharing a db can read
 -- each other's definitions. Errors are raised geneva.Errors.
 local fs = require "geneva.fs"
+local backend = require "geneva.store.backend"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
 local show = require("geneva.context.spec").show
@@ -39,7 +40,7 @@ function M.encode(rec) return json.encode(rec, { indent = 2, sort_keys = true })
 -- unavailable/internal for unreadable or corrupt files.
 function M.read(db, kind, name)
   local path = M.path(db, kind, name)
-  local data, msg, code = fs.read(path)
+  local data, msg, code = backend.get(path)
   if not data then
     if code == "ENOENT" then return nil end
     io_check(nil, msg, code)
@@ -72,17 +73,13 @@ function M.write(db, kind, name, rec, old_bytes)
   local data = M.encode(rec)
   if data == old_bytes then return false end
   io_check(fs.mkdir_p(M.dir(db, kind)))
-  io_check(fs.write_atomic(M.path(db, kind, name), data, { mode = M.private(rec) and MODE_PRIVATE or nil }))
+  io_check(backend.put(M.path(db, kind, name), data, { mode = M.private(rec) and MODE_PRIVATE or nil }))
   return true
 end
 
 -- M.names(db, kind) -> sorted array of record names
 function M.names(db, kind)
-  local list, msg, code = fs.list(M.dir(db, kind))
-  if not list then
-    if code == "ENOENT" then return {} end
-    io_check(nil, msg, code)
-  end
+  local list = io_check(backend.list(M.dir(db, kind)))
   local out = {}
   for _, f in ipairs(list) do
     local n = f:match("^(.+)%.json$")
@@ -94,14 +91,11 @@ end
 -- M.remove(db, kind, name) -> true | raises not_found
 function M.remove(db, kind, name)
   local path = M.path(db, kind, name)
-  local ok, msg, code = fs.remove(path)
-  if not ok then
-    if code == "ENOENT" then
-      errors.throw("not_found", ("%s '%s' is not defined in %s"):format(kind:gsub("s$", ""), name, db.path))
-    end
-    io_check(nil, msg, code)
+  if not backend.exists(path) then
+    errors.throw("not_found", ("%s '%s' is not defined in %s"):format(kind:gsub("s$", ""), name, db.uri or db.path))
   end
-  fs.fsync_dir(M.dir(db, kind))
+  io_check(backend.delete(path))
+  backend.sync_dir(M.dir(db, kind))
   return true
 end
 
