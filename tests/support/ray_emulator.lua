@@ -13,14 +13,15 @@ local SRC = os.getenv("GENEVA_SOURCE_DIR") or "."
 local Emu = {}
 Emu.__index = Emu
 
--- emulator.start(state_dir, {"--num-cpus", "4", ...}) -> Emu {url, state_dir}
-function emulator.start(state_dir, args)
+-- emulator.start(state_dir, {"--num-cpus", "4", ...} [, env]) -> Emu {url,
+-- state_dir}; env: variables added to its environment (its jobs inherit it)
+function emulator.start(state_dir, args, env)
   assert(fs.mkdir_p(state_dir))
   local argv = { "python3", SRC .. "/tests/fakes/ray_dashboard.py", "--max-life", "900",
                  "--state-dir", state_dir }
   for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
   local p = assert(proc.spawn{ argv = argv, stdin = "pipe", stdout = "pipe",
-                               stderr = state_dir .. "/emulator.err" })
+                               stderr = state_dir .. "/emulator.err", env_add = env })
   local line = p:read_line("stdout", 30)
   local url = line and line:match("^listening (http://127%.0%.0%.1:%d+)$")
   if not url then

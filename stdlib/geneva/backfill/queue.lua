@@ -547,7 +547,8 @@ end
 -- long UDF call still beats. In an object store the child is a geneva that
 -- rewrites the beat object with a counter.
 local BEAT_REMOTE = [[
-local store, path, every = require("geneva.json").decode(arg[1]), arg[2], tonumber(arg[3])
+local store = require("geneva.json").decode(os.getenv("GENEVA_BEAT_STORE"))
+local path, every = os.getenv("GENEVA_BEAT_PATH"), tonumber(os.getenv("GENEVA_BEAT_EVERY"))
 require("geneva.backfill.worker").mount(store)
 local backend, time = require "geneva.store.backend", require "geneva.time"
 local n = 0
@@ -559,15 +560,17 @@ until not time.sleep(every)
 
 local function start_heartbeat(ctx)
   local path = ("%s/workers/%s.beat"):format(ctx.dir, ctx.id)
-  local argv
+  local argv, env
   if ctx.store then
-    argv = { require("geneva.proc").exe(), "-e", BEAT_REMOTE, json.encode(ctx.store), path, tostring(queue.BEAT) }
+    argv = { require("geneva.proc").exe(), "-e", BEAT_REMOTE }
+    env = { GENEVA_BEAT_STORE = json.encode(ctx.store), GENEVA_BEAT_PATH = path,
+            GENEVA_BEAT_EVERY = tostring(queue.BEAT) }
   else
     fs.write(path, tostring(ctx.pid))
     argv = { "/bin/sh", "-c", 'while touch -- "$1"; do sleep "$2"; done', "geneva-beat", path, tostring(queue.BEAT) }
   end
   local p, err = require("geneva.proc").spawn{
-    argv = argv, stdin = "null", stdout = "null", stderr = "null", new_group = false }
+    argv = argv, env_add = env, stdin = "null", stdout = "null", stderr = "null", new_group = false }
   if not p then say(ctx.id, "no heartbeat (%s): its tasks may be retried elsewhere", tostring(err)) end
   return p
 end

@@ -118,7 +118,7 @@ end
 
 -- The names directly under a "directory": objects and common prefixes
 function S3:list(key)
-  local prefix = key_of(self, key)
+  local prefix = key_of(self, (key:gsub("/+$", "")))
   prefix = prefix == "" and "" or (prefix .. "/")
   local ok, objects, prefixes = pcall(self.client.list, self.client, prefix, { delimiter = "/" })
   if not ok then return call(error, objects) end
