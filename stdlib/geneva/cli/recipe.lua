@@ -57,7 +57,9 @@ local function do_main(opts, pos)
   local recipe = require "geneva.recipe"
   local verb, file = pos[1], pos[2]
   if not verb then error({ usage = "missing action (apply, run, validate or render)" }, 0) end
-  if not VERBS[verb] then error({ usage = ("unknown action '%s'"):format(verb) }, 0) end
+  if not VERBS[verb] then
+    error({ usage = ("unknown action '%s'%s"):format(verb, require("geneva.suggest").hint(verb, VERBS)) }, 0)
+  end
   if not file then error({ usage = "missing recipe FILE" }, 0) end
   local job = pos[3]
   if job and verb ~= "run" then error({ usage = ("unexpected argument '%s'"):format(job) }, 0) end
