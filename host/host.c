@@ -177,9 +177,11 @@ static int tracing(lua_State *L) {
 ** [err] -> [err, text?] */
 static int ordinary_error(lua_State *L) {
   lua_Debug ar;
-  int level, is_error, ordinary;
-  if (tracing(L) || !luaL_getmetafield(L, 1, "__name")) return 0;
-  is_error = strcmp(lua_tostring(L, -1), "geneva.Error") == 0;
+  int level, type, is_error, ordinary;
+  if (tracing(L)) return 0;
+  type = luaL_getmetafield(L, 1, "__name");
+  if (type == LUA_TNIL) return 0;           /* pushed nothing */
+  is_error = type == LUA_TSTRING && strcmp(lua_tostring(L, -1), "geneva.Error") == 0;
   lua_pop(L, 1);
   if (!is_error) return 0;
   lua_getfield(L, 1, "code");

@@ -94,8 +94,7 @@ function args.run(usage, json_out, fn)
   local errors = require "geneva.errors"
   local e = errors.from(res)
   if json_out() then
-    io.stdout:write(require("geneva.cli.output").json({ error = { code = e.code, message = e.message } },
-      { invalid_utf8 = "replace" }), "\n")
+    io.stdout:write(require("geneva.cli.output").json({ error = { code = e.code, message = e.message } }), "\n")
   else
     io.stderr:write("geneva: ", tostring(e), "\n")
   end
