@@ -106,7 +106,7 @@ local function describe(rec)
     add("Versions", ("%s -> %s (%d commit%s)"):format(rec.version_start, rec.version_end or "?", n, n == 1 and "" or "s"))
   end
   if rec.runner then
-    add("Runner", rec.runner.type .. (rec.runner.workers and (", %d workers"):format(rec.runner.workers) or ""))
+    add("Runner", tostring(rec.runner.type) .. (rec.runner.workers and (", %d workers"):format(rec.runner.workers) or ""))
   end
   if rec.error then add("Error", ("%s: %s"):format(rec.error.code, rec.error.message)) end
   if r.failed_rowids then
