@@ -146,9 +146,64 @@ static int os_exit_safe(lua_State *L) {
 
 /* {====== Protected calls with a traceback */
 
+/* Is src (a chunk's source, "@file") one of the stdlib's modules: embedded,
+** or a file under GENEVA_STDLIB? */
+static int is_stdlib_source(const char *src) {
+  const char *dev = getenv("GENEVA_STDLIB");
+  const geneva_embedded *m;
+  if (src[0] != '@') return 0;
+  src++;
+  if (dev && *dev) {
+    size_t n = strlen(dev);
+    if (strncmp(src, dev, n) == 0 && src[n] == '/') return 1;
+  }
+  for (m = geneva_stdlib; m->name; m++)
+    if (strcmp(src, m->file) == 0) return 1;
+  return 0;
+}
+
+/* Full tracebacks for every error: GENEVA_TRACE=1 or geneva --trace. */
+static int tracing(lua_State *L) {
+  geneva_host *h = geneva_host_from(L);
+  const char *env = getenv("GENEVA_TRACE");
+  return (h && h->trace) || (env && *env && strcmp(env, "0") != 0);
+}
+
+/* An ordinary geneva.Error (not_found, invalid_argument, udf_error, ...:
+** any code but internal) is about the user's code, not ours: its text and
+** the innermost line of user code that led to it, "<code>: <message>\n  at
+** job.lua:12", instead of a traceback into stdlib files that are not on
+** disk. Pushes that text and returns 1, or returns 0 (a traceback then).
+** [err] -> [err, text?] */
+static int ordinary_error(lua_State *L) {
+  lua_Debug ar;
+  int level, type, is_error, ordinary;
+  if (tracing(L)) return 0;
+  type = luaL_getmetafield(L, 1, "__name");
+  if (type == LUA_TNIL) return 0;           /* pushed nothing */
+  is_error = type == LUA_TSTRING && strcmp(lua_tostring(L, -1), "geneva.Error") == 0;
+  lua_pop(L, 1);
+  if (!is_error) return 0;
+  lua_getfield(L, 1, "code");
+  ordinary = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "internal") != 0;
+  lua_pop(L, 1);
+  if (!ordinary || !luaL_callmeta(L, 1, "__tostring") || lua_type(L, -1) != LUA_TSTRING)
+    return 0;
+  for (level = 1; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "Sl", &ar);
+    if (ar.currentline > 0 && !is_stdlib_source(ar.source)) {
+      lua_pushfstring(L, "%s\n  at %s:%d", lua_tostring(L, -1), ar.short_src, ar.currentline);
+      lua_remove(L, -2);
+      break;
+    }
+  }
+  return 1;
+}
+
 static int msghandler(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (lua_touserdata(L, 1) == &exit_sentinel) return 1;   /* keep as is */
+  if (ordinary_error(L)) return 1;
   if (msg == NULL) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
       msg = lua_tostring(L, -1);

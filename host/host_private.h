@@ -18,6 +18,7 @@ struct geneva_host {
   int exit_code;
   int is_geneva;    /* the process is the geneva command: its workers are
                        itself (set by main.c) */
+  int trace;        /* full tracebacks for every error (geneva --trace) */
 };
 
 geneva_host *geneva_host_from(lua_State *L);

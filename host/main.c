@@ -27,6 +27,9 @@ static const char usage_text[] =
   "\n"
   "options:\n"
   "  -e CODE        run CODE (may repeat; runs before FILE)\n"
+  "  --trace        full tracebacks for every error (also GENEVA_TRACE=1);\n"
+  "                 otherwise an error such as not_found names its line\n"
+  "                 in your script and internal errors show a traceback\n"
   "  -v, --version  print the version and exit\n"
   "  -h, --help     print this help and exit\n"
   "\n"
@@ -69,6 +72,37 @@ static void print_usage(void) {
   printf(usage_text, list);
 }
 
+/* A word that is neither a command nor a file but is near a command is a
+** mistyped command (`geneva job list`): 1 with the command in out. The
+** stdlib's one "did you mean" helper (geneva.suggest) decides. */
+static int near_command(geneva_host *h, const char *word, char *out, size_t n) {
+  lua_State *L = geneva_host_lua(h);
+  int i, found = 0;
+  for (i = 0; word[i]; i++)
+    if (word[i] < 'a' || word[i] > 'z') return 0;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "geneva.suggest");
+  if (geneva_host_pcall(h, 1, 1, 0) != 0) return 0;
+  lua_getfield(L, -1, "nearest");         /* [suggest, nearest] */
+  lua_pushstring(L, word);
+  lua_createtable(L, 8, 0);
+  for (i = 0; commands[i]; i++) {
+    lua_pushstring(L, commands[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushliteral(L, "run");
+  lua_rawseti(L, -2, i + 1);               /* [suggest, nearest, word, names] */
+  if (geneva_host_pcall(h, 2, 1, 0) == 0) {
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      snprintf(out, n, "%s", lua_tostring(L, -1));
+      found = 1;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return found;
+}
+
 static int run_command(geneva_host *h, int argc, char **argv) {
   lua_State *L = geneva_host_lua(h);
   int i, code;
@@ -95,6 +129,8 @@ static int run(geneva_host *h, int argc, char **argv) {
     } else if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
       printf("geneva %s (%s)\n", GENEVA_VERSION, LUA_RELEASE);
       return 0;
+    } else if (strcmp(a, "--trace") == 0) {
+      h->trace = 1;
     } else if (strcmp(a, "-e") == 0) {
       if (++i >= argc) return usage_error("'-e' needs an argument%s", "");
       code = geneva_host_dostring(h, argv[i]);
@@ -117,6 +153,13 @@ static int run(geneva_host *h, int argc, char **argv) {
     }
   } else if (i < argc && is_command(argv[i])) {
     return run_command(h, argc - i, argv + i);
+  } else if (i < argc && access(argv[i], F_OK) != 0) {
+    char near[32];
+    if (near_command(h, argv[i], near, sizeof near)) {
+      fprintf(stderr, "%s: unknown command '%s' (did you mean '%s'?)\n(see '%s --help')\n",
+              progname, argv[i], near, progname);
+      return 2;
+    }
   }
   if (i < argc) {
     code = geneva_host_dofile(h, argv[i], argc - i - 1, (const char *const *)argv + i + 1);

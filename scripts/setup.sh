@@ -15,6 +15,7 @@ PACKAGES=(
   libcurl4-openssl-dev libzip-dev libyaml-dev libsqlite3-dev sqlite3
   libssl-dev openssl libedit-dev
   python3 zip unzip valgrind procps
+  man-db groff-base bsdextrautils            # tests/integration/manpage.sh
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -2,7 +2,7 @@
 -- a table, a computed column, and a backfill on the embedded local cluster,
 -- then the same inside a context that provisions workers and tears them
 -- down. Run it again and nothing is recomputed.
---   geneva scripts/examples/main.lua [DB_DIR]
+--   geneva scripts/examples/main.lua [DB_URI]
 local geneva = require "geneva"
 
 local dir = arg[1] or (os.getenv("TMPDIR") or "/tmp") .. "/geneva-example"

@@ -141,7 +141,8 @@ function Db:create_table(name, source, opts)
   if opts ~= nil and type(opts) ~= "table" then invalid("create_table: opts must be a table") end
   opts = opts or {}
   for k in pairs(opts) do
-    if not create_options[k] then invalid(("create_table: unknown option '%s'"):format(tostring(k))) end
+    if not create_options[k] then invalid(("create_table: unknown option '%s'%s"):format(tostring(k),
+      require("geneva.suggest").hint(k, create_options))) end
   end
   local mode = opts.mode or "create"
   if mode ~= "create" and mode ~= "overwrite" then

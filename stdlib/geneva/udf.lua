@@ -406,7 +406,7 @@ local OPTIONS = {
 function udf.new(o)
   if type(o) ~= "table" then bad("options", "expected a table, got %s", type(o)) end
   for k in pairs(o) do
-    if not OPTIONS[k] then bad(tostring(k), "unknown option") end
+    if not OPTIONS[k] then bad(tostring(k), "unknown option" .. require("geneva.suggest").hint(k, OPTIONS)) end
   end
   local u = setmetatable({}, Udf)
   check_common(u, o)

@@ -354,7 +354,8 @@ describe("geneva.context.cluster", function()
     it("prints text, help and usage errors", function()
       local code, out = cli { "cluster", "list", "--db", uri }
       assert.equal(0, code)
-      assert.matches("dev%s+local%s+workers=2", out)
+      assert.matches("^NAME%s+TYPE%s+SPEC%s+AGE\n", out)
+      assert.matches("dev%s+local%s+workers=2%s+%d+s\n", out)
       assert.matches("gpu%s+kuberay%s+namespace=geneva workers=cpu=2,gpu=0", out)
       code, out = cli { "cluster", "show", "gpu", "--db", uri }
       assert.equal(0, code)

@@ -1,5 +1,5 @@
 -- Specs for job records: db:jobs filters, db:job, and the CLI
--- `geneva jobs list|show|logs|cancel --db DIR [--json]`, including
+-- `geneva jobs list|show|logs|wait|cancel --db URI [--json]`, including
 -- cancelling a job that another process is running and following its log.
 local geneva = require "geneva"
 local errors = require "geneva.errors"
@@ -114,15 +114,107 @@ describe("geneva jobs", function()
       code, out = cli("list", "--db", db.dir, "--json", "--table", "a", "--status", "failed")
       assert.equal(0, code)
       assert.same({ h.failed_a }, ids(doc(out)))
-      -- the text form: one line per job
+      -- the text form: a header row, then one line per job
       code, out = cli("list", "--db", db.dir)
       assert.equal(0, code)
-      local n = 0
-      for line in out:gmatch("[^\n]+") do
-        n = n + 1
-        assert.truthy(line:match("^%d+%-%d+%-%x+%s+%u+"), line)
+      local lines = {}
+      for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
+      assert.equal("ID STATUS TABLE COLUMN PROGRESS AGE DURATION", (lines[1]:gsub("%s+", " ")))
+      assert.equal(5, #lines)
+      for i = 2, 5 do assert.truthy(lines[i]:match("^%d+%-%d+%-%x+%s+%u+%s+%a+%s+%a+%s+%d+/%d+%s+%d+[smhd]%s+[%d.]+[smhd]"), lines[i]) end
+      assert.matches("^" .. h.done_a:gsub("%-", "%%-") .. "%s+DONE%s+a%s+x%s+300/300%s", lines[5])
+    end)
+
+    it("list says so when there are no jobs; progress never shows more than planned", function()
+      local code, out, err = cli("list", "--db", db.dir)
+      assert.equal(0, code)
+      assert.equal("", out)
+      assert.equal("No jobs found.\n", err)
+      -- a resumed run folds checkpoints: committed can exceed what it planned
+      local id = job.new_id()
+      job.save(db.dir, { id = id, kind = "backfill", status = "DONE", table = "t", column = "c",
+        created_at = time.iso8601(), started_at = time.iso8601(), finished_at = time.iso8601(), seconds = 75,
+        rows = { planned = 10, computed = 10, committed = 40, failed = 0 } })
+      code, out = cli("list", "--db", db.dir)
+      assert.equal(0, code)
+      assert.matches("DONE%s+t%s+c%s+10/10%s+%d+s%s+1m15s\n", out)
+      code, out = cli("show", id, "--db", db.dir)
+      assert.equal(0, code)
+      assert.matches("Progress: +10/10 rows committed", out)
+    end)
+
+    it("show is for people without --json; --json keys are sorted", function()
+      local h = history()
+      local code, out = cli("show", h.failed_a, "--db", db.dir)
+      assert.equal(0, code)
+      assert.matches("^ID: +" .. h.failed_a:gsub("%-", "%%-") .. "\nStatus: +FAILED\nTable: +a\nColumn: +y\n", out)
+      assert.matches("\nError: +udf_error: [^\n]*no 42", out)
+      assert.matches("\nDuration: +[%d.]+s\n", out)
+      assert.matches("\nEvents:\n  ", out)
+      -- the keys of the first object in a JSON text, in the order printed
+      local function first_keys(text)
+        local keys, depth, i = {}, 0, 1
+        while i <= #text do
+          local c = text:sub(i, i)
+          if c == '"' then
+            local j = i + 1
+            while text:sub(j, j) ~= '"' do j = j + (text:sub(j, j) == "\\" and 2 or 1) end
+            if depth == 1 + (text:match("^%s*%[") and 1 or 0) and text:match("^%s*:", j + 1) then
+              keys[#keys + 1] = text:sub(i + 1, j - 1)
+            end
+            i = j
+          elseif c == "{" or c == "[" then depth = depth + 1
+          elseif c == "}" or c == "]" then
+            depth = depth - 1
+            if #keys > 0 and depth <= (text:match("^%s*%[") and 1 or 0) then break end
+          end
+          i = i + 1
+        end
+        return keys
       end
-      assert.equal(4, n)
+      for _, argv in ipairs { { "show", h.done_a, "--db", db.dir, "--json" }, { "list", "--db", db.dir, "--json" } } do
+        code, out = cli(table.unpack(argv))
+        assert.equal(0, code)
+        local keys = first_keys(out)
+        local sorted = { table.unpack(keys) }
+        table.sort(sorted)
+        assert.is_true(#keys > 10, out)
+        assert.same(sorted, keys)
+        assert.equal("column", keys[1])
+      end
+    end)
+
+    it("wait prints the end and exits 0 only for DONE", function()
+      local h = history()
+      local code, out = cli("wait", h.done_a, "--db", db.dir)
+      assert.equal(0, code)
+      assert.equal(h.done_a .. " DONE\n", out)
+      code, out = cli("wait", h.failed_a, "--db", db.dir)
+      assert.equal(1, code)
+      assert.matches("^" .. h.failed_a:gsub("%-", "%%-") .. " FAILED: udf_error: ", out)
+      code, out = cli("wait", h.cancelled_b, "--db", db.dir, "--json")
+      assert.equal(1, code)
+      assert.equal("CANCELLED", doc(out).status)
+      code, out = cli("wait", "20200101-000000-deadbeef", "--db", db.dir, "--json")
+      assert.equal(1, code)
+      assert.equal("not_found", doc(out).error.code)
+      -- a job still running: wait returns at its end
+      local tbl = make_table(db, "w", 2000, { fragment_size = 500 })
+      tbl:add_columns { s = geneva.udf { data_type = "int64", fn = function(id)
+        local t = os.clock() + 0.0005 while os.clock() < t do end return id end } }
+      local p = child.start(root, "driver", [[
+local geneva = require "geneva"
+geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250 })
+]], db.dir)
+      local id = wait_until("a running job", function()
+        local recs = db:jobs { status = "RUNNING" }
+        return recs[1] and recs[1].id
+      end)
+      code, out = cli("wait", id, "--db", db.dir)
+      assert.equal(0, code)
+      assert.equal(id .. " DONE\n", out)
+      assert.equal("exited", (p:wait(30)))
+      p:close()
     end)
 
     it("show --json prints one object; errors are JSON with exit 1", function()
@@ -203,11 +295,42 @@ describe("geneva jobs", function()
       assert.matches("geneva jobs list", out)
     end)
 
-    it("cancel of a finished job changes nothing", function()
+    it("list --watch prints a job again as it progresses, until stopped", function()
+      local tbl = make_table(db, "w", 2000, { fragment_size = 500 })
+      tbl:add_columns { s = geneva.udf { data_type = "int64", fn = function(id)
+        local t = os.clock() + 0.001 while os.clock() < t do end return id end } }
+      local p = child.start(root, "driver", [[
+local geneva = require "geneva"
+geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250, concurrency = 1 })
+]], db.dir)
+      local id = wait_until("a running job", function()
+        local recs = db:jobs { status = "RUNNING" }
+        return recs[1] and recs[1].id
+      end)
+      local code, out = child.cli({ "jobs", "list", "-w", "--db", db.dir }, { timeout = 6 })
+      assert.equal(124, code)       -- stopped by timeout
+      assert.equal("exited", (p:wait(30)))
+      p:close()
+      local _, headers = out:gsub("ID%s+STATUS", "")
+      assert.equal(1, headers)
+      local q = id:gsub("%-", "%%-")
+      assert.matches(q .. "%s+RUNNING%s", out)
+      assert.matches(q .. "%s+DONE%s+w%s+s%s+2000/2000%s", out)
+      code = cli("show", id, "--db", db.dir, "--watch")
+      assert.equal(2, code)
+    end)
+
+    it("cancel of a finished job is an error and changes nothing", function()
       local h = history()
       local code, out = cli("cancel", h.done_a, "--db", db.dir, "--json")
-      assert.equal(0, code)
-      assert.equal("DONE", doc(out).status)
+      assert.equal(1, code)
+      assert.equal("conflict", doc(out).error.code)
+      assert.matches("already finished %(DONE%)", doc(out).error.message)
+      local err
+      code, out, err = cli("cancel", h.done_a, "--db", db.dir)
+      assert.equal(1, code)
+      assert.equal("", out)
+      assert.matches("^geneva: conflict: job [^ ]+ is already finished %(DONE%)\n$", err)
       assert.equal("DONE", job.load(db.dir, h.done_a).status)
       assert.is_false(fs.exists(db.dir .. "/_geneva/jobs/" .. h.done_a .. ".cancel"))
       code, out = cli("cancel", "20200101-000000-deadbeef", "--db", db.dir, "--json")

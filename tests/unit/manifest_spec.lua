@@ -350,7 +350,7 @@ describe("geneva.context.manifest", function()
       assert.equal(rec.checksum, list[1].checksum)
       code, out = cli { "manifest", "list", "--db", uri }
       assert.equal(0, code)
-      assert.matches("^dev%s+" .. rec.checksum:sub(1, 12), out)
+      assert.matches("^NAME%s+CHECKSUM%s+FILES%s+SIZE%s+AGE\ndev%s+" .. rec.checksum:sub(1, 12), out)
       code, out = cli { "manifest", "show", "nope", "--json", "--db", uri }
       assert.equal(1, code)
       assert.equal("not_found", assert(json.decode(out)).error.code)

@@ -43,7 +43,8 @@ local function new_job(tbl, column, opts)
   opts = opts or {}
   if type(column) ~= "string" then errors.throw("invalid_argument", "backfill: column must be a string") end
   for k in pairs(opts) do
-    if not option_names[k] then errors.throw("invalid_argument", ("backfill: unknown option '%s'"):format(tostring(k))) end
+    if not option_names[k] then errors.throw("invalid_argument", ("backfill: unknown option '%s'%s"):format(tostring(k),
+      require("geneva.suggest").hint(k, option_names))) end
   end
   local function posint(name)
     local v = opts[name]

@@ -2,6 +2,8 @@
 --   local opts, pos = args.parse(argv, {db = "value", json = "flag", ...})
 -- A short option is an entry naming its long one: {["-f"] = "follow"}.
 -- raises {usage = message} for bad syntax (the command exits 2).
+local suggest = require "geneva.suggest"
+
 local args = {}
 
 function args.parse(argv, spec)
@@ -16,7 +18,12 @@ function args.parse(argv, spec)
     if name then
       local key = name:gsub("%-", "_")
       local kind = spec[key]
-      if not kind then error({ usage = ("unknown option '--%s'"):format(name) }, 0) end
+      if not kind then
+        local names = {}
+        for k, v in pairs(spec) do if not k:match("^%-") and v then names[#names + 1] = k:gsub("_", "-") end end
+        local near = suggest.nearest(name, names)
+        error({ usage = ("unknown option '--%s'%s"):format(name, near and (" (did you mean '--%s'?)"):format(near) or "") }, 0)
+      end
       if kind == "flag" then
         if inline then error({ usage = ("option '--%s' takes no value"):format(name) }, 0) end
         opts[key] = true
@@ -56,7 +63,7 @@ function args.action(pos, verbs, operand)
   end
   local known = false
   for _, v in ipairs(verbs) do known = known or v == verb end
-  if not known then error({ usage = ("unknown action '%s'"):format(verb) }, 0) end
+  if not known then error({ usage = ("unknown action '%s'%s"):format(verb, suggest.hint(verb, verbs)) }, 0) end
   local n = verb == verbs[1] and 1 or 2
   if n == 2 and not pos[2] then error({ usage = ("missing %s"):format(operand) }, 0) end
   if #pos > n then error({ usage = ("unexpected argument '%s'"):format(pos[n + 1]) }, 0) end
@@ -89,8 +96,7 @@ function args.run(usage, json_out, fn)
   local errors = require "geneva.errors"
   local e = errors.from(res)
   if json_out() then
-    io.stdout:write(require("geneva.json").encode({ error = { code = e.code, message = e.message } },
-      { invalid_utf8 = "replace" }), "\n")
+    io.stdout:write(require("geneva.cli.output").json({ error = { code = e.code, message = e.message } }), "\n")
   else
     io.stderr:write("geneva: ", tostring(e), "\n")
   end

@@ -2,6 +2,7 @@
 local json = require "geneva.json"
 local registry_cmd = require "geneva.cli.registry_cmd"
 local cluster = require "geneva.context.cluster"
+local output = require "geneva.cli.output"
 
 local M = {}
 
@@ -33,8 +34,9 @@ local impl = {
     return cluster.get(db, name)
   end,
   delete = cluster.delete,
-  line = function(rec)
-    return ("%-24s %-8s %s"):format(rec.name, rec.type or "?", summary(rec.spec or {}))
+  headers = { "NAME", "TYPE", "SPEC", "AGE" },
+  row = function(rec)
+    return { rec.name, rec.type or "?", summary(rec.spec or {}), output.age(rec.updated_at) }
   end,
   show = function(rec)
     return ("cluster %s (%s)\ncreated %s, updated %s\n%s\n"):format(rec.name, rec.type,

@@ -2,6 +2,7 @@
 local json = require "geneva.json"
 local registry_cmd = require "geneva.cli.registry_cmd"
 local manifest = require "geneva.context.manifest"
+local output = require "geneva.cli.output"
 
 local M = {}
 
@@ -25,9 +26,10 @@ local impl = {
   end,
   get = manifest.get,
   delete = manifest.delete,
-  line = function(rec)
-    return ("%-24s %s  %5d files  %10s  %s"):format(rec.name, (rec.checksum or "?"):sub(1, 12),
-      rec.file_count or 0, mib(rec.size), rec.updated_at or "")
+  headers = { "NAME", "CHECKSUM", "FILES", "SIZE", "AGE" },
+  row = function(rec)
+    return { rec.name, (rec.checksum or "?"):sub(1, 12), tostring(rec.file_count or 0), mib(rec.size),
+             output.age(rec.updated_at) }
   end,
   show = function(rec)
     local lines = {

@@ -1,6 +1,7 @@
 -- geneva reap [--db URI] [--list] [--retained] [--force] [--json]
 local args = require "geneva.cli.args"
 local json = require "geneva.json"
+local output = require "geneva.cli.output"
 
 local M = {}
 
@@ -36,7 +37,7 @@ function M.main(argv)
                             journal = e.source }
       end
       if opts.json then
-        io.stdout:write(json.encode(json.array(rows), { invalid_utf8 = "replace" }), "\n")
+        io.stdout:write(output.json(json.array(rows)), "\n")
       else
         local c = reap.clean     -- lease fields are untrusted: no escape sequences
         for _, r in ipairs(rows) do
@@ -50,9 +51,9 @@ function M.main(argv)
     local res = reap.run{ db = opts.db, retained = opts.retained, force = opts.force }
     for _, r in ipairs(res.refused) do io.stderr:write("geneva: refused to reap ", r, "\n") end
     if opts.json then
-      io.stdout:write(json.encode({ reaped = res.reaped, skipped = res.skipped,
+      io.stdout:write(output.json({ reaped = res.reaped, skipped = res.skipped,
                                     refused = json.array(res.refused),
-                                    failed = json.array(res.failed) }, { invalid_utf8 = "replace" }), "\n")
+                                    failed = json.array(res.failed) }), "\n")
     else
       for _, item in ipairs(res.items) do io.stdout:write("reaped ", item, "\n") end
       for _, f in ipairs(res.failed) do io.stderr:write("geneva: cannot reap ", f, "\n") end

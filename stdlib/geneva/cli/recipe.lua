@@ -1,6 +1,7 @@
 -- geneva recipe apply|run|validate|render FILE [JOB] [--set k=v ...] [--json]
 local args = require "geneva.cli.args"
 local json = require "geneva.json"
+local output = require "geneva.cli.output"
 
 local M = {}
 
@@ -57,7 +58,9 @@ local function do_main(opts, pos)
   local recipe = require "geneva.recipe"
   local verb, file = pos[1], pos[2]
   if not verb then error({ usage = "missing action (apply, run, validate or render)" }, 0) end
-  if not VERBS[verb] then error({ usage = ("unknown action '%s'"):format(verb) }, 0) end
+  if not VERBS[verb] then
+    error({ usage = ("unknown action '%s'%s"):format(verb, require("geneva.suggest").hint(verb, VERBS)) }, 0)
+  end
   if not file then error({ usage = "missing recipe FILE" }, 0) end
   local job = pos[3]
   if job and verb ~= "run" then error({ usage = ("unexpected argument '%s'"):format(job) }, 0) end
@@ -75,9 +78,9 @@ local function do_main(opts, pos)
   elseif verb == "validate" then
     recipe.validate(r)
     if opts.json then
-      io.stdout:write(json.encode({ ok = true, file = r.file, db = r.db, clusters = names(r.clusters),
+      io.stdout:write(output.json({ ok = true, file = r.file, db = r.db, clusters = names(r.clusters),
         manifests = names(r.manifests), jobs = names(r.jobs), warnings = arr(r.warnings) },
-        { indent = 2, invalid_utf8 = "replace" }), "\n")
+        true), "\n")
     else
       io.stdout:write(("%s: ok (%d cluster%s, %d manifest%s, %d job%s)\n"):format(r.file,
         #r.clusters, #r.clusters == 1 and "" or "s", #r.manifests, #r.manifests == 1 and "" or "s",
@@ -86,8 +89,8 @@ local function do_main(opts, pos)
   elseif verb == "apply" then
     local _, summary = recipe.apply(r)
     if opts.json then
-      io.stdout:write(json.encode({ db = summary.db, clusters = arr(summary.clusters),
-        manifests = arr(summary.manifests) }, { indent = 2, invalid_utf8 = "replace" }), "\n")
+      io.stdout:write(output.json({ db = summary.db, clusters = arr(summary.clusters),
+        manifests = arr(summary.manifests) }, true), "\n")
     else
       io.stdout:write(("applied %s to %s: clusters: %s; manifests: %s\n"):format(r.file, summary.db,
         #summary.clusters > 0 and table.concat(summary.clusters, ", ") or "none",
@@ -100,7 +103,7 @@ local function do_main(opts, pos)
       io.stdout:flush()
     end or nil })
     if opts.json then
-      io.stdout:write(json.encode(arr(results), { indent = 2, invalid_utf8 = "replace" }), "\n")
+      io.stdout:write(output.json(arr(results), true), "\n")
     elseif #results == 0 then
       io.stdout:write(("%s: no jobs to run\n"):format(r.file))
     end
@@ -132,7 +135,7 @@ function M.main(argv)
       for i, p in ipairs(problems) do err.problems[i] = { line = p.line, col = p.col, message = p.message } end
       err.path = e.path
     end
-    io.stdout:write(json.encode({ error = err }, { invalid_utf8 = "replace" }), "\n")
+    io.stdout:write(output.json({ error = err }), "\n")
   elseif problems and #problems > 1 then
     for _, p in ipairs(problems) do
       io.stderr:write(("geneva: %s:%d:%d: %s\n"):format(e.path or "?", p.line, p.col, p.message))

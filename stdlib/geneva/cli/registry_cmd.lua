@@ -2,6 +2,7 @@
 -- `geneva manifest ...`: list | show NAME | delete NAME, --db URI, --json.
 local args = require "geneva.cli.args"
 local json = require "geneva.json"
+local output = require "geneva.cli.output"
 
 local M = {}
 
@@ -29,7 +30,8 @@ end
 
 -- M.main(argv, kind, usage, impl) -> exit code
 -- impl: {list = fn(db) -> records, get = fn(db, name) -> rec | nil, err,
--- delete = fn(db, name), line = fn(rec) -> text, show = fn(rec) -> text}
+-- delete = fn(db, name), headers = {...}, row = fn(rec) -> {cell, ...},
+-- show = fn(rec) -> text}
 function M.main(argv, kind, usage, impl)
   local opts = {}
   return args.run(usage, function() return opts.json end, function()
@@ -41,23 +43,27 @@ function M.main(argv, kind, usage, impl)
     if verb == "list" then
       local recs = redact(impl.list(db))
       if opts.json then
-        io.stdout:write(json.encode(json.array(recs), { sort_keys = true, invalid_utf8 = "replace" }), "\n")
+        io.stdout:write(output.json(json.array(recs)), "\n")
+      elseif #recs == 0 then
+        io.stderr:write(("No %ss found.\n"):format(kind))
       else
-        for _, rec in ipairs(recs) do io.stdout:write(impl.line(rec), "\n") end
+        local rows = {}
+        for i, rec in ipairs(recs) do rows[i] = impl.row(rec) end
+        io.stdout:write(output.table(impl.headers, rows))
       end
     elseif verb == "show" then
       local rec, err = impl.get(db, pos[2])
       if not rec then error(err, 0) end
       rec = redact(rec)
       if opts.json then
-        io.stdout:write(json.encode(rec, { indent = 2, sort_keys = true, invalid_utf8 = "replace" }), "\n")
+        io.stdout:write(output.json(rec, true), "\n")
       else
         io.stdout:write(impl.show(rec))
       end
     else
       impl.delete(db, pos[2])
       if opts.json then
-        io.stdout:write(json.encode({ deleted = pos[2], kind = kind }, { invalid_utf8 = "replace" }), "\n")
+        io.stdout:write(output.json({ deleted = pos[2], kind = kind }), "\n")
       else
         io.stdout:write(("deleted %s '%s'\n"):format(kind, pos[2]))
       end

@@ -49,7 +49,8 @@ function context.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then errors.throw("invalid_argument", "context: expected a table of options") end
   for k in pairs(opts) do
-    if not OPTIONS[k] then errors.throw("invalid_argument", ("context: unknown option '%s'"):format(tostring(k))) end
+    if not OPTIONS[k] then errors.throw("invalid_argument", ("context: unknown option '%s'%s"):format(tostring(k),
+      require("geneva.suggest").hint(k, OPTIONS))) end
   end
   local on_exit = opts.on_exit or "delete"
   if not EXIT_MODES[on_exit] then

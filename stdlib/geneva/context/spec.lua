@@ -5,6 +5,7 @@
 -- labels; field checkers (path, value) -> normalized value | raises.
 local json = require "geneva.json"
 local errors = require "geneva.errors"
+local suggest = require "geneva.suggest"
 
 local M = {}
 
@@ -42,37 +43,6 @@ local function expected(path, what, v)
   fail(path, ("expected %s, got %s"):format(what, show(v)))
 end
 M.expected = expected
-
--- Edit distance with transpositions (optimal string alignment), for
--- "did you mean" hints.
-local function distance(a, b)
-  if math.abs(#a - #b) > 2 then return 3 end
-  local d = {}
-  for i = 0, #a do d[i] = { [0] = i } end
-  for j = 0, #b do d[0][j] = j end
-  for i = 1, #a do
-    for j = 1, #b do
-      local cost = a:byte(i) == b:byte(j) and 0 or 1
-      local v = math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
-      if i > 1 and j > 1 and a:byte(i) == b:byte(j - 1) and a:byte(i - 1) == b:byte(j) then
-        v = math.min(v, d[i - 2][j - 2] + 1)
-      end
-      d[i][j] = v
-    end
-  end
-  return d[#a][#b]
-end
-
--- The name in fields (a table keyed by names) nearest to k, at most 2 edits
--- away; ties go to the first in sort order.
-local function nearest(k, fields)
-  local best, bd
-  for name in pairs(fields) do
-    local d = distance(k, name)
-    if d <= 2 and (not bd or d < bd or (d == bd and name < best)) then best, bd = name, d end
-  end
-  return best
-end
 
 -- Does a key name a secret? One of SECRET_WORDS as a whole word (words are
 -- the runs of letters: DB_PASS, AWS_ACCESS_KEY_ID, apiKey, PRIVATE-KEY), or
@@ -292,8 +262,7 @@ function M.check_fields(path, t, fields, what)
       if type(k) == "string" and type(v) == "string" and (M.is_secret_key(k) or k == "token" or k == "password") then
         fail(p, M.SECRET_HINT)
       end
-      local near = type(k) == "string" and nearest(k, fields)
-      fail(path, ("unknown field '%s'%s"):format(tostring(k), near and (" (did you mean '" .. near .. "'?)") or ""))
+      fail(path, ("unknown field '%s'%s"):format(tostring(k), suggest.hint(k, fields)))
     end
     out[k] = f(sub(path, k), v)
   end

@@ -1,0 +1,161 @@
+-- Errors a user can act on (issue 12): how `geneva` reports a script's
+-- error (the code, the message and the line of the user's script; a full
+-- traceback for internal errors, GENEVA_TRACE=1 and --trace), mistyped
+-- commands, and "did you mean" for every table of options
+-- (geneva.suggest).
+local geneva = require "geneva"
+local suggest = require "geneva.suggest"
+local child = require "child"
+
+local raises = require("expect").raises
+
+describe("geneva.suggest", function()
+  it("finds the nearest name within 2 edits, in a list or a set", function()
+    assert.equal("jobs", suggest.nearest("job", { "cluster", "jobs", "recipe" }))
+    assert.equal("batch_size", suggest.nearest("bach_size", { batch_size = true, where = true }))
+    assert.equal("where", suggest.nearest("whree", { batch_size = true, where = true }))   -- a transposition
+    assert.is_nil(suggest.nearest("frobnicate", { "jobs", "reap" }))
+    assert.is_nil(suggest.nearest("x", { "id" }))        -- as many edits as letters: no hint
+    assert.is_nil(suggest.nearest(42, { "jobs" }))
+    assert.equal(" (did you mean 'reap'?)", suggest.hint("rep", { "reap", "run" }))
+    assert.equal("", suggest.hint("zzzzzz", { "reap" }))
+  end)
+end)
+
+describe("geneva reporting errors", function()
+  local dir
+  before_each(function() dir = child.tmpdir() end)
+  after_each(function() child.rmtree(dir) end)
+
+  -- runs `geneva [flags] job.lua` over the given script in dir
+  local function run(script, flags, env)
+    child.write(dir .. "/job.lua", script)
+    local argv = { table.unpack(flags or {}) }
+    argv[#argv + 1] = "job.lua"
+    return child.cli(argv, { cwd = dir, env = env or { GENEVA_TRACE = "" } })
+  end
+
+  local MISSING = [[
+local geneva = require "geneva"
+local db = geneva.connect("./db")
+db:open_table("nope")
+]]
+
+  it("an ordinary error: code, message and the line of the script, no traceback", function()
+    local code, out, err = run(MISSING)
+    assert.equal(1, code)
+    assert.equal("", out)
+    assert.matches("^geneva: not_found: table 'nope' does not exist in [^\n]*\n  at job%.lua:3\n$", err)
+  end)
+
+  it("points at the script's line when the error comes through a context", function()
+    local code, _, err = run([[
+local geneva = require "geneva"
+local db = geneva.connect("./db")
+local t = db:create_table("t", { { id = 1 } })
+geneva.local_cluster { workers = 1 } (function()
+  t:backfill("missing")
+end)
+]])
+    assert.equal(1, code)
+    assert.matches("^geneva: not_found: [^\n]*missing[^\n]*\n  at job%.lua:%d\n$", err)
+    assert.is_nil(err:find("stdlib/", 1, true))
+  end)
+
+  it("a UDF's error names the script's line too", function()
+    local code, _, err = run([[
+local geneva = require "geneva"
+local t = geneva.connect("./db"):create_table("t", { { id = 1 }, { id = 2 } })
+t:add_columns { y = geneva.udf { data_type = "int64", fn = function(id) error("no " .. id) end } }
+t:backfill("y")
+]])
+    assert.equal(1, code)
+    assert.matches("^geneva: udf_error: [^\n]*no 1[^\n]*\n  at job%.lua:4\n$", err)
+  end)
+
+  it("full tracebacks with --trace, GENEVA_TRACE=1, and for other errors", function()
+    local code, _, err = run(MISSING, { "--trace" })
+    assert.equal(1, code)
+    assert.matches("^geneva: not_found: [^\n]*\nstack traceback:\n", err)
+    assert.matches("job%.lua:3: in main chunk", err)
+    code, _, err = run(MISSING, {}, { GENEVA_TRACE = "1" })
+    assert.equal(1, code)
+    assert.matches("stack traceback:", err)
+    -- Lua's own errors and internal ones are ours to debug: a traceback
+    code, _, err = run("local t = nil\nreturn t.x\n")
+    assert.equal(1, code)
+    assert.matches("job%.lua:2: attempt to index a nil value", err)
+    assert.matches("stack traceback:", err)
+    code, _, err = run('error(require("geneva.errors").new("internal", "a bug"))\n')
+    assert.equal(1, code)
+    assert.matches("^geneva: internal: a bug\nstack traceback:", err)
+  end)
+
+  it("the -e chunk is a place too", function()
+    local code, _, err = child.cli({ "-e", 'require("geneva").connect("./db"):open_table("nope")' },
+      { cwd = dir, env = { GENEVA_TRACE = "" } })
+    assert.equal(1, code)
+    assert.matches("\n  at %(command line%):1\n$", err)
+  end)
+end)
+
+describe("geneva COMMAND typos", function()
+  it("a mistyped command exits 2 with a suggestion", function()
+    local code, out, err = child.cli { "job", "list" }
+    assert.equal(2, code)
+    assert.equal("", out)
+    assert.matches("^geneva: unknown command 'job' %(did you mean 'jobs'%?%)\n", err)
+    code, _, err = child.cli { "recpie", "run", "x.yaml" }
+    assert.equal(2, code)
+    assert.matches("did you mean 'recipe'", err)
+  end)
+
+  it("a word far from every command, or an existing file, is a script", function()
+    local code, _, err = child.cli { "frobnicate" }
+    assert.equal(1, code)
+    assert.matches("cannot open frobnicate", err)
+    local dir = child.tmpdir()
+    child.write(dir .. "/job", "print('a script named job')\n")
+    local out
+    code, out = child.cli({ "job" }, { cwd = dir })
+    child.rmtree(dir)
+    assert.equal(0, code)
+    assert.equal("a script named job\n", out)
+  end)
+
+  it("mistyped actions and options of a command", function()
+    local code, _, err = child.cli { "jobs", "lsit", "--db", "." }
+    assert.equal(2, code)
+    assert.matches("unknown action 'lsit' %(did you mean 'list'%?%)", err)
+    code, _, err = child.cli { "jobs", "list", "--jsno", "--db", "." }
+    assert.equal(2, code)
+    assert.matches("unknown option '%-%-jsno' %(did you mean '%-%-json'%?%)", err)
+    code, _, err = child.cli { "recipe", "rn", "x.yaml" }
+    assert.equal(2, code)
+    assert.matches("did you mean 'run'", err)
+  end)
+end)
+
+describe("did you mean, in option tables", function()
+  local dir, db
+  before_each(function()
+    dir = child.tmpdir()
+    db = geneva.connect(dir .. "/db")
+  end)
+  after_each(function() child.rmtree(dir) end)
+
+  it("backfill, create_table, udf, context and cluster options", function()
+    local t = db:create_table("t", { { id = 1 } })
+    t:add_columns { y = geneva.udf { data_type = "int64", fn = function(id) return id end } }
+    local e = raises("invalid_argument", t.backfill, t, "y", { bach_size = 10 })
+    assert.matches("unknown option 'bach_size' (did you mean 'batch_size'?)", e.message, 1, true)
+    e = raises("invalid_argument", db.create_table, db, "u", { { id = 1 } }, { fragmentsize = 10 })
+    assert.matches("unknown option 'fragmentsize' (did you mean 'fragment_size'?)", e.message, 1, true)
+    e = raises("invalid_argument", geneva.udf, { data_typ = "int64", fn = function(id) return id end })
+    assert.matches("data_typ: unknown option (did you mean 'data_type'?)", e.message, 1, true)
+    e = raises("invalid_argument", geneva.context, { clsuter = "x" })
+    assert.matches("unknown option 'clsuter' (did you mean 'cluster'?)", e.message, 1, true)
+    e = raises("invalid_argument", db.define_cluster, db, "c", { type = "local", workerz = 2 })
+    assert.matches("unknown field 'workerz' (did you mean 'workers'?)", e.message, 1, true)
+  end)
+end)
