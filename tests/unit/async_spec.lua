@@ -1,7 +1,9 @@
 -- Background jobs (design §3): backfill_async makes progress whatever its
 -- caller does, other processes see it and stop it, and it belongs to its
 -- context and its owner. Real processes, real signals.
+-- Runs on a directory and on s3 (moto): see testdb.lua. storage: dir s3
 local geneva = require "geneva"
+local testdb = require "testdb"
 local job = require "geneva.backfill.job"
 local json = require "geneva.json"
 local proc = require "geneva.proc"
@@ -20,19 +22,19 @@ end
 -- what another process sees: the record on disk
 local function on_disk(dir, id) return assert(job.load(dir, id)) end
 
--- `geneva jobs ARGS... --db dir --json` -> exit code, stdout, stderr
+-- `geneva jobs ARGS... --db URI --json` -> exit code, stdout, stderr
 local function jobs_cli(dir, ...)
   local args = { "jobs", ... }
   for _, a in ipairs { "--db", dir, "--json" } do args[#args + 1] = a end
   return child.cli(args)
 end
 
--- Starts `geneva dir/owner.lua dir`, a script that starts a job and prints
+-- Starts `geneva dir/owner.lua <db's URI>`, a script that starts a job and prints
 -- its id; returns the Process and the job's id once the job is RUNNING.
-local function start_owner(dir, code)
-  local p, output = child.start(dir, "owner", code, dir)
+local function start_owner(dir, db, code)
+  local p, output = child.start(dir, "owner", code, db.uri)
   local id = wait_until("the job id", function() return output():match("^(%S+)\n") end, 30)
-  wait_until("RUNNING", function() return on_disk(dir, id).status == "RUNNING" end, 30)
+  wait_until("RUNNING", function() return on_disk(db.dir, id).status == "RUNNING" end, 30)
   return p, id
 end
 
@@ -40,7 +42,7 @@ describe("background jobs", function()
   local dir, db
   before_each(function()
     dir = child.tmpdir()
-    db = geneva.connect(dir)
+    db = testdb.connect(dir)
   end)
   after_each(function() child.rmtree(dir) end)
 
@@ -49,7 +51,7 @@ describe("background jobs", function()
     local j = tbl:backfill_async("s", { batch_size = 200, commit_every = 2 })
     -- no status(), no wait(): only time passes here
     assert.is_true(time.sleep(1.5))
-    local rec = on_disk(dir, j.id)
+    local rec = on_disk(db.dir, j.id)
     assert.is_truthy(({ RUNNING = true, DONE = true })[rec.status], rec.status)
     assert.is_true(rec.tasks.done > 0, "no task done while the caller slept")
     assert.is_true(rec.rows.committed > 0, "nothing committed while the caller slept")
@@ -63,14 +65,14 @@ describe("background jobs", function()
     local t = os.clock() + 1.0
     local spins = 0
     while os.clock() < t do spins = spins + 1 end
-    local code, out, err = jobs_cli(dir, "show", j.id)
+    local code, out, err = jobs_cli(db.uri, "show", j.id)
     assert.equal(0, code, err)
     local shown = json.decode(out)
     assert.equal(j.id, shown.id)
     assert.is_true(shown.tasks.done > 0, "another shell saw no progress")
     -- and the progress goes on while we look
     wait_until("more progress", function()
-      local again = json.decode((select(2, jobs_cli(dir, "show", j.id))))
+      local again = json.decode((select(2, jobs_cli(db.uri, "show", j.id))))
       return again.tasks.done > shown.tasks.done or again.status == "DONE"
     end, 30)
     j:wait()
@@ -79,15 +81,15 @@ describe("background jobs", function()
   it("is cancelled from another process within a second, keeping what was committed", function()
     local tbl = make_table(db, 20000)
     local j = tbl:backfill_async("s", { batch_size = 200, commit_every = 1 })
-    wait_until("a commit", function() return on_disk(dir, j.id).rows.committed > 0 end, 30)
+    wait_until("a commit", function() return on_disk(db.dir, j.id).rows.committed > 0 end, 30)
     local t0 = time.monotonic()
-    local code, _, err = jobs_cli(dir, "cancel", j.id)
+    local code, _, err = jobs_cli(db.uri, "cancel", j.id)
     assert.equal(0, code, err)
-    wait_until("CANCELLED", function() return on_disk(dir, j.id).status == "CANCELLED" end, 10)
+    wait_until("CANCELLED", function() return on_disk(db.dir, j.id).status == "CANCELLED" end, 10)
     local took = time.monotonic() - t0
     -- a bounded wait, not a timing assertion: the marker is polled every 250 ms
     print(("  (cancel took %.2f s)"):format(took))
-    local rec = on_disk(dir, j.id)
+    local rec = on_disk(db.dir, j.id)
     assert.is_true(rec.rows.committed < 20000)
     assert.equal(rec.rows.committed, tbl:count_rows("s IS NOT NULL"))
     local ok, err = pcall(j.wait, j)
@@ -106,11 +108,11 @@ describe("background jobs", function()
     geneva.local_cluster{ workers = 2 }(function()
       j = tbl:backfill_async("s", { batch_size = 300 })
     end)
-    assert.equal("DONE", on_disk(dir, j.id).status)
+    assert.equal("DONE", on_disk(db.dir, j.id).status)
     assert.equal(0, #child.worker_pids(proc.self().pid, "--driver"))
 
     -- a script that starts a job and is then SIGTERMed: teardown stops it
-    local p, id = start_owner(dir, [[
+    local p, id = start_owner(dir, db, [[
 local geneva = require "geneva"
 local db = geneva.connect(arg[1])
 local tbl = db:open_table("docs")
@@ -123,14 +125,14 @@ geneva.local_cluster{ workers = 1 }(function()
   require("geneva.time").sleep(60)
 end)
 ]])
-    local driver_pid = on_disk(dir, id).driver_pid
+    local driver_pid = on_disk(db.dir, id).driver_pid
     assert.is_true(proc.alive(driver_pid))
     assert.is_true(proc.kill(p:pid(), "TERM"))
     local how, code = p:wait(30)
     assert.equal("exited", how)
     assert.equal(143, code)
     assert.is_false(proc.alive(driver_pid))
-    local rec = on_disk(dir, id)
+    local rec = on_disk(db.dir, id)
     assert.equal("FAILED", rec.status)
     assert.equal("interrupted", rec.error.code)
     p:close()
@@ -139,7 +141,7 @@ end)
   it("dies with its owner after kill -9", function()
     local tbl = make_table(db, 2000)
     assert.is_not_nil(tbl)
-    local p, id = start_owner(dir, [[
+    local p, id = start_owner(dir, db, [[
 local geneva = require "geneva"
 local tbl = geneva.connect(arg[1]):open_table("docs")
 tbl:add_columns { u = geneva.udf { data_type = "int64", fn = function(id)
@@ -149,7 +151,7 @@ print(j.id)
 io.stdout:flush()
 require("geneva.time").sleep(60)
 ]])
-    local driver_pid = on_disk(dir, id).driver_pid
+    local driver_pid = on_disk(db.dir, id).driver_pid
     local workers = wait_until("workers", function()
       local w = child.worker_pids(driver_pid)
       return #w > 0 and w
@@ -160,7 +162,7 @@ require("geneva.time").sleep(60)
     for _, w in ipairs(workers) do
       wait_until("worker gone", function() return not proc.alive(w) end, 10)
     end
-    local rec = on_disk(dir, id)
+    local rec = on_disk(db.dir, id)
     assert.equal("FAILED", rec.status)
     assert.truthy(({ interrupted = true, abandoned = true })[rec.error.code], rec.error.code)
     p:close()

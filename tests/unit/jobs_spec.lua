@@ -1,7 +1,10 @@
 -- Specs for job records: db:jobs filters, db:job, and the CLI
 -- `geneva jobs list|show|logs|wait|cancel --db URI [--json]`, including
 -- cancelling a job that another process is running and following its log.
+-- Runs on a directory and on s3 (moto): see testdb.lua. storage: dir s3
 local geneva = require "geneva"
+local testdb = require "testdb"
+local backend = require "geneva.store.backend"
 local errors = require "geneva.errors"
 local job = require "geneva.backfill.job"
 local json = require "geneva.json"
@@ -36,7 +39,7 @@ describe("geneva jobs", function()
   local root, db
   before_each(function()
     root = child.tmpdir()
-    db = geneva.connect(root .. "/db")
+    db = testdb.connect(root .. "/db")
   end)
   after_each(function() child.rmtree(root) end)
 
@@ -100,22 +103,22 @@ describe("geneva jobs", function()
 
   describe("geneva jobs (CLI)", function()
     it("list --json prints an array, filtered", function()
-      local code, out = cli("list", "--db", db.dir, "--json")
+      local code, out = cli("list", "--db", db.uri, "--json")
       assert.equal(0, code)
       assert.equal("[]", out:match("^%s*(.-)%s*$"))
       local h = history()
-      code, out = cli("list", "--db", db.dir, "--json")
+      code, out = cli("list", "--db", db.uri, "--json")
       assert.equal(0, code)
       local arr = doc(out)
       assert.same({ h.cancelled_b, h.done_b, h.failed_a, h.done_a }, ids(arr))
       assert.equal("CANCELLED", arr[1].status)
       assert.equal("b", arr[1].table)
       assert.equal(300, arr[4].rows.committed)
-      code, out = cli("list", "--db", db.dir, "--json", "--table", "a", "--status", "failed")
+      code, out = cli("list", "--db", db.uri, "--json", "--table", "a", "--status", "failed")
       assert.equal(0, code)
       assert.same({ h.failed_a }, ids(doc(out)))
       -- the text form: a header row, then one line per job
-      code, out = cli("list", "--db", db.dir)
+      code, out = cli("list", "--db", db.uri)
       assert.equal(0, code)
       local lines = {}
       for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
@@ -126,7 +129,7 @@ describe("geneva jobs", function()
     end)
 
     it("list says so when there are no jobs; progress never shows more than planned", function()
-      local code, out, err = cli("list", "--db", db.dir)
+      local code, out, err = cli("list", "--db", db.uri)
       assert.equal(0, code)
       assert.equal("", out)
       assert.equal("No jobs found.\n", err)
@@ -135,17 +138,17 @@ describe("geneva jobs", function()
       job.save(db.dir, { id = id, kind = "backfill", status = "DONE", table = "t", column = "c",
         created_at = time.iso8601(), started_at = time.iso8601(), finished_at = time.iso8601(), seconds = 75,
         rows = { planned = 10, computed = 10, committed = 40, failed = 0 } })
-      code, out = cli("list", "--db", db.dir)
+      code, out = cli("list", "--db", db.uri)
       assert.equal(0, code)
       assert.matches("DONE%s+t%s+c%s+10/10%s+%d+s%s+1m15s\n", out)
-      code, out = cli("show", id, "--db", db.dir)
+      code, out = cli("show", id, "--db", db.uri)
       assert.equal(0, code)
       assert.matches("Progress: +10/10 rows committed", out)
     end)
 
     it("show is for people without --json; --json keys are sorted", function()
       local h = history()
-      local code, out = cli("show", h.failed_a, "--db", db.dir)
+      local code, out = cli("show", h.failed_a, "--db", db.uri)
       assert.equal(0, code)
       assert.matches("^ID: +" .. h.failed_a:gsub("%-", "%%-") .. "\nStatus: +FAILED\nTable: +a\nColumn: +y\n", out)
       assert.matches("\nError: +udf_error: [^\n]*no 42", out)
@@ -172,7 +175,7 @@ describe("geneva jobs", function()
         end
         return keys
       end
-      for _, argv in ipairs { { "show", h.done_a, "--db", db.dir, "--json" }, { "list", "--db", db.dir, "--json" } } do
+      for _, argv in ipairs { { "show", h.done_a, "--db", db.uri, "--json" }, { "list", "--db", db.uri, "--json" } } do
         code, out = cli(table.unpack(argv))
         assert.equal(0, code)
         local keys = first_keys(out)
@@ -186,16 +189,16 @@ describe("geneva jobs", function()
 
     it("wait prints the end and exits 0 only for DONE", function()
       local h = history()
-      local code, out = cli("wait", h.done_a, "--db", db.dir)
+      local code, out = cli("wait", h.done_a, "--db", db.uri)
       assert.equal(0, code)
       assert.equal(h.done_a .. " DONE\n", out)
-      code, out = cli("wait", h.failed_a, "--db", db.dir)
+      code, out = cli("wait", h.failed_a, "--db", db.uri)
       assert.equal(1, code)
       assert.matches("^" .. h.failed_a:gsub("%-", "%%-") .. " FAILED: udf_error: ", out)
-      code, out = cli("wait", h.cancelled_b, "--db", db.dir, "--json")
+      code, out = cli("wait", h.cancelled_b, "--db", db.uri, "--json")
       assert.equal(1, code)
       assert.equal("CANCELLED", doc(out).status)
-      code, out = cli("wait", "20200101-000000-deadbeef", "--db", db.dir, "--json")
+      code, out = cli("wait", "20200101-000000-deadbeef", "--db", db.uri, "--json")
       assert.equal(1, code)
       assert.equal("not_found", doc(out).error.code)
       -- a job still running: wait returns at its end
@@ -205,12 +208,12 @@ describe("geneva jobs", function()
       local p = child.start(root, "driver", [[
 local geneva = require "geneva"
 geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250 })
-]], db.dir)
+]], db.uri)
       local id = wait_until("a running job", function()
         local recs = db:jobs { status = "RUNNING" }
         return recs[1] and recs[1].id
       end)
-      code, out = cli("wait", id, "--db", db.dir)
+      code, out = cli("wait", id, "--db", db.uri)
       assert.equal(0, code)
       assert.equal(id .. " DONE\n", out)
       assert.equal("exited", (p:wait(30)))
@@ -219,25 +222,25 @@ geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250 })
 
     it("show --json prints one object; errors are JSON with exit 1", function()
       local h = history()
-      local code, out = cli("show", h.failed_a, "--db", db.dir, "--json")
+      local code, out = cli("show", h.failed_a, "--db", db.uri, "--json")
       assert.equal(0, code)
       local rec = doc(out)
       assert.equal(h.failed_a, rec.id)
       assert.equal("FAILED", rec.status)
       assert.equal("udf_error", rec.error.code)
-      code, out = cli("show", "20200101-000000-deadbeef", "--db", db.dir, "--json")
+      code, out = cli("show", "20200101-000000-deadbeef", "--db", db.uri, "--json")
       assert.equal(1, code)
       local e = doc(out).error
       assert.equal("not_found", e.code)
       assert.is_string(e.message)
-      code, out = cli("show", "bad/id", "--db", db.dir, "--json")
+      code, out = cli("show", "bad/id", "--db", db.uri, "--json")
       assert.equal(1, code)
       assert.equal("invalid_argument", doc(out).error.code)
       code, out = cli("list", "--db", root .. "/missing", "--json")
       assert.equal(1, code)
       assert.equal("not_found", doc(out).error.code)
       local stderr
-      code, out, stderr = cli("show", "20200101-000000-deadbeef", "--db", db.dir)
+      code, out, stderr = cli("show", "20200101-000000-deadbeef", "--db", db.uri)
       assert.equal(1, code)
       assert.equal("", out)
       assert.matches("not_found", stderr)
@@ -264,7 +267,7 @@ geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250 })
       assert.is_false(ok)
       assert.equal("udf_error", e.code)
       assert.matches("nan", e.value)
-      local code, out = cli("list", "--db", db.dir, "--json")
+      local code, out = cli("list", "--db", db.uri, "--json")
       assert.equal(0, code)
       assert.truthy(utf8.len(out), "--json output is not UTF-8")
       assert.same({ "FAILED", "FAILED", "FAILED" }, { doc(out)[1].status, doc(out)[2].status, doc(out)[3].status })
@@ -277,14 +280,14 @@ geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250 })
 
     it("bad usage exits 2", function()
       for _, argv in ipairs {
-        {}, { "--db", db.dir }, { "frob", "--db", db.dir }, { "list" }, { "list", "--db" },
-        { "list", "--db", db.dir, "--bogus" }, { "show", "--db", db.dir, "--json" },
-        { "cancel", "--db", db.dir }, { "list", "--db", db.dir, "--status", "sideways" },
-        { "list", "--db", db.dir, "--json=yes" },
+        {}, { "--db", db.uri }, { "frob", "--db", db.uri }, { "list" }, { "list", "--db" },
+        { "list", "--db", db.uri, "--bogus" }, { "show", "--db", db.uri, "--json" },
+        { "cancel", "--db", db.uri }, { "list", "--db", db.uri, "--status", "sideways" },
+        { "list", "--db", db.uri, "--json=yes" },
         -- bad syntax is exit 2 even when the database is missing too
         { "frob", "--db", db.dir .. "/nope" }, { "show", "--db", db.dir .. "/nope", "--json" },
         { "list", "--db", db.dir .. "/nope", "--status", "sideways" },
-        { "show", "x", "y", "--db", db.dir },
+        { "show", "x", "y", "--db", db.uri },
       } do
         local code, out, err = cli(table.unpack(argv))
         assert.equal(2, code, table.concat(argv, " ") .. ": " .. out .. err)
@@ -302,12 +305,12 @@ geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250 })
       local p = child.start(root, "driver", [[
 local geneva = require "geneva"
 geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250, concurrency = 1 })
-]], db.dir)
+]], db.uri)
       local id = wait_until("a running job", function()
         local recs = db:jobs { status = "RUNNING" }
         return recs[1] and recs[1].id
       end)
-      local code, out = child.cli({ "jobs", "list", "-w", "--db", db.dir }, { timeout = 6 })
+      local code, out = child.cli({ "jobs", "list", "-w", "--db", db.uri }, { timeout = 6 })
       assert.equal(124, code)       -- stopped by timeout
       assert.equal("exited", (p:wait(30)))
       p:close()
@@ -316,24 +319,24 @@ geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250, concurr
       local q = id:gsub("%-", "%%-")
       assert.matches(q .. "%s+RUNNING%s", out)
       assert.matches(q .. "%s+DONE%s+w%s+s%s+2000/2000%s", out)
-      code = cli("show", id, "--db", db.dir, "--watch")
+      code = cli("show", id, "--db", db.uri, "--watch")
       assert.equal(2, code)
     end)
 
     it("cancel of a finished job is an error and changes nothing", function()
       local h = history()
-      local code, out = cli("cancel", h.done_a, "--db", db.dir, "--json")
+      local code, out = cli("cancel", h.done_a, "--db", db.uri, "--json")
       assert.equal(1, code)
       assert.equal("conflict", doc(out).error.code)
       assert.matches("already finished %(DONE%)", doc(out).error.message)
       local err
-      code, out, err = cli("cancel", h.done_a, "--db", db.dir)
+      code, out, err = cli("cancel", h.done_a, "--db", db.uri)
       assert.equal(1, code)
       assert.equal("", out)
       assert.matches("^geneva: conflict: job [^ ]+ is already finished %(DONE%)\n$", err)
       assert.equal("DONE", job.load(db.dir, h.done_a).status)
-      assert.is_false(fs.exists(db.dir .. "/_geneva/jobs/" .. h.done_a .. ".cancel"))
-      code, out = cli("cancel", "20200101-000000-deadbeef", "--db", db.dir, "--json")
+      assert.is_false(backend.exists(db.dir .. "/_geneva/jobs/" .. h.done_a .. ".cancel"))
+      code, out = cli("cancel", "20200101-000000-deadbeef", "--db", db.uri, "--json")
       assert.equal(1, code)
       assert.equal("not_found", doc(out).error.code)
     end)
@@ -347,18 +350,18 @@ geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250, concurr
       job.save(db.dir, { id = id, kind = "backfill", status = "RUNNING", table = "t", column = "c",
         created_at = time.iso8601(), rows = { planned = 10, computed = 3, committed = 0, failed = 0 },
         owner = { hostname = me.hostname, boot_id = me.boot_id, pid = me.pid, start_time = me.start_time - 1 } })
-      local code, out = cli("show", id, "--db", db.dir, "--json")
+      local code, out = cli("show", id, "--db", db.uri, "--json")
       assert.equal(0, code)
       local rec = doc(out)
       assert.equal("FAILED", rec.status)
       assert.equal("abandoned", rec.error.code)
       assert.same({ id }, ids(db:jobs { status = "FAILED" }))
       assert.has_error(function() db:job(id):wait() end)
-      code, out = cli("cancel", id, "--db", db.dir, "--json")
+      code, out = cli("cancel", id, "--db", db.uri, "--json")
       assert.equal(0, code)
       assert.equal("CANCELLED", doc(out).status)
       assert.equal("CANCELLED", job.load(db.dir, id).status)
-      code, out = cli("list", "--db", db.dir)
+      code, out = cli("list", "--db", db.uri)
       assert.equal(0, code)
       assert.matches(id:gsub("%-", "%%-") .. "%s+CANCELLED", out)
     end)
@@ -371,7 +374,7 @@ local geneva = require "geneva"
 local tbl = geneva.connect(arg[1]):open_table("docs")
 local ok, e = pcall(tbl.backfill, tbl, "s", { batch_size = 100, commit_every = 2 })
 print(ok and "DONE" or ("ERROR " .. tostring(e.code)))
-]], db.dir)
+]], db.uri)
       local v0 = tbl:version()
       local id = wait_until("a running job with commits", function()
         local recs = db:jobs { status = "RUNNING" }
@@ -381,7 +384,7 @@ print(ok and "DONE" or ("ERROR " .. tostring(e.code)))
       local j = db:job(id)
       assert.equal("RUNNING", j:status())
       local t0 = time.monotonic()
-      local code, out = cli("cancel", id, "--db", db.dir, "--json")
+      local code, out = cli("cancel", id, "--db", db.uri, "--json")
       assert.equal(0, code)
       assert.equal(id, doc(out).id)
       local how, status = p:wait(30)
@@ -397,7 +400,7 @@ print(ok and "DONE" or ("ERROR " .. tostring(e.code)))
       assert.is_true(rec.rows.committed > 0 and rec.rows.committed < 20000)
       assert.equal(rec.rows.committed, tbl:count_rows("s IS NOT NULL"))
       assert.equal(0, tbl:count_rows("s IS NOT NULL AND s <> id * 7"))
-      assert.is_false(fs.exists(db.dir .. "/_geneva/jobs/" .. id .. ".cancel"))
+      assert.is_false(backend.exists(db.dir .. "/_geneva/jobs/" .. id .. ".cancel"))
       local ok, e = pcall(j.wait, j)
       assert.is_false(ok)
       assert.equal("cancelled", e.code)
@@ -420,11 +423,11 @@ print(ok and "DONE" or ("ERROR " .. tostring(e.code)))
       assert.matches("planned 400 rows in 4 tasks", text)
       assert.matches("DONE: 400 rows computed, 0 failed", lines[#lines])
       -- the CLI prints the same lines
-      local code, out = cli("logs", rec.id, "--db", db.dir)
+      local code, out = cli("logs", rec.id, "--db", db.uri)
       assert.equal(0, code)
       assert.equal(text .. "\n", out)
       local err
-      code, out, err = cli("logs", "nope", "--db", db.dir)
+      code, out, err = cli("logs", "nope", "--db", db.uri)
       assert.equal(1, code)
       assert.matches("no job 'nope'", err)
     end)
@@ -440,12 +443,12 @@ print(ok and "DONE" or ("ERROR " .. tostring(e.code)))
 local geneva = require "geneva"
 local tbl = geneva.connect(arg[1]):open_table("docs")
 tbl:backfill("s", { batch_size = 500, concurrency = 2 })
-]], db.dir)
+]], db.uri)
       local id = wait_until("a running job", function()
         local recs = db:jobs { status = "RUNNING" }
         return recs[1] and recs[1].id
       end)
-      local code, out = cli("logs", id, "-f", "--db", db.dir)
+      local code, out = cli("logs", id, "-f", "--db", db.uri)
       assert.equal(0, code)
       assert.equal("exited", (p:wait(30)))
       p:close()

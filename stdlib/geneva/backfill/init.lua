@@ -71,7 +71,8 @@ local function new_job(tbl, column, opts)
   -- made under a lock (released on return), so of two drivers starting at
   -- once the second sees the first.
   fs.mkdir_p(db_dir .. "/_geneva/jobs")
-  local lock <close>, lerr, lcode = fs.lock(db_dir .. "/_geneva/jobs/.start.lock", { timeout = 30 })
+  local lock <close>, lerr, lcode = require("geneva.store.backend").lock(db_dir .. "/_geneva/jobs/.start.lock",
+                                                                        { timeout = 30 })
   if not lock then
     errors.io(nil, ("cannot lock the job records of '%s': %s"):format(db_dir, tostring(lerr)), lcode)
   end
