@@ -186,6 +186,7 @@ typedef struct request {
   struct curl_slist *headers;
   FILE *in, *out;
   curl_off_t in_left;          /* bytes of body_file still to send; -1: to EOF */
+  curl_off_t in_start, in_len; /* body_file's range: offset, length (-1: to EOF) */
   gbuf body, hdr;              /* response body; header block of the last response */
   char *effective_url;
   long max_bytes;              /* -1: no cap */
@@ -289,6 +290,19 @@ static size_t on_read(char *ptr, size_t size, size_t nmemb, void *ud) {
     return CURL_READFUNC_ABORT;
   }
   return n;
+}
+
+/* libcurl rewinds an upload to send it again: a reused connection that
+** turned out dead, a redirect. Without this it fails with "rewinding of
+** the data stream failed" (CURLE_SEND_FAIL_REWIND). offset counts from the
+** start of the body, i.e. of the range. */
+static int on_seek(void *ud, curl_off_t offset, int origin) {
+  request *r = (request *)ud;
+  if (origin != SEEK_SET || offset < 0) return CURL_SEEKFUNC_CANTSEEK;
+  if (r->in_len >= 0 && offset > r->in_len) return CURL_SEEKFUNC_FAIL;
+  if (fseeko(r->in, (off_t)(r->in_start + offset), SEEK_SET) != 0) return CURL_SEEKFUNC_CANTSEEK;
+  if (r->in_len >= 0) r->in_left = r->in_len - offset;
+  return CURL_SEEKFUNC_OK;
 }
 
 static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow,
@@ -552,7 +566,8 @@ static void perform(request *r, const req_opts *o, lua_State *L, outcome *out) {
 
   memset(out, 0, sizeof *out);
   out->file_size = -1;
-  r->in_left = -1;
+  r->in_left = r->in_len = -1;
+  r->in_start = 0;
   if (o->body_file) {
     struct stat st;
     r->in = fopen(o->body_file, "rb");
@@ -569,7 +584,8 @@ static void perform(request *r, const req_opts *o, lua_State *L, outcome *out) {
         out->open_errno = errno; out->open_path = o->body_file; return;
       }
       upload_size = end - (curl_off_t)o->body_offset;
-      r->in_left = upload_size;
+      r->in_left = r->in_len = upload_size;
+      r->in_start = (curl_off_t)o->body_offset;
     }
   }
   if (o->output_file) {
@@ -645,6 +661,8 @@ static void perform(request *r, const req_opts *o, lua_State *L, outcome *out) {
     if (o->body_file) {
       SET(CURLOPT_READFUNCTION, on_read);
       SET(CURLOPT_READDATA, r);
+      SET(CURLOPT_SEEKFUNCTION, on_seek);
+      SET(CURLOPT_SEEKDATA, r);
       SET(CURLOPT_POSTFIELDSIZE_LARGE, upload_size);
     } else {   /* the body string stays on the stack during the transfer */
       SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);

@@ -111,6 +111,14 @@ function Proxy:stop()
   end
 end
 
+-- moto.from_env() -> Moto for the server tests/support/with_moto.lua
+-- started for this process (stop() leaves it to the wrapper) | nil
+function moto.from_env()
+  local e, ak, sk = os.getenv("AWS_ENDPOINT_URL"), os.getenv("AWS_ACCESS_KEY_ID"), os.getenv("AWS_SECRET_ACCESS_KEY")
+  if os.getenv("GENEVA_TEST_STORE") ~= "s3" or not (e and ak and sk) then return nil end
+  return setmetatable({ endpoint = e, access_key = ak, secret_key = sk }, Moto)
+end
+
 function Moto:stop()
   if self.p then
     self.p:close_stdin()

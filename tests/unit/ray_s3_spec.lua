@@ -53,9 +53,8 @@ describe("ray runner on an s3 database", function()
     assert.equal(0, bad)
     -- the workers read the table through their own cache, not the driver's
     local cached = 0
-    for _, e in ipairs(fs.walk(worker_cache) or {}) do
-      local p = type(e) == "table" and e.path or e
-      if tostring(p):match("/docs/data/d%-%x+%.db$") then cached = cached + 1 end
+    for _, rel in ipairs(fs.walk(worker_cache) or {}) do
+      if rel:match("/docs/data/d%-%x+%.db$") then cached = cached + 1 end
     end
     assert.equal(4, cached)
     -- nothing is left: no Ray job, no queue, no lease, no staged file

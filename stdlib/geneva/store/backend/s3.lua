@@ -62,9 +62,9 @@ local cache = { total = nil }
 -- The cached data files under root, oldest use first
 local function cached_files(root)
   local out = {}
-  for _, e in ipairs(fs.walk(root) or {}) do
-    local path = type(e) == "table" and e.path or e
-    if type(path) == "string" and path:match("/data/[^/]+%.db$") or (type(path) == "string" and path:match("/_staging/.+%.db$")) then
+  for _, rel in ipairs(fs.walk(root, { ignore_errors = true }) or {}) do
+    local path = root .. "/" .. rel
+    if path:match("/data/[^/]+%.db$") or path:match("/_staging/.+%.db$") then
       local st = fs.stat(path)
       if st and st.type == "file" then out[#out + 1] = { path = path, size = st.size, mtime = st.mtime } end
     end
@@ -111,9 +111,18 @@ function S3:put(key, _, bytes)
   return call(self.client.put, self.client, key_of(self, key), bytes)
 end
 
+-- A create whose answer was lost is retried by the client and then meets
+-- its own object (412): the bytes tell. Every caller's bytes are unique
+-- (they name their writer and time), so equal bytes mean ours.
 function S3:put_if_absent(key, _, bytes)
   self:check_writable()
-  return call(self.client.put, self.client, key_of(self, key), bytes, { if_none_match = true })
+  local k = key_of(self, key)
+  local ok, msg, code = call(self.client.put, self.client, k, bytes, { if_none_match = true })
+  if not ok and code == "EEXIST" then
+    local cur = call(self.client.get, self.client, k)
+    if cur == bytes then return true end
+  end
+  return ok, msg, code
 end
 
 -- The names directly under a "directory": objects and common prefixes

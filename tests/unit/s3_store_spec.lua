@@ -1,0 +1,134 @@
+-- s3:// databases beyond the parametrised specs: faults between geneva and
+-- the store (a proxy injecting 503s, resets before and after the server
+-- acted, slow answers), bad credentials and buckets, a store that ignores
+-- conditional writes, and the size cap of the local cache.
+-- Run under tests/support/with_moto.lua (cmake does it). storage: s3 only
+local geneva = require "geneva"
+local fs = require "geneva.fs"
+local child = require "child"
+local testdb = require "testdb"
+local moto = require "moto"
+local expect = require "expect"
+
+local BUCKET = os.getenv("GENEVA_TEST_S3_BUCKET") or "geneva-test"
+
+local function rows(n)
+  local out = {}
+  for i = 1, n do out[i] = { id = i, text = ("w%d"):format(i) } end
+  return out
+end
+
+describe("s3 databases", function()
+  local m, root
+  setup(function()
+    m = assert(moto.from_env(), "run this spec under tests/support/with_moto.lua")
+  end)
+  before_each(function() root = child.tmpdir() end)
+  after_each(function() child.rmtree(root) end)
+
+  it("a backfill and concurrent appends through 503s and resets: exact, nothing lost, nothing doubled", function()
+    local proxy = m:proxy()
+    local ok, err = pcall(function()
+      proxy:faults { rates = { ["503"] = 0.08, reset = 0.04, reset_after = 0.04 }, seed = 7 }
+      local uri = testdb.uri_for(root)
+      local db = geneva.connect(uri, { endpoint = proxy.endpoint })
+      local tbl = db:create_table("docs", rows(3000), { fragment_size = 500 })
+      tbl:add_columns { x = geneva.udf { data_type = "int64", fn = function(id) return id * 5 end } }
+      local rec = tbl:backfill("x", { batch_size = 250, commit_every = 2 })
+      assert.equal("DONE", rec.status)
+      -- appends from two processes at once, through the same faults
+      local code = [[
+        local who, uri, ep = ...
+        local t = require("geneva").connect(uri, { endpoint = ep }):open_table("docs")
+        for k = 1, 10 do t:add { { id = 10000 * who + k, text = "p" .. who } } end
+      ]]
+      local procs = {}
+      for who = 1, 2 do
+        procs[who] = assert(require("geneva.proc").spawn { argv = { child.bin, "-e",
+          ("assert(load(%q))(%d, %q, %q)"):format(code, who, uri, proxy.endpoint) }, stderr = "pipe" })
+      end
+      for _, p in ipairs(procs) do
+        local how, c = p:wait(120)
+        local perr = p:read_all("stderr", 5)
+        assert.same({ "exited", 0 }, { how, c }, perr)
+        p:close()
+      end
+      local st = proxy:state()
+      assert.is_true((st.injected["503"] or 0) + (st.injected.reset or 0) + (st.injected.reset_after or 0) > 10,
+        "few faults were injected: " .. require("geneva.json").encode(st.injected))
+      -- read back without the proxy: every row once, every value right
+      proxy:faults { rates = {} }
+      local t = geneva.connect(uri):open_table("docs")
+      assert.equal(3020, t:count_rows())
+      assert.equal(10, t:count_rows("text = 'p1'"))
+      assert.equal(10, t:count_rows("text = 'p2'"))
+      assert.equal(3000, t:count_rows("x = id * 5"))
+      local vs = t:versions()
+      for i, v in ipairs(vs) do assert.equal(i, v) end
+    end)
+    proxy:stop()
+    assert(ok, err)
+  end)
+
+  it("a wrong secret key, a missing bucket: clear errors, and no secret anywhere", function()
+    local secret = "wrong-" .. m.secret_key
+    local code, out, err = child.cli({ "-e", ("require('geneva').connect(%q)"):format("s3://" .. BUCKET .. "/x") },
+      { env = { AWS_SECRET_ACCESS_KEY = secret } })
+    assert.equal(1, code)
+    assert.matches("SignatureDoesNotMatch", err)
+    assert.is_nil((out .. err):find(secret, 1, true), "the secret is shown")
+    assert.is_nil((out .. err):find(m.secret_key, 1, true), "a secret is shown")
+    code, out, err = child.cli { "jobs", "list", "--db", "s3://no-such-bucket-geneva/db" }
+    assert.equal(1, code)
+    assert.matches("NoSuchBucket", err)
+    assert.matches("no%-such%-bucket%-geneva", err)
+    assert.is_nil((out .. err):find(m.secret_key, 1, true), "the secret is shown")
+  end)
+
+  it("a store that ignores If-None-Match is read-only, loudly", function()
+    local proxy = m:proxy()
+    local ok, err = pcall(function()
+      local uri = testdb.uri_for(root)
+      geneva.connect(uri):create_table("docs", rows(10))
+      -- connect's probe (DELETE, two conditional PUTs, DELETE): the proxy
+      -- answers its PUTs 200 itself, as a store ignoring the header does
+      proxy:faults { match = ".probe-", sequence = { "pass", "ok200", "ok200", "pass" } }
+      local code, _, stderr = child.cli { "-e", ([[
+        local db = require("geneva").connect(%q, { endpoint = %q })
+        print(db:open_table("docs"):count_rows())
+        db:open_table("docs"):add { { id = 11, text = "x" } }
+      ]]):format(uri, proxy.endpoint) }
+      assert.equal(1, code)
+      assert.matches("ignores If%-None%-Match", stderr)
+      assert.matches("does not write there", stderr)
+      assert.equal(10, geneva.connect(uri):open_table("docs"):count_rows())
+    end)
+    proxy:stop()
+    assert(ok, err)
+  end)
+
+  it("keeps its cache of data files under GENEVA_CACHE_MAX_BYTES, reading right", function()
+    local uri = testdb.uri_for(root)
+    local tbl = geneva.connect(uri):create_table("docs", rows(20000), { fragment_size = 2000 })
+    local st = fs.stat(require("geneva.store.backend").fetch(tbl.dir .. "/" .. tbl:_snapshot().fragments[1].data))
+    local cache = root .. "/cache"
+    local cap = st.size * 3
+    local code, out, err = child.cli({ "-e", ([[
+      local t = require("geneva").connect(%q):open_table("docs")
+      print(t:count_rows("text = 'w' || id"))
+    ]]):format(uri) }, { env = { GENEVA_CACHE_DIR = cache, GENEVA_CACHE_MAX_BYTES = tostring(cap) } })
+    assert.equal(0, code, err)
+    assert.equal("20000\n", out)
+    local total, files = 0, 0
+    for _, e in ipairs(assert(fs.walk(cache))) do
+      local path = e
+      if path:match("%.db$") then
+        files = files + 1
+        total = total + fs.stat(cache .. "/" .. path).size
+      end
+    end
+    assert.is_true(files > 0)
+    assert.is_true(total <= cap, ("%d bytes cached over a cap of %d"):format(total, cap))
+    expect.raises("invalid_argument", geneva.connect, "s3://" .. BUCKET .. "/a/../b")
+  end)
+end)
