@@ -9,7 +9,7 @@ until its stdin closes.
 Faults, set with POST /__faults__ (JSON) and read with GET /__faults__:
   {"sequence": ["503", "reset", "pass", "slow:0.5", ...],
    "rates": {"503": 0.2, "reset": 0.1, "slow": 0.05}, "slow_seconds": 0.3,
-   "match": "partNumber=2", "seed": 1}
+   "match": "partNumber=2", "seed": 1, "trace": false}
 Each request matching `match` (a substring of "METHOD /path?query"; all
 when absent) takes the next action of `sequence`, and once that is used up
 draws one from `rates`. Actions:
@@ -65,6 +65,8 @@ def next_action(target):
             kind = action.split(":")[0]
             STATE["injected"][kind] = STATE["injected"].get(kind, 0) + 1
             STATE["log"].append("%s %s" % (action, target))
+        elif STATE.get("trace"):
+            STATE["log"].append("pass %s" % target)
         return action
 
 
@@ -96,7 +98,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.command == "POST":
             spec = json.loads(body or b"{}")
             with LOCK:
-                for k in ("sequence", "rates", "slow_seconds", "match"):
+                for k in ("sequence", "rates", "slow_seconds", "match", "trace"):
                     if k in spec:
                         STATE[k] = spec[k]
                 if "seed" in spec:
