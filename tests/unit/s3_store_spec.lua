@@ -131,4 +131,34 @@ describe("s3 databases", function()
     assert.is_true(total <= cap, ("%d bytes cached over a cap of %d"):format(total, cap))
     expect.raises("invalid_argument", geneva.connect, "s3://" .. BUCKET .. "/a/../b")
   end)
+
+  it("a recipe with db: s3://... defines its cluster and manifest in the bucket and runs its job", function()
+    local uri = testdb.uri_for(root)
+    geneva.connect(uri):create_table("docs", rows(3000), { fragment_size = 1000 })
+    assert(fs.write(root .. "/my_udfs.lua", "return { len = function(text) return #text end }\n"))
+    assert(fs.write(root .. "/r.yaml", [[
+db: ${db}
+clusters:  { two: { type: local, workers: 2 } }
+manifests: { udfs: { modules: [my_udfs] } }
+jobs:
+  len:
+    table: docs
+    column: len
+    udf: { module: my_udfs, function: len, data_type: int64 }
+    cluster: two
+    manifest: udfs
+]]))
+    local code, out, err = child.cli({ "recipe", "run", "r.yaml", "--set", "db=" .. uri },
+      { cwd = root, env = { LUA_PATH = root .. "/?.lua;;" } })
+    assert.equal(0, code, out .. err)
+    local db = geneva.connect(uri)
+    assert.equal(3000, db:open_table("docs"):count_rows("len = length(text)"))
+    assert.equal("two", db:list_clusters()[1].name)
+    assert.equal("udfs", db:list_manifests()[1].name)
+    -- what the recipe stored is in the bucket, not only in this machine's mirror
+    code, out = child.cli({ "cluster", "list", "--db", uri, "--json" },
+      { env = { GENEVA_CACHE_DIR = root .. "/other-cache" } })
+    assert.equal(0, code)
+    assert.matches('"two"', out)
+  end)
 end)
