@@ -139,6 +139,77 @@ describe("geneva reap", function()
     assert.truthy(refusal(res, "host another-host"))
   end)
 
+  describe("job records a dead driver left RUNNING (F4)", function()
+    local job = require "geneva.backfill.job"
+    local function record(id, owner, updated_ago)
+      local rec = { id = id, kind = "backfill", status = "RUNNING", table = "t", column = "c",
+                    owner = owner, rows = { planned = 10, computed = 2, committed = 2, failed = 0 },
+                    tasks = { planned = 1, done = 0 }, commits = 0, events = {}, options = {} }
+      job.save(dir, rec)
+      if updated_ago then     -- as if its driver last wrote it that long ago
+        rec.updated_at = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() - updated_ago)
+        assert(fs.write_atomic(dir .. "/_geneva/jobs/" .. id .. ".json", json.encode(rec)))
+      end
+    end
+    local function on_disk(id)     -- the file itself, not job.load's reading of it
+      return json.decode(assert(fs.read(dir .. "/_geneva/jobs/" .. id .. ".json")))
+    end
+    local function job_lease(id, owner)
+      plant("both", "job-" .. id, { id = "job-" .. id, kind = "job", name = id, state = "active",
+                                    info = {}, owner = owner, created_at = os.time() })
+    end
+
+    it("this host: reap writes it FAILED/abandoned and clears its cancel marker", function()
+      local id = "20260101-000000-aaaaaaaa"
+      local owner = dead_owner()
+      record(id, owner)
+      job_lease(id, owner)
+      assert(fs.write(dir .. "/_geneva/jobs/" .. id .. ".cancel", "x"))
+      assert.equals("RUNNING", on_disk(id).status)
+      local code, res = reap()
+      assert.equals(0, code)
+      assert.equals(1, res.reaped)
+      local rec = on_disk(id)
+      assert.equals("FAILED", rec.status)
+      assert.equals("abandoned", rec.error.code)
+      assert.matches("is gone", rec.error.message)
+      assert.is_false(fs.exists(dir .. "/_geneva/jobs/" .. id .. ".cancel"))
+    end)
+
+    it("a live driver's record is never touched, whatever its lease says", function()
+      local id = "20260101-000000-bbbbbbbb"
+      record(id, live_owner())
+      job_lease(id, dead_owner())           -- a planted lease claiming a dead owner
+      reap()
+      assert.equals("RUNNING", on_disk(id).status)
+    end)
+
+    it("another host: only with --force, and only once its driver has been silent", function()
+      local far = { hostname = "another-host", boot_id = "x", pid = 7, start_time = 1 }
+      local quiet, busy = "20260101-000000-cccccccc", "20260101-000000-dddddddd"
+      local busy_owner = { hostname = "another-host", boot_id = "x", pid = 8, start_time = 1 }
+      record(quiet, far, 3600)
+      record(busy, busy_owner)               -- written just now: its driver is alive
+      job_lease(quiet, far)
+      job_lease(busy, busy_owner)
+      local v = geneva_tmp()
+      plant("db", "busyray", { id = "busyray", kind = "ray_job", name = "r", state = "active",
+        info = { address = "http://127.0.0.1:1", submission_id = "geneva-x-1-1", job = busy },
+        owner = busy_owner, created_at = os.time() })
+      reap()
+      assert.equals("RUNNING", on_disk(quiet).status)
+      local _, res = reap("--force")
+      assert.equals("FAILED", on_disk(quiet).status)
+      assert.equals("abandoned", on_disk(quiet).error.code)
+      assert.matches("another%-host has not written its record", on_disk(quiet).error.message)
+      assert.equals("RUNNING", on_disk(busy).status)
+      assert.is_true(has_lease("job-" .. busy))
+      assert.is_true(has_lease("busyray"))   -- its owner is alive: its Ray jobs are left alone
+      assert.is_true(res.skipped >= 2)
+      assert.is_true(fs.exists(v))
+    end)
+  end)
+
   it("lists leases with their owners' state and journal", function()
     plant("both", "gone", tmpdir_lease("gone", geneva_tmp(), dead_owner()))
     plant("db", "hint", tmpdir_lease("hint", geneva_tmp(), dead_owner()))

@@ -78,8 +78,10 @@ local function new_job(tbl, column, opts)
   end
   for _, other in ipairs(job.list(db_dir, { table = tbl.name })) do
     if not job.FINAL[other.status] and other.column == col.name then
-      errors.throw("conflict", ("column '%s' of table '%s' is being backfilled by job %s (%s): wait for it or cancel it")
-        :format(col.name, tbl.name, other.id, other.status), { column = col.name, job_id = other.id })
+      local host = type(other.owner) == "table" and tostring(other.owner.hostname) or "?"
+      errors.throw("conflict", ("column '%s' of table '%s' is being backfilled by job %s (%s, driver on host %s): wait for it or cancel it; if that driver is gone, `geneva reap --db %s --force` finalises its job once it has been silent for %ds")
+        :format(col.name, tbl.name, other.id, other.status, host, tbl.db.uri, job.STALE_DRIVER),
+        { column = col.name, job_id = other.id })
     end
   end
   local rec = {

@@ -90,6 +90,19 @@ local function owner_alive(owner)
 end
 job.owner_alive = owner_alive
 
+-- A driver rewrites its record at least every SAVE_EVERY (0.5 s) while it
+-- runs: that is its heartbeat. A record of a driver on another host that
+-- has not moved for this long (GENEVA_DRIVER_STALE, seconds) counts as
+-- abandoned for `geneva reap --force`.
+job.STALE_DRIVER = math.tointeger(tonumber(os.getenv("GENEVA_DRIVER_STALE") or "")) or 300
+
+-- job.heartbeat_age(rec) -> seconds since its driver last wrote it | nil
+function job.heartbeat_age(rec)
+  local t = type(rec.updated_at) == "string" and time.parse_iso8601(rec.updated_at)
+  if not t then return nil end
+  return time.now() - t
+end
+
 -- job.load(db_dir, id) -> record | nil, Error(not_found). A RUNNING or
 -- PENDING record whose driver is gone is reported FAILED/abandoned.
 local function read_record(db_dir, id)
@@ -232,6 +245,44 @@ function job.read_log(db_dir, id, offset)
 end
 
 -- }======
+
+--[[
+job.finalize_abandoned(db_dir, id, opts) -> record | nil, why
+`geneva reap`: a record left PENDING or RUNNING by a driver that is gone is
+written FAILED with code `abandoned`, so that its column is free again and
+every reader agrees. Gone: its owner is on this host and dead (or this host
+rebooted since), or, with opts.force, it is on another host and its record
+has not moved for job.STALE_DRIVER seconds. Its cancel marker goes too.
+]]
+function job.finalize_abandoned(db_dir, id, opts)
+  if not valid_id(id) then return nil, "bad job id" end
+  local rec, err = read_record(db_dir, id)
+  if not rec then return nil, tostring(err) end
+  if FINAL[rec.status] then return nil, "already final" end
+  local o, why = rec.owner, nil
+  local me = require("geneva.proc").self()
+  if type(o) ~= "table" then
+    why = "its record names no driver"
+  elseif o.hostname == me.hostname and o.boot_id == me.boot_id then
+    if owner_alive(o) then return nil, "its driver is alive" end
+    why = ("its driver (pid %s) is gone"):format(tostring(o.pid))
+  elseif o.hostname == me.hostname then
+    why = "its driver ran before this host restarted"
+  else
+    local age = job.heartbeat_age(rec)
+    if not (opts and opts.force) then return nil, ("its driver is on host %s"):format(tostring(o.hostname)) end
+    if age and age < job.STALE_DRIVER then
+      return nil, ("its driver on host %s wrote its record %.0fs ago: alive"):format(tostring(o.hostname), age)
+    end
+    why = ("its driver on host %s has not written its record for %s"):format(tostring(o.hostname),
+      age and ("%.0fs"):format(age) or "an unknown time")
+  end
+  rec.status, rec.finished_at = "FAILED", time.iso8601()
+  rec.error = { code = "abandoned", message = "the job's driver is gone: " .. why .. " (finalised by geneva reap)" }
+  job.save_final(db_dir, rec)
+  job.clear_cancel(db_dir, id)
+  return rec
+end
 
 -- job.request_cancel(db_dir, id) -> record: leaves a cancel marker; if the
 -- owner is gone, marks the record CANCELLED itself.

@@ -46,8 +46,11 @@
 --     finds our labels/metadata on the remote object (the cluster's answer,
 --     not the lease, decides). They may come from either journal, and from
 --     other hosts with --force.
---  5. Job leases name no resource (the record reads as abandoned once its
---     owner is gone): reaping one only removes the lease files.
+--  5. Job leases name their job's record: with --db, a record its dead
+--     driver left RUNNING is written FAILED/abandoned (job.finalize_abandoned,
+--     which trusts the record's owner, not the lease). With --force, an
+--     owner on another host counts as dead only once no job record of its
+--     has moved for job.STALE_DRIVER seconds (GENEVA_DRIVER_STALE).
 --  6. Unknown kinds are refused. A lease is removed (from both journals)
 --     only once its teardown succeeded or its resource is verifiably gone;
 --     a refused or failed one stays, for `geneva reap --list`.
@@ -214,7 +217,18 @@ end
 kinds.tmpdir = { where = "local", verify = verify_tmpdir, teardown = remove_tmpdir }
 
 -- the record reads as abandoned once its owner is gone: nothing to tear down
-kinds.job = { where = "none", verify = function() return "gone" end }
+-- A job lease names its record (lease.name = the job id): with a db, a
+-- record its dead driver left RUNNING is finalised FAILED/abandoned. The
+-- record's own owner decides (job.finalize_abandoned), never the lease.
+kinds.job = { where = "none",
+  verify = function(_, ctx)
+    if not ctx.db then return "gone" end
+    return "present", { db = ctx.db, id = ctx.lease.name, force = ctx.force }
+  end,
+  teardown = function(t)
+    require("geneva.backfill.job").finalize_abandoned(t.db, t.id, { force = t.force })
+    return true
+  end }
 
 -- Ray jobs (geneva.runner.ray): ours only with this lease's metadata
 kinds.ray_job = { where = "remote",
@@ -401,6 +415,9 @@ local function decide(e, opts, me)
   if l.state == "retained" and not opts.retained then return "skip" end
   if e.owner == "alive" then return "skip" end
   if e.owner == "other-host" and not opts.force then return "skip" end
+  if e.owner == "other-host" and opts.alive_elsewhere and opts.alive_elsewhere(l.owner) then
+    return "skip"      -- its driver still writes its job record: alive
+  end
   local kind = kinds[l.kind]
   if not kind then return "refuse", "unknown kind" end
   if kind.where == "local" then
@@ -422,7 +439,24 @@ function reap.run(opts)
   local all, refused, who = reap.list(opts)
   for _, r in ipairs(refused) do result.refused[#result.refused + 1] = r end
   local dirs = who.dirs
-  local ctx = { uid = who.uid }
+  local ctx = { uid = who.uid, db = opts.db, force = opts.force }
+  if opts.force and opts.db then
+    -- an owner on another host is alive while a job record of its moves
+    local fresh
+    opts = setmetatable({ alive_elsewhere = function(owner)
+      if not fresh then
+        fresh = {}
+        local job = require "geneva.backfill.job"
+        for _, rec in ipairs(job.list(opts.db)) do
+          local age = job.heartbeat_age(rec)
+          if not job.FINAL[rec.status] and type(rec.owner) == "table" and age and age < job.STALE_DRIVER then
+            fresh[("%s/%s/%s"):format(rec.owner.hostname, rec.owner.boot_id, rec.owner.pid)] = true
+          end
+        end
+      end
+      return fresh[("%s/%s/%s"):format(owner.hostname, owner.boot_id, owner.pid)] == true
+    end }, { __index = opts })
+  end
   -- newest first, like a ledger scope closing
   table.sort(all, function(a, b)
     return (a.lease.created_at or 0) > (b.lease.created_at or 0)
