@@ -323,7 +323,7 @@ typedef struct {
   const char *ca_file, *ca_pem, *client_cert, *client_key;
   const char *client_cert_pem, *client_key_pem, *bearer_token;
   size_t ca_pem_len, cert_pem_len, key_pem_len;
-  double connect_timeout, timeout;
+  double connect_timeout, timeout, stall_timeout;
   int verify, follow, has_content_type, has_user_agent, path_as_is;
   lua_Integer max_bytes;
   lua_Integer body_offset, body_length;   /* body_file range; length -1: to the end */
@@ -332,7 +332,7 @@ typedef struct {
 
 static const char *const known_opts[] = {
   "url", "method", "headers", "body", "body_file", "output_file",
-  "connect_timeout", "timeout", "verify", "ca_file", "ca_pem", "client_cert",
+  "connect_timeout", "timeout", "stall_timeout", "verify", "ca_file", "ca_pem", "client_cert",
   "client_key", "client_cert_pem", "client_key_pem", "bearer_token",
   "follow_redirects", "max_response_bytes", "body_file_offset",
   "body_file_length", "path_as_is", NULL
@@ -513,6 +513,7 @@ static void check_opts(lua_State *L, int o_idx, req_opts *o) {
     opt_error(L, "bearer_token", "empty, or contains CR, LF or NUL");
   o->connect_timeout = opt_seconds(L, o_idx, "connect_timeout");
   o->timeout = opt_seconds(L, o_idx, "timeout");
+  o->stall_timeout = opt_seconds(L, o_idx, "stall_timeout");
   o->verify = opt_bool(L, o_idx, "verify", 1);
   o->follow = opt_bool(L, o_idx, "follow_redirects", 0);
   o->path_as_is = opt_bool(L, o_idx, "path_as_is", 0);
@@ -633,6 +634,12 @@ static void perform(request *r, const req_opts *o, lua_State *L, outcome *out) {
   SET(CURLOPT_NOPROGRESS, 0L);
   SET(CURLOPT_CONNECTTIMEOUT_MS, to_ms(o->connect_timeout));
   SET(CURLOPT_TIMEOUT_MS, to_ms(o->timeout));
+  /* a server that stops sending (or never answers) is given up after
+  ** stall_timeout s below 1 byte/s; libcurl counts whole seconds */
+  if (o->stall_timeout > 0) {
+    SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
+    SET(CURLOPT_LOW_SPEED_TIME, (long)(o->stall_timeout < 1 ? 1 : o->stall_timeout + 0.5));
+  }
   SET(CURLOPT_SSL_VERIFYPEER, (long)o->verify);
   SET(CURLOPT_SSL_VERIFYHOST, o->verify ? 2L : 0L);
   if (o->ca_file) SET(CURLOPT_CAINFO, o->ca_file);
@@ -707,7 +714,8 @@ static int push_failure(lua_State *L, request *r, const req_opts *o,
     luaL_addstring(&b, "not enough memory for the response");
   } else if (r->too_big || out->rc == CURLE_FILESIZE_EXCEEDED) {
     code = curle_name(CURLE_FILESIZE_EXCEEDED);
-    lua_pushfstring(L, "response larger than %I bytes", (lua_Integer)r->max_bytes);
+    lua_pushfstring(L, "response larger than %I bytes%s", (lua_Integer)r->max_bytes,
+                    o->output_file ? "" : " (max_response_bytes; output_file streams any size to a file)");
     luaL_addvalue(&b);
   } else if (r->write_errno) {
     code = curle_name(CURLE_WRITE_ERROR);

@@ -8,6 +8,12 @@ local core = require "geneva.http.core"
 local http = {
   -- seconds to wait for a connection when opts.connect_timeout is not given
   connect_timeout = 10,
+  -- seconds a transfer may go without a byte moving (a server that never
+  -- answers, or stops halfway) when opts.stall_timeout is not given
+  stall_timeout = 60,
+  -- the largest body kept in memory when opts.max_response_bytes is not
+  -- given: bigger ones are an error that says to use output_file
+  max_response_bytes = 256 * 1024 * 1024,
   -- retry policy defaults (see http.request)
   retry_defaults = { attempts = 4, base_delay = 0.25, max_delay = 8,
                      statuses = { [502] = true, [503] = true, [504] = true } },
@@ -65,6 +71,8 @@ local function core_opts(opts)
     if not face_opts[k] then o[k] = v end
   end
   if o.connect_timeout == nil then o.connect_timeout = http.connect_timeout end
+  if o.stall_timeout == nil then o.stall_timeout = http.stall_timeout end
+  if o.max_response_bytes == nil and o.output_file == nil then o.max_response_bytes = http.max_response_bytes end
   if opts.query and next(opts.query) ~= nil and type(o.url) == "string" then
     local sep = o.url:find("?", 1, true) and "&" or "?"
     o.url = o.url .. sep .. http.encode_query(opts.query)
@@ -92,7 +100,8 @@ body_file, body_file_offset, body_file_length (a range of body_file: one
 part of a multipart upload), output_file, connect_timeout, timeout, verify,
 ca_file, ca_pem, client_cert, client_key, client_cert_pem, client_key_pem,
 bearer_token, follow_redirects, max_response_bytes, path_as_is (send /./
-and /../ as given: signed URLs)) plus:
+and /../ as given: signed URLs), stall_timeout (give up after that many
+seconds without a byte moving)) plus:
   query   = {name = value | {values}}: appended to the URL, encoded
   session = a handle from http.session(): reuse its connections
   retry   = true | {attempts=4, base_delay=0.25, max_delay=8,

@@ -305,6 +305,42 @@ describe("geneva.http", function()
       assert.equal(1000, #body)
     end)
 
+    it("gives up on a server that never answers (stall_timeout, 60 s by default in the face)", function()
+      -- accepts the connection, reads nothing, answers nothing
+      local h = assert(io.popen("exec python3 -c 'import socket,time,sys\n" ..
+        "s=socket.socket();s.bind((\"127.0.0.1\",0));s.listen(4)\n" ..
+        "print(s.getsockname()[1],flush=True);c=s.accept();time.sleep(5)'", "r"))
+      local port = math.tointeger(tonumber(h:read("l")))
+      local t0 = os.time()
+      local ok, msg, code = core.request { url = ("http://127.0.0.1:%d/"):format(port), stall_timeout = 1 }
+      assert.is_nil(ok)
+      assert.equal("CURLE_OPERATION_TIMEDOUT", code, msg)
+      assert.is_true(os.time() - t0 <= 4)
+      assert.equal(60, http.stall_timeout)
+      local saved = http.stall_timeout
+      http.stall_timeout = 1         -- the face's default applies when none is given
+      ok, msg, code = http.request { url = ("http://127.0.0.1:%d/"):format(port) }
+      http.stall_timeout = saved
+      assert.is_nil(ok)
+      assert.equal("CURLE_OPERATION_TIMEDOUT", code, msg)
+      h:close()
+    end)
+
+    it("keeps bodies in memory only up to max_response_bytes (a default in the face); output_file streams any size", function()
+      assert.equal(256 * 1024 * 1024, http.max_response_bytes)
+      local saved = http.max_response_bytes
+      http.max_response_bytes = 1000
+      local ok, msg, code = http.request { url = srv.url("/bytes?n=5000") }
+      local out = dir .. "/streamed"
+      local status = http.request { url = srv.url("/bytes?n=5000"), output_file = out }
+      http.max_response_bytes = saved
+      assert.is_nil(ok)
+      assert.equal("CURLE_FILESIZE_EXCEEDED", code)
+      assert.matches("larger than 1000 bytes %(max_response_bytes; output_file streams", msg)
+      assert.equal(200, status)
+      assert.equal(5000, #read_file(out))
+    end)
+
     it("sends the bearer token", function()
       local _, _, body = core.request { url = srv.url("/echo"), bearer_token = "tok-SEKRIT" }
       assert.equal("Bearer tok-SEKRIT", echo_of(body).headers.authorization)
