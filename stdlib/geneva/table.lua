@@ -481,6 +481,29 @@ local function commit_with_folds(self, operation, body)
   return res
 end
 
+--[[
+tbl:cleanup_old_versions([{older_than = seconds (default 7 days), grace = seconds}])
+-> {versions_removed, files_removed, bytes_removed}
+Lance's name. Removes versions older than older_than (never the latest) and
+the files no kept version references: those of removed versions, and the
+orphans of crashed commits, failed folds and killed workers (older than
+grace, default 1 hour, so no commit in flight loses its file). After
+compact(), this is what brings the file count down. `geneva tables cleanup`
+is its CLI twin.
+]]
+function Table:cleanup_old_versions(opts)
+  writable(self, "clean up")
+  if opts ~= nil and type(opts) ~= "table" then invalid("cleanup_old_versions: options must be a table") end
+  opts = opts or {}
+  for k, v in pairs(opts) do
+    if k ~= "older_than" and k ~= "grace" then
+      invalid(("cleanup_old_versions: unknown option '%s' (older_than, grace)"):format(tostring(k)))
+    end
+    if type(v) ~= "number" or v < 0 then invalid(("cleanup_old_versions: %s must be a number of seconds"):format(k)) end
+  end
+  return storage.cleanup(self.dir, { older_than = opts.older_than or 7 * 86400, grace = opts.grace })
+end
+
 -- tbl:compact() -> tbl: folds each fragment's column files into one per
 -- column (one per udf_version still winning rows) in a new version; older
 -- versions still read their own files. No commit when there is nothing to fold.

@@ -342,4 +342,77 @@ end
 
 -- }======
 
+-- {====== Cleanup
+
+storage.CLEANUP_GRACE = 3600   -- seconds: a younger unreferenced file may be a commit in flight
+
+-- Every file a snapshot references (relative paths)
+local function referenced(m, into)
+  for _, f in ipairs(m.fragments or {}) do
+    if type(f.data) == "string" then into[f.data] = true end
+    for _, list in pairs(f.columns or {}) do
+      for _, e in ipairs(list) do
+        if type(e.file) == "string" then into[e.file] = true end
+      end
+    end
+  end
+end
+
+--[[
+storage.cleanup(tbl_dir [, {older_than = s, grace = s, now = epoch s}]) -> report
+Removes the versions created more than older_than seconds ago (never the
+latest; without older_than, none), then every file in data/ that no kept
+version references and that is older than grace (default CLEANUP_GRACE: a
+file younger than that may belong to a commit in flight): column files of
+commits that never landed (a kill -9 or Ctrl-C mid-commit), `.tmp-*` files
+of folds and ingests that failed (a full disk), and files only old
+versions used. Worker temp files in _staging (`*.tmp-<pid>`) older than
+grace go too. report = {versions_removed, files_removed, bytes_removed}.
+Readers of a removed version get not_found.
+]]
+function storage.cleanup(tbl_dir, opts)
+  opts = opts or {}
+  local now = opts.now or time.now()
+  local grace = opts.grace or storage.CLEANUP_GRACE
+  local report = { versions_removed = 0, files_removed = 0, bytes_removed = 0 }
+  local vs = storage.versions(tbl_dir)
+  local latest = vs[#vs]
+  if not latest then errors.throw("not_found", ("no table at '%s'"):format(tbl_dir), { path = tbl_dir }) end
+  local keep = {}
+  for _, v in ipairs(vs) do
+    local m = storage.read(tbl_dir, v)
+    local created = type(m.created_at) == "string" and time.parse_iso8601(m.created_at)
+    if v ~= latest and opts.older_than and created and now - created > opts.older_than then
+      check(backend.delete(version_path(tbl_dir, v)))
+      report.versions_removed = report.versions_removed + 1
+    else
+      referenced(m, keep)
+    end
+  end
+  -- a commit may have landed since we listed: what it references stays
+  for _, v in ipairs(storage.versions(tbl_dir)) do
+    if v > latest then referenced(storage.read(tbl_dir, v), keep) end
+  end
+  for _, e in ipairs(check(backend.list(join(tbl_dir, "data"), { details = true }))) do
+    local rel = "data/" .. e.name
+    if not keep[rel] and now - e.mtime > grace then
+      check(backend.delete(join(tbl_dir, rel)))
+      report.files_removed = report.files_removed + 1
+      report.bytes_removed = report.bytes_removed + e.size
+    end
+  end
+  for _, rel in ipairs(fs.walk(join(tbl_dir, "_staging"), { ignore_errors = true }) or {}) do
+    local path = join(join(tbl_dir, "_staging"), rel)
+    local st = rel:match("%.tmp%-%d+$") and fs.stat(path)
+    if st and now - st.mtime > grace then
+      fs.remove(path)
+      report.files_removed = report.files_removed + 1
+      report.bytes_removed = report.bytes_removed + st.size
+    end
+  end
+  return report
+end
+
+-- }======
+
 return storage

@@ -15,10 +15,16 @@ function Dir:put_if_absent(_, path, bytes, opts)
   return fs.create_exclusive(path, bytes, { mode = opts and opts.mode })
 end
 
-function Dir:list(_, path)
+function Dir:list(_, path, opts)
   local names, msg, code = fs.list(path)
   if not names and (code == "ENOENT" or code == "ENOTDIR") then return {} end
-  return names, msg, code
+  if not names or not (opts and opts.details) then return names, msg, code end
+  local out = {}
+  for _, name in ipairs(names) do
+    local st = fs.stat(path .. "/" .. name, { follow = false })
+    if st and st.type == "file" then out[#out + 1] = { name = name, size = st.size, mtime = st.mtime } end
+  end
+  return out
 end
 
 function Dir:delete(_, path)

@@ -16,6 +16,8 @@ unchanged.
   backend.put(path, bytes [, {fsync=}]) -> true   atomic replace
   backend.put_if_absent(path, bytes) -> true      | nil, msg, "EEXIST"
   backend.list(dir) -> names                      sorted; {} for nothing
+  backend.list(dir, {details = true}) -> {{name=, size=, mtime=}, ...}
+                                                  objects only (no subdirs)
   backend.delete(path) -> true                    (absent is fine)
   backend.delete_tree(dir) -> true
   backend.fetch(path) -> path                     the object as a local file

@@ -126,11 +126,23 @@ function S3:put_if_absent(key, _, bytes)
 end
 
 -- The names directly under a "directory": objects and common prefixes
-function S3:list(key)
+function S3:list(key, _, opts)
   local prefix = key_of(self, (key:gsub("/+$", "")))
   prefix = prefix == "" and "" or (prefix .. "/")
   local ok, objects, prefixes = pcall(self.client.list, self.client, prefix, { delimiter = "/" })
   if not ok then return call(error, objects) end
+  if opts and opts.details then
+    local out = {}
+    for _, o in ipairs(objects) do
+      local name = o.key:sub(#prefix + 1)
+      if name ~= "" and not name:find("/", 1, true) then
+        out[#out + 1] = { name = name, size = o.size,
+                          mtime = require("geneva.time").parse_iso8601(o.last_modified or "") or 0 }
+      end
+    end
+    table.sort(out, function(a, b) return a.name < b.name end)
+    return out
+  end
   local seen, out = {}, {}
   local function add(full)
     local name = full:sub(#prefix + 1):gsub("/$", "")
