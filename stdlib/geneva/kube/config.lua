@@ -113,7 +113,11 @@ end
 -- Reads a whole file; raises invalid_argument naming what it is for.
 local function read_file(path, what)
   local f, msg = io.open(path, "rb")
-  if not f then fail(("%s: cannot read %s: %s"):format(what, path, clean(msg))) end
+  if not f then
+    msg = tostring(msg)
+    if msg:sub(1, #path + 2) == path .. ": " then msg = msg:sub(#path + 3) end   -- io.open names it too
+    fail(("%s: cannot read %s: %s"):format(what, path, clean(msg)))
+  end
   local data, rmsg = f:read(M.MAX_FILE + 1)
   f:close()
   if data == nil and rmsg then fail(("%s: cannot read %s: %s"):format(what, path, clean(rmsg))) end
