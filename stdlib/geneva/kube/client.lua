@@ -262,14 +262,15 @@ local function record_warnings(self, headers)
 end
 
 --[[
-c:request(method, path [, opts]) -> status, data, headers, warnings
+c:request(method, path [, opts]) -> status, data, headers, warnings, body
 path: from the server's root ("/apis/..."), appended to cfg.server (which
 may carry a path prefix). opts: json (a Lua value: the body), body (a raw
 string), content_type, query (table), headers (table), timeout (seconds).
-data: the decoded JSON answer, or nil (empty or not JSON; headers.body
-keeps nothing: use status_error). Any HTTP status is returned (after the
-401 refresh and the 429/503 retries); a transport failure raises
-unavailable, a plugin or token file problem invalid_argument.
+data: the decoded JSON answer, or nil (empty or not JSON); body: the raw
+answer (for M.status_error); warnings: this answer's Warning texts. Any
+HTTP status is returned (after the 401 refresh and the 429/503 retries);
+a transport failure raises unavailable, a plugin or token file problem
+invalid_argument, an interrupt interrupted.
 ]]
 function Client:request(method, path, opts)
   opts = opts or {}
@@ -312,16 +313,14 @@ function Client:request(method, path, opts)
       if ok == nil then errors.throw("interrupted", tostring(msg)) end
     else
       local data
-      if rbody and rbody ~= "" then
-        data = json.decode(rbody)
-      end
-      hdrs.body = nil
+      if rbody and rbody ~= "" then data = json.decode(rbody) end   -- nil when not JSON
       return status, data, hdrs, warnings, rbody
     end
   end
 end
 
--- c:check(status, data, body, what) -> raises the mapped Status error
+-- c:fail(status, data, body, what): raises the mapped Status error, with
+-- this client's context, user and server, scrubbed of the live token
 function Client:fail(status, data, body, what)
   local e = M.status_error(status, data, body, what,
     { context = self.cfg.context, user = self.cfg.user, server = self.cfg.server })
