@@ -15,7 +15,8 @@
 -- Kubernetes reads "100m" as 0.1 byte, which is always a typo for 100Mi.
 --
 -- Secrets are references, never values: token_env / token_file, and
--- {from_env = "NAME"} for any env value. A field whose name looks like a
+-- {from_env = "NAME"} for any env value; in kuberay groups also
+-- {from_secret = "secret-name", key = "KEY"}, a Kubernetes Secret's key. A field whose name looks like a
 -- secret (spec.is_secret_key) and holds a string or a number is refused, and
 -- so is a URL with a password in any env value. resolve_env reads the
 -- references at use time, for a child process; nothing here stores or logs
@@ -46,16 +47,36 @@ function M.is_ref(v)
   return type(v) == "table" and type(v.from_env) == "string" and next(v, next(v)) == nil
 end
 
--- M.check_env(env, path) -> normalized copy (a json object) | raises.
--- Values: strings, numbers and booleans (kept as strings) or {from_env=NAME}.
-function M.check_env(env, path)
+-- M.is_secret_ref(v) -> boolean: v names a key of a Kubernetes Secret
+-- {from_secret = "secret-name", key = "KEY"} (kuberay groups only: the pod
+-- reads it through valueFrom.secretKeyRef, geneva never sees the value)
+function M.is_secret_ref(v)
+  if type(v) ~= "table" or type(v.from_secret) ~= "string" or type(v.key) ~= "string" then return false end
+  local n = 0
+  for _ in pairs(v) do n = n + 1 end
+  return n == 2
+end
+
+-- M.check_env(env, path [, k8s]) -> normalized copy (a json object) | raises.
+-- Values: strings, numbers and booleans (kept as strings) or {from_env=NAME};
+-- with k8s (kuberay groups) also {from_secret=, key=}.
+function M.check_env(env, path, k8s)
   if type(env) ~= "table" then expected(path, "a table of NAME = value", env) end
   local out = json.object()
   for k, v in pairs(env) do
     local p = sub(path, type(k) == "string" and k or tostring(k))
     check_env_name(p, k)
     local t = type(v)
-    if t == "table" then
+    if t == "table" and k8s and v.from_secret ~= nil then
+      if not M.is_secret_ref(v) then
+        fail(p, 'expected a Kubernetes secret reference {from_secret = "name", key = "KEY"}, got ' .. show(v))
+      end
+      sv.dns_subdomain(sub(p, "from_secret"), v.from_secret)
+      if not v.key:match("^[%w%-%._]+$") or #v.key > 253 then
+        expected(sub(p, "key"), "a Secret data key (letters, digits, '-', '_', '.')", v.key)
+      end
+      out[k] = { from_secret = v.from_secret, key = v.key }
+    elseif t == "table" then
       if v.from_env == nil or not M.is_ref(v) then
         fail(p, 'expected a value or a secret reference {from_env = "NAME"}, got ' .. show(v))
       end
@@ -189,7 +210,7 @@ end
 local GROUP = {
   image = sv.image, num_cpus = sv.nonneg_number, num_gpus = sv.nonneg_int, memory = sv.memory,
   node_selector = sv.labels, tolerations = tolerations, labels = sv.labels,
-  service_account = sv.dns_subdomain, env = env,
+  service_account = sv.dns_subdomain, env = function(path, v) return M.check_env(v, path, true) end,
 }
 local WORKER_GROUP = { name = sv.dns_label, replicas = sv.nonneg_int, min_replicas = sv.nonneg_int,
                        max_replicas = sv.nonneg_int }
