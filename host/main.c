@@ -52,8 +52,8 @@ static int report(geneva_host *h, int code) {
 
 /* Subcommands are Lua modules geneva.cli.<name>, run by
 ** geneva.cli.main(name, args...) -> exit code. The one list of them: */
-static const char *const commands[] = {"cluster", "manifest", "jobs", "recipe",
-                                       "reap", "worker", NULL};
+static const char *const commands[] = {"cluster", "manifest", "jobs", "tables",
+                                       "recipe", "reap", "worker", NULL};
 
 static int is_command(const char *s) {
   int i;

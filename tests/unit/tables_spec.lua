@@ -2,6 +2,7 @@
 -- Runs on a directory and on s3 (moto): see testdb.lua. storage: dir s3
 local geneva = require "geneva"
 local testdb = require "testdb"
+local json = require "geneva.json"
 local errors = require "geneva.errors"
 local sqlite = require "geneva.sqlite"
 local storage = require "geneva.store.versions"
@@ -568,6 +569,75 @@ describe("geneva tables", function()
       write(csv, table.concat(names, ",") .. "\n" .. table.concat(cells, ",") .. "\n")
       assert.equal(1, db:create_table("wide", { from = csv }):count_rows())
       assert.same({ "f", "s", "wide" }, db:table_names())
+    end)
+  end)
+
+  describe("cleanup_old_versions", function()
+    local backend = require "geneva.store.backend"
+    local function data_files(t)
+      local n = 0
+      for _, name in ipairs(backend.list(t.dir .. "/data")) do
+        if name:match("%.db$") then n = n + 1 end
+      end
+      return n
+    end
+
+    it("removes old versions and the files only they, crashed commits or failed folds left; reads stay exact", function()
+      local t = docs(6, { fragment_size = 2 })
+      t:add_columns { words = fake_udf("v1") }
+      for k = 1, 4 do      -- four commits of column files, then a compact
+        local path, lo, hi = staged(root, { [1] = 10 * k, [2] = 20 * k })
+        t:_commit_column_files("words", "v1", { { fragment = 1, path = path, lo = lo, hi = hi } })
+      end
+      t:compact()
+      -- what a kill -9 mid-commit and a fold on a full disk leave behind
+      assert(backend.put(t.dir .. "/data/c-00000000deadbeef.db", "orphan"))
+      assert(backend.put(t.dir .. "/data/.tmp-0000000000000001.db", "half a fold"))
+      local before_rows = t:to_rows()
+      local before_files = data_files(t)
+      local latest = t:version()
+      -- young orphans survive the grace period (a commit may be in flight)
+      local r = t:cleanup_old_versions { older_than = 0 }
+      assert.equal(latest - 1, r.versions_removed)
+      assert.same({ latest }, t:versions())
+      assert.is_true(backend.exists(t.dir .. "/data/c-00000000deadbeef.db"))
+      local after_versions = data_files(t)
+      assert.is_true(after_versions < before_files, ("%d -> %d files"):format(before_files, after_versions))
+      -- past it, they go
+      r = t:cleanup_old_versions { older_than = 0, grace = 0 }
+      assert.equal(2, r.files_removed)
+      assert.is_false(backend.exists(t.dir .. "/data/c-00000000deadbeef.db"))
+      assert.is_false(backend.exists(t.dir .. "/data/.tmp-0000000000000001.db"))
+      assert.same(before_rows, geneva.connect(db.uri):open_table("docs"):to_rows())
+      raises("not_found", t.checkout, t, 1)
+      -- a second run finds nothing; bad options are refused
+      r = t:cleanup_old_versions { older_than = 0, grace = 0 }
+      assert.same({ 0, 0 }, { r.versions_removed, r.files_removed })
+      raises("invalid_argument", t.cleanup_old_versions, t, { older = 1 })
+      raises("invalid_argument", t.cleanup_old_versions, t, { grace = "1h" })
+    end)
+
+    it("geneva tables list|show|cleanup", function()
+      local t = docs(6, { fragment_size = 2 })
+      t:add_columns { words = fake_udf("v1") }
+      local path, lo, hi = staged(root, { [1] = 10, [2] = 20 })
+      t:_commit_column_files("words", "v1", { { fragment = 1, path = path, lo = lo, hi = hi } })
+      local code, out = child.cli { "tables", "list", "--db", db.uri }
+      assert.equal(0, code)
+      assert.matches("NAME%s+ROWS%s+VERSION%s+FRAGMENTS", out)
+      assert.matches("docs%s+6%s+3%s+3", out)
+      code, out = child.cli { "tables", "show", "docs", "--db", db.uri, "--json" }
+      assert.equal(0, code)
+      local s = json.decode(out)
+      assert.equal(6, s.rows)
+      assert.equal("words", s.columns[3].name)
+      assert.equal(2, s.columns[3].filled)
+      code, out = child.cli { "tables", "cleanup", "docs", "--db", db.uri, "--older-than", "0", "--json" }
+      assert.equal(0, code)
+      assert.equal(2, json.decode(out).versions_removed)
+      assert.same({ 3 }, t:versions())
+      assert.equal(2, (child.cli { "tables", "cleanup", "docs", "--db", db.uri, "--older-than", "soon" }))
+      assert.equal(1, (child.cli { "tables", "show", "nope", "--db", db.uri }))
     end)
   end)
 

@@ -83,6 +83,13 @@ function args.database(opts)
   return opts.db
 end
 
+-- args.db(opts) -> Db: geneva.connect of --db, checked as args.database
+-- checks it (an s3:// URI is connected as such, not as its mirror)
+function args.db(opts)
+  local dir = args.database(opts)
+  return require("geneva.db").connect(opts.db:match("^s3://") and opts.db or dir)
+end
+
 -- args.run(usage, fn) -> exit code: runs fn(), mapping usage errors to 2,
 -- geneva.Errors to 1 (as {"error": ...} on stdout with --json)
 function args.run(usage, json_out, fn)

@@ -39,7 +39,7 @@ function M.main(argv, kind, usage, impl)
     opts, pos = args.parse(argv, { db = "value", json = "flag", help = "flag" })
     if opts.help then io.stdout:write(usage) return 0 end
     local verb = args.action(pos, { "list", "show", "delete" }, kind .. " NAME")
-    local db = require("geneva.db").connect(args.database(opts))
+    local db = args.db(opts)
     if verb == "list" then
       local recs = redact(impl.list(db))
       if opts.json then

@@ -378,13 +378,14 @@ function storage.cleanup(tbl_dir, opts)
   local vs = storage.versions(tbl_dir)
   local latest = vs[#vs]
   if not latest then errors.throw("not_found", ("no table at '%s'"):format(tbl_dir), { path = tbl_dir }) end
-  local keep = {}
+  local keep, dropped = {}, {}
   for _, v in ipairs(vs) do
     local m = storage.read(tbl_dir, v)
     local created = type(m.created_at) == "string" and time.parse_iso8601(m.created_at)
     if v ~= latest and opts.older_than and created and now - created > opts.older_than then
       check(backend.delete(version_path(tbl_dir, v)))
       report.versions_removed = report.versions_removed + 1
+      referenced(m, dropped)
     else
       referenced(m, keep)
     end
@@ -395,7 +396,8 @@ function storage.cleanup(tbl_dir, opts)
   end
   for _, e in ipairs(check(backend.list(join(tbl_dir, "data"), { details = true }))) do
     local rel = "data/" .. e.name
-    if not keep[rel] and now - e.mtime > grace then
+    -- a file a removed version used was committed: no grace for it
+    if not keep[rel] and (dropped[rel] or now - e.mtime > grace) then
       check(backend.delete(join(tbl_dir, rel)))
       report.files_removed = report.files_removed + 1
       report.bytes_removed = report.bytes_removed + e.size
