@@ -1931,28 +1931,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
         self._code = 101
         down = self.connection
-        # bytes the request parser already buffered belong to the upstream
-        pending = self.rfile.peek(0) if hasattr(self.rfile, "peek") else b""
-        if pending:
-            up.sendall(self.rfile.read(len(pending)))
 
-        def pump(src, dst):
+        def pump(read, dst):
             try:
                 while True:
-                    data = src.recv(1 << 16)
+                    data = read(1 << 16)
                     if not data:
                         break
                     dst.sendall(data)
-            except OSError:
+            except (OSError, ValueError):
                 pass
-            for sock in (dst, src):
+            for sock in (up, down):
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-        t = threading.Thread(target=pump, args=(up, down), daemon=True)
+        t = threading.Thread(target=pump, args=(up.recv, down), daemon=True)
         t.start()
-        pump(down, up)
+        # the client's side through rfile: bytes already buffered go first
+        pump(self.rfile.read1, up)
         t.join(5)
         up.close()
 

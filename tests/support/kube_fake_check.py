@@ -209,6 +209,7 @@ def check_proxy_and_events(emu):
                            emu.url + svc % "http:rc-demo-head-svc:dashboard"],
                           capture_output=True, text=True, timeout=30)
     ok(json.loads(curl.stdout)["ray_version"] == "2.52.0", "curl, client cert: " + curl.stdout)
+    check_websocket(emu)
     # until the dashboard is up: 503 no endpoints
     emu.post("config", {"ready_delay": 2})
     kubectl(emu, "create", "--validate=warn", "-f", "-",
@@ -236,6 +237,33 @@ def check_proxy_and_events(emu):
     time.sleep(1)
     ok(emu.cluster("rc-bad")["state"] is None and emu.cluster("rc-bad")["dashboard"] is None,
        "an invalid cluster never becomes ready")
+
+
+def check_websocket(emu):
+    """The log tail WebSocket through the proxy: upgrade, then frames."""
+    import base64
+    import socket
+    st, job, _ = emu.call("POST", "/api/v1/namespaces/default/services/rc-demo-head-svc:dashboard"
+                          "/proxy/api/jobs/", {"entrypoint": "echo through-the-proxy"})
+    ok(st == 200, "submit through the proxy: %r" % job)
+    host, port = emu.url.split("//")[1].split(":")
+    raw = emu.ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=20),
+                              server_hostname=host)
+    key = base64.b64encode(os.urandom(16)).decode()
+    raw.sendall(("GET /api/v1/namespaces/default/services/rc-demo-head-svc:dashboard/proxy"
+                 "/api/jobs/%s/logs/tail HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+                 "Authorization: Bearer %s\r\n\r\n"
+                 % (job["submission_id"], host, key, emu.tokens["admin"])).encode())
+    data = b""
+    while b"through-the-proxy" not in data:
+        chunk = raw.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    raw.close()
+    ok(data.startswith(b"HTTP/1.1 101") and b"through-the-proxy" in data,
+       "WebSocket through the proxy: %r" % data[:300])
 
 
 def check_watch(emu):
