@@ -5,6 +5,7 @@ what it is sent. Python 3 standard library only.
 usage: ray_dashboard.py [--port N] [--ray-version X.Y.Z] [--old]
                         [--auth-token TOKEN] [--nodes N] [--num-cpus N]
                         [--num-gpus N] [--memory BYTES] [--resources JSON]
+                        [--node-resources JSON-LIST]
                         [--state-dir DIR] [--stop-wait S] [--setup-delay S]
                         [--job-start-timeout S] [--drivers-call-ray-init]
                         [--no-autoscaler-status] [--strict-package-names]
@@ -374,9 +375,13 @@ class Cluster:
         res = {"CPU": float(a.num_cpus), "GPU": float(a.num_gpus),
                "memory": float(a.memory), "object_store_memory": float(a.object_store_memory)}
         res.update({k: float(v) for k, v in json.loads(a.resources or "{}").items()})
+        # --node-resources: one object per node (a KubeRay head and worker
+        # groups differ); keys it leaves out take the uniform defaults above
+        per_node = json.loads(a.node_resources) if a.node_resources else [{}] * a.nodes
         self.nodes = []
-        for i in range(a.nodes):
+        for i, extra in enumerate(per_node):
             r = dict(res)
+            r.update({k: float(v) for k, v in extra.items()})
             r["node:127.0.0.1"] = 1.0
             if i == 0:
                 r["node:__internal_head__"] = 1.0
@@ -1467,6 +1472,8 @@ def parse_args(argv):
     p.add_argument("--memory", type=int, default=8 * 1024**3)
     p.add_argument("--object-store-memory", type=int, default=2 * 1024**3)
     p.add_argument("--resources", default=None, help='custom resources per node, JSON')
+    p.add_argument("--node-resources", default=None,
+                   help='JSON list, one resource object per node (replaces --nodes)')
     p.add_argument("--state-dir", default=None)
     p.add_argument("--stop-wait", type=float,
                    default=float(os.environ.get("RAY_JOB_STOP_WAIT_TIME_S", 3)))
