@@ -87,6 +87,17 @@ local function utf8_text(s)
 end
 errors.utf8_text = utf8_text
 
+-- errors.clean(s [, max = 300]) -> s printable and bounded: text from an
+-- untrusted source (a server's answer, a lease, a kubeconfig) fit for a
+-- message or a terminal: control bytes become spaces, and more than max
+-- bytes end in "...".
+function errors.clean(s, max)
+  s = tostring(s == nil and "" or s)
+  max = max or 300
+  if #s > max then s = s:sub(1, max) .. "..." end
+  return (s:gsub("[%c\127]", " "))
+end
+
 -- errors.plain(e) -> table without metatable (for JSON job records and
 -- worker messages). Strings become valid UTF-8 (utf8_text): a message or
 -- value may hold any bytes a UDF produced, and JSON only holds text. NaN

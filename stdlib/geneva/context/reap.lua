@@ -76,11 +76,7 @@ reap.TMP_PREFIXES = { "geneva-pkg-", "geneva-hb-" }
 local MAX_LEASE_BYTES = 64 * 1024
 
 -- Printable and bounded: refusals quote untrusted strings to a terminal.
-local function clean(s)
-  s = tostring(s)
-  if #s > 200 then s = s:sub(1, 200) .. "..." end
-  return (s:gsub("[%c\127]", "?"))
-end
+local function clean(s) return require("geneva.errors").clean(s, 200) end
 reap.clean = clean
 
 -- {====== Who we are

@@ -56,12 +56,7 @@ M.SECRETS = { group = "", version = "v1", plural = "secrets", kind = "Secret" }
 
 -- {====== helpers
 
-local function clean(s, max)
-  s = tostring(s or "")
-  max = max or 300
-  if #s > max then s = s:sub(1, max) .. "..." end
-  return (s:gsub("[%c\127]", " "))
-end
+local clean = errors.clean
 
 local function quote(s) return '"' .. tostring(s):gsub("[%c\"\\]", "?") .. '"' end
 

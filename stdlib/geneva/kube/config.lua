@@ -48,13 +48,7 @@ local function fail(msg) errors.throw("invalid_argument", msg) end
 
 local function quote(s) return '"' .. tostring(s):gsub("[%c\"\\]", "?") .. '"' end
 
--- Printable, bounded text from an untrusted source
-local function clean(s, max)
-  s = tostring(s or "")
-  max = max or 200
-  if #s > max then s = s:sub(1, max) .. "..." end
-  return (s:gsub("[%c\127]", " "))
-end
+local function clean(s, max) return errors.clean(s, max or 200) end
 
 local B64 = {}
 do

@@ -86,13 +86,7 @@ local TERMINAL = { STOPPED = true, SUCCEEDED = true, FAILED = true }
 
 local function sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
--- Printable, bounded text from a remote answer (it may be anything)
-local function clean(s, max)
-  s = tostring(s or "")
-  max = max or 300
-  if #s > max then s = s:sub(1, max) .. "..." end
-  return (s:gsub("[%c\127]", " "))
-end
+local clean = errors.clean      -- a remote answer may be anything
 
 local function first_line(s) return clean((tostring(s or "")):match("[^\n]*"), 200) end
 
