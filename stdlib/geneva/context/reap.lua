@@ -231,6 +231,11 @@ kinds.ray_job = { where = "remote",
   verify = function(info, ctx) return require("geneva.runner.ray").reap_verify(info, ctx) end,
   teardown = function(t) return require("geneva.runner.ray").reap_teardown(t) end }
 
+-- RayClusters (geneva.runner.kuberay): ours only with this lease's annotations
+kinds.raycluster = { where = "remote",
+  verify = function(info, ctx) return require("geneva.runner.kuberay").reap_verify(info, ctx) end,
+  teardown = function(t) return require("geneva.runner.kuberay").reap_teardown(t) end }
+
 -- Remote kinds register here: {where = "remote", verify = fn, teardown = fn}.
 -- verify(info, ctx) must ask the remote side (Ray's job API, the Kubernetes
 -- API) and answer "present" only for an object carrying our labels/metadata
@@ -493,6 +498,34 @@ function reap.run(opts)
           result.items[#result.items + 1] = what
         else
           result.failed[#result.failed + 1] = ("%s: %s"):format(what, clean(err))
+        end
+      end
+    end
+  end
+  -- RayClusters past their TTL, found by label: a lease file can be lost
+  -- with its machine. Asked of each kuberay cluster the db defines (not
+  -- on every context entry: that would call every Kubernetes API there).
+  if opts.db and not opts.quiet then
+    local ok, clusters = pcall(require("geneva.context.cluster").list, { path = opts.db, dir = opts.db })
+    for _, c in ipairs(ok and clusters or {}) do
+      -- a cluster record is untrusted (a shared db): its kubeconfig (which
+      -- may run an exec plugin) is followed only when it is this user's own
+      local kc = type(c) == "table" and type(c.spec) == "table" and c.spec.kubeconfig
+      local st = type(kc) == "string" and fs.stat(kc)
+      local safe = kc == nil or (st and st.type == "file" and st.uid == who.uid and st.mode & 18 == 0)
+      if type(c) == "table" and type(c.spec) == "table" and c.spec.type == "kuberay" and not safe then
+        result.refused[#result.refused + 1] = ("cluster %s: its kubeconfig %s is not a file of this user's that only it can write: not followed")
+          :format(clean(c.name), clean(kc))
+      elseif type(c) == "table" and type(c.spec) == "table" and c.spec.type == "kuberay" then
+        local rok, r = pcall(require("geneva.runner.kuberay").reap_expired, c.spec)
+        if not rok then
+          result.failed[#result.failed + 1] = ("cluster %s: RayClusters past their TTL: %s"):format(clean(c.name), clean(tostring(r)))
+        else
+          for _, n in ipairs(r.deleted) do
+            result.reaped = result.reaped + 1
+            result.items[#result.items + 1] = "RayCluster " .. n .. " (past its TTL)"
+          end
+          for _, f in ipairs(r.failed) do result.failed[#result.failed + 1] = "RayCluster " .. f end
         end
       end
     end

@@ -38,6 +38,7 @@ local runner = {}
 runner.types = {
   ["local"] = "geneva.runner.local",
   ray = "geneva.runner.ray",
+  kuberay = "geneva.runner.kuberay",
 }
 
 local function module_of(kind)

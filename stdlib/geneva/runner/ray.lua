@@ -188,6 +188,11 @@ function Conn:request(method, path, o)
   local req = { url = self.address .. path, method = method, headers = headers,
                 timeout = o.timeout or 30, connect_timeout = o.connect_timeout or 5, retry = o.retry,
                 max_response_bytes = o.max_response_bytes }
+  -- a dashboard behind the Kubernetes API's service proxy (runner.kuberay):
+  -- the API server's own TLS and credentials, fresh for each request
+  if self.transport then
+    for k, v in pairs(self.transport()) do req[k] = v end
+  end
   for _, k in ipairs(TLS_FIELDS) do
     if self.tls and self.tls[k] ~= nil then req[k] = self.tls[k] end
   end
@@ -245,7 +250,7 @@ trouble (401, 403, a token needed and none found).
 function M.connect(spec)
   local tls = {}
   for _, k in ipairs(TLS_FIELDS) do tls[k] = spec[k] end
-  local conn = new_conn{ address = spec.address, tls = tls }
+  local conn = new_conn{ address = spec.address, tls = tls, transport = spec.transport }
   local st, data, body = conn:request("GET", "/api/authentication_mode", { retry = true, timeout = 15 })
   if not st then unreachable(conn, "GET /api/authentication_mode", data) end
   if st == 404 then
@@ -490,12 +495,15 @@ local Runner = {}
 Runner.__index = Runner
 Runner.__name = "geneva.runner.ray.Runner"
 
+-- M.journals(db_dir) -> the lease journals of a scope of remote
+-- resources: the db's and this user's
 local function journals(db_dir)
   local dirs = { db_dir .. "/_geneva/leases" }
   local user = ledger.user_journal()
   if user then dirs[#dirs + 1] = user end
   return dirs
 end
+M.journals = journals
 
 -- o: {conn, db_dir, parent (scope), exe, lua_path, working_dir, py_modules,
 --     manifest_exe, env_refs = {spec env tables} | env = resolved table,
@@ -906,7 +914,8 @@ end
 -- What attach() needs; holds the resolved token and env: a pipe only
 function Runner:handoff()
   local c = self.conn
-  return { type = "ray", address = c.address, db = self.db_dir, store = self.store, token = c.token, token_source = c.token_source,
+  return { type = "ray", address = c.address, db = self.db_dir, store = self.store,
+           transport = c.transport and c.transport() or nil, token = c.token, token_source = c.token_source,
            send_token = c.send_token or false, auth_mode = c.auth_mode, ray_version = c.ray_version,
            api_version = c.api_version, tls = c.tls, env = self:env_vars(), exe = self.exe,
            lua_path = self.lua_path, working_dir = self.working_dir, py_modules = self.py_modules,
@@ -1039,6 +1048,10 @@ function M.attach(h, scope)
                          send_token = h.send_token and h.token ~= nil, auth_mode = h.auth_mode,
                          ray_version = h.ray_version, api_version = h.api_version, tls = h.tls or {} }
   conn.v = parse_version(conn.ray_version)
+  if type(h.transport) == "table" then
+    local t = h.transport
+    conn.transport = function() return t end
+  end
   local env = {}
   for k, v in pairs(h.env or {}) do env[k] = tostring(v) end
   local self = new_runner{ conn = conn, db_dir = h.db, store = type(h.store) == "table" and h.store or nil, parent = scope, exe = h.exe, lua_path = h.lua_path,
