@@ -99,6 +99,21 @@ describe("kuberay runner", function()
     assert.is_true(time.monotonic() - t0 < 15, ("took %.1fs"):format(time.monotonic() - t0))
   end)
 
+  it("a create whose answer was lost is adopted on retry (409, our lease), not doubled", function()
+    local creates = k:state().counters["create rayclusters"] or 0
+    k:hook("POST", "/_emulator/faults", { route = "create", action = "drop_after_accept", count = 1,
+                                          resource = "rayclusters" })
+    local tbl = make_table(500)
+    local rec
+    geneva.context { cluster = spec(), db = db } (function()
+      assert.equal(1, #k:clusters())
+      rec = tbl:backfill("x", { batch_size = 250 })
+    end)
+    assert.equal("DONE", rec.status)
+    assert.is_true(rec.runner.adopted)
+    assert.equal(creates + 2, k:state().counters["create rayclusters"])   -- the lost one and the retry
+  end)
+
   it("an error inside the context deletes the RayCluster", function()
     local ok, err = pcall(geneva.context { cluster = spec(), db = db }, function()
       assert.equal(1, #k:clusters())

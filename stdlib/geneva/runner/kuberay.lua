@@ -107,6 +107,7 @@ end
 function Runner:describe()
   local d = self.ray:describe()
   d.type, d.namespace, d.raycluster, d.server = "kuberay", self.ns, self.name, self.server
+  d.adopted = self.adopted
   return d
 end
 
@@ -166,14 +167,22 @@ function M.provision(spec, env)
       if not done then error(("RayCluster %s/%s is not deleted: %s"):format(ns, name, why), 0) end
     end)
     local obj = rc().build(spec, { name = name, namespace = ns, owner = owner_string(me), lease_id = lease_id })
-    local cok, cerr = pcall(c.create, c, kube().RAYCLUSTERS, ns, obj)
-    if not cok then
+    -- POST is not repeated by the transport: a create whose answer was lost
+    -- is sent again here, and its 409 AlreadyExists adopts the object only
+    -- when it carries our lease (never someone else's cluster)
+    for attempt = 1, 3 do
+      local cok, cerr = pcall(c.create, c, kube().RAYCLUSTERS, ns, obj)
+      if cok then break end
       local e = errors.from(cerr)
-      if e.code ~= "conflict" then error(e, 0) end
-      -- a retry after a lost answer: ours only when it carries our lease
-      local got = c:get(kube().RAYCLUSTERS, ns, name, { missing_ok = true })
-      local ann = got and type(got.metadata) == "table" and got.metadata.annotations or {}
-      if not got or ann[rc().ANN_LEASE] ~= lease_id or ann[rc().ANN_OWNER] ~= owner_string(me) then error(e, 0) end
+      if e.code == "conflict" then
+        local got = c:get(kube().RAYCLUSTERS, ns, name, { missing_ok = true })
+        local ann = got and type(got.metadata) == "table" and got.metadata.annotations or {}
+        if not got or ann[rc().ANN_LEASE] ~= lease_id or ann[rc().ANN_OWNER] ~= owner_string(me) then error(e, 0) end
+        self.adopted = true
+        break
+      end
+      if e.code ~= "unavailable" or attempt == 3 then error(e, 0) end
+      if not time.sleep(0.5 * attempt) then errors.throw("interrupted", "interrupted") end
     end
     local ready = wait_ready(c, ns, name, deadline)
     local address = c:service_proxy_url(ns, rc().head_service(ready), "dashboard", ""):gsub("/+$", "")
