@@ -185,16 +185,16 @@ describe("geneva.context", function()
       assert.equals(0, leases(db))
     end)
 
-    it("stores ray and kuberay clusters; entering an unreachable ray one or a kuberay one is unavailable", function()
+    it("stores ray and kuberay clusters; entering an unreachable ray one is unavailable, one without its kubeconfig invalid", function()
       db:define_cluster("ray", { type = "ray", address = "http://127.0.0.1:9" })   -- nothing listens there
-      db:define_cluster("k8s", { type = "kuberay", namespace = "geneva",
+      db:define_cluster("k8s", { type = "kuberay", namespace = "geneva", kubeconfig = dir .. "/no-such-kubeconfig",
         head_group = { image = "rayproject/ray:2.9.0", num_cpus = 1, memory = "2Gi" },
         worker_groups = { { name = "cpu", image = "rayproject/ray:2.9.0", num_cpus = 2,
                             memory = "4Gi", replicas = 1 } } })
-      for _, name in ipairs({ "ray", "k8s" }) do
+      for name, code in pairs({ ray = "unavailable", k8s = "invalid_argument" }) do
         local ok, err = pcall(geneva.context{ cluster = name }, function() end)
         assert.is_false(ok)
-        assert.equals("unavailable", err.code)
+        assert.equals(code, err.code, tostring(err))
       end
       assert.equals(0, leases(db))
       assert.equals(0, #worker_pids(proc.self().pid))

@@ -37,7 +37,7 @@ local function schema(tbl)
   for i, c in ipairs(tbl:schema()) do
     local e = { name = c.name, data_type = c.data_type, virtual = c.virtual or false }
     if c.virtual then
-      e.filled = tbl:count_rows(('"%s" IS NOT NULL'):format(c.name:gsub('"', '""')))
+      e.filled = tbl:count_rows(require("geneva.sqlite").quote_ident(c.name) .. " IS NOT NULL")
       e.fill_ratio = rows > 0 and e.filled / rows or 0
       e.udf = c.udf and (c.udf.name or c.udf.fn) or nil
     end
