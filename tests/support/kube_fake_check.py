@@ -333,18 +333,19 @@ def check_auth(emu):
     runs = emu.state()["exec_plugin_runs"]
     out = kubectl(emu, "get", "rayclusters", context="exec").stdout
     ok("rc-bad" in out and emu.state()["exec_plugin_runs"] > runs, "exec plugin context")
-    # a token the plugin says is valid for an hour, the server for 1 s
+    # a token the plugin says is valid for an hour, the server for 3 s (time
+    # enough to use it once on a loaded CI machine)
     cred = json.loads(subprocess.run(
         [sys.executable, PLUGIN, "--key-file", os.path.join(emu.state_dir, "exec-plugin.key"),
-         "--ttl", "3600", "--server-ttl", "1"], capture_output=True, text=True, check=True).stdout)
+         "--ttl", "3600", "--server-ttl", "3"], capture_output=True, text=True, check=True).stdout)
     ok(cred["kind"] == "ExecCredential" and cred["apiVersion"] == "client.authentication.k8s.io/v1"
        and cred["status"]["expirationTimestamp"].endswith("Z"), "ExecCredential: %r" % cred)
     tok = cred["status"]["token"]
     ok(emu.call("GET", path, token=tok)[0] == 200, "a fresh exec token works")
-    wait_for(lambda: emu.call("GET", path, token=tok)[0] == 401, "the exec token expires", 5)
-    tok = emu.post("tokens", {"user": "short", "ttl": 1})["token"]
+    wait_for(lambda: emu.call("GET", path, token=tok)[0] == 401, "the exec token expires", 10)
+    tok = emu.post("tokens", {"user": "short", "ttl": 3})["token"]
     ok(emu.call("GET", path, token=tok)[0] == 200, "a minted token works")
-    wait_for(lambda: emu.call("GET", path, token=tok)[0] == 401, "the minted token expires", 5)
+    wait_for(lambda: emu.call("GET", path, token=tok)[0] == 401, "the minted token expires", 10)
     p = kubectl(emu, "get", "rayclusters", context="nobody", check=False)
     ok(p.returncode != 0 and "Forbidden" in p.stderr, "kubectl sees 403: " + p.stderr)
 
