@@ -223,8 +223,9 @@ function Client:get_file(key, path)
   check_key(key, "get_file")
   local dir, base = tostring(path):match("^(.-)([^/]+)$")
   if not base then bad("s3 get_file: bad local path") end
-  local tmp = ("%s.%s.part-%d-%06d"):format(dir, base, math.floor(time.now() * 1000) % 1000000,
-                                           math.random(0, 999999))
+  -- unique among processes downloading the same object into one cache at
+  -- once (math.random may be seeded alike in processes started together)
+  local tmp = ("%s.%s.part-%s"):format(dir, base, fs.random_hex(12))
   local ok, err, h = pcall(self._call, self, { method = "GET", key = key, output_file = tmp })
   if not ok then os.remove(tmp); error(err, 0) end
   local st = fs.stat(tmp)
