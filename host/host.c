@@ -296,6 +296,14 @@ geneva_host *geneva_host_new(const geneva_host_opts *opts) {
   if (!h->ledger) { host_discard(h); return NULL; }
   h->L = luaL_newstate();
   if (!h->L) { host_discard(h); return NULL; }
+  /* GENEVA_GC_STRESS=1 (CI's GC-stress pass): a collection cycle starts as
+  ** soon as one ends and each step does much work, so an object kept alive
+  ** only by luck (a handle without a reference, a __gc order assumption)
+  ** fails fast, in the driver and in every worker it starts */
+  {
+    const char *gc = getenv("GENEVA_GC_STRESS");
+    if (gc && strcmp(gc, "1") == 0) lua_gc(h->L, LUA_GCINC, 1, 1000, 0);   /* 0 would mean "unchanged" */
+  }
   lua_pushcfunction(h->L, host_setup);   /* a light C function: no allocation */
   lua_pushlightuserdata(h->L, h);
   if (lua_pcall(h->L, 1, 0, 0) != LUA_OK) { host_discard(h); return NULL; }
