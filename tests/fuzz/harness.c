@@ -1,5 +1,6 @@
 /*
-** harness.c: one libFuzzer driver for every fuzz target (tests/fuzz/README.md).
+** harness.c: one libFuzzer driver for every fuzz target (README: "Fuzzing and
+** static checks"; cmake/fuzz.cmake builds it, scripts/fuzz runs it).
 **
 ** Built once per target with FUZZ_TARGET="<name>" and FUZZ_LUA = the path of
 ** targets.lua. At start it makes a geneva host (our bindings and the embedded
