@@ -439,8 +439,10 @@ static void check_headers(lua_State *L, int o_idx, req_opts *o) {
       if (lua_type(L, -1) != LUA_TSTRING) opt_error(L, "headers", "array entries must be strings");
       v = lua_tolstring(L, -1, &vl);
       colon = memchr(v, ':', vl);
-      if (!colon || !valid_token(v, (size_t)(colon - v)) || has_crlf(v, vl))
+      if (!colon || !valid_token(v, (size_t)(colon - v)) || has_crlf(v, vl)) {
         opt_error(L, "headers", "array entries must look like 'Name: value'");
+        return;   /* not reached (it raises): for readers and analysers */
+      }
       lua_pushvalue(L, -1);
       add_line(L, o, (size_t)(colon - v));
     } else if (lua_type(L, -2) == LUA_TSTRING) {

@@ -195,7 +195,7 @@ end
 function ledger.with(scope, fn, ...)
   local prev = scope:activate()
   -- a to-be-closed guard, not pcall: fn's error keeps its own traceback
-  local teardown <close> = setmetatable({}, { __close = function(_, err)
+  local teardown <close> = setmetatable({}, { __close = function(_, err)   -- luacheck: ignore 211
     if not prev:is_closed() then prev:activate() end
     local ok, errs = scope:close()
     if err == nil and not ok then error("teardown failed: " .. table.concat(errs, "; "), 0) end

@@ -226,7 +226,7 @@ function Db:transaction(fn, mode)
     else core_exec(self, "ROLLBACK") end
   end
   -- fn's error goes on with its own traceback, after the rollback
-  local rollback <close> = setmetatable({}, { __close = function(_, err)
+  local rollback <close> = setmetatable({}, { __close = function(_, err)   -- luacheck: ignore 211
     if err ~= nil then undo() end
   end })
   local res = table.pack(fn(self))

@@ -229,7 +229,7 @@ local function canonical_bytecode(s)
   local isz, intsz, numsz = s:byte(13), s:byte(14), s:byte(15)
   local out, seg, p = {}, 1, 33      -- 31-byte header, main upvalue count
   local function size()
-    local x, b = 0, nil
+    local x, b = 0
     repeat
       b = s:byte(p)
       if not b then error("truncated", 0) end
@@ -810,7 +810,7 @@ function Executor:_fail(res, i, e)
 end
 
 -- One scalar row in slow motion: the retries after a first failure `e`.
-function Executor:_retry_row(res, C, i, rowid, e)
+function Executor:_retry_row(_res, C, i, _rowid, e)
   local u, nargs = self.udf, self.nargs
   for _ = 1, u.retries do
     if u.timeout then debug.sethook(self.hook, "", 1000) end

@@ -11,8 +11,6 @@ local core = require "geneva.zip.core"
 
 local zip = {}
 
-local OCTAL_755, OCTAL_644 = 493, 420
-
 -- Whether an entry's `mode` asks for the executable bit. Accepts "exec",
 -- true/false, "0755"/"755"/"0644"/"644", numeric modes (0x1ed = 0755), and
 -- the decimal 755/644 that a Lua literal `0755` / `0644` actually is.

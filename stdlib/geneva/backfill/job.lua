@@ -222,7 +222,8 @@ end
 -- written waits for the next read).
 function job.read_log(db_dir, id, offset)
   offset = offset or 0
-  local path, text = log_path(db_dir, id), nil
+  local path = log_path(db_dir, id)
+  local text
   if backend.is_remote(path) then
     text = backend.get(path)
     if not text then return nil end
@@ -259,7 +260,8 @@ function job.finalize_abandoned(db_dir, id, opts)
   local rec, err = read_record(db_dir, id)
   if not rec then return nil, tostring(err) end
   if FINAL[rec.status] then return nil, "already final" end
-  local o, why = rec.owner, nil
+  local o = rec.owner
+  local why
   local me = require("geneva.proc").self()
   if type(o) ~= "table" then
     why = "its record names no driver"
@@ -299,8 +301,8 @@ function job.request_cancel(db_dir, id)
     return rec
   end
   if FINAL[rec.status] then return rec end
-  local ok, err = backend.put(jobs_dir(db_dir) .. "/" .. id .. ".cancel", time.iso8601())
-  if not ok then errors.raise("unavailable", "cannot write the cancel marker of job %s: %s", id, err) end
+  local ok, perr = backend.put(jobs_dir(db_dir) .. "/" .. id .. ".cancel", time.iso8601())
+  if not ok then errors.raise("unavailable", "cannot write the cancel marker of job %s: %s", id, perr) end
   return rec
 end
 

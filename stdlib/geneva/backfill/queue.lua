@@ -490,7 +490,7 @@ end
 -- retries the task elsewhere).
 local function run_claimed(ctx, name)
   local worker = require "geneva.backfill.worker"
-  local doc, err = read_json(ctx.dir .. "/tasks/" .. name)
+  local doc = read_json(ctx.dir .. "/tasks/" .. name)
   if not doc then
     -- withdrawn meanwhile (a retry under another attempt, a cancel)
     os.remove(ctx.dir .. "/claims/" .. name)
@@ -592,7 +592,8 @@ function queue.work(db_dir, job_id, opts)
   local me = proc.self()
   local id = opts.id or ("%s-%d"):format(me.hostname:gsub("[^%w%-_.]", "_"), me.pid)
   if not valid_worker_id(id) then errors.throw("invalid_argument", ("bad worker id '%s'"):format(tostring(id))) end
-  local real, store = nil, opts.store
+  local real
+  local store = opts.store
   if store then
     if type(store) ~= "table" or store.uri ~= db_dir then
       errors.throw("invalid_argument", ("worker: the store description is not that of %s"):format(db_dir))
@@ -621,7 +622,7 @@ function queue.work(db_dir, job_id, opts)
     if job.FINAL[rec.status] then return 0 end
     errors.throw("unavailable", ("job %s has no task queue in %s"):format(job_id, db_dir))
   end
-  local beat <close> = start_heartbeat(ctx)
+  local beat <close> = start_heartbeat(ctx)   -- luacheck: ignore 211 (to-be-closed)
   say(id, "serving job %s (slot %s, pid %d on %s, %s)", job_id, tostring(ctx.slot or "-"), me.pid, me.hostname,
       tostring(proc.exe()))
   local idle, checked, ran = 0.005, 0, 0

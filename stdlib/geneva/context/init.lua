@@ -210,7 +210,7 @@ end
 -- after teardown
 Context.__call = function(self, fn, ...)
   if type(fn) ~= "function" then errors.throw("invalid_argument", "context: expected a function to run") end
-  local entered <close> = self:enter()
+  local entered <close> = self:enter()   -- luacheck: ignore 211 (to-be-closed)
   return fn(...)
 end
 

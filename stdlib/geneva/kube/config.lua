@@ -112,10 +112,19 @@ local function read_file(path, what)
     if msg:sub(1, #path + 2) == path .. ": " then msg = msg:sub(#path + 3) end   -- io.open names it too
     fail(("%s: cannot read %s: %s"):format(what, path, clean(msg)))
   end
-  local data, rmsg = f:read(M.MAX_FILE + 1)
+  -- in chunks: f:read(n) allocates n bytes up front, 16 MiB for every file
+  local parts, size = {}, 0
+  while size <= M.MAX_FILE do
+    local chunk, rmsg = f:read(65536)
+    if chunk == nil then
+      if rmsg then f:close() fail(("%s: cannot read %s: %s"):format(what, path, clean(rmsg))) end
+      break
+    end
+    parts[#parts + 1] = chunk
+    size = size + #chunk
+  end
   f:close()
-  if data == nil and rmsg then fail(("%s: cannot read %s: %s"):format(what, path, clean(rmsg))) end
-  data = data or ""
+  local data = table.concat(parts)
   if #data > M.MAX_FILE then fail(("%s: %s is larger than %d bytes"):format(what, path, M.MAX_FILE)) end
   return data
 end
