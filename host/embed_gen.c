@@ -1,5 +1,5 @@
 /*
-** embed_gen: build-time tool that turns stdlib/**.lua into a C table of
+** embed_gen: build-time tool that turns every stdlib Lua file into a C table of
 ** modules (gen/stdlib_blob.c), so an installed geneva needs no source tree.
 ** usage: geneva_embed OUT.c STDLIB_ROOT FILE.lua...
 ** stdlib/geneva/init.lua -> "geneva", stdlib/geneva/http.lua -> "geneva.http".
