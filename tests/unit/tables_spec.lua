@@ -154,6 +154,17 @@ describe("geneva tables", function()
       assert.equal("x", e.column)
     end)
 
+    it("rejects Lua rows with holes or non-index keys instead of losing rows", function()
+      local e = raises("invalid_argument", db.create_table, db, "holes", { [1] = { id = 1 }, [3] = { id = 3 } })
+      assert.matches("without holes: it has key 3 beyond its 1 rows", e.message)
+      e = raises("invalid_argument", db.create_table, db, "keyed", { { id = 1 }, extra = { id = 2 } })
+      assert.matches("key 'extra'", e.message)
+      local t = docs(2)
+      raises("invalid_argument", t.add, t, { [2] = { id = 9, content = "x" } })
+      assert.equal(2, t:count_rows())
+      assert.is_false(db:table_names()[1] == "holes")
+    end)
+
     it("rejects values that do not fit the given type, naming row and column", function()
       local e = raises("invalid_argument", db.create_table, db, "m", { { x = 1 }, { x = "2" } },
         { schema = { x = "int64" } })

@@ -63,6 +63,16 @@ function ingest.from_rows(rows)
     errors.throw("invalid_argument", "rows must be an array of tables, got " .. type(rows))
   end
   local cells, n = {}, #rows
+  -- an array with holes ({[1]=..., [3]=...}) would lose rows past the
+  -- hole without a word: every key must be one of 1..#rows
+  local keys = 0
+  for k in pairs(rows) do
+    keys = keys + 1
+    if math.type(k) ~= "integer" or k < 1 or k > n then
+      errors.throw("invalid_argument", ("rows must be an array 1..n without holes: it has key %s beyond its %d rows")
+        :format(type(k) == "string" and ("'" .. k .. "'") or tostring(k), n))
+    end
+  end
   local batch = { cells = cells, n = n, kind = "lua" }
   for i = 1, n do
     local row = rows[i]
