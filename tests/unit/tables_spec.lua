@@ -154,6 +154,21 @@ describe("geneva tables", function()
       assert.equal("x", e.column)
     end)
 
+    it("a version file that is valid JSON with wrong fields is a clear error naming the file and field", function()
+      local t = docs(3)
+      local backend = require "geneva.store.backend"
+      local path = t.dir .. "/_versions/2.json"
+      local m = t:_snapshot()
+      m.version, m.fragments[1].rows = 2, "three"
+      assert(backend.put_if_absent(path, json.encode(m)))
+      local e = raises("internal", t.count_rows, t)
+      assert.matches("_versions/2%.json: corrupt version file: fragments%[1%]%.rows is not a count", e.message)
+      m.fragments[1].rows, m.fragments[1].data = 3, "../../etc/passwd"
+      assert(backend.put(path, json.encode(m)))
+      e = raises("internal", t.count_rows, t)
+      assert.matches("fragments%[1%]%.data is not a data file name", e.message)
+    end)
+
     it("rejects Lua rows with holes or non-index keys instead of losing rows", function()
       local e = raises("invalid_argument", db.create_table, db, "holes", { [1] = { id = 1 }, [3] = { id = 3 } })
       assert.matches("without holes: it has key 3 beyond its 1 rows", e.message)

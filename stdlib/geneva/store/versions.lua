@@ -71,7 +71,42 @@ function storage.read(tbl_dir, n)
   if type(m) ~= "table" then
     errors.throw("internal", ("%s: corrupt version file: %s"):format(path, tostring(err)), { path = path })
   end
+  local why = storage.check_snapshot(m)
+  if why then errors.throw("internal", ("%s: corrupt version file: %s"):format(path, why), { path = path }) end
   return m
+end
+
+-- storage.check_snapshot(m) -> nil | why: the fields readers rely on have
+-- their types (a version file is shared, untrusted input: valid JSON with
+-- wrong fields must be a clear error, not an arithmetic error deep inside)
+function storage.check_snapshot(m)
+  local function int(v) return math.type(v) == "integer" end
+  if type(m.schema) ~= "table" then return "schema is not a list" end
+  for i, c in ipairs(m.schema) do
+    if type(c) ~= "table" or type(c.name) ~= "string" or type(c.data_type) ~= "string" then
+      return ("schema[%d] is not {name, data_type}"):format(i)
+    end
+  end
+  if type(m.fragments) ~= "table" then return "fragments is not a list" end
+  for i, f in ipairs(m.fragments) do
+    if type(f) ~= "table" then return ("fragments[%d] is not an object"):format(i) end
+    if not int(f.id) or f.id < 1 then return ("fragments[%d].id is not a positive integer"):format(i) end
+    if not int(f.rows) or f.rows < 0 then return ("fragments[%d].rows is not a count"):format(i) end
+    if type(f.data) ~= "string" or not f.data:match("^data/[%w%-_.]+%.db$") then
+      return ("fragments[%d].data is not a data file name"):format(i)
+    end
+    if f.columns ~= nil and type(f.columns) ~= "table" then return ("fragments[%d].columns is not an object"):format(i) end
+    for name, list in pairs(f.columns or {}) do
+      if type(list) ~= "table" then return ("fragments[%d].columns.%s is not a list"):format(i, tostring(name)) end
+      for j, e in ipairs(list) do
+        if type(e) ~= "table" or type(e.file) ~= "string" or not e.file:match("^data/[%w%-_.]+%.db$") then
+          return ("fragments[%d].columns.%s[%d].file is not a data file name"):format(i, tostring(name), j)
+        end
+      end
+    end
+  end
+  if m.next_fragment_id ~= nil and not int(m.next_fragment_id) then return "next_fragment_id is not an integer" end
+  return nil
 end
 
 -- storage.latest(tbl_dir) -> snapshot, N | nil when there is no version
