@@ -50,6 +50,8 @@ function Dir:exists(_, path) return fs.exists(path) end
 
 function Dir:sync_dir(_, path) return fs.fsync_dir(path) end
 
+function Dir:lock(_, path, opts) return fs.lock(path, { timeout = opts and opts.timeout }) end
+
 -- A hard link (src stays); file systems without them (some FUSE mounts),
 -- or a src elsewhere, get a copy under the fresh name instead.
 function Dir:publish(src, _, dst)

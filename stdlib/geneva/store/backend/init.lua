@@ -79,54 +79,9 @@ backend.exists = route("exists")
 backend.sync_dir = route("sync_dir")
 
 -- backend.lock(path [, {timeout = s, stale = s}]) -> lock with :close()
--- (and <close>) | nil, msg, "EWOULDBLOCK". A directory's is flock(); an
--- object store's is an object made by conditional create, holding its
--- owner and time, removed on close. A holder that died keeps it until it is
--- `stale` seconds old (default STALE_LOCK, by the writer's clock: keep it
--- well above clock skew); then it is broken.
-backend.STALE_LOCK = 120
-
-function backend.lock(path, opts)
-  opts = opts or {}
-  local impl = backend.for_path(path)
-  if impl == dir then return require("geneva.fs").lock(path, { timeout = opts.timeout }) end
-  local json, time, proc = require "geneva.json", require "geneva.time", require "geneva.proc"
-  local me = proc.self()
-  local token = ("%s-%d-%s"):format(me.hostname, me.pid, require("geneva.fs").random_hex(8))
-  local body = json.encode({ token = token, at = os.time() })
-  local deadline = time.monotonic() + (opts.timeout or 30)
-  local nap = 0.02
-  while true do
-    local ok, msg, code = backend.put_if_absent(path, body)
-    if ok then
-      local held = true
-      local lock = {}
-      function lock.close()
-        if not held then return end
-        held = false
-        local cur = backend.get(path)
-        local v = cur and json.decode(cur, { null_as_nil = true })
-        if type(v) == "table" and v.token == token then backend.delete(path) end
-      end
-      lock.unlock = lock.close
-      return setmetatable(lock, { __close = lock.close, __gc = lock.close })
-    end
-    if code ~= "EEXIST" then return nil, msg, code end
-    local cur = backend.get(path)
-    local v = cur and json.decode(cur, { null_as_nil = true })
-    if type(v) ~= "table" or math.type(v.at) ~= "integer" or os.time() - v.at > (opts.stale or backend.STALE_LOCK) then
-      -- its holder died holding it (or it is garbage). Two processes breaking
-      -- it at once can race (one deletes the other's new lock: S3 has no
-      -- conditional delete); it takes a crashed holder to open that window.
-      backend.delete(path)
-    elseif time.monotonic() >= deadline then
-      return nil, ("%s is locked by %s"):format(path, tostring(v.token)), "EWOULDBLOCK"
-    else
-      if not time.sleep(nap) then return nil, "interrupted", "EINTR" end
-      nap = math.min(nap * 2, 0.5)
-    end
-  end
-end
+-- (and <close>) | nil, msg, "EWOULDBLOCK": flock() in a directory, a
+-- conditional object in a store (geneva.store.backend.s3)
+backend.lock = route("lock")
 
 -- src must be a local file (fetch() it first when it is an object)
 function backend.publish(src, dst)

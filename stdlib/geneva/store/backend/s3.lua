@@ -214,6 +214,52 @@ function S3:publish(src, dkey, dst)
   return true
 end
 
+-- The backfill start lock (geneva.store.backend.lock): an object made by
+-- conditional create, holding its owner's token and time, deleted on close.
+-- A holder that died keeps it until it is M.STALE_LOCK seconds old (by the
+-- writer's clock: keep it well above clock skew); then it is broken.
+M.STALE_LOCK = 120
+
+function S3:lock(key, path, opts)
+  opts = opts or {}
+  local json, time, proc = require "geneva.json", require "geneva.time", require "geneva.proc"
+  local me = proc.self()
+  local token = ("%s-%d-%s"):format(me.hostname, me.pid, require("geneva.fs").random_hex(8))
+  local body = json.encode({ token = token, at = os.time() })
+  local deadline = time.monotonic() + (opts.timeout or 30)
+  local nap = 0.02
+  while true do
+    local ok, msg, code = self:put_if_absent(key, path, body)
+    if ok then
+      local held = true
+      local lock = {}
+      function lock.close()
+        if not held then return end
+        held = false
+        local cur = self:get(key)
+        local v = cur and json.decode(cur, { null_as_nil = true })
+        if type(v) == "table" and v.token == token then self:delete(key, path) end
+      end
+      lock.unlock = lock.close
+      return setmetatable(lock, { __close = lock.close, __gc = lock.close })
+    end
+    if code ~= "EEXIST" then return nil, msg, code end
+    local cur = self:get(key)
+    local v = cur and json.decode(cur, { null_as_nil = true })
+    if type(v) ~= "table" or math.type(v.at) ~= "integer" or os.time() - v.at > (opts.stale or M.STALE_LOCK) then
+      -- its holder died holding it (or it is garbage). Two processes breaking
+      -- it at once can race (one deletes the other's new lock: S3 has no
+      -- conditional delete); it takes a crashed holder to open that window.
+      self:delete(key, path)
+    elseif time.monotonic() >= deadline then
+      return nil, ("%s is locked by %s"):format(path, tostring(v.token)), "EWOULDBLOCK"
+    else
+      if not time.sleep(nap) then return nil, "interrupted", "EINTR" end
+      nap = math.min(nap * 2, 0.5)
+    end
+  end
+end
+
 function S3:check_writable()
   if self.unsafe then
     errors.throw("unavailable", ("%s ignores conditional writes (If-None-Match: *): two writers could both commit the same version, so geneva does not write there"):format(self.uri))
