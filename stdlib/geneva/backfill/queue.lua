@@ -79,13 +79,7 @@ queue.parse_name = parse_name
 local function is_int(v) return math.type(v) == "integer" end
 
 local function read_json(path)
-  local text, err, code
-  if backend.is_remote(path) then
-    text, err, code = backend.get(path)
-    if text and #text > MAX_FILE then return nil, "larger than " .. MAX_FILE .. " bytes" end
-  else
-    text, err, code = fs.read_regular(path, MAX_FILE)   -- a regular file, no symlink
-  end
+  local text, err, code = backend.get(path, { max = MAX_FILE })
   if not text then return nil, err, code end
   local ok, v = pcall(json.decode, text, { null_as_nil = true })
   if not ok or type(v) ~= "table" then return nil, "not a JSON object" end

@@ -267,13 +267,7 @@ end
 
 -- read_lease(path) -> lease | nil, why
 local function read_lease(path)
-  local text, err
-  if backend.is_remote(path) then
-    text, err = backend.get(path)
-    if text and #text > MAX_LEASE_BYTES then text, err = nil, "too big" end
-  else
-    text, err = fs.read_regular(path, MAX_LEASE_BYTES)     -- a regular file, no symlink
-  end
+  local text, err = backend.get(path, { max = MAX_LEASE_BYTES })
   if not text then return nil, err end
   local ok, lease = pcall(json.decode, text, { null_as_nil = true })
   if not ok or lease == nil then return nil, "not valid JSON" end

@@ -5,7 +5,10 @@ local fs = require "geneva.fs"
 
 local Dir = {}
 
-function Dir:get(_, path) return fs.read(path) end
+function Dir:get(_, path, opts)
+  if opts and opts.max then return fs.read_regular(path, opts.max) end
+  return fs.read(path)
+end
 
 function Dir:put(_, path, bytes, opts)
   return fs.write_atomic(path, bytes, { fsync = not opts or opts.fsync ~= false, mode = opts and opts.mode })

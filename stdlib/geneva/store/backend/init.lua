@@ -12,7 +12,10 @@ with code "ENOENT" for a missing object, "EEXIST" for a lost conditional
 create and "EINTR" for an interrupt, so errors.io and existing checks work
 unchanged.
 
-  backend.get(path) -> bytes                      the whole object
+  backend.get(path [, {max=}]) -> bytes           the whole object; with max,
+                                                  one of at most max bytes (and
+                                                  in a directory a regular file,
+                                                  no symlink): untrusted input
   backend.put(path, bytes [, {fsync=}]) -> true   atomic replace
   backend.put_if_absent(path, bytes) -> true      | nil, msg, "EEXIST"
   backend.list(dir) -> names                      sorted; {} for nothing

@@ -104,7 +104,13 @@ local function key_of(self, key)
   return self.prefix .. "/" .. key
 end
 
-function S3:get(key) return call(self.client.get, self.client, key_of(self, key)) end
+function S3:get(key, _, opts)
+  local bytes, msg, code = call(self.client.get, self.client, key_of(self, key))
+  if bytes and opts and opts.max and #bytes > opts.max then
+    return nil, ("%s: larger than %d bytes"):format(key, opts.max), "EFBIG"
+  end
+  return bytes, msg, code
+end
 
 function S3:put(key, _, bytes)
   self:check_writable()
