@@ -10,4 +10,12 @@ function udfs.slow(id)
   return id * 7
 end
 
+-- ~2 ms a row: a 20000-row job lasts 40 s of worker time, so a test that
+-- cancels it can tell "stopped" from "finished" on any machine.
+function udfs.slower(id)
+  local t = os.clock() + 0.002
+  while os.clock() < t do end
+  return id * 7
+end
+
 return udfs
