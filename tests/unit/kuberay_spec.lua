@@ -96,7 +96,8 @@ describe("kuberay runner", function()
     assert.equal("invalid_argument", err.code)
     assert.matches("InvalidRayClusterSpec", err.message)
     assert.matches("labels", err.message)
-    assert.is_true(time.monotonic() - t0 < 15, ("took %.1fs"):format(time.monotonic() - t0))
+    -- far below READY_TIMEOUT (600 s): the event ended the wait, not a timeout
+    assert.is_true(time.monotonic() - t0 < 120, ("took %.1fs"):format(time.monotonic() - t0))
   end)
 
   it("a create whose answer was lost is adopted on retry (409, our lease), not doubled", function()
