@@ -72,3 +72,10 @@ endif()
 add_test(NAME host_api COMMAND ${cmd} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(host_api PROPERTIES TIMEOUT 600 LABELS "unit;memcheck"
   ENVIRONMENT "${GENEVA_TEST_ENV}")
+
+# The fault-injection harness (tests/reliability/run), two runs a loop: the
+# README gives the full run's figures and command.
+add_test(NAME reliability COMMAND bash ${CMAKE_SOURCE_DIR}/tests/reliability/run --n 2 $<TARGET_FILE:geneva>
+  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(reliability PROPERTIES TIMEOUT 900 LABELS reliability
+  ENVIRONMENT "${GENEVA_TEST_ENV}")

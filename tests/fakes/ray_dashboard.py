@@ -1425,6 +1425,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with c.lock:
                 c.faults.extend(spec if isinstance(spec, list) else [spec])
             return self.json({"faults": c.faults})
+        if path == "/_emulator/faults" and self.command == "DELETE":
+            with c.lock:
+                c.faults = []
+            return self.json({"faults": []})
         if path == "/_emulator/restart" and self.command == "POST":
             spec = json.loads(body or b"{}")
             c.shutdown()

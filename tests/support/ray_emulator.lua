@@ -44,6 +44,9 @@ function Emu:state() return select(2, call(self, "GET", "/_emulator/state")) end
 -- emu:faults(spec): {route=, action=, count=, ...} or a list of them
 function Emu:faults(spec) return select(2, call(self, "POST", "/_emulator/faults", spec)) end
 
+-- emu:clear_faults(): drops every fault not yet taken
+function Emu:clear_faults() return select(2, call(self, "DELETE", "/_emulator/faults")) end
+
 -- emu:api(method, path [, json]) -> status, data (the real routes, no token)
 function Emu:api(method, path, body) return call(self, method, path, body) end
 
