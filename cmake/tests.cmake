@@ -1,10 +1,15 @@
 # Every tests/unit/*_spec.lua is one ctest test, run by busted under our own
 # host (pitfalls.md: Debian's busted would otherwise pick lua5.2). A spec whose
 # first line contains "memcheck" is also labelled memcheck; with
-# GENEVA_VALGRIND=ON those run under valgrind.
+# GENEVA_VALGRIND=ON those run under valgrind, and so does every geneva
+# process they start (workers, CLI children): other programs (python3, sh,
+# pgrep, kubectl, ...) are skipped.
 option(GENEVA_VALGRIND "Run the tests labelled memcheck under valgrind" OFF)
 find_program(BUSTED busted REQUIRED)
 find_program(VALGRIND valgrind)
+set(GENEVA_VALGRIND_CMD ${VALGRIND} --quiet --error-exitcode=99 --leak-check=full
+  --errors-for-leak-kinds=definite --track-fds=no --trace-children=yes
+  "--trace-children-skip=/usr/*,/bin/*,/sbin/*,*python*,*/kubectl")
 
 set(GENEVA_TEST_ENV
   "GENEVA_BIN=$<TARGET_FILE:geneva>"
@@ -20,18 +25,17 @@ list(SORT GENEVA_SPECS)
 foreach(spec ${GENEVA_SPECS})
   get_filename_component(name ${spec} NAME_WE)
   string(REGEX REPLACE "_spec$" "" name ${name})
-  file(STRINGS ${spec} first LIMIT_COUNT 1)
+  file(STRINGS ${spec} first LIMIT_COUNT 1 ENCODING UTF-8)
   set(cmd $<TARGET_FILE:geneva> ${BUSTED} --output=plainTerminal
     --helper=${CMAKE_SOURCE_DIR}/tests/helper.lua ${spec})
   set(labels unit)
   if(first MATCHES "memcheck")
     list(APPEND labels memcheck)
     if(GENEVA_VALGRIND AND VALGRIND)
-      set(cmd ${VALGRIND} --quiet --error-exitcode=99 --leak-check=full
-        --errors-for-leak-kinds=definite --track-fds=no --trace-children=no ${cmd})
+      set(cmd ${GENEVA_VALGRIND_CMD} ${cmd})
     endif()
   endif()
-  file(STRINGS ${spec} header LIMIT_COUNT 10)
+  file(STRINGS ${spec} header LIMIT_COUNT 10 ENCODING UTF-8)
   if(header MATCHES "storage: s3 only")
     # needs an S3 server for itself and the processes it starts
     set(cmd $<TARGET_FILE:geneva> ${CMAKE_SOURCE_DIR}/tests/support/with_moto.lua ${cmd})
@@ -66,8 +70,7 @@ target_compile_options(host_api_test PRIVATE ${GENEVA_WARNINGS})
 target_link_libraries(host_api_test PRIVATE geneva_shared ${CMAKE_DL_LIBS})
 set(cmd $<TARGET_FILE:host_api_test>)
 if(GENEVA_VALGRIND AND VALGRIND)
-  set(cmd ${VALGRIND} --quiet --error-exitcode=99 --leak-check=full
-    --errors-for-leak-kinds=definite --track-fds=no --trace-children=no ${cmd})
+  set(cmd ${GENEVA_VALGRIND_CMD} ${cmd})
 endif()
 add_test(NAME host_api COMMAND ${cmd} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(host_api PROPERTIES TIMEOUT 600 LABELS "unit;memcheck"

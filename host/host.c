@@ -296,13 +296,18 @@ geneva_host *geneva_host_new(const geneva_host_opts *opts) {
   if (!h->ledger) { host_discard(h); return NULL; }
   h->L = luaL_newstate();
   if (!h->L) { host_discard(h); return NULL; }
-  /* GENEVA_GC_STRESS=1 (CI's GC-stress pass): a collection cycle starts as
-  ** soon as one ends and each step does much work, so an object kept alive
-  ** only by luck (a handle without a reference, a __gc order assumption)
-  ** fails fast, in the driver and in every worker it starts */
+  /* GENEVA_GC_STRESS (in the driver and every worker it starts), so that
+  ** an object kept alive only by luck (a handle without a reference, a __gc
+  ** order assumption) is collected soon and fails fast:
+  **   1 (CI's GC-stress pass over the whole suite): a cycle starts as soon
+  **     as one ends (pause 100), at half the default pace (stepmul 50, which
+  **     measured cheaper than 100 here): 2-6x slower;
+  **   2: no pause and ten times the default work per step (stepmul 1000):
+  **     a full cycle every few allocations, 20-40x slower, for targeted runs */
   {
     const char *gc = getenv("GENEVA_GC_STRESS");
-    if (gc && strcmp(gc, "1") == 0) lua_gc(h->L, LUA_GCINC, 1, 1000, 0);   /* 0 would mean "unchanged" */
+    if (gc && strcmp(gc, "1") == 0) lua_gc(h->L, LUA_GCINC, 100, 50, 0);
+    else if (gc && strcmp(gc, "2") == 0) lua_gc(h->L, LUA_GCINC, 1, 1000, 0);   /* 0 would mean "unchanged" */
   }
   lua_pushcfunction(h->L, host_setup);   /* a light C function: no allocation */
   lua_pushlightuserdata(h->L, h);

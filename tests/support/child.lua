@@ -85,9 +85,12 @@ end
 -- child.worker_pids(parent [, mode]) -> pids of the `geneva worker --stdio`
 -- (mode "--driver": background drivers) children of parent. Anchored, so
 -- the shell running pgrep (whose command line holds the pattern) does not count.
+-- Under valgrind (GENEVA_VALGRIND: ctest traces children) a worker's command
+-- line starts with valgrind's own.
 function child.worker_pids(parent, mode)
   local out = {}
-  local p = io.popen(("pgrep -P %d -f '^[^ ]*geneva worker %s$'"):format(math.tointeger(parent), mode or "--stdio"))
+  local p = io.popen(("pgrep -P %d -f '^([^ ]*valgrind[^ ]* ([^ ]+ )*)?[^ ]*geneva worker %s$'")
+    :format(math.tointeger(parent), mode or "--stdio"))
   for line in p:lines() do out[#out + 1] = math.tointeger(tonumber(line)) end
   p:close()
   return out

@@ -1,4 +1,4 @@
--- Errors a user can act on (issue 12): how `geneva` reports a script's
+-- Errors a user can act on (issue 12): how `geneva` reports a script's memcheck
 -- error (the code, the message and the line of the user's script; a full
 -- traceback for internal errors, GENEVA_TRACE=1 and --trace), mistyped
 -- commands, and "did you mean" for every table of options

@@ -1,4 +1,4 @@
--- Specs for cluster specs: validation, secrets as references, the registry
+-- Specs for cluster specs: validation, secrets as references, the registry memcheck
 -- (db:define_cluster & co.) and `geneva cluster` on the command line.
 local geneva = require "geneva"
 local cluster = require "geneva.context.cluster"

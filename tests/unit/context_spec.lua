@@ -1,4 +1,4 @@
--- Contexts: semantics, and guaranteed teardown with real signals and kill -9.
+-- Contexts: semantics, and guaranteed teardown with real signals and kill -9. memcheck
 -- Runs on a directory and on s3 (moto): see testdb.lua. storage: dir s3
 local geneva = require "geneva"
 local testdb = require "testdb"
@@ -10,6 +10,7 @@ local child = require "child"
 local tables = require "tables"
 
 local worker_pids = child.worker_pids
+local wait_until = require("expect").wait_until
 
 -- the leases in the database's journal
 local function leases(db)
@@ -273,8 +274,10 @@ describe("geneva.context", function()
       it("SIG" .. c[1] .. " during a backfill tears everything down", function()
         local p = start('tbl:backfill("slow", { batch_size = 100 })')
         local pid = p:pid()
-        time.sleep(0.3)
-        assert.equals(2, #worker_pids(pid))
+        wait_until("the job running on two workers", function()
+          local rec = db:jobs()[1]
+          return #worker_pids(pid) == 2 and rec and rec.status == "RUNNING"
+        end)
         stop_clean(p, c[1], c[2])
         local rec = db:jobs()[1]
         assert.equals("FAILED", rec.status)
@@ -297,10 +300,9 @@ describe("geneva.context", function()
     it("kill -9 of the driver, then geneva reap: everything is gone", function()
       local p = start('tbl:backfill("slow", { batch_size = 100 })')
       local pid = p:pid()
-      time.sleep(0.3)
+      -- two workers, their heartbeat dir, the job
+      wait_until("two workers and four leases", function() return #worker_pids(pid) == 2 and leases(db) == 4 end)
       local kids = worker_pids(pid)
-      assert.equals(2, #kids)
-      assert.equals(4, leases(db))            -- two workers, their heartbeat dir, the job
       assert(proc.kill(pid, "KILL"))
       p:wait(10)
       p:close()

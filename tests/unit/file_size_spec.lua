@@ -1,4 +1,4 @@
--- A driver (or its workers) over `ulimit -f`: a write past the limit must be
+-- A driver (or its workers) over `ulimit -f`: a write past the limit must be memcheck
 -- an ordinary error (EFBIG, "File too large"), not SIGXFSZ killing the
 -- process: the job ends FAILED with an `unavailable` error naming the file,
 -- the context tears down (no leases, no temp dirs), and what was committed

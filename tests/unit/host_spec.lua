@@ -1,4 +1,4 @@
--- geneva.host.core: what the host tells its scripts (host/worker_exe.c).
+-- geneva.host.core: what the host tells its scripts (host/worker_exe.c). memcheck
 -- The embedding side (opts.worker_exe, libgeneva beside its install) is
 -- tested in C by tests/unit/host_api.c and tests/integration/embed.sh.
 local host = require "geneva.host.core"

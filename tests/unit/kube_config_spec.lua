@@ -1,4 +1,4 @@
--- geneva.kube.config: kubeconfig files, contexts, credentials, in-cluster
+-- geneva.kube.config: kubeconfig files, contexts, credentials, in-cluster memcheck
 local config = require "geneva.kube.config"
 local errors = require "geneva.errors"
 local json = require "geneva.json"

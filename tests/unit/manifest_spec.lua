@@ -1,4 +1,4 @@
--- Specs for manifests and packaging: module resolution, globs, the
+-- Specs for manifests and packaging: module resolution, globs, the memcheck
 -- content-addressed zip and its stat cache, ship_host records, the size
 -- cap, and `geneva manifest` on the command line.
 local geneva = require "geneva"

@@ -1,4 +1,4 @@
--- geneva.proc: spawn/exec hygiene, pipes, waiting, process groups, teardown
+-- geneva.proc: spawn/exec hygiene, pipes, waiting, process groups, teardown memcheck
 -- guarantees (scope close, host exit, PR_SET_PDEATHSIG) and handle lifetimes.
 local proc = require "geneva.proc"
 local child = require "child"

@@ -1,4 +1,4 @@
--- geneva.kube.raycluster: the RayCluster object built from a kuberay spec
+-- geneva.kube.raycluster: the RayCluster object built from a kuberay spec memcheck
 local rc = require "geneva.kube.raycluster"
 local json = require "geneva.json"
 local errors = require "geneva.errors"

@@ -1,4 +1,4 @@
--- Recipes: templating rules, errors with file:line:col, apply/run, and the
+-- Recipes: templating rules, errors with file:line:col, apply/run, and the memcheck
 -- `geneva recipe` command run as a real process.
 local geneva = require "geneva"
 local recipe = require "geneva.recipe"

@@ -1,4 +1,4 @@
--- Real SIGINT/SIGTERM/SIGHUP to a geneva process that holds resources: its
+-- Real SIGINT/SIGTERM/SIGHUP to a geneva process that holds resources: its memcheck
 -- teardown callbacks run, its children are gone, and it exits 128+n.
 local proc = require "geneva.proc"
 local time = require "geneva.time"

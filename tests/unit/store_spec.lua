@@ -1,4 +1,4 @@
--- Specs for the helpers the store and backfill modules share: SQL
+-- Specs for the helpers the store and backfill modules share: SQL memcheck
 -- identifier quoting (geneva.sqlite.quote_ident) and fragment lookup
 -- (geneva.store.versions.find_fragment). Each exists once.
 local sqlite = require "geneva.sqlite"

@@ -1,4 +1,4 @@
--- Specs for tables: geneva.connect, Db, Table, storage, reader, ingest.
+-- Specs for tables: geneva.connect, Db, Table, storage, reader, ingest. memcheck
 -- Runs on a directory and on s3 (moto): see testdb.lua. storage: dir s3
 local geneva = require "geneva"
 local testdb = require "testdb"

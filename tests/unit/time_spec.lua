@@ -1,4 +1,4 @@
--- geneva.time: clocks, interruptible sleep, ISO 8601 in UTC.
+-- geneva.time: clocks, interruptible sleep, ISO 8601 in UTC. memcheck
 local time = require "geneva.time"
 local child = require "child"
 

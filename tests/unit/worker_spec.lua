@@ -1,4 +1,4 @@
--- Specs for geneva.backfill.worker's task execution (the backfill hot path): every
+-- Specs for geneva.backfill.worker's task execution (the backfill hot path): every memcheck
 -- data type in and out, NULLs, chunk and insert-block boundaries, on_error,
 -- and staged files that are complete or absent. Runs tasks in-process with
 -- worker.run_task; backfill_spec.lua covers the same path through workers.

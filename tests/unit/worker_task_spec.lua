@@ -1,4 +1,4 @@
--- `geneva worker --task FILE`: the one-task mode a Ray runner launches.
+-- `geneva worker --task FILE`: the one-task mode a Ray runner launches. memcheck
 local geneva = require "geneva"
 local fs = require "geneva.fs"
 local json = require "geneva.json"
