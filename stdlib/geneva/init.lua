@@ -42,7 +42,11 @@ function geneva.ray_cluster(opts)
   return require("geneva.context").new(c)
 end
 
+local made_up = { "null", "Error" }     -- what __index gives, for Tab in the REPL
+for k in pairs(lazy) do made_up[#made_up + 1] = k end
+
 return setmetatable(geneva, {
+  __complete = made_up,
   __index = function(t, k)
     if k == "null" then          -- NULL in batch arrays (json.null)
       local v = require("geneva.json").null

@@ -35,9 +35,14 @@ function M.new(db, name, dir)
   return setmetatable({ db = db, name = name, dir = dir }, Table)
 end
 
+-- "geneva.Table docs v3 (4 columns)", "... docs v2 (pinned, 3 columns)"; the
+-- name alone when its version cannot be read (dropped meanwhile)
 function Table:__tostring()
-  return ("geneva.Table '%s'%s"):format(self.name,
-    self._pinned and (" @ version " .. self._pinned) or "")
+  local ok, m = pcall(function() return self._pinned and storage.read(self.dir, self._pinned)
+                                          or storage.latest(self.dir) end)
+  if not ok or not m then return ("geneva.Table %s"):format(self.name) end
+  return ("geneva.Table %s v%d (%s%d columns)"):format(self.name, m.version or self._pinned or 0,
+    self._pinned and "pinned, " or "", #m.schema)
 end
 
 local function invalid(msg, fields) errors.throw("invalid_argument", msg, fields) end
@@ -108,11 +113,24 @@ local function plain(v)
   return t
 end
 
+-- A schema prints as one line per column; a UDF as its name and version.
+local Schema = { __name = "geneva.Schema" }
+function Schema.__tostring(sc)
+  local lines, w = { ("geneva.Schema (%d columns)"):format(#sc) }, 0
+  for _, c in ipairs(sc) do w = math.max(w, #c.name) end
+  for _, c in ipairs(sc) do
+    local udf = c.udf and ("  udf %s %s"):format(tostring(c.udf.module and (c.udf.module .. "." .. tostring(c.udf["function"]))
+      or c.udf.name), tostring(c.udf_version):sub(1, 12)) or (c.virtual and "  virtual" or "")
+    lines[#lines + 1] = ("  %-" .. w .. "s  %s%s"):format(c.name, c.data_type, udf)
+  end
+  return table.concat(lines, "\n")
+end
+
 -- tbl:schema() -> array of {name, data_type, virtual, udf, udf_version},
 -- also indexed by name.
 function Table:schema()
   local m = current(self)
-  local out = {}
+  local out = setmetatable({}, Schema)
   for i, c in ipairs(m.schema) do
     local e = { name = c.name, data_type = c.data_type, virtual = c.virtual == true,
                 udf = plain(c.udf), udf_version = c.udf_version }
@@ -254,6 +272,13 @@ Query.__name = "geneva.Query"
 -- tbl:search() -> Query
 function Table:search()
   return setmetatable({ tbl = self }, Query)
+end
+
+function Query:__tostring()
+  return ("geneva.Query %s%s%s%s"):format(self.tbl.name,
+    self._where and (" where " .. self._where) or "",
+    self._columns and (" select " .. table.concat(self._columns, ", ")) or "",
+    self._limit and (" limit " .. tostring(self._limit)) or "")
 end
 
 function Query:where(sql)

@@ -355,7 +355,6 @@ Job.__index = function(self, k)
   return Job[k]
 end
 Job.__name = "geneva.Job"
-Job.__tostring = function(self) return ("geneva.Job %s (%s)"):format(self._rec.id, self:status()) end
 
 -- Drivers of the jobs this process steps itself, by id (set by the driver
 -- until the job ends), so db:job(id) can step a job run here.
@@ -407,6 +406,17 @@ local function refresh(self)
   end
   check_bg(self)
   return self._rec
+end
+
+-- One line: "geneva.Job <id> RUNNING docs.words 1200/5000 rows"
+Job.__tostring = function(self)
+  local ok, rec = pcall(refresh, self)
+  if not ok then rec = self._rec end
+  local r = type(rec.rows) == "table" and rec.rows or {}
+  local done = (tonumber(r.computed) or 0) + (tonumber(r.failed) or 0)
+  return ("geneva.Job %s %s %s.%s %d/%d rows%s"):format(rec.id, tostring(rec.status), tostring(rec.table),
+    tostring(rec.column), done, tonumber(r.planned) or 0, (tonumber(r.failed) or 0) > 0 and
+    (" (%d failed)"):format(r.failed) or "")
 end
 
 -- job:status() -> "PENDING"|"RUNNING"|"DONE"|"FAILED"|"CANCELLED"

@@ -215,7 +215,9 @@ Context.__call = function(self, fn, ...)
 end
 
 Context.__tostring = function(self)
-  return ("geneva.Context %s (%s)"):format(self.cluster_name or tostring(self.opts.cluster or "local"), self.state)
+  local c = self.opts.cluster
+  if type(c) == "table" then c = "inline " .. tostring(c.type) end
+  return ("geneva.Context %s (%s)"):format(self.cluster_name or tostring(c or "local"), self.state)
 end
 
 return context
