@@ -8,9 +8,8 @@
 --    geneva.context { cluster = "two" } (function() tbl:backfill("words") end)
 --
 -- Submodules load on first use, so `geneva -e ''` and `geneva worker` pay
--- only for what they touch: `geneva.udf` (@{geneva.udf}), `geneva.recipe`
--- (@{geneva.recipe}), `geneva.json` (@{geneva.json}), `geneva.time`
--- (@{geneva.time}), `geneva.pretty` (@{geneva.pretty}). `geneva.fs`,
+-- only for what they touch: @{geneva.udf}, @{geneva.recipe}, @{geneva.json},
+-- @{geneva.time}, @{geneva.pretty}. `geneva.fs`,
 -- `geneva.proc`, `geneva.http`, `geneva.yaml`, `geneva.zip`,
 -- `geneva.sqlite` and `geneva.ledger` are the host's own helpers, usable
 -- in scripts and UDFs but not part of the API contract.
