@@ -112,7 +112,9 @@ def main():
     read_until(fd, "local_cluster")
     out = step(")\n", "function")
     check("Tab completes a field", "function" in out, out)
-    send("geneva.co\t\t")
+    send("geneva.co\t")        # the common prefix first, then the list
+    read_until(fd, "geneva.con")
+    send("\t")
     out = read_until(fd, "geneva.connect", then="geneva.context")
     check("a second Tab lists the candidates", "geneva.context" in out, out)
     send("\x03")               # and the line goes
