@@ -1,8 +1,9 @@
 /*
 ** repl.c: the interactive loop, shaped like lua.c's doREPL: libedit line
 ** editing and a history file, multi-line statements, `=expr`, and results
-** pretty-printed by geneva.pretty. Ctrl-C interrupts the running statement
-** and returns to the prompt; at the prompt it clears the line.
+** pretty-printed by geneva.pretty, Tab completion of names (geneva.repl).
+** Ctrl-C interrupts the running statement and returns to the prompt; at the
+** prompt it clears the line, and at a `>>` prompt it drops the statement.
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +23,9 @@
 /* libedit is loaded when the REPL starts, not with every script (lazy.h) */
 #define EDIT_FUNCS(X) X(readline) X(add_history) X(read_history) \
   X(write_history) X(using_history) X(stifle_history) \
-  X(rl_getc_function) X(rl_catch_signals)
+  X(rl_getc_function) X(rl_catch_signals) X(rl_completion_matches) \
+  X(rl_attempted_completion_function) X(rl_attempted_completion_over) \
+  X(rl_basic_word_break_characters) X(rl_completion_append_character)
 GENEVA_LAZY_LIB(edit_lib, "libedit.so.2", NULL, "install libedit2", NULL, EDIT_FUNCS)
 #define readline (edit_lib_api.readline)
 #define add_history (edit_lib_api.add_history)
@@ -32,6 +35,11 @@ GENEVA_LAZY_LIB(edit_lib, "libedit.so.2", NULL, "install libedit2", NULL, EDIT_F
 #define stifle_history (edit_lib_api.stifle_history)
 #define rl_getc_function (*edit_lib_api.rl_getc_function)    /* variables */
 #define rl_catch_signals (*edit_lib_api.rl_catch_signals)
+#define rl_completion_matches (edit_lib_api.rl_completion_matches)
+#define rl_attempted_completion_function (*edit_lib_api.rl_attempted_completion_function)
+#define rl_attempted_completion_over (*edit_lib_api.rl_attempted_completion_over)
+#define rl_basic_word_break_characters (*edit_lib_api.rl_basic_word_break_characters)
+#define rl_completion_append_character (*edit_lib_api.rl_completion_append_character)
 
 /* Reads a key for libedit. Our SIGINT handler does not restart read(): a
 ** Ctrl-C at the prompt ends the line read (the caller clears it) instead of
@@ -73,14 +81,16 @@ static void history_save(void) {
     fprintf(stderr, "geneva: cannot write history file '%s'\n", history_path);
 }
 
-/* Reads a line; NULL at end of input. An interrupted read gives "". */
-static char *read_line(const char *prompt, int *eof) {
+/* Reads a line; NULL at end of input. An interrupted read gives "" and
+** sets *interrupted. */
+static char *read_line(const char *prompt, int *eof, int *interrupted) {
   char *line = readline(prompt);
-  *eof = 0;
+  *eof = *interrupted = 0;
   if (line == NULL) {
     if (geneva_interrupted()) {
       geneva_signals_clear();
       fputc('\n', stdout);
+      *interrupted = 1;
       return strdup("");
     }
     *eof = 1;
@@ -107,13 +117,15 @@ static int load_expression(lua_State *L, const char *line) {
   return status;
 }
 
-/* Leaves a compiled chunk on the stack, or an error message; buf holds the
-** source (for the history). Returns -1 at end of input. */
-static int load_chunk(lua_State *L, luaL_Buffer *unused, char **source) {
-  int eof, status;
-  char *line = read_line(PROMPT1, &eof);
+#define DROPPED (-2)    /* load_chunk: Ctrl-C at `>>` dropped the statement */
+
+/* Leaves a compiled chunk on the stack, or an error message; *source holds
+** the source (for the history). Returns -1 at end of input, DROPPED (with
+** nothing on the stack) when Ctrl-C dropped a statement being continued. */
+static int load_chunk(lua_State *L, char **source) {
+  int eof, interrupted, status;
+  char *line = read_line(PROMPT1, &eof, &interrupted);
   size_t len;
-  (void)unused;
   if (eof) return -1;
   len = strlen(line);
   if (line[0] == '=') {           /* `=expr`, as in Lua 5.1 */
@@ -128,8 +140,13 @@ static int load_chunk(lua_State *L, luaL_Buffer *unused, char **source) {
     if (!incomplete(L, status)) break;
     lua_pop(L, 1);
     {
-      char *more = read_line(PROMPT2, &eof), *joined;
+      char *more = read_line(PROMPT2, &eof, &interrupted), *joined;
       if (eof) { free(line); return -1; }
+      if (interrupted) {          /* as lua and python do: start afresh */
+        free(more);
+        free(line);
+        return DROPPED;
+      }
       joined = (char *)malloc(strlen(line) + strlen(more) + 2);
       if (!joined) { free(more); free(line); return -1; }
       sprintf(joined, "%s\n%s", line, more);
@@ -141,6 +158,72 @@ static int load_chunk(lua_State *L, luaL_Buffer *unused, char **source) {
   *source = line;
   return status;
 }
+
+/* {====== Tab completion: geneva.repl.complete(word) gives the words */
+
+static geneva_host *completing;      /* the host whose REPL is running */
+static char **candidates;
+static size_t ncandidates, next_candidate;
+
+static void candidates_free(void) {
+  size_t i;
+  for (i = 0; i < ncandidates; i++) free(candidates[i]);
+  free(candidates);
+  candidates = NULL;
+  ncandidates = next_candidate = 0;
+}
+
+/* [word] -> [array of words]; under lua_pcall (libedit's frames are below
+** us: no error may longjmp through them) */
+static int complete_in_lua(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "geneva.repl");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "complete");
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 1);
+  luaL_checktype(L, -1, LUA_TTABLE);
+  return 1;
+}
+
+static void candidates_load(const char *word) {
+  lua_State *L = geneva_host_lua(completing);
+  int base = lua_gettop(L);
+  candidates_free();
+  lua_pushcfunction(L, complete_in_lua);
+  lua_pushstring(L, word);
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+    size_t n = lua_rawlen(L, -1), i;
+    candidates = n ? (char **)calloc(n, sizeof *candidates) : NULL;
+    for (i = 0; candidates && i < n; i++) {
+      const char *c;
+      lua_rawgeti(L, -1, (lua_Integer)i + 1);
+      c = lua_tostring(L, -1);
+      if (c && (candidates[ncandidates] = strdup(c)) != NULL) ncandidates++;
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, base);
+}
+
+static char *candidate_entry(const char *word, int state) {
+  (void)word;
+  if (state == 0) next_candidate = 0;
+  return next_candidate < ncandidates ? strdup(candidates[next_candidate++]) : NULL;
+}
+
+static char **complete(const char *word, int start, int end) {
+  (void)start; (void)end;
+  rl_attempted_completion_over = 1;    /* never fall back to file names */
+  rl_completion_append_character = '\0';
+  candidates_load(word);
+  return ncandidates ? rl_completion_matches(word, candidate_entry) : NULL;
+}
+
+/* `.` and `:` belong to the word: `tbl:ba` completes as one */
+static const char word_breaks[] = " \t\n\"\\'`@$><=;|&{(}[],+-*/%^~#";
+
+/* }====== */
 
 static void print_results(geneva_host *h, int n) {
   lua_State *L = geneva_host_lua(h);
@@ -189,9 +272,13 @@ int geneva_repl(geneva_host *h) {
   }
   rl_catch_signals = 0;          /* our handlers, not libedit's */
   rl_getc_function = repl_getc;
+  rl_attempted_completion_function = complete;
+  rl_basic_word_break_characters = word_breaks;
+  completing = h;
   history_open();
   printf("geneva %s (%s)  Ctrl-D to quit\n", GENEVA_VERSION, LUA_RELEASE);
-  while ((status = load_chunk(L, NULL, &source)) != -1) {
+  while ((status = load_chunk(L, &source)) != -1) {
+    if (status == DROPPED) continue;
     if (source && source[0]) {
       add_history(source);
       history_save();
@@ -226,5 +313,8 @@ int geneva_repl(geneva_host *h) {
   }
   if (!h->exiting) fputc('\n', stdout);
   history_save();
+  rl_attempted_completion_function = NULL;
+  completing = NULL;
+  candidates_free();
   return h->exiting ? h->exit_code : 0;
 }

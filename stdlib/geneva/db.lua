@@ -1,7 +1,12 @@
--- geneva.db: `geneva.connect` and Db objects (design §3). A database is a
--- directory; each table a sub-directory with its version log (geneva.store.versions).
--- Errors are raised geneva.Error tables (not_found, conflict,
--- invalid_argument, unavailable).
+--- Databases: `geneva.connect` and the Db object.
+--
+-- A database is a directory (or an `s3://bucket/prefix`); each table is a
+-- sub-directory with its version log, and `_geneva/` holds clusters,
+-- manifests, packages, job records and leases. Errors are raised
+-- @{geneva.errors.Error} tables (`not_found`, `conflict`, `invalid_argument`,
+-- `unavailable`); only the probes @{Db:get_cluster} and @{Db:get_manifest}
+-- return `nil, err`.
+-- @module geneva.db
 local fs = require "geneva.fs"
 local json = require "geneva.json"
 local errors = require "geneva.errors"
@@ -30,14 +35,26 @@ end
 
 local S3_OPTIONS = { endpoint = "string", region = "string", profile = "string", path_style = "boolean" }
 
---[[
-M.connect(uri [, opts]) -> Db
-uri is a directory (created if missing) or s3://bucket/prefix (opts:
-endpoint, region, profile, path_style; design §3). An s3 database is
-served through its local mirror (geneva.store.backend.s3): db.path is
-that mirror, db.uri the s3 URI, db.store what a worker needs to mount it.
-The Db becomes the "latest connect" (M.latest()).
-]]
+--- Opens a database (what @{geneva.connect} does).
+--
+-- An `s3://` database works like a directory: tables, versions, backfills,
+-- contexts, leases and job records live in the bucket under the prefix.
+-- Credentials come from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
+-- `AWS_SESSION_TOKEN`, else the profile in `AWS_SHARED_CREDENTIALS_FILE`
+-- (default `~/.aws/credentials`). It is served through a local mirror:
+-- `db.path` is that mirror, `db.uri` the s3 URI. The Db becomes the one
+-- names resolve against (the "latest connect").
+-- @string uri a directory (created if missing; `file://` allowed) or
+-- `s3://bucket/prefix`
+-- @tab[opt] opts s3 only: `endpoint` (URL; default `AWS_ENDPOINT_URL_S3`,
+-- then `AWS_ENDPOINT_URL`, then AWS), `region` (default `AWS_REGION`, then
+-- `AWS_DEFAULT_REGION`, then `us-east-1`), `profile` (default
+-- `AWS_PROFILE`), `path_style` (boolean; default on when an endpoint is given)
+-- @treturn Db
+-- @raise `invalid_argument` for a bad URI or option; `unavailable` when the
+-- directory cannot be created or the store not reached
+-- @usage local db = geneva.connect("./data")
+-- local db2 = geneva.connect("s3://bucket/prefix", { endpoint = "http://127.0.0.1:9000" })
 function M.connect(uri, opts)
   if type(uri) ~= "string" or uri == "" then invalid("connect: uri must be a directory path or s3://bucket/prefix") end
   if opts ~= nil and type(opts) ~= "table" then invalid("connect: opts must be a table") end
@@ -66,6 +83,10 @@ end
 -- M.latest() -> the Db of the latest connect in this Lua state, or nil
 function M.latest() return require("geneva.context").latest_db() end
 
+--- A database handle, from @{connect}.
+-- Fields: `uri` (as given), `path` (the directory, or an s3 database's mirror).
+-- @type Db
+
 function Db:__tostring() return ("geneva.Db '%s'"):format(self.store and self.uri or self.path) end
 
 -- db:table_dir(name) -> path of the table's directory (no checks)
@@ -75,8 +96,10 @@ local function exists(self, name)
   return storage.latest_version(self:table_dir(name)) ~= nil
 end
 
--- db:table_names() -> sorted array of the names of existing tables
--- db:context{cluster=, manifest=, on_exit=} -> Context bound to this db
+--- A context whose cluster and manifest names resolve against this database.
+-- @tab[opt] opts as @{geneva.context.new}, without `db`
+-- @treturn geneva.context.Context
+-- @usage db:context { cluster = "two" } (function() tbl:backfill("words") end)
 function Db:context(opts)
   local o = {}
   for k, v in pairs(opts or {}) do o[k] = v end
@@ -84,12 +107,21 @@ function Db:context(opts)
   return require("geneva.context").new(o)
 end
 
--- db:jobs([{table=, status=}]) -> array of job records, newest first
+--- The backfill jobs run on this database, newest first.
+-- @tab[opt] filter `table` (a name), `status` (`"PENDING"`, `"RUNNING"`,
+-- `"DONE"`, `"FAILED"`, `"CANCELLED"`)
+-- @treturn {table,...} job records (plain tables: `id`, `status`, `table`,
+-- `column`, `rows`, `tasks`, `error`, times; as @{geneva.backfill.job.Job:record})
+-- @raise `invalid_argument` for a status that does not exist
+-- @usage for _, r in ipairs(db:jobs { status = "FAILED" }) do print(r.id, r.error.message) end
 function Db:jobs(filter)
   return require("geneva.backfill.job").list(self.path, filter)
 end
 
--- db:job(id) -> Job (reads its record; raises not_found)
+--- One job by its id.
+-- @string id as in @{jobs} or `geneva jobs list`
+-- @treturn geneva.backfill.job.Job
+-- @raise `not_found`
 function Db:job(id)
   local job = require "geneva.backfill.job"
   local rec, err = job.load(self.path, id)
@@ -97,6 +129,8 @@ function Db:job(id)
   return job.object(self.path, rec)
 end
 
+--- The names of the tables, sorted.
+-- @treturn {string,...}
 function Db:table_names()
   local names = errors.io(backend.list(self.path))
   local out = {}
@@ -115,12 +149,18 @@ local function existing_dir(self, name)
   return self:table_dir(name)
 end
 
--- db:open_table(name) -> Table | raises not_found
+--- Opens an existing table.
+-- @string name
+-- @treturn geneva.table.Table
+-- @raise `not_found`; `invalid_argument` for a malformed name
 function Db:open_table(name)
   return table_mod.new(self, name, existing_dir(self, name))
 end
 
--- db:drop_table(name) -> true | raises not_found
+--- Deletes a table with all its versions and files.
+-- @string name
+-- @treturn boolean true
+-- @raise `not_found`
 function Db:drop_table(name)
   errors.io(backend.delete_tree(existing_dir(self, name)))
   return true
@@ -128,14 +168,23 @@ end
 
 local create_options = { schema = true, fragment_size = true, mode = true }
 
---[[
-db:create_table(name, rows | {from = "file.csv"|"file.jsonl"} [, opts]) -> Table
-opts: schema ({{name=, data_type=}, ...} or {name = type}), fragment_size
-(rows per fragment, default 100000), mode ("create" | "overwrite").
-Commits version 1. Raises conflict if the table exists (mode "create"),
-invalid_argument for bad input (file errors carry path and line); nothing
-is created then.
-]]
+--- Creates a table from Lua rows or a CSV or JSONL file; commits version 1.
+--
+-- Column types are inferred unless `opts.schema` gives them: `int64`,
+-- `float64`, `string`, `bool`, `blob`, `float32[N]`. Column order comes from
+-- `opts.schema`, else the CSV header, else sorted names. Nothing is created
+-- when any row is bad.
+-- @string name letters, digits, `_` and `-`, not starting with `_` or a digit
+-- @tparam {table,...}|table source an array of records `{column = value}`
+-- (NULL is `nil`), or `{from = "file.csv" | "file.jsonl"}`
+-- @tab[opt] opts `schema` (`{{name=, data_type=}, ...}` or `{name = type}`),
+-- `fragment_size` (rows per fragment, default 100000), `mode` (`"create"`,
+-- the default, or `"overwrite"`)
+-- @treturn geneva.table.Table
+-- @raise `conflict` when the table exists (mode `"create"`);
+-- `invalid_argument` for bad input (a file's errors carry `path` and `line`)
+-- @usage local tbl = db:create_table("docs", { { id = 1, content = "a b" }, { id = 2 } })
+-- local csv = db:create_table("imported", { from = "docs.csv" }, { mode = "overwrite" })
 function Db:create_table(name, source, opts)
   M.check_table_name(name)
   if opts ~= nil and type(opts) ~= "table" then invalid("create_table: opts must be a table") end
@@ -188,22 +237,61 @@ end
 
 -- {====== clusters and manifests (geneva.context.cluster, geneva.context.manifest)
 
--- db:define_cluster(name, spec) -> normalized spec | raises invalid_argument
--- db:get_cluster(name) -> spec | nil, Error(not_found)   (a probe)
--- db:list_clusters() -> array of {name=, type=, spec=, ...}, sorted by name
--- db:delete_cluster(name) -> true | raises not_found
+--- Defines (or replaces) a cluster: where a context's workers run.
+-- The spec's fields are in @{geneva.context.cluster}.
+-- @string name
+-- @tab spec `type = "local" | "ray" | "kuberay"` and that type's fields
+-- @treturn table the normalized spec, as stored
+-- @raise `invalid_argument` naming the field (with "did you mean")
+-- @usage db:define_cluster("two", { type = "local", workers = 2 })
+-- db:define_cluster("ray", { type = "ray", address = "http://head:8265", token_env = "RAY_TOKEN" })
 function Db:define_cluster(name, spec) return require("geneva.context.cluster").define(self, name, spec) end
+
+--- A cluster's spec (a probe: no error raised when it is missing).
+-- @string name
+-- @treturn[1] table the spec
+-- @return[2] nil
+-- @treturn[2] geneva.errors.Error `not_found`
 function Db:get_cluster(name) return require("geneva.context.cluster").get(self, name) end
+
+--- The clusters, sorted by name.
+-- @treturn {table,...} `{name=, type=, spec=, ...}` records
 function Db:list_clusters() return require("geneva.context.cluster").list(self) end
+
+--- Deletes a cluster definition.
+-- @string name
+-- @treturn boolean true
+-- @raise `not_found`
 function Db:delete_cluster(name) return require("geneva.context.cluster").delete(self, name) end
 
--- db:define_manifest(name, spec) -> record (packages; writes nothing when unchanged)
--- db:get_manifest(name) -> record | nil, Error(not_found)   (a probe)
--- db:list_manifests() -> array of records, sorted by name
--- db:delete_manifest(name) -> true | raises not_found (the package stays)
+--- Defines (or replaces) a manifest: the code and files shipped to workers.
+-- Defining packages the files into a zip, content-addressed by SHA-256; an
+-- unchanged manifest packages and uploads nothing new. The spec's fields
+-- are in @{geneva.context.manifest}.
+-- @string name
+-- @tab spec `modules`, `files`, `env`, `ship_host`, `local_zip_output_dir`
+-- @treturn table the manifest's record (with its package's digest and size)
+-- @raise `invalid_argument` for a bad field, `not_found` for a module or
+-- file that does not exist
+-- @usage db:define_manifest("udfs", { modules = { "my_udfs" }, files = { "models/*.bin" },
+--   env = { HF_TOKEN = { from_env = "HF_TOKEN" } } })
 function Db:define_manifest(name, spec) return require("geneva.context.manifest").define(self, name, spec) end
+
+--- A manifest's record (a probe: no error raised when it is missing).
+-- @string name
+-- @treturn[1] table the record
+-- @return[2] nil
+-- @treturn[2] geneva.errors.Error `not_found`
 function Db:get_manifest(name) return require("geneva.context.manifest").get(self, name) end
+
+--- The manifests' records, sorted by name.
+-- @treturn {table,...}
 function Db:list_manifests() return require("geneva.context.manifest").list(self) end
+
+--- Deletes a manifest definition (its package stays for the jobs that used it).
+-- @string name
+-- @treturn boolean true
+-- @raise `not_found`
 function Db:delete_manifest(name) return require("geneva.context.manifest").delete(self, name) end
 
 -- }======

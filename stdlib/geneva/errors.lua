@@ -1,9 +1,22 @@
--- geneva.errors: the API's error objects (design §3, contract).
---   {code, message, [path, line, col, column, rowid, value, job_id, cause]}
--- tostring(err) == "<code>: <message>". Raised as tables, so callers can
--- branch on err.code; the host prints them through __tostring.
+--- The API's errors: tables with a `code`, raised with `error()`.
+--
+-- Callers branch on `err.code`; `tostring(err)` is `"<code>: <message>"`,
+-- and `geneva` prints an uncaught one as `geneva: <code>: <message>` with
+-- the line of the script that led to it.
+-- @module geneva.errors
+-- @usage local ok, err = pcall(db.open_table, db, "nope")
+-- if not ok and err.code == "not_found" then print("no such table") end
 local errors = {}
 
+--- The metatable of every API error (`geneva.Error`).
+-- @table Error
+-- @field code one of @{codes}
+-- @field message what went wrong, and where
+-- @field path a file or directory involved (optional)
+-- @field line,col a position in a file (recipes, CSV/JSONL, YAML; optional)
+-- @field column,rowid,value the column, row and value a UDF failed on (optional)
+-- @field job_id the job that failed (optional)
+-- @field cause the underlying error (optional)
 local Error = {}
 Error.__index = Error
 Error.__name = "geneva.Error"
@@ -11,13 +24,23 @@ Error.__tostring = function(e) return e.code .. ": " .. e.message end
 
 errors.Error = Error
 
+--- The codes, as a set: `not_found`, `invalid_argument`, `conflict` (also
+-- "already exists"), `unavailable` (I/O, network, a server's 5xx),
+-- `udf_error` (a UDF raised, returned a wrong type or timed out),
+-- `cancelled`, `interrupted` (Ctrl-C, SIGTERM), `abandoned` (a job whose
+-- driver is gone), `internal` (a bug: it prints a traceback).
+-- @table codes
 errors.codes = {
   not_found = true, invalid_argument = true, conflict = true, unavailable = true,
   udf_error = true, cancelled = true, interrupted = true, abandoned = true,
   internal = true,
 }
 
--- errors.new(code, message [, fields]) -> Error
+--- Makes an Error (to raise: `error(errors.new(...))`).
+-- @string code one of @{codes}
+-- @string message
+-- @tab[opt] fields more fields (`path`, `column`, ...)
+-- @treturn Error
 function errors.new(code, message, fields)
   assert(errors.codes[code], "unknown error code " .. tostring(code))
   local e = { code = code, message = tostring(message) }
@@ -36,7 +59,12 @@ function errors.throw(code, message, fields)
   error(errors.new(code, message, fields), 2)
 end
 
--- errors.is(v [, code]) -> boolean: v is a geneva.Error (with that code)
+--- Whether a value is an Error, with that code if one is given.
+-- @param v any value (what `pcall` returned)
+-- @string[opt] code
+-- @treturn boolean
+-- @usage local ok, err = pcall(tbl.backfill, tbl, "words")
+-- if errors.is(err, "udf_error") then print(err.rowid, err.value) end
 function errors.is(v, code)
   return getmetatable(v) == Error and (code == nil or v.code == code)
 end

@@ -1,5 +1,21 @@
--- geneva: the public module. Submodules load on first use, so `geneva -e ''`
--- and `geneva worker` pay only for what they touch.
+--- The public module: connect to a database, make UDFs, run contexts.
+--
+--    local geneva = require "geneva"
+--    local db = geneva.connect("./data")
+--    local tbl = db:open_table("docs")
+--    tbl:add_columns { words = geneva.udf { data_type = "int64",
+--      fn = function(content) return select(2, content:gsub("%S+", "")) end } }
+--    geneva.context { cluster = "two" } (function() tbl:backfill("words") end)
+--
+-- Submodules load on first use, so `geneva -e ''` and `geneva worker` pay
+-- only for what they touch: @{geneva.udf}, @{geneva.recipe}, @{geneva.json},
+-- @{geneva.time}, @{geneva.pretty}. `geneva.fs`,
+-- `geneva.proc`, `geneva.http`, `geneva.yaml`, `geneva.zip`,
+-- `geneva.sqlite` and `geneva.ledger` are the host's own helpers, usable
+-- in scripts and UDFs but not part of the API contract.
+--
+-- Errors are raised as @{geneva.errors.Error} tables with a `code`.
+-- @module geneva
 local geneva = { _VERSION = "geneva 0.1.0" }
 
 local lazy = {
@@ -11,19 +27,36 @@ local lazy = {
   recipe = "geneva.recipe",       -- geneva.recipe.load(path [, vars])
 }
 
--- geneva.connect(uri [, opts]) -> Db (geneva.db); it becomes the database
--- names resolve against (geneva._latest_db).
+--- Opens (or creates) a database; see @{geneva.db.connect}.
+-- It becomes the database that cluster and manifest names resolve against
+-- when a context names no `db`.
+-- @string uri a directory path or `s3://bucket/prefix`
+-- @tab[opt] opts for s3: `endpoint`, `region`, `profile`, `path_style`
+-- @treturn geneva.db.Db
+-- @raise invalid_argument for a bad URI or option, unavailable when the
+-- directory cannot be made or the bucket not reached
+-- @usage local db = geneva.connect("./data")
+-- local s3db = geneva.connect("s3://bucket/features", { region = "eu-west-1" })
 function geneva.connect(uri, opts)
   local db = require("geneva.db").connect(uri, opts)
   geneva._latest_db = db
   return db
 end
 
--- geneva.context{cluster=, manifest=, db=, on_exit=} -> Context: ctx(fn, ...)
--- runs fn inside and always tears down (geneva.context)
+--- Makes an execution context (not entered yet); see @{geneva.context.new}.
+-- @tab opts `cluster` (a name or an inline spec), `manifest` (a name or an
+-- inline spec), `db`, `on_exit`
+-- @treturn geneva.context.Context
+-- @usage geneva.context { cluster = "gpu", manifest = "dev" } (function()
+--   tbl:backfill("embedding")
+-- end)   -- the workers are gone here, whether the function returned or raised
 function geneva.context(opts) return require("geneva.context").new(opts) end
 
--- geneva.local_cluster{workers = n [, db=, manifest=, on_exit=]} -> Context
+--- A context on worker processes of this machine.
+-- @tab[opt] opts `workers` (default: the number of cores), and `db`,
+-- `manifest`, `on_exit` as in @{context}
+-- @treturn geneva.context.Context
+-- @usage geneva.local_cluster { workers = 2 } (function() tbl:backfill("words") end)
 function geneva.local_cluster(opts)
   opts = opts or {}
   local c = { cluster = { type = "local", workers = opts.workers } }
@@ -31,7 +64,14 @@ function geneva.local_cluster(opts)
   return require("geneva.context").new(c)
 end
 
--- geneva.ray_cluster{address = url, ...} -> Context on an existing Ray cluster
+--- A context on an existing Ray cluster, through its dashboard's REST API.
+-- @tab opts `address` (the dashboard's URL) and the other fields of a `ray`
+-- cluster spec (@{geneva.context.cluster}); `db`, `manifest`, `on_exit` as in
+-- @{context}
+-- @treturn geneva.context.Context
+-- @usage geneva.ray_cluster { address = "http://127.0.0.1:8265" } (function()
+--   tbl:backfill("words")
+-- end)
 function geneva.ray_cluster(opts)
   opts = opts or {}
   local spec, c = { type = "ray" }, {}
@@ -42,7 +82,19 @@ function geneva.ray_cluster(opts)
   return require("geneva.context").new(c)
 end
 
+--- NULL inside batch arrays and results (the JSON null sentinel); `nil`
+-- everywhere else.
+-- @field null
+
+--- The metatable of API errors, @{geneva.errors.Error}.
+-- @field Error
+
+-- what __index gives, for Tab in the REPL
+local made_up = { "null", "Error" }
+for k in pairs(lazy) do made_up[#made_up + 1] = k end
+
 return setmetatable(geneva, {
+  __complete = made_up,
   __index = function(t, k)
     if k == "null" then          -- NULL in batch arrays (json.null)
       local v = require("geneva.json").null

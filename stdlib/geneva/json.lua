@@ -1,27 +1,54 @@
--- geneva.json: JSON that keeps Lua 5.4's integers and floats apart and tells
--- `[]` from `{}` (encoder and decoder in bindings/json.c; see its header for
--- the number rules). Raising variants belong to callers: `assert(json.decode(s))`.
+--- JSON that keeps Lua 5.4's integers and floats apart and tells `[]` from
+-- `{}` (the encoder and decoder are C, in bindings/json.c). Usable in UDFs:
+-- a UDF's upvalue `local json = require "geneva.json"` is required again on
+-- the worker. Raising variants belong to callers: `assert(json.decode(s))`.
+-- @module geneva.json
+-- @usage local json = require "geneva.json"
+-- local t = assert(json.decode('{"a": [1, 2.5, null]}'))
+-- print(json.encode(t, { sort_keys = true }))   --> {"a":[1,2.5,null]}
 local core = require "geneva.json.core"
 
 local json = {
-  -- json.null: the sentinel `null` decodes to; encodes as null (cjson.null too)
   null = core.null,
   -- metatables marking tables as arrays / objects for the encoder
   array_mt = core.array_mt,
   object_mt = core.object_mt,
-  -- decode(str [, {null_as_nil = bool, exact_integers = bool, unique_keys = bool}])
-  -- -> value | nil, msg, "JSON_PARSE"; text must be UTF-8 (a bad byte or lone
-  -- surrogate \u fails with its offset). exact_integers: an integer beyond
-  -- int64 fails (else it becomes a float); unique_keys: a repeated key fails
-  -- (else the last one wins).
   decode = core.decode,
-  -- encode(v [, {indent = n, sort_keys = bool, invalid_utf8 = "error"|"replace"}])
-  -- -> string; raises with a path (also on a string that is not UTF-8, unless
-  -- invalid_utf8 = "replace": then each bad byte is U+FFFD; for output to people)
   encode = core.encode,
-  -- canonical(v) -> string: compact, sorted keys; stable across processes
   canonical = core.canonical,
 }
+
+--- The sentinel `null` decodes to; encodes as null. `geneva.null` is the same value.
+-- @field null
+
+--- Decodes JSON text (UTF-8: a bad byte or a lone surrogate `\u` fails with
+-- its offset).
+-- @function decode
+-- @string text
+-- @tab[opt] opts `null_as_nil` (null becomes `nil`, not @{null}),
+-- `exact_integers` (an integer beyond int64 fails instead of becoming a
+-- float), `unique_keys` (a repeated key fails instead of the last winning)
+-- @return[1] the value
+-- @return[2] nil
+-- @treturn[2] string the message, with the offset
+-- @treturn[2] string `"JSON_PARSE"`
+
+--- Encodes a value; integers stay integers, floats keep a fraction or
+-- exponent. An empty table is `{}` unless marked with @{array}.
+-- @function encode
+-- @param v
+-- @tab[opt] opts `indent` (spaces), `sort_keys`, `invalid_utf8` (`"error"`,
+-- the default, or `"replace"`: each bad byte becomes U+FFFD)
+-- @treturn string
+-- @raise with the path of the value that cannot be encoded
+
+--- Compact JSON with sorted keys: the same text for the same value in every
+-- process (for hashing).
+-- @function canonical
+-- @param v
+-- @treturn string
+
+-- (the faces above are C functions)
 
 local function mark(t, mt, fname)
   if t == nil then return setmetatable({}, mt) end
@@ -35,15 +62,22 @@ local function mark(t, mt, fname)
   return setmetatable(t, mt)
 end
 
--- json.array([t]) -> t: marks t (default: a new table) to encode as an array,
--- `[]` when empty. Raises if t has a metatable of its own. Modifies t.
+--- Marks a table to encode as an array, `[]` when empty.
+-- @tab[opt] t default: a new table (modified and returned)
+-- @treturn table t
+-- @raise if t has a metatable of its own
 function json.array(t) return mark(t, json.array_mt, "array") end
 
--- json.object([t]) -> t: marks t to encode as an object, `{}` when empty;
--- integer keys then encode as strings. Same rules as json.array.
+--- Marks a table to encode as an object, `{}` when empty; integer keys then
+-- encode as strings.
+-- @tab[opt] t default: a new table (modified and returned)
+-- @treturn table t
+-- @raise if t has a metatable of its own
 function json.object(t) return mark(t, json.object_mt, "object") end
 
--- json.is_array(v) -> boolean: whether v is a table marked as array.
+--- Whether v is a table marked with @{array}.
+-- @param v
+-- @treturn boolean
 function json.is_array(v)
   return type(v) == "table" and getmetatable(v) == json.array_mt
 end

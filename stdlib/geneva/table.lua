@@ -1,14 +1,19 @@
--- geneva.table: Table objects, the table API of design §3.
+--- Tables: rows, versions, computed columns and their backfills.
 --
 -- A Table is a name and a directory; every call reads the version it needs
--- from disk (the latest, or the pinned one after checkout), so handles in
--- several processes see each other's commits. Writes go through
--- storage.commit and re-apply on top of concurrent commits.
+-- from disk (the latest, or the pinned one after @{Table:checkout}), so
+-- handles in several processes see each other's commits. Every write
+-- commits a new version (`create_table` commits version 1, each commit adds
+-- 1) and re-applies itself on top of concurrent commits.
 --
--- Errors are raised geneva.Error tables: invalid_argument (bad input, bad SQL
--- in `where`, writes on a pinned handle), not_found (unknown column, missing
--- version or table), conflict (existing column, column changed under a
--- commit), unavailable (I/O).
+-- NULL is `nil` in rows. Types: `int64`, `float64`, `string`, `bool`,
+-- `blob`, `float32[N]` (an array of N numbers).
+--
+-- Errors are raised @{geneva.errors.Error} tables: `invalid_argument` (bad
+-- input, bad SQL in `where`, writes on a pinned handle), `not_found` (unknown
+-- column, missing version or table), `conflict` (existing column, column
+-- changed under a commit), `unavailable` (I/O).
+-- @module geneva.table
 local json = require "geneva.json"
 local types = require "geneva.store.types"
 local errors = require "geneva.errors"
@@ -26,6 +31,11 @@ Table.__index = Table
 Table.__name = "geneva.Table"
 M.Table = Table
 
+-- A query builder, tbl:search() (documented at the end of the file)
+local Query = {}
+Query.__index = Query
+Query.__name = "geneva.Query"
+
 local qi = sqlite.quote_ident
 local find_column = reader.find_column
 local find_fragment = storage.find_fragment
@@ -35,9 +45,18 @@ function M.new(db, name, dir)
   return setmetatable({ db = db, name = name, dir = dir }, Table)
 end
 
+--- A table handle, from @{geneva.db.Db:open_table} or
+-- @{geneva.db.Db:create_table}. Fields: `name`, `db`.
+-- It prints as `geneva.Table docs v3 (4 columns)`.
+-- @type Table
+
+-- the name alone when its version cannot be read (dropped meanwhile)
 function Table:__tostring()
-  return ("geneva.Table '%s'%s"):format(self.name,
-    self._pinned and (" @ version " .. self._pinned) or "")
+  local ok, m = pcall(function() return self._pinned and storage.read(self.dir, self._pinned)
+                                          or storage.latest(self.dir) end)
+  if not ok or not m then return ("geneva.Table %s"):format(self.name) end
+  return ("geneva.Table %s v%d (%s%d columns)"):format(self.name, m.version or self._pinned or 0,
+    self._pinned and "pinned, " or "", #m.schema)
 end
 
 local function invalid(msg, fields) errors.throw("invalid_argument", msg, fields) end
@@ -68,7 +87,9 @@ function Table:_snapshot(version)
   return current(self)
 end
 
--- tbl:version() -> integer: the pinned version, else the latest
+--- The table's version: the pinned one after @{checkout}, else the latest.
+-- @treturn integer
+-- @raise `not_found` when the table was dropped
 function Table:version()
   if self._pinned then return self._pinned end
   local v = storage.latest_version(self.dir)
@@ -76,25 +97,35 @@ function Table:version()
   return v
 end
 
--- tbl:versions() -> sorted array of every version number
+--- Every version still kept, oldest first.
+-- @treturn {integer,...}
 function Table:versions()
   return storage.versions(self.dir)
 end
 
--- tbl:checkout(version) -> tbl, pinned read-only at version (not_found if
--- there is no such version)
-function Table:checkout(v)
-  if math.type(v) ~= "integer" then
-    local i = math.tointeger(v)
-    if not i then invalid("checkout: version must be an integer, got " .. tostring(v)) end
-    v = i
+--- Pins the handle at an older version: reads see that version, writes are
+-- refused until @{checkout_latest}.
+-- @int version a version number from @{versions}
+-- @treturn Table the handle itself
+-- @raise `not_found` when there is no such version; `invalid_argument` when
+-- it is not an integer
+-- @usage local v = tbl:version()
+-- tbl:backfill("words")
+-- print(tbl:checkout(v):count_rows("words IS NOT NULL"))   -- as before the backfill
+-- tbl:checkout_latest()
+function Table:checkout(version)
+  if math.type(version) ~= "integer" then
+    local i = math.tointeger(version)
+    if not i then invalid("checkout: version must be an integer, got " .. tostring(version)) end
+    version = i
   end
-  storage.read(self.dir, v)   -- raises not_found
-  self._pinned = v
+  storage.read(self.dir, version)   -- raises not_found
+  self._pinned = version
   return self
 end
 
--- tbl:checkout_latest() -> tbl, unpinned
+--- Unpins the handle: reads see the latest version again, writes work.
+-- @treturn Table the handle itself
 function Table:checkout_latest()
   self._pinned = nil
   return self
@@ -108,11 +139,29 @@ local function plain(v)
   return t
 end
 
--- tbl:schema() -> array of {name, data_type, virtual, udf, udf_version},
--- also indexed by name.
+-- A schema prints as one line per column; a UDF as its name and version.
+local Schema = { __name = "geneva.Schema" }
+function Schema.__tostring(sc)
+  local lines, w = { ("geneva.Schema (%d columns)"):format(#sc) }, 0
+  for _, c in ipairs(sc) do w = math.max(w, #c.name) end
+  for _, c in ipairs(sc) do
+    local udf = c.udf and ("  udf %s %s"):format(tostring(c.udf.module and (c.udf.module .. "." .. tostring(c.udf["function"]))
+      or c.udf.name), tostring(c.udf_version):sub(1, 12)) or (c.virtual and "  virtual" or "")
+    lines[#lines + 1] = ("  %-" .. w .. "s  %s%s"):format(c.name, c.data_type, udf)
+  end
+  return table.concat(lines, "\n")
+end
+
+--- The columns, in order.
+-- An array of `{name=, data_type=, virtual=, udf=, udf_version=}` (`udf`:
+-- a virtual column's UDF spec, `udf_version` its version), also indexed by
+-- name. It prints as one line per column.
+-- @treturn table
+-- @usage for _, c in ipairs(tbl:schema()) do print(c.name, c.data_type, c.virtual) end
+-- print(tbl:schema().words.udf_version)
 function Table:schema()
   local m = current(self)
-  local out = {}
+  local out = setmetatable({}, Schema)
   for i, c in ipairs(m.schema) do
     local e = { name = c.name, data_type = c.data_type, virtual = c.virtual == true,
                 udf = plain(c.udf), udf_version = c.udf_version }
@@ -143,7 +192,14 @@ local function reader_columns(m, names, where)
   return out
 end
 
--- tbl:count_rows([where]) -> integer
+--- Counts rows.
+--
+-- A `where` (here, in @{to_rows}, @{search} and backfills) is one SQL
+-- expression over the table's columns, as SQLite reads it: comments, `;`, a
+-- stray `)`, subqueries, `IN <table>` and parameters are refused.
+-- @string[opt] where e.g. `"content IS NOT NULL AND id > 10"`
+-- @treturn integer
+-- @raise `invalid_argument` for a bad `where`
 function Table:count_rows(where)
   local m = current(self)
   where_check.check(where, m, "count_rows")
@@ -186,12 +242,8 @@ local function resolve_columns(m, names)
   return out
 end
 
---[[
-tbl:to_rows([{columns=, where=, limit=}]) -> array of {column = value}
-Rows in (fragment, rowid) order, values typed back (nil for NULL, bools,
-float32 vectors as arrays of numbers, 64-bit integers exact). columns may
-name "_rowid" (the row's number within its fragment).
-]]
+-- to_rows(tbl, opts, what): Table:to_rows and Query:to_rows; `what` names
+-- the caller in errors.
 local function to_rows(self, opts, what)
   opts = opts or {}
   if type(opts) ~= "table" then invalid("to_rows: options must be a table") end
@@ -244,48 +296,37 @@ local function to_rows(self, opts, what)
   return out
 end
 
+--- Reads rows into Lua, in (fragment, rowid) order.
+-- Values come back typed: `nil` for NULL, booleans, `float32[N]` as arrays
+-- of numbers, 64-bit integers exact.
+-- @tab[opt] opts `columns` (names; `"_rowid"`, the row's number in its
+-- fragment, allowed), `where` (as @{count_rows}), `limit`
+-- @treturn {table,...} records `{column = value}`
+-- @raise `invalid_argument` for an unknown column, a bad `where` or limit
+-- @usage for _, r in ipairs(tbl:to_rows { columns = { "id", "words" }, where = "words > 3", limit = 5 }) do
+--   print(r.id, r.words)
+-- end
 function Table:to_rows(opts) return to_rows(self, opts, "to_rows") end
 
--- A query builder: tbl:search():where(sql):select{...}:limit(n):to_rows()
-local Query = {}
-Query.__index = Query
-Query.__name = "geneva.Query"
-
--- tbl:search() -> Query
+--- A query builder over this table.
+-- @treturn Query
+-- @usage tbl:search():where("id < 10"):select { "id" }:to_rows()
 function Table:search()
   return setmetatable({ tbl = self }, Query)
-end
-
-function Query:where(sql)
-  self._where = where_check.check(sql, current(self.tbl), "search")
-  return self
-end
-
-function Query:select(cols)
-  self._columns = cols
-  return self
-end
-
-function Query:limit(n)
-  self._limit = n
-  return self
-end
-
-function Query:to_rows()
-  return to_rows(self.tbl, { columns = self._columns, where = self._where, limit = self._limit }, "search")
-end
-
-function Query:count_rows()
-  return self.tbl:count_rows(self._where)
 end
 
 -- }======
 
 -- {====== Writing
 
--- tbl:add(rows | {from = "file.csv"|"file.jsonl"}) -> tbl
--- Appends new fragments of at most fragment_size rows. Nothing is committed
--- when any row is bad (invalid_argument naming the row or file:line).
+--- Appends rows (new fragments of at most the table's fragment size).
+-- Nothing is committed when any row is bad. Computed columns of the new
+-- rows are NULL until a backfill computes them.
+-- @tparam {table,...}|table rows an array of records, or
+-- `{from = "file.csv" | "file.jsonl"}`
+-- @treturn Table the handle itself
+-- @raise `invalid_argument` naming the row or `file:line`; on a pinned handle too
+-- @usage tbl:add { { id = 1001, content = "more text" } }
 function Table:add(rows)
   writable(self, "add rows")
   local batch = ingest.load(rows)
@@ -341,12 +382,16 @@ local function check_inputs(m, name, inputs)
   end
 end
 
---[[
-tbl:add_columns{name = udf, ...} -> tbl
-Adds virtual columns (NULL until backfilled). conflict when a column of that
-name exists; invalid_argument for a bad name, a udf input column that does not
-exist or is the column itself.
-]]
+--- Adds computed (virtual) columns, NULL until @{backfill} computes them.
+-- A column's type is its UDF's `data_type`; the UDF's input columns must
+-- exist.
+-- @tparam {[string]=geneva.udf.Udf} map column name to UDF
+-- @treturn Table the handle itself
+-- @raise `conflict` when a column of that name exists; `invalid_argument`
+-- for a bad name, or an input column that does not exist or is the column
+-- itself
+-- @usage tbl:add_columns { words = geneva.udf { data_type = "int64",
+--   fn = function(content) return content and select(2, content:gsub("%S+", "")) end } }
 function Table:add_columns(map)
   writable(self, "add columns")
   if type(map) ~= "table" then invalid("add_columns: expected a table {name = udf}") end
@@ -373,11 +418,18 @@ function Table:add_columns(map)
   return self
 end
 
---[[
-tbl:alter_columns{ {path = "col", udf = new_udf}, ... } -> tbl
-Re-points virtual columns to new UDFs. Values stay; as their udf_version now
-differs, the next backfill recomputes them. The data_type must stay the same.
-]]
+--- Gives virtual columns new UDFs.
+-- The values already computed stay, but as their UDF version now differs,
+-- the next @{backfill} recomputes them. The data type must stay the same
+-- (drop and re-add the column to change it).
+-- @tparam {table,...}|table list `{ {path = "column", udf = new_udf}, ... }`,
+-- or one such entry
+-- @treturn Table the handle itself
+-- @raise `not_found` for an unknown column; `invalid_argument` for a stored
+-- column, another data type, or a missing input column
+-- @usage tbl:alter_columns { path = "words", udf = geneva.udf { data_type = "int64",
+--   fn = function(content) return content and #content // 6 end } }
+-- tbl:backfill("words")    -- recomputes every row
 function Table:alter_columns(list)
   writable(self, "alter columns")
   if type(list) ~= "table" then invalid("alter_columns: expected an array of {path = column, udf = udf}") end
@@ -409,8 +461,11 @@ function Table:alter_columns(list)
   return self
 end
 
--- tbl:drop_columns{"a", ...} | ("a") -> tbl. not_found for an unknown column;
--- invalid_argument when a udf still reads it or no stored column would remain.
+--- Drops columns.
+-- @tparam {string,...}|string list names, or one name
+-- @treturn Table the handle itself
+-- @raise `not_found` for an unknown column; `invalid_argument` when a UDF
+-- still reads it or no stored column would remain
 function Table:drop_columns(list)
   writable(self, "drop columns")
   if type(list) == "string" then list = { list } end
@@ -481,16 +536,17 @@ local function commit_with_folds(self, operation, body)
   return res
 end
 
---[[
-tbl:cleanup_old_versions([{older_than = seconds (default 7 days), grace = seconds}])
--> {versions_removed, files_removed, bytes_removed}
-Lance's name. Removes versions older than older_than (never the latest) and
-the files no kept version references: those of removed versions, and the
-orphans of crashed commits, failed folds and killed workers (older than
-grace, default 1 hour, so no commit in flight loses its file). After
-compact(), this is what brings the file count down. `geneva tables cleanup`
-is its CLI twin.
-]]
+--- Removes old versions and the files no kept version uses.
+-- Versions older than `older_than` go (never the latest), with their files
+-- and the orphans of crashed commits, failed folds and killed workers
+-- (older than `grace`, so no commit in flight loses its file). After
+-- @{compact}, this is what brings the file count down. `geneva tables
+-- cleanup` is its command-line twin.
+-- @tab[opt] opts `older_than` (seconds, default 7 days), `grace` (seconds,
+-- default 1 hour)
+-- @treturn table `{versions_removed=, files_removed=, bytes_removed=}`
+-- @raise `invalid_argument` for a bad option or on a pinned handle
+-- @usage tbl:cleanup_old_versions { older_than = 0 }   -- keep only the latest version
 function Table:cleanup_old_versions(opts)
   writable(self, "clean up")
   if opts ~= nil and type(opts) ~= "table" then invalid("cleanup_old_versions: options must be a table") end
@@ -504,9 +560,10 @@ function Table:cleanup_old_versions(opts)
   return storage.cleanup(self.dir, { older_than = opts.older_than or 7 * 86400, grace = opts.grace })
 end
 
--- tbl:compact() -> tbl: folds each fragment's column files into one per
--- column (one per udf_version still winning rows) in a new version; older
--- versions still read their own files. No commit when there is nothing to fold.
+--- Folds each fragment's column files into one per column, in a new version.
+-- Older versions still read their own files; nothing is committed when
+-- there is nothing to fold.
+-- @treturn Table the handle itself
 function Table:compact()
   writable(self, "compact")
   local m0 = current(self)
@@ -538,16 +595,44 @@ virtual, or its udf_version is no longer udf_version. A staged file is
 removed only once its commit has landed. Returns the new version and how many files it
 committed (the latest version, 0 and no commit when none applied).
 ]]
---[[ tbl:backfill(column [, {where=, batch_size=, concurrency=, commit_every=,
-resume=true}]) -> record. Computes the rows that are missing: not computed
-by the column's current UDF version, or failed under on_error = "null"
-(geneva.store.reader.missing); a NULL result counts as computed. Raises the
-job's error when it ends FAILED or CANCELLED (geneva.backfill). ]]
+--- Computes a virtual column's missing values and waits for the end.
+--
+-- Missing rows are those never computed by the column's current UDF
+-- version (new rows, a new or altered UDF) and those that failed under
+-- `on_error = "null"`. A NULL the UDF returns is a computed value: a second
+-- run with nothing missing computes and commits nothing. It commits every
+-- few tasks, and a re-run after a crash picks up the checkpoints of the
+-- one that died. It runs in the current context's workers, else on the
+-- embedded local cluster (workers = cores). On a terminal it draws a
+-- progress bar on stderr.
+-- @string column a virtual column
+-- @tab[opt] opts `where` (narrows the rows; as @{count_rows}), `batch_size`
+-- (rows per task), `concurrency` (worker slots), `commit_every` (tasks per
+-- commit), `resume` (default true: reuse checkpoints of an unfinished job)
+-- @treturn table the finished job's record (as @{geneva.backfill.job.Job:record})
+-- @raise the job's error when it ends FAILED (e.g. `udf_error` with
+-- `column`, `rowid`, `value`) or CANCELLED (`cancelled`); `not_found` for an
+-- unknown column; `invalid_argument` for a stored column or a bad `where`;
+-- `conflict` while another job backfills the same column
+-- @usage local rec = tbl:backfill("words", { where = "content IS NOT NULL", batch_size = 10000 })
+-- print(rec.rows.computed, rec.rows.failed)
 function Table:backfill(column, opts)
   return require("geneva.backfill").run(self, column, opts)
 end
 
--- tbl:backfill_async(column [, opts]) -> Job (status, wait, cancel, record, logs)
+--- Starts a backfill in the background and returns at once.
+-- The job's driver runs in a process of its own: it progresses while the
+-- script sleeps, computes or sits at the REPL prompt; `geneva jobs
+-- show|logs|wait|cancel` see it from another shell. It belongs to the
+-- current context (whose exit waits for it), else to the host, and is
+-- stopped with its owner (Ctrl-C, `kill`).
+-- @string column
+-- @tab[opt] opts as @{backfill}
+-- @treturn geneva.backfill.job.Job
+-- @raise as @{backfill} for errors found before the job starts
+-- @usage local job = tbl:backfill_async("words")
+-- -- ... other work ...
+-- job:wait()
 function Table:backfill_async(column, opts)
   return require("geneva.backfill").start_async(self, column, opts)
 end
@@ -637,5 +722,56 @@ function Table:_commit_column_files(column, udf_version, files)
 end
 
 -- }======
+
+--- A query: `tbl:search():where(sql):select{...}:limit(n):to_rows()`.
+-- Each call returns the query itself; nothing is read until
+-- @{Query:to_rows} or @{Query:count_rows}.
+-- @type Query
+
+function Query:__tostring()
+  return ("geneva.Query %s%s%s%s"):format(self.tbl.name,
+    self._where and (" where " .. self._where) or "",
+    self._columns and (" select " .. table.concat(self._columns, ", ")) or "",
+    self._limit and (" limit " .. tostring(self._limit)) or "")
+end
+
+--- Keeps the rows for which `sql` holds.
+-- @string sql one SQL expression over the table's columns (as in @{Table:count_rows})
+-- @treturn Query
+-- @raise `invalid_argument` for anything that is not one expression, or an unknown column
+function Query:where(sql)
+  self._where = where_check.check(sql, current(self.tbl), "search")
+  return self
+end
+
+--- Which columns the rows get (default: all).
+-- @tparam {string,...} cols column names (`"_rowid"` allowed)
+-- @treturn Query
+function Query:select(cols)
+  self._columns = cols
+  return self
+end
+
+--- At most `n` rows.
+-- @int n
+-- @treturn Query
+function Query:limit(n)
+  self._limit = n
+  return self
+end
+
+--- Runs the query.
+-- @treturn {table,...} rows, as @{Table:to_rows}
+-- @raise `invalid_argument` for an unknown column or a bad limit
+-- @usage local long = tbl:search():where("words > 100"):select { "id", "words" }:limit(10):to_rows()
+function Query:to_rows()
+  return to_rows(self.tbl, { columns = self._columns, where = self._where, limit = self._limit }, "search")
+end
+
+--- Counts the rows the query's `where` keeps (its select and limit aside).
+-- @treturn integer
+function Query:count_rows()
+  return self.tbl:count_rows(self._where)
+end
 
 return M

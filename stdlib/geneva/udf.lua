@@ -1,15 +1,22 @@
--- geneva.udf: UDF objects (design §3, docs/internals.md).
+--- UDFs: the functions that compute a virtual column, one row (or one
+-- batch) at a time, on workers.
 --
---   geneva.udf{ fn=, data_type=, ... } -> Udf         (udf.new; raises
---       invalid_argument naming the field, not_found for a missing module)
---   udf.from_spec(spec) -> Udf                         (on a worker)
---   u:spec() -> plain JSON-able table; u.version -> sha256 hex; fields
---       u.data_type, u.input_columns, u.batch, u.on_error, u.retries,
---       u.timeout, u.num_cpus, u.num_gpus, u.memory, u.name, u.module
---   u:call{col = value, ...} -> value | raises udf_error   (one row)
---   u:executor([column | {column=, on_error=}]) -> ex; ex:run(batch) -> results
+-- Code travels to workers as stripped bytecode or as a module reference
+-- (`module=`, `function=`) that the worker `require`s (ship the module with
+-- a manifest: @{geneva.db.Db:define_manifest}). Bytecode runs in a fresh
+-- environment holding the standard globals and `geneva`; any other global
+-- raises a `udf_error` naming it. Upvalues other than `_ENV` must be loaded
+-- modules (`local json = require "geneva.json"`): the worker requires them
+-- again. Locally, @{Udf:call} loads the code the same way, so it behaves as a
+-- worker does.
 --
--- Batches and results (the worker's contract):
+-- NULL is `nil` in scalar arguments and results, and `geneva.null` inside
+-- batch arrays.
+-- @module geneva.udf
+
+-- The worker's contract (geneva.backfill.worker), not public:
+--   udf.from_spec(spec) -> Udf; u:executor([column | {column=, on_error=}])
+--   -> ex; ex:run(batch) -> results, where
 --   batch   = { n = N, rowids = {r1..rN} (optional, default 1..N),
 --               columns = { name = {v1..vN}, ... } }     NULL = geneva.null
 --   results = { n = N, values = {v1..vN},                NULL = geneva.null
@@ -19,18 +26,8 @@
 -- failing row raises its udf_error (fields column, rowid, [value], [cause],
 -- [traceback], [timeout]) and there are no results. Batch UDFs get the
 -- column arrays themselves, with .n set (the executor writes n into them).
---
--- Code travels as stripped bytecode (string.dump(fn, true), base64 in the
--- spec) or as a module reference (module=, function=) resolved with require
--- on the worker. Bytecode is loaded into a fresh environment holding the
--- standard globals and `geneva`; any other global raises a udf_error naming
--- it (pitfalls.md: a dumped function sees only the worker's globals).
--- Upvalues other than _ENV must be loaded modules (`local json = require
--- "geneva.json"`): they are required again on the worker. Locally the same
--- bytecode is loaded the same way, so u:call behaves like a worker.
---
--- NULL: nil in scalar arguments and u:call records; geneva.null (json.null)
--- in batch column arrays and in results.values (so arrays have no holes).
+-- A dumped function sees only the worker's globals, hence the environment
+-- above.
 local errors = require "geneva.errors"
 local types = require "geneva.store.types"
 local json = require "geneva.json"
@@ -42,6 +39,7 @@ local udf = {}
 local Udf = {}
 Udf.__index = Udf
 Udf.__name = "geneva.Udf"
+-- "geneva.Udf words -> int64 (f918943da012)": its name, type and version
 function Udf.__tostring(u)
   return ("geneva.Udf %s -> %s (%s)"):format(u.name, u.data_type, u.version:sub(1, 12))
 end
@@ -401,24 +399,86 @@ local OPTIONS = {
   timeout = true, name = true, module = true, ["function"] = true,
 }
 
--- udf.new(opts) -> Udf (also geneva.udf{...}). Raises invalid_argument naming
--- the field; not_found when a module cannot be found on package.path.
-function udf.new(o)
-  if type(o) ~= "table" then bad("options", "expected a table, got %s", type(o)) end
-  for k in pairs(o) do
+--- Makes a UDF; `geneva.udf{...}` is the same call.
+--
+-- **Scalar** (the default): `fn` gets one row's input values (`nil` for
+-- NULL) and returns the value, or `nil` for NULL. **Batch** (`batch =
+-- true`): `fn` gets one array per input column, each with `.n` and
+-- `geneva.null` for NULL, and returns an array of exactly `n` values.
+-- **Stateful** (`setup`): `setup()` runs once per worker (and once per Udf
+-- object for @{Udf:call}); its result is passed as `fn`'s first argument,
+-- before the columns: load a model, open a connection, build a lookup table.
+--
+-- The UDF's version (`u.version`, a SHA-256) covers its code (and setup's),
+-- `data_type`, `input_columns` and `batch`: a column whose UDF changes is
+-- recomputed by the next backfill; `on_error`, `retries`, `timeout` and the
+-- resources do not change it.
+-- @tab opts the options below
+-- @tparam function opts.fn the function; its parameter names are the input
+-- columns unless `input_columns` says otherwise (required unless `module`
+-- and `function` are given)
+-- @string opts.data_type `"int64"`, `"float64"`, `"string"`, `"bool"`,
+-- `"blob"` or `"float32[N]"` (required)
+-- @tparam[opt] {string,...} opts.input_columns the columns passed, in order
+-- @bool[opt=false] opts.batch pass column arrays instead of one row
+-- @tparam[opt] function|string|table opts.setup a function, a function name in
+-- `module`, or `{module=, function=}`; its result is the state
+-- @string[opt="fail"] opts.on_error `"fail"`: the first failing row fails the
+-- backfill; `"null"`: failing rows become NULL and the job records them
+-- (`rows.failed_rowids`), and the next backfill tries them again
+-- @int[opt=0] opts.retries more attempts for a row that raised (a batch
+-- is retried row by row)
+-- @number[opt] opts.timeout seconds one row (one call of a batch UDF) may
+-- run; past it the row fails with a `udf_error` that has `timeout = true`
+-- @number[opt=1] opts.num_cpus CPUs a worker slot needs (Ray scheduling)
+-- @number[opt=0] opts.num_gpus GPUs a worker slot needs
+-- @int[opt] opts.memory bytes a worker slot needs
+-- @string[opt] opts.name shown in errors, logs and job records (default:
+-- `file:line` of `fn`, or `module.function`)
+-- @string[opt] opts.module a module to `require` on the worker, with
+-- `function`, the name of the function in it
+-- @treturn Udf
+-- @raise `invalid_argument` naming the field (and an unknown option, with
+-- "did you mean"); `not_found` when `module` cannot be found on `package.path`
+-- @usage -- scalar
+-- local words = geneva.udf { data_type = "int64",
+--   fn = function(content) return content and select(2, content:gsub("%S+", "")) end }
+--
+-- -- batch: one array per column, an array of n values back
+-- local lens = geneva.udf { data_type = "int64", batch = true, input_columns = { "content" },
+--   fn = function(content)
+--     local out = {}
+--     for i = 1, content.n do out[i] = content[i] ~= geneva.null and #content[i] or geneva.null end
+--     return out
+--   end }
+--
+-- -- stateful: setup runs once per worker; bad rows become NULL after 2 retries
+-- local score = geneva.udf { data_type = "float64", on_error = "null", retries = 2, timeout = 5,
+--   setup = function() return { weights = { lorem = 0.5, ipsum = 2 } } end,
+--   fn = function(model, content)
+--     local s = 0
+--     for w in content:gmatch("%S+") do s = s + (model.weights[w] or 0) end
+--     return s
+--   end }
+--
+-- -- from a module shipped with a manifest
+-- local chars = geneva.udf { module = "my_udfs", ["function"] = "chars", data_type = "int64" }
+function udf.new(opts)
+  if type(opts) ~= "table" then bad("options", "expected a table, got %s", type(opts)) end
+  for k in pairs(opts) do
     if not OPTIONS[k] then bad(tostring(k), "unknown option" .. require("geneva.suggest").hint(k, OPTIONS)) end
   end
   local u = setmetatable({}, Udf)
-  check_common(u, o)
+  check_common(u, opts)
 
   -- setup: a function, a function name in module=, or {module=, function=}
-  local s = o.setup
+  local s = opts.setup
   if s ~= nil then
     if type(s) == "function" then
       u._setup = { upvalues = dump_roles("setup", s), code = string.dump(s, true) }
     elseif type(s) == "string" then
-      if o.module == nil then bad("setup", "a function name needs module=") end
-      u._setup = { module = o.module, ["function"] = s }
+      if opts.module == nil then bad("setup", "a function name needs module=") end
+      u._setup = { module = opts.module, ["function"] = s }
     elseif type(s) == "table" then
       check_modname("setup", s.module)
       if type(s["function"]) ~= "string" then bad("setup", "expected {module=, function=}") end
@@ -428,15 +488,15 @@ function udf.new(o)
     end
   end
 
-  local fn, cols = o.fn, o.input_columns
+  local fn, cols = opts.fn, opts.input_columns
   if fn ~= nil and type(fn) ~= "function" then bad("fn", "expected a function, got %s", type(fn)) end
-  if o.module ~= nil or o["function"] ~= nil then
-    check_modname("module", o.module)
-    local fname = o["function"]
+  if opts.module ~= nil or opts["function"] ~= nil then
+    check_modname("module", opts.module)
+    local fname = opts["function"]
     if type(fname) ~= "string" or not fname:match("^[%a_][%w_%.]*$") then
       bad("function", "expected a function name, got %s", types.describe(fname))
     end
-    u.module, u["function"] = o.module, fname
+    u.module, u["function"] = opts.module, fname
     u._fn = fn                       -- the local version, if given
   elseif fn == nil then
     bad("fn", "required (or module= and function=)")
@@ -909,10 +969,19 @@ function Executor:_run_batch(batch, C, res)
   end
 end
 
--- u:call(record) -> value (nil for NULL). Runs one row through a cached
--- executor (setup runs once per Udf object); retries apply, and a failure
--- raises its udf_error whatever on_error says. Unknown keys raise
--- invalid_argument.
+--- A UDF object, from @{new}. Fields: `name`, `data_type`, `input_columns`,
+-- `batch`, `on_error`, `retries`, `timeout`, `num_cpus`, `num_gpus`, `memory`,
+-- `module`, `version` (SHA-256 hex).
+-- @type Udf
+
+--- Runs the UDF on one row, here: for tests and the REPL.
+-- setup runs once per Udf object; retries and the timeout apply, and a
+-- failure raises whatever `on_error` says.
+-- @tab row `{column = value}` for the input columns (absent or `nil`: NULL)
+-- @return the value (`nil` for NULL)
+-- @raise `udf_error` (with `rowid`, `value`, `cause`, `traceback`, `timeout`
+-- when they apply); `invalid_argument` for a key that is not an input column
+-- @usage assert(words:call { content = "a b c" } == 3)
 function Udf:call(row)
   row = row or {}
   if type(row) ~= "table" then bad("call", "expected a record table, got %s", type(row)) end

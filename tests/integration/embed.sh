@@ -94,7 +94,7 @@ grep -q "^nil	cannot find the geneva program" <<<"$out" || { echo "$out"; exit 1
 
 # 6. the installed binary runs without the source tree
 out=$(cd "$tmp" && env -u GENEVA_STDLIB "$prefix/bin/geneva" -e 'print(require("geneva.pretty").format({1}))')
-grep -q '1,' <<<"$out"
+grep -qx '{1}' <<<"$out"
 
 # 7. the CMake package
 if [ "${GENEVA_SANITIZE:-0}" != 1 ]; then

@@ -3,10 +3,13 @@
 
 usage: repl_pty.py GENEVA_BIN
 Checks a multi-line function, `=expr`, a pretty-printed table, an error that
-does not end the session, Ctrl-C at the prompt, and the history file.
+does not end the session, Ctrl-C at the prompt and at a `>>` continuation,
+Tab completion, compact printing of objects and long arrays, a background
+job that draws nothing at the prompt, and the history file.
 Prints 'N passed, N failed' and exits non-zero on failure.
 """
 import json
+import re
 import os
 import pty
 import select
@@ -90,11 +93,41 @@ def main():
     read_until(fd, "> ")
     out = step("=3*3\n", "9")
     check("Ctrl-C at the prompt", "9" in out and "interrupted" not in out, out)
+    # Ctrl-C at `>>` drops the statement being continued, as lua does
+    send("function dropped()\n")
+    read_until(fd, ">> ")
+    send("  return 1\n")
+    read_until(fd, ">> ")
+    send("\x03")
+    out = read_until(fd, "> ")
+    check("Ctrl-C at >> gives a fresh > prompt", out.rstrip().endswith(">") and ">>" not in out, repr(out))
+    out = step("=dropped == nil and 'gone' or 'kept'\n", "gone")
+    check("Ctrl-C at >> dropped the pending lines", "gone" in out, out)
+    out = step("=2+5\n", "7")
+    check("the REPL works after Ctrl-C at >>", "7" in out, out)
+
+    # Tab completes globals, fields and methods (libedit redraws the line)
+    step("geneva = require 'geneva'\n", "")
+    send("=type(geneva.local_cl\t")
+    read_until(fd, "local_cluster")
+    out = step(")\n", "function")
+    check("Tab completes a field", "function" in out, out)
+    send("geneva.co\t")        # the common prefix first, then the list
+    read_until(fd, "geneva.con")
+    send("\t")
+    out = read_until(fd, "geneva.connect", then="geneva.context")
+    check("a second Tab lists the candidates", "geneva.context" in out, out)
+    send("\x03")               # and the line goes
+    read_until(fd, "> ")
+    send("=pri\t")
+    read_until(fd, "print")
+    out = step("('tab')\n", "tab")
+    check("Tab completes a global", "tab" in out, out)
     # Ctrl-C inside a context tears down what that statement created, and
     # only that: a context entered by an earlier statement stays.
     workers = ("=#io.popen(\"pgrep -P \" .. require('geneva.proc').self().pid .. "
                "\" -f '^[^ ]*geneva worker --stdio$'\"):read('a'):gsub('%d+', '')\n")
-    step("geneva = require 'geneva'; db = geneva.connect(%r)\n" % os.path.join(tmp, "db"), "")
+    step("db = geneva.connect(%r)\n" % os.path.join(tmp, "db"), "")
     # A background job makes progress while the REPL sits idle at its prompt
     step("t = db:create_table('docs', (function() local r = {} for i = 1, 4000 do "
          "r[i] = {id = i} end return r end)())\n", "")
@@ -109,6 +142,15 @@ def main():
     send("=j:wait().status\n")
     out = read_until(fd, "DONE", timeout=60, then="> ")
     check("and ends DONE", "DONE" in out, out)
+    out = step("=j\n", "rows>")
+    check("a job prints as one line", re.search(r"<geneva\.Job \S+ DONE docs\.s 4000/4000 rows>\r\n", out), out)
+    out = step("=t\n", "columns)>")
+    check("a table prints as one line", re.search(r"<geneva\.Table docs v\d+ \(2 columns\)>", out), out)
+    out = step("=t:to_rows()\n", "more")
+    check("a long array is cut", "… 3990 more" in out and out.count("id = ") == 10, out)
+    out = step("=t:schema()\n", "udf ")
+    check("a schema prints a line per column, no bytecode",
+          "geneva.Schema (2 columns)" in out and "code" not in out, out)
     out = step("kept = geneva.local_cluster{ workers = 1 }:enter()\n", "")
     send("geneva.local_cluster{ workers = 2 }(function() geneva.time.sleep(20) end)\n")
     time.sleep(1.5)

@@ -1,5 +1,17 @@
--- geneva.backfill.job: job records and the Job object (design §3, contract).
+--- Backfill jobs: the Job object that @{geneva.table.Table:backfill_async}
+-- and @{geneva.db.Db:job} return, and the records @{geneva.db.Db:jobs} lists.
 --
+-- A job's record is a plain table: `id`, `status` (`"PENDING"`,
+-- `"RUNNING"`, `"DONE"`, `"FAILED"`, `"CANCELLED"`), `table`, `column`,
+-- `rows` (`planned`, `computed`, `committed`, `failed`, `failed_rowids` by
+-- fragment), `tasks` (`planned`, `done`), `commits`, `error` (`code`,
+-- `message`, ...), `events`, `created_at`, `started_at`, `finished_at`,
+-- `seconds`, `options`, `runner`, `version_start`, `version_end`. A RUNNING
+-- job whose driver is gone reads as FAILED with code `abandoned`.
+-- @module geneva.backfill.job
+
+-- Internals (job.save/load/list, logs, cancel markers: geneva.cli.jobs and
+-- the drivers use them):
 -- A record is `<db>/_geneva/jobs/<id>.json`, rewritten atomically on every
 -- state change and at most about once a second for progress. A cancel
 -- request from another process is the file `<id>.cancel`, which the owning
@@ -355,7 +367,6 @@ Job.__index = function(self, k)
   return Job[k]
 end
 Job.__name = "geneva.Job"
-Job.__tostring = function(self) return ("geneva.Job %s (%s)"):format(self._rec.id, self:status()) end
 
 -- Drivers of the jobs this process steps itself, by id (set by the driver
 -- until the job ends), so db:job(id) can step a job run here.
@@ -409,17 +420,44 @@ local function refresh(self)
   return self._rec
 end
 
--- job:status() -> "PENDING"|"RUNNING"|"DONE"|"FAILED"|"CANCELLED"
+--- A job. `job.id` is its id; it prints as one line,
+-- `geneva.Job <id> RUNNING docs.words 1200/5000 rows`.
+-- @type Job
+
+-- the line above, from the record as it is now
+Job.__tostring = function(self)
+  local ok, rec = pcall(refresh, self)
+  if not ok then rec = self._rec end
+  local r = type(rec.rows) == "table" and rec.rows or {}
+  local done = (tonumber(r.computed) or 0) + (tonumber(r.failed) or 0)
+  return ("geneva.Job %s %s %s.%s %d/%d rows%s"):format(rec.id, tostring(rec.status), tostring(rec.table),
+    tostring(rec.column), done, tonumber(r.planned) or 0, (tonumber(r.failed) or 0) > 0 and
+    (" (%d failed)"):format(r.failed) or "")
+end
+
+--- The job's status now.
+-- @treturn string `"PENDING"`, `"RUNNING"`, `"DONE"`, `"FAILED"` or `"CANCELLED"`
 function Job:status() return refresh(self).status end
 
--- job:record() -> a copy of the record (plain table)
+--- The job's record now (a copy: a plain table; fields in the module's
+-- description).
+-- @treturn table
+-- @usage local r = job:record()
+-- print(r.rows.computed .. "/" .. r.rows.planned, r.status)
 function Job:record()
   local rec = refresh(self)
   return json.decode(json.encode(rec), { null_as_nil = true })
 end
 
--- job:wait([timeout_s]) -> record; raises the job's error when it ended
--- FAILED or CANCELLED; returns nil, "timeout" if timeout_s passed first.
+--- Waits for the job's end.
+-- @number[opt] timeout seconds to wait at most (default: no limit)
+-- @treturn[1] table the record, when it ended DONE
+-- @return[2] nil when `timeout` passed first
+-- @treturn[2] string `"timeout"`
+-- @raise the job's error when it ended FAILED (`udf_error`, `abandoned`, ...)
+-- or CANCELLED (`cancelled`), with `job_id`; `interrupted` on Ctrl-C
+-- @usage local rec, why = job:wait(60)
+-- if not rec then print("still running after a minute") end
 function Job:wait(timeout)
   local deadline = timeout and time.monotonic() + timeout
   local nap = 0.01               -- short jobs end fast: look often at first
@@ -444,9 +482,10 @@ function Job:wait(timeout)
   return self:record()
 end
 
--- job:cancel() -> true: stops its tasks, keeps what was committed. A
--- background or other process's job is asked through its cancel marker;
+--- Cancels the job: its tasks stop; what was committed stays.
+-- A job of another process is asked through a marker its driver watches;
 -- one of this process's background jobs is waited for until it has ended.
+-- @treturn boolean true
 function Job:cancel()
   if self._driver then
     self._driver:cancel()
@@ -463,14 +502,15 @@ function Job:cancel()
   return true
 end
 
---[[
-job:logs([{follow = false, on_line = fn}]) -> array of log lines
-The job's log: its driver's events and its workers' output, each line
-"HH:MM:SS [worker N|slot N] text" (UTC). With follow, lines are passed to
-on_line (default: written to stdout) as they come until the job has ended,
-and the whole log is returned then. A job of this process is stepped
-meanwhile. Older jobs without a log give their record's events.
-]]
+--- The job's log: its driver's events and its workers' output.
+-- Each line is `HH:MM:SS [worker N|slot N] text` (UTC). With `follow`,
+-- lines are passed to `on_line` as they come until the job has ended, and
+-- the whole log is returned then.
+-- @tab[opt] opts `follow` (boolean), `on_line` (function(line); default:
+-- write to stdout)
+-- @treturn {string,...} the lines
+-- @raise `invalid_argument` for an unknown option
+-- @usage job:logs { follow = true }     -- like `geneva jobs logs -f ID`
 function Job:logs(opts)
   opts = opts or {}
   if type(opts) ~= "table" then errors.throw("invalid_argument", "job:logs: options must be a table {follow=, on_line=}") end

@@ -1,29 +1,58 @@
--- geneva.context.cluster: cluster specs (design §3, contract) — validation, secret
--- references and the registry behind db:define_cluster & co.
+--- Cluster specs: what @{geneva.db.Db:define_cluster} and a context's
+-- inline `cluster` accept. Specs are checked when defined; a mistake is an
+-- `invalid_argument` naming the field's path (`worker_groups[1].memory`),
+-- with "did you mean" for a mistyped name.
 --
--- Types:  local   {workers, env}
---         ray     {address, ship_host, env, token_env | token_file, ca_file,
---                  client_cert, client_key, verify}
---         kuberay {namespace, head_group, worker_groups, kubeconfig,
---                  ttl_seconds, token_env | token_file}
--- Group fields follow KubeRay: image, num_cpus, num_gpus, memory,
--- node_selector, tolerations, labels, service_account, env; worker groups add
--- name, replicas, min_replicas, max_replicas.
+-- **`type = "local"`**: worker processes on this machine.
 --
--- memory is a Kubernetes quantity (512Mi, 4Gi, 1.5G, 1e9) or an integer
--- number of bytes. The sub-unit suffixes m, u and n are refused for memory:
--- Kubernetes reads "100m" as 0.1 byte, which is always a typo for 100Mi.
+-- - `workers`: how many (default: the number of cores)
+-- - `env`: environment of the workers, `{NAME = value | {from_env = "NAME"}}`
 --
--- Secrets are references, never values: token_env / token_file, and
--- {from_env = "NAME"} for any env value; in kuberay groups also
--- {from_secret = "secret-name", key = "KEY"}, a Kubernetes Secret's key. A field whose name looks like a
--- secret (spec.is_secret_key) and holds a string or a number is refused, and
--- so is a URL with a password in any env value. resolve_env reads the
--- references at use time, for a child process; nothing here stores or logs
--- their values. Records with literal env values are stored 0600 (registry).
+-- **`type = "ray"`**: an existing Ray cluster, through its dashboard's Job
+-- Submission REST API (no Python, no Ray client on the driver).
 --
--- The generic pieces (messages with field paths, Kubernetes syntax, field
--- checkers) are geneva.context.spec.
+-- - `address` (required): the dashboard's URL, `http://head:8265`
+-- - `ship_host`: upload this `geneva` and the libraries it needs beyond
+--   glibc once as a package (else the nodes need `geneva` at this path)
+-- - `env`: as for local
+-- - `token_env` / `token_file`: where the Ray token is (else
+--   `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH`, `~/.ray/auth_token`)
+-- - `ca_file`, `client_cert`, `client_key`, `verify` (default true): TLS
+--
+-- **`type = "kuberay"`**: a RayCluster created through the Kubernetes API
+-- for each context and deleted at its exit.
+--
+-- - `namespace`: default the kubeconfig context's
+-- - `kubeconfig`: a file (else `KUBECONFIG`, `~/.kube/config`, the
+--   in-cluster service account)
+-- - `ttl_seconds`: the expiry written on the RayCluster, for `geneva reap`
+--   (default 24 hours)
+-- - `token_env` / `token_file`: as for ray
+-- - `head_group`: a group (below)
+-- - `worker_groups`: a list of groups, each also with `name` (required,
+--   unique), `replicas`, `min_replicas`, `max_replicas`
+--
+-- A group's fields follow KubeRay: `image`, `num_cpus`, `num_gpus`,
+-- `memory` (a Kubernetes quantity such as `4Gi`, or bytes; `100m` is
+-- refused as the typo it always is), `node_selector`, `tolerations`,
+-- `labels`, `service_account`, `env` (also `{from_secret = "name", key =
+-- "KEY"}`, a Kubernetes Secret's key the pod reads itself).
+--
+-- **Secrets are references, never values**: `token_env`, `token_file`,
+-- `{from_env = "NAME"}` in `env`, read when a worker starts. A field whose
+-- name looks like a secret holding a literal, or a URL with a password, is
+-- refused; records, logs and `--json` show references only.
+-- @module geneva.context.cluster
+-- @usage db:define_cluster("k8s", { type = "kuberay", namespace = "ml",
+--   head_group = { image = "rayproject/ray:2.52.0", num_cpus = 0 },
+--   worker_groups = { { name = "gpu", image = "rayproject/ray:2.52.0", num_gpus = 1,
+--     memory = "16Gi", replicas = 2, env = { HF_TOKEN = { from_secret = "hf", key = "token" } } } } })
+
+-- Internals: validation, secret references and the registry behind
+-- db:define_cluster & co; the generic pieces (messages with field paths,
+-- Kubernetes syntax, field checkers) are geneva.context.spec. resolve_env
+-- reads references at use time, for a child process; nothing here stores
+-- or logs their values. Records with literal env values are stored 0600.
 local json = require "geneva.json"
 local errors = require "geneva.errors"
 local registry = require "geneva.context.registry"

@@ -1,17 +1,23 @@
--- geneva.context: execution contexts (design §3 and §8, contract).
+--- Execution contexts: workers provisioned for a piece of work and always
+-- torn down.
 --
---   geneva.context{cluster = "name" | {spec}, manifest = "name" | {spec},
---                  db = db, on_exit = "delete" | "retain_on_failure" | "retain"}
---     (function() tbl:backfill("col") end)
+--    geneva.context { cluster = "gpu", manifest = "dev" } (function()
+--      tbl:backfill("embedding")
+--    end)   -- the workers are gone here, whether the function returned or raised
 --
--- Entering reaps the db's leftovers (leases of dead drivers on this host),
--- opens a ledger scope journalled in `<db>/_geneva/leases` and the per-user
--- state directory, provisions through the cluster type's runner (local:
--- worker processes, started now and reused by every backfill inside), and
--- becomes the active context. Exiting waits for the async jobs started inside
--- (on_exit = "delete"), then closes the scope: every process, temp dir and
--- lease goes, newest first — on return, on error, on Ctrl-C. After kill -9,
--- `geneva reap` (or the next context) finishes the job from the leases.
+-- Entering reaps the database's leftovers (leases of dead drivers on this
+-- host), journals a lease for each resource before it exists (in
+-- `<db>/_geneva/leases` and `~/.local/state/geneva/leases`), provisions the
+-- cluster (local: worker processes, started now and reused by every backfill
+-- inside; ray: submissions to an existing Ray cluster; kuberay: a RayCluster
+-- created now) and becomes the active context: backfills inside run there.
+-- Exiting waits for the async jobs started inside (`on_exit = "delete"`),
+-- then tears everything down, newest first: on return, on error, on Ctrl-C,
+-- on `kill`. After `kill -9`, `geneva reap` (or the next context) finishes
+-- the teardown from the leases. Outside any context a backfill runs on the
+-- embedded local cluster (workers = cores).
+-- @module geneva.context
+
 local errors = require "geneva.errors"
 local ledger = require "geneva.ledger"
 local json = require "geneva.json"
@@ -43,8 +49,23 @@ end
 local EXIT_MODES = { delete = true, retain_on_failure = true, retain = true }
 local OPTIONS = { cluster = true, manifest = true, db = true, on_exit = true, name = true }
 
--- context.new(opts) -> Context (not entered). Raises invalid_argument on bad
--- options; names are resolved at enter.
+--- Makes a context (not entered; `geneva.context{...}` is the same call).
+-- Names are resolved when it is entered, against `db`, else the database of
+-- the latest `geneva.connect` in this Lua state.
+-- @tab[opt] opts the options below
+-- @tparam[opt] string|table opts.cluster a cluster's name
+-- (@{geneva.db.Db:define_cluster}) or an inline spec (@{geneva.context.cluster});
+-- default: a local cluster
+-- @tparam[opt] string|table opts.manifest a manifest's name
+-- (@{geneva.db.Db:define_manifest}) or an inline spec
+-- @tparam[opt] geneva.db.Db opts.db where names resolve
+-- @string[opt="delete"] opts.on_exit `"delete"`: wait for the async jobs
+-- started inside, then tear down; `"retain_on_failure"`: keep the cluster
+-- when the function failed; `"retain"`: keep it (its lease is marked
+-- retained: `geneva reap --list` shows it, `--retained` removes it)
+-- @treturn Context
+-- @raise `invalid_argument` for a bad option (entering raises `not_found`
+-- for an unknown name, `invalid_argument` when no database is known)
 function context.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then errors.throw("invalid_argument", "context: expected a table of options") end
@@ -121,8 +142,23 @@ local function trusted_journal()
   return dir
 end
 
--- ctx:enter() -> ctx. Raises if already entered, or if provisioning fails
--- (after tearing down whatever it had created).
+--- A context, from @{new}, @{geneva.local_cluster} or @{geneva.ray_cluster}.
+--
+-- Calling it, `ctx(fn, ...)`, enters, runs `fn(...)`, always exits, and
+-- returns `fn`'s results or re-raises its error after teardown. In the REPL
+-- or a long script, @{Context:enter} and @{Context:exit} split that in two,
+-- and `local c <close> = ctx:enter()` exits at the end of the block. It
+-- prints as `geneva.Context two (entered)`.
+-- @type Context
+
+--- Enters: reaps leftovers, provisions the cluster, becomes the active context.
+-- @treturn Context the context itself (to-be-closed: `<close>` exits it)
+-- @raise `invalid_argument` when already entered (or exited); `not_found` for an unknown cluster
+-- or manifest; `unavailable` when provisioning fails (after tearing down
+-- whatever it had created)
+-- @usage local c = geneva.context { cluster = "two" }:enter()
+-- tbl:backfill("words")
+-- c:exit()
 function Context:enter()
   if self.state ~= "new" then
     errors.throw("invalid_argument", "context already " .. (self.state == "entered" and "entered" or "exited")
@@ -167,8 +203,11 @@ local function failed_jobs(self)
   return false
 end
 
--- ctx:exit([err]) -> true: idempotent. Waits for the async jobs started
--- inside unless on_exit = "retain"; then tears down (or retains).
+--- Exits: waits for the async jobs started inside (unless `on_exit =
+-- "retain"`), then tears down or retains. Idempotent.
+-- @param[opt] err the error that ends the context, if any (for
+-- `on_exit = "retain_on_failure"`)
+-- @treturn boolean true
 function Context:exit(err)
   if self.state ~= "entered" then return true end
   self.state = "exiting"
@@ -214,8 +253,11 @@ Context.__call = function(self, fn, ...)
   return fn(...)
 end
 
+-- "geneva.Context two (entered)"
 Context.__tostring = function(self)
-  return ("geneva.Context %s (%s)"):format(self.cluster_name or tostring(self.opts.cluster or "local"), self.state)
+  local c = self.opts.cluster
+  if type(c) == "table" then c = "inline " .. tostring(c.type) end
+  return ("geneva.Context %s (%s)"):format(self.cluster_name or tostring(c or "local"), self.state)
 end
 
 return context

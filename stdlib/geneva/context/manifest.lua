@@ -1,21 +1,31 @@
--- geneva.context.manifest: manifests (design §3, contract) and their packages.
+--- Manifest specs: what @{geneva.db.Db:define_manifest} and a context's
+-- inline `manifest` accept: the code and files workers need.
 --
--- A manifest says what workers need: Lua `modules` (resolved as `require`
--- would, on package.path), `files` (globs, `**` allowed, relative to the
--- current directory or `base_dir`), `env` (values or {from_env=NAME}),
--- `ship_host` (bundle the geneva binary and the shared libraries it needs
--- beyond glibc) and `local_zip_output_dir` (keep a copy of the zip).
+-- - `modules`: Lua module names, resolved as `require` would on
+--   `package.path` (`lua/<a/b>.lua` or `lua/<a/b>/init.lua` in the package,
+--   on the workers' `package.path`)
+-- - `files`: globs (`**` allowed), relative to the current directory or
+--   `base_dir`; a file keeps its relative path
+-- - `base_dir`: where `files` are taken from
+-- - `env`: `{NAME = value | {from_env = "NAME"}}` for the workers
+-- - `ship_host`: bundle this `geneva` and the libraries it needs beyond glibc
+-- - `local_zip_output_dir`: keep a copy of the package's zip there
 --
--- Packaging is content-addressed: checksum = sha256 of the canonical JSON of
--- the sorted [path, size, sha256(file)] list, the zip is stored once as
--- <db>/_geneva/packages/<checksum>.zip (geneva.zip.create is deterministic).
--- Per-file hashes come from a stat cache (<db>/_geneva/packages/stat-cache.json,
--- keyed by real path; size, mtime_ns, ctime_ns, ino, dev), so unchanged files
--- are not read again. Unlike Geneva's (path, mtime) hash, touching a file
--- changes nothing, and re-defining an unchanged manifest writes no byte.
---
--- Zip layout: lua/<a/b>.lua or lua/<a/b>/init.lua for modules, files at
--- their relative paths, bin/geneva and lib/<soname> for ship_host (a
+-- Defining packages the files into one zip, content-addressed by SHA-256
+-- over the files' paths, sizes and contents and stored once in
+-- `<db>/_geneva/packages/`: re-defining an unchanged manifest writes
+-- nothing, and touching a file changes nothing. A Ray cluster gets a
+-- package only when it does not have it; packages of 100 MiB or more are
+-- refused, naming their largest files.
+-- @module geneva.context.manifest
+-- @usage db:define_manifest("udfs", { modules = { "my_udfs" }, files = { "models/**/*.bin" } })
+-- geneva.context { cluster = "ray", manifest = "udfs" } (function() tbl:backfill("score") end)
+
+-- Internals. Per-file hashes come from a stat cache
+-- (<db>/_geneva/packages/stat-cache.json, keyed by real path; size,
+-- mtime_ns, ctime_ns, ino, dev), so unchanged files are not read again.
+-- geneva.zip.create is deterministic. Zip layout: lua/ for modules, files
+-- at their relative paths, bin/geneva and lib/<soname> for ship_host (a
 -- runner starts `LD_LIBRARY_PATH=<pkg>/lib <pkg>/bin/geneva worker` after
 -- manifest.check_host(record) on the worker). The stat cache is shared by
 -- all manifests of a db and never pruned (entries are ~150 bytes).

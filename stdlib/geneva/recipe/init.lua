@@ -1,44 +1,42 @@
--- geneva.recipe: team recipes, templated YAML files that define clusters
--- and manifests and name backfill jobs (design §4, contract).
+--- Team recipes: templated YAML files that define clusters and manifests
+-- and name backfill jobs (`geneva recipe validate|run|apply|render`).
 --
---   recipe.load(path [, vars]) -> Recipe        parse, substitute, check shape
---   recipe.validate(r) -> r                     deeper checks, nothing created
---   recipe.render(path [, vars]) -> yaml, r     the substituted document
---   recipe.apply(r) -> db, summary              define clusters and manifests
---   recipe.run(r [, job [, opts]]) -> results   apply, then run jobs in order
+--    vars:   { db: ./data, table: docs }
+--    db: ${db}
+--    clusters:  { two: { type: local, workers: 2 } }      # as define_cluster
+--    manifests: { udfs: { modules: [my_udfs] } }           # as define_manifest
+--    jobs:
+--      chars:
+--        table: ${table}
+--        column: chars
+--        udf: { module: my_udfs, function: chars, data_type: int64 }   # + udf options
+--        where: "id <= ${max_id:-100}"
+--        cluster: two
+--        manifest: udfs
+--        backfill: { batch_size: 1000, concurrency: 2 }
 --
--- All raise geneva.Errors: not_found for a missing file, invalid_argument
--- for a bad recipe with the message "<file>:<line>:<col>: <what>" and the
--- fields path, line, col, and `problems` (every problem found, each
--- {line=, col=, message=}, in document order); run raises what the job
--- raises, prefixed with the job's name.
+-- Every scalar may use `${name}` (a var from `--set` / the `vars` argument,
+-- else the recipe's `vars:` block) or `${name:-default}`; `$${` is a
+-- literal `${`. An unquoted scalar is re-typed after substitution (`2` is
+-- an integer, `true` a boolean), a quoted one stays a string, and one that
+-- is exactly `${name}` takes a list or map var as it is. YAML ends an
+-- unquoted scalar at `{` inside flow collections: quote the reference
+-- there. Top-level keys starting with `x-` are free-form (anchors for
+-- `<<: *name`); any other unknown field is an error, and so are duplicate
+-- keys. Relative paths resolve against the recipe's directory, which is
+-- also put first on `package.path` (so `udf.module` finds a module next to
+-- the recipe).
 --
--- Templating, per scalar after parsing (keys too, which stay strings):
---   ${name}            the value of var `name`: vars from the `vars`
---                      argument (`--set`), else the recipe's `vars:` block
---   ${name:-default}   default when `name` is unset, null or empty; the
---                      default may hold references itself
---   $${                a literal "${"
--- An unquoted scalar is re-typed after substitution (yaml.resolve: `2` is
--- an integer, `true` a boolean, empty is null); a quoted one stays a string.
--- An unquoted scalar that is exactly `${name}` takes a list or map var as
--- is. Defaults in `vars:` may refer to other vars. Note that YAML ends an
--- unquoted scalar at `{` inside flow collections ({...} and [...]): there,
--- quote the reference or write the collection in block style.
--- Substitution is capped (geneva.recipe.template: 4 MiB of substituted text,
--- 1e6 nodes copied by whole list/map uses, vars and defaults 64 deep): past
--- a cap, load fails at the scalar that crossed it.
--- A --set that no ${...} uses is a warning (r.warnings). Top-level keys
--- starting with `x-` are free-form (a place for anchors that jobs merge
--- with `<<: *name`); any other unknown field is an error.
---
--- Relative paths (db; manifest files, base_dir and local_zip_output_dir;
--- cluster kubeconfig and token_file) resolve against the recipe's directory
--- (a manifest's base_dir defaults to it), which
--- load also puts first on package.path (so `udf.module` finds a module next
--- to the recipe).
---
--- The pieces: geneva.recipe.template (positions, problems, substitution),
+-- Errors are `invalid_argument` with the message `<file>:<line>:<col>:
+-- <what>` and the fields `path`, `line`, `col` and `problems` (every problem
+-- found, each `{line=, col=, message=}`); `not_found` for a missing file.
+-- @module geneva.recipe
+
+-- Internals. Substitution is capped (geneva.recipe.template: 4 MiB of
+-- substituted text, 1e6 nodes copied by whole list/map uses, vars and
+-- defaults 64 deep): past a cap, load fails at the scalar that crossed it.
+-- Defaults in `vars:` may refer to other vars. The pieces:
+-- geneva.recipe.template (positions, problems, substitution),
 -- geneva.recipe.shape (the fields of a recipe); this module loads, checks
 -- further, applies, runs and renders.
 local yaml = require "geneva.yaml"
@@ -116,17 +114,21 @@ local function yaml_error(file, src, msg, code)
     problems = { { line = line or 1, col = col or 1, message = msg:gsub("^.-:%d+:%d+: ", "") } } })
 end
 
--- recipe.load(path [, vars]) -> Recipe
--- vars: {name = value} overriding the recipe's `vars:` (what --set gives;
--- strings are re-typed like unquoted text when they fill a whole unquoted
--- scalar). Raises not_found (no file), invalid_argument (bad YAML, unknown
--- variable or field, wrong type: file:line:col). Puts the recipe's
--- directory first on package.path. Nothing else is touched.
--- The Recipe: file (as given), path, dir (absolute), doc (the substituted
--- document), vars (effective values), warnings (array of strings),
--- db (absolute path or URI), clusters / manifests ({name=, spec=} in file
--- order), jobs ({name=, table=, column=, udf={...}, where=, cluster=,
--- manifest=, backfill={...}} in file order).
+--- Loads a recipe: parses, substitutes and checks its shape.
+-- Puts the recipe's directory first on `package.path`; nothing else is
+-- touched.
+-- @string path the YAML file
+-- @tab[opt] vars `{name = value}` overriding the recipe's `vars:` (what
+-- `--set` gives; strings are re-typed like unquoted text when they fill a
+-- whole unquoted scalar)
+-- @treturn table the Recipe: `file`, `path`, `dir`, `doc` (the substituted
+-- document), `vars` (effective values), `warnings` (a `--set` nobody
+-- used, ...), `db`, `clusters` and `manifests` (`{name=, spec=}` in file
+-- order), `jobs` (`{name=, table=, column=, udf=, where=, cluster=,
+-- manifest=, backfill=}` in file order)
+-- @raise `not_found` (no file), `invalid_argument` (bad YAML, unknown
+-- variable or field, wrong type; at `file:line:col`)
+-- @usage local r = geneva.recipe.load("chars.yaml", { db = "/elsewhere" })
 function recipe.load(path, vars)
   if type(path) ~= "string" or path == "" then
     errors.throw("invalid_argument", "recipe.load: path must be a file name")
@@ -289,10 +291,11 @@ local function backfill_opts(j)
   return o
 end
 
--- recipe.validate(r) -> r: checks what can be checked without creating
--- anything: cluster and manifest specs (by their modules' validate, when
--- this build has them), each job's UDF (its module must load), the names
--- jobs use. Raises invalid_argument with file:line:col.
+--- Checks what can be checked without creating anything: cluster and
+-- manifest specs, each job's UDF (its module must load), the names jobs use.
+-- @tab r a Recipe from @{load}
+-- @treturn table `r`
+-- @raise `invalid_argument` at `file:line:col`
 function recipe.validate(r)
   assert(getmetatable(r) == Recipe, "recipe.validate: expected a Recipe (recipe.load)")
   local problems = template.problems(r.file)
@@ -339,11 +342,13 @@ local function find_job(r, name)
     #names > 0 and table.concat(names, ", ") or "none"), { path = r.file })
 end
 
--- recipe.apply(r) -> db, summary: validates, connects the recipe's db
--- (creating its directory) and defines its clusters, then its manifests,
--- in file order (unchanged definitions write nothing). summary =
--- {db = path, clusters = {names}, manifests = {names}}. Spec errors raise
--- at the offending field's file:line:col.
+--- Validates, connects the recipe's database (creating its directory) and
+-- defines its clusters, then its manifests, in file order (unchanged
+-- definitions write nothing).
+-- @tab r a Recipe from @{load}
+-- @treturn geneva.db.Db
+-- @treturn table `{db = path, clusters = {names}, manifests = {names}}`
+-- @raise `invalid_argument` at the offending field's `file:line:col`
 function recipe.apply(r)
   recipe.validate(r)
   local db = require("geneva.db").connect(r.db)
@@ -420,16 +425,19 @@ local function run_job(r, db, j)
            seconds = time.monotonic() - t0 }
 end
 
--- recipe.run(r [, job_name [, opts]]) -> results
--- Applies the recipe, then runs the named job, or every job in file order.
--- A job: open its table (raises not_found at the job's `table`), add its
--- column with the UDF or alter it when the UDF's spec changed, then
--- backfill inside geneva.context{cluster=, manifest=, db=} (directly, on
--- the embedded local cluster, when the job names neither). Stops at the
--- first failing job, raising its error prefixed "<file>: job '<name>': ".
--- results: array of {job, table, column, column_action, cluster, manifest,
--- id, status, rows (computed), failed, committed, seconds}.
--- opts.on_result(result) is called after each job (the CLI prints there).
+--- Applies the recipe, then runs the named job, or every job in file order.
+-- A job opens its table, adds its column with the UDF (or alters it when
+-- the UDF changed), then backfills inside `geneva.context{cluster=,
+-- manifest=}` (on the embedded local cluster when it names neither).
+-- @tab r a Recipe from @{load}
+-- @string[opt] job_name one job (default: all)
+-- @tab[opt] opts `on_result` (function(result), called after each job)
+-- @treturn {table,...} one result per job: `job`, `table`, `column`,
+-- `column_action` (`"added"`, `"altered"`, `"unchanged"`), `cluster`,
+-- `manifest`, `id`, `status`, `rows`, `failed`, `committed`, `seconds`
+-- @raise the first failing job's error, its message prefixed
+-- `<file>: job '<name>': `; `not_found` for an unknown job or table
+-- @usage local results = geneva.recipe.run(geneva.recipe.load("chars.yaml"))
 function recipe.run(r, job_name, opts)
   assert(getmetatable(r) == Recipe, "recipe.run: expected a Recipe (recipe.load)")
   opts = opts or {}
@@ -467,10 +475,13 @@ local function escape_tree(v, pos, newpos)
   return out
 end
 
--- recipe.render(path [, vars]) -> yaml text, r
--- The substituted document as YAML (keys in the file's order), with vars:
--- showing the effective values; loading it again gives the same document.
--- Raises like recipe.load.
+--- The substituted document as YAML (keys in the file's order, `vars:`
+-- showing the effective values); loading it again gives the same document.
+-- @tparam string|table path a file, or a Recipe from @{load}
+-- @tab[opt] vars as @{load}
+-- @treturn string the YAML text
+-- @treturn table the Recipe
+-- @raise as @{load}
 function recipe.render(path, vars)
   local r = getmetatable(path) == Recipe and path or recipe.load(path, vars)
   local newpos = {}
