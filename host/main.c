@@ -31,6 +31,8 @@ static const char usage_text[] =
   "  --trace        full tracebacks for every error (also GENEVA_TRACE=1);\n"
   "                 otherwise an error such as not_found names its line\n"
   "                 in your script and internal errors show a traceback\n"
+  "  --no-progress  no progress bar on stderr (also GENEVA_PROGRESS=0;\n"
+  "                 GENEVA_PROGRESS=1 draws it even when not a terminal)\n"
   "  -v, --version  print the version and exit\n"
   "  -h, --help     print this help and exit\n"
   "\n"
@@ -132,6 +134,8 @@ static int run(geneva_host *h, int argc, char **argv) {
       return 0;
     } else if (strcmp(a, "--trace") == 0) {
       h->trace = 1;
+    } else if (strcmp(a, "--no-progress") == 0) {
+      setenv("GENEVA_PROGRESS", "0", 1);   /* for this process and what it starts */
     } else if (strcmp(a, "-e") == 0) {
       if (++i >= argc) return usage_error("'-e' needs an argument%s", "");
       code = geneva_host_dostring(h, argv[i]);

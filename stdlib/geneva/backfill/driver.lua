@@ -40,18 +40,45 @@ local function event(self, line)
   self.log:write(line)
 end
 
-local function progress(self)
+-- seconds -> "1h02m", "3m05s", "42s"
+local function duration(s)
+  s = math.max(0, math.floor(s + 0.5))
+  if s >= 3600 then return ("%dh%02dm"):format(s // 3600, s % 3600 // 60) end
+  if s >= 60 then return ("%dm%02ds"):format(s // 60, s % 60) end
+  return ("%ds"):format(s)
+end
+
+local function rate_text(r)
+  if r >= 1e6 then return ("%.1fM"):format(r / 1e6) end
+  if r >= 1e4 then return ("%.0fk"):format(r / 1e3) end
+  return ("%.0f"):format(r)
+end
+
+local BAR_EVERY = 0.1    -- seconds between redraws
+
+-- The bar on stderr (a terminal, unless GENEVA_PROGRESS=0 / --no-progress):
+--   embedding [########......]  45%  450000/1000000 rows  120k rows/s  ETA 4s
+-- Rows done count those still inside running tasks (the workers' progress
+-- reports), so the bar moves within a 50,000-row task. The rate is over
+-- the job so far.
+local function progress(self, final)
   if not self.bar then return end
+  local now = time.monotonic()
+  if not final and now - (self.drawn_at or 0) < BAR_EVERY then return end
+  self.drawn_at = now
   local r = self.rec.rows
   local done = r.computed + r.failed
-  local total = math.max(r.planned, 1)
-  local el = time.monotonic() - self.t0
+  for _, n in pairs(self.partial) do done = done + n end
+  done = math.min(done, r.planned)
+  local el = now - self.t0
   local rate = done / math.max(el, 1e-6)
-  local width = 30
-  local fill = math.floor(width * done / total)
-  local eta = rate > 0 and (r.planned - done) / rate or 0
-  io.stderr:write(("\r%s [%s%s] %d/%d rows  %.0f rows/s  ETA %ds "):format(
-    self.rec.column, ("#"):rep(fill), ("."):rep(width - fill), done, r.planned, rate, math.ceil(eta)))
+  local width = 24
+  local frac = r.planned > 0 and done / r.planned or 1
+  local fill = math.floor(width * frac)
+  local eta = final and "" or rate > 0 and ("  ETA " .. duration((r.planned - done) / rate)) or ""
+  io.stderr:write(("\r%s [%s%s] %3d%%  %d/%d rows  %s rows/s%s\27[K"):format(
+    self.rec.column, ("#"):rep(fill), ("."):rep(width - fill), math.floor(frac * 100), done, r.planned,
+    rate_text(rate), eta))
 end
 
 local function finish(self, status, err)
@@ -78,7 +105,10 @@ local function finish(self, status, err)
   end
   local ok, v = pcall(self.tbl.version, self.tbl)
   rec.version_end = ok and v or nil
-  if self.bar then io.stderr:write("\n") end
+  if self.bar then
+    progress(self, true)
+    io.stderr:write("\n")
+  end
   job.live[rec.id] = nil
   job.save_final(self.db_dir, rec)
   self.saved_at = time.monotonic()
@@ -173,8 +203,11 @@ local function on_event(self, ev)
   local rec = self.rec
   if ev.kind == "log" then
     event(self, ev.line)
+  elseif ev.kind == "progress" then
+    self.partial[ev.task.id] = ev.rows
   elseif ev.kind == "done" then
     self.in_flight = self.in_flight - 1
+    self.partial[ev.task.id] = nil
     local r = ev.result
     rec.rows.computed = rec.rows.computed + r.computed
     rec.rows.failed = rec.rows.failed + r.failed
@@ -188,6 +221,7 @@ local function on_event(self, ev)
     if #self.pending >= self.commit_every then commit_pending(self) end
   elseif ev.kind == "failed" then
     self.in_flight = self.in_flight - 1
+    self.partial[ev.task.id] = nil
     self.runner:cancel(rec.id)
     commit_pending(self)
     local e = errors.from(ev.error)
@@ -266,7 +300,7 @@ end
 function driver.new(tbl, rec, runner, opts)
   opts = opts or {}
   local self = setmetatable({ tbl = tbl, db_dir = tbl.db.dir, rec = rec, pending = {},
-    runner = runner, t0 = time.monotonic(), bar = opts.bar }, Driver)
+    runner = runner, t0 = time.monotonic(), bar = opts.bar, partial = {} }, Driver)
   self.log = job.open_log(self.db_dir, rec.id)
   for _, line in ipairs(rec.events) do self.log:write(line) end
   self.lease = ledger.current():reserve("job", rec.id):bind(function()

@@ -14,12 +14,14 @@ local json = require "geneva.json"
 local errors = require "geneva.errors"
 local types = require "geneva.store.types"
 local fs = require "geneva.fs"
+local time = require "geneva.time"
 local storage = require "geneva.store.versions"
 local where_check = require "geneva.store.where"
 
 local worker = {}
 
 local CHUNK = 1024          -- rows handed to the UDF executor at a time
+local PROGRESS_EVERY = 0.25 -- seconds between a task's reports of rows done (stdio workers)
 -- Rows per INSERT statement of the staged output: a multi-row VALUES list
 -- pays SQLite's per-statement cost (bind, step, reset, VDBE setup) once per
 -- BLOCK rows; it more than halves the write cost. CHUNK is a multiple.
@@ -224,8 +226,9 @@ end
 -- failed; the staged file has them all)
 -- | raises an Error (udf_error for on_error="fail", others for bad tasks).
 -- task: {table_dir, version, fragment, lo, hi, column, udf (spec with
--- .version), where}
-function worker.run_task(state, task)
+-- .version), where}. on_rows(rows done so far), when given, is called at
+-- most every PROGRESS_EVERY seconds while the task runs (progress bars).
+function worker.run_task(state, task, on_rows)
   local reader = require "geneva.store.reader"
   if task.store then worker.mount(task.store) end
   local snapshot = state:snapshot(task.table_dir, task.version)
@@ -286,6 +289,7 @@ function worker.run_task(state, task)
   -- (heartbeat), so the runner can kill a worker stuck inside C code and
   -- hand the row to on_error when it retries the task (task.timed_out).
   local chunk = spec.timeout and 1 or CHUNK
+  local clock, next_report = time.monotonic, time.monotonic() + PROGRESS_EVERY
   local hb = spec.timeout and heartbeat_file()
   local timed_out = {}
   for _, id in ipairs(task.timed_out or {}) do timed_out[id] = true end
@@ -337,6 +341,10 @@ function worker.run_task(state, task)
       write_rows(out, rowids, values, n)
       computed = computed + n - #res.failed
       failed = failed + #res.failed
+      if on_rows and clock() >= next_report then
+        next_report = clock() + PROGRESS_EVERY
+        on_rows(computed + failed)
+      end
       for _, f in ipairs(res.failed) do
         failed_rowids[#failed_rowids + 1] = rowids[f.index]
         if #first_errors < 5 then first_errors[#first_errors + 1] = errors.plain(errors.from(f.error, "udf_error")) end
@@ -389,7 +397,10 @@ function worker.stdio_main()
     elseif msg.op == "exit" then
       return 0
     elseif msg.op == "task" then
-      local ok, res = pcall(worker.run_task, state, msg.task)
+      local id = msg.task.id
+      local ok, res = pcall(worker.run_task, state, msg.task, function(rows)
+        send({ op = "progress", task = id, rows = rows })
+      end)
       if ok then
         res.op, res.task = "done", msg.task.id
         send(res)

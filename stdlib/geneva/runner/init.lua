@@ -18,6 +18,8 @@
 --   r:poll(timeout) -> events dispatch, wait up to timeout s, return
 --       {kind="done", task=, result=} | {kind="failed", task=, error=}
 --       | {kind="log", line=, job=}
+--       | {kind="progress", task=, rows=} (optional: rows done so far
+--         within a running task, for progress bars only)
 --   r:cancel(job_id)          drop the job's queued tasks, stop its running
 --                             ones (other jobs' tasks are untouched)
 --   r:describe() -> table     plain and secret-free: {type=, workers=, ...}

@@ -161,9 +161,13 @@ local function handle_line(self, w, line, events)
     events[#events + 1] = { kind = "log", line = ("[worker %d] %s"):format(w.id, line), job = w.task and w.task.job }
     return
   end
-  if msg.op ~= "done" and msg.op ~= "failed" then return end
   local task = w.task
   if not task or msg.task ~= task.id then return end
+  if msg.op == "progress" then
+    if math.type(msg.rows) == "integer" then events[#events + 1] = { kind = "progress", task = task, rows = msg.rows } end
+    return
+  end
+  if msg.op ~= "done" and msg.op ~= "failed" then return end
   w.task = nil
   self.running[task.id] = nil
   if msg.op == "done" then
