@@ -1,7 +1,7 @@
 -- tests/reliability/run: see that script's header. Each run of a loop gets
 -- a fresh db, TMPDIR and state dir; its fault lands at a random moment;
 -- then the documented recovery (geneva reap --db, a resuming backfill,
--- geneva tables cleanup) and the counts. A run passes when its table is
+-- geneva reap --db --grace 0 for the orphan files) and the counts. A run passes when its table is
 -- exact and nothing was left behind.
 local src = os.getenv("GENEVA_SOURCE_DIR")
 package.path = src .. "/tests/reliability/?.lua;" .. package.path
@@ -119,9 +119,10 @@ local function run_once(def, env, state, n)
     local o, detail = k:outcome(k:driver(col, resume))
     if o ~= "done" then add(c, "unclean", 1); notes[#notes + 1] = "resume of " .. col .. ": " .. tostring(detail) end
   end
-  local clean = k:cli("tables", "cleanup", "docs", "--db", k.db_dir, "--grace", "0", "--json")
-  local collected = clean.ok and (json.decode(clean.stdout).files_removed or 0) or 0
-  if not clean.ok then add(c, "unclean", 1); notes[#notes + 1] = "cleanup: " .. clean.stderr end
+  -- what the crash left in data/: reap's orphan sweep, without waiting out its grace
+  local clean = k:cli("reap", "--db", k.db_dir, "--grace", "0", "--json")
+  local collected = clean.ok and (json.decode(clean.stdout).orphan_files or 0) or 0
+  if not clean.ok then add(c, "unclean", 1); notes[#notes + 1] = "reap --grace 0: " .. clean.stderr end
 
   -- the end state
   local cols = { x = kit.COLUMNS.x }

@@ -226,6 +226,33 @@ describe("geneva reap", function()
     assert.equals(0, (child.cli { "reap", "--help" }))
   end)
 
+  it("--db removes each table's orphan files older than --grace, and no version", function()
+    local geneva = require "geneva"
+    local tbl = geneva.connect(dir):create_table("docs", { { id = 1 }, { id = 2 } })
+    local data = tbl.dir .. "/data"
+    local kept = fs.list(data)
+    -- what a commit cut short by kill -9 leaves: a file no version references
+    local old, young = data .. "/c-00000000000000aa.db", data .. "/c-00000000000000bb.db"
+    assert(fs.write(old, "x"))
+    assert(fs.write(young, "y"))
+    assert(fs.utime(old, os.time() - 7200, os.time() - 7200))
+    local code, res = reap()
+    assert.equals(0, code)
+    assert.equals(1, res.orphan_files)
+    assert.is_false(fs.exists(old))
+    assert.is_true(fs.exists(young))              -- may be a commit in flight
+    code, res = reap("--grace", "0")
+    assert.equals(0, code)
+    assert.equals(1, res.orphan_files)
+    table.sort(kept)
+    local now = fs.list(data)
+    table.sort(now)
+    assert.same(kept, now)
+    assert.equals(2, tbl:count_rows())
+    assert.equals(2, (child.cli({ "reap", "--grace", "x", "--db", dir }, { env = env() })))
+    assert.equals(2, (child.cli({ "reap", "--grace", "0" }, { env = env() })))
+  end)
+
   -- a real `geneva worker --stdio` (it waits for its init line), and the
   -- lease its driver would have written
   local function start_worker()

@@ -1,31 +1,55 @@
--- geneva reap [--db URI] [--list] [--retained] [--force] [--json]
+-- geneva reap [--db URI [--grace SECONDS]] [--list] [--retained] [--force] [--json]
 local args = require "geneva.cli.args"
 local json = require "geneva.json"
 local output = require "geneva.cli.output"
 
 local M = {}
 
-local usage = [[
-usage: geneva reap [--db URI] [--list] [--retained] [--force] [--json]
+local usage = [==[
+usage: geneva reap [--db URI [--grace SECONDS]] [--list] [--retained] [--force] [--json]
 Tears down what drivers that died (kill -9, a lost machine) left behind:
 worker processes, temp dirs, jobs, from the leases they journalled.
 Local resources are torn down only from this user's own lease journal and
 only once checked to be geneva's; what it refuses is said on stderr.
+With --db, also removes each table's orphan files: data files no version
+references (commits a crash cut short, failed folds) and killed workers'
+temp files, once older than --grace (default 3600 s: younger ones may
+belong to a commit in flight). Versions stay: see geneva tables cleanup.
   --db URI     also the leases in that database (default: this user's only)
+  --grace S    the age in seconds below which an orphan file is left alone
   --list       show the leases and their owners, change nothing
   --retained   also tear down resources kept with on_exit = "retain"
   --force      also act on leases of other hosts (shared storage): only
                their remote resources, never local pids or paths
-]]
+]==]
+
+-- Each table's orphan files (storage.cleanup without removing versions)
+-- -> how many went; a table that fails adds a line to failed
+local function remove_orphans(opts, grace, failed)
+  local storage = require "geneva.store.versions"
+  local db = args.db(opts)
+  local n = 0
+  for _, name in ipairs(db:table_names()) do
+    local ok, r = pcall(storage.cleanup, db:table_dir(name), { grace = grace })
+    if ok then n = n + r.files_removed
+    else failed[#failed + 1] = ("orphan files of table %s: %s"):format(name, tostring(r)) end
+  end
+  return n
+end
 
 function M.main(argv)
   local opts = {}
   return args.run(usage, function() return opts.json end, function()
     local pos
     opts, pos = args.parse(argv, { db = "value", list = "flag", retained = "flag",
-                                   force = "flag", json = "flag", help = "flag" })
+                                   force = "flag", json = "flag", help = "flag", grace = "value" })
     if opts.help then io.stdout:write(usage) return 0 end
     if #pos > 0 then error({ usage = ("unexpected argument '%s'"):format(pos[1]) }, 0) end
+    local grace = opts.grace and tonumber(opts.grace)
+    if opts.grace and not (grace and grace >= 0) then
+      error({ usage = ("--grace: expected seconds >= 0, got '%s'"):format(opts.grace) }, 0)
+    end
+    if opts.grace and not opts.db then error({ usage = "--grace goes with --db" }, 0) end
     local reap = require "geneva.context.reap"
     if opts.db then opts.db = args.database(opts) end     -- an s3:// db: its mirror
     if opts.list then
@@ -49,15 +73,17 @@ function M.main(argv)
       return 0
     end
     local res = reap.run{ db = opts.db, retained = opts.retained, force = opts.force }
+    local orphans = opts.db and remove_orphans(opts, grace, res.failed) or 0
     for _, r in ipairs(res.refused) do io.stderr:write("geneva: refused to reap ", r, "\n") end
     if opts.json then
       io.stdout:write(output.json({ reaped = res.reaped, skipped = res.skipped,
                                     refused = json.array(res.refused),
-                                    failed = json.array(res.failed) }), "\n")
+                                    failed = json.array(res.failed), orphan_files = opts.db and orphans or nil }), "\n")
     else
       for _, item in ipairs(res.items) do io.stdout:write("reaped ", item, "\n") end
       for _, f in ipairs(res.failed) do io.stderr:write("geneva: cannot reap ", f, "\n") end
-      io.stdout:write(("%d reaped, %d skipped, %d refused\n"):format(res.reaped, res.skipped, #res.refused))
+      io.stdout:write(("%d reaped, %d skipped, %d refused%s\n"):format(res.reaped, res.skipped, #res.refused,
+        opts.db and (", %d orphan files removed"):format(orphans) or ""))
     end
     return #res.failed == 0 and 0 or 1
   end)
