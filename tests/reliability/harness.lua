@@ -185,7 +185,7 @@ end
 
 local bad = #failures > 0
 if opts.json then
-  print(json.encode { seed = opts.seed, n = opts.n, loops = results, failures = failures })
+  print(json.encode { seed = opts.seed, n = opts.n, loops = json.array(results), failures = json.array(failures) })
 else
   print(("%-14s %5s %5s %6s %5s %4s %6s %6s %8s %7s %6s %6s %8s %8s %10s"):format("loop", "runs", "hit", "exact",
     "lost", "dup", "wrong", "procs", "tmpdirs", "leases", "stray", "stuck", "orphans", "unclean", "collected"))
