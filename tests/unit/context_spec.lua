@@ -71,6 +71,22 @@ describe("geneva.context", function()
       assert.equals(0, #worker_pids(proc.self().pid))
     end)
 
+    it("refuses workers past the local cap, naming it, before starting anything", function()
+      for _, ctx in ipairs({ geneva.local_cluster{ workers = 1000000 },
+                             geneva.context{ cluster = { type = "local", workers = 1000000 } } }) do
+        local ok, err = pcall(ctx.enter, ctx)
+        assert.is_false(ok)
+        assert.equals("invalid_argument", err.code)
+        assert.equals("workers: 1000000 is more than the 1024 worker processes a local cluster may have",
+          err.message)
+      end
+      local ok, err = pcall(db.define_cluster, db, "huge", { type = "local", workers = 1000000 })
+      assert.is_false(ok)
+      assert.matches("1024 worker processes", err.message)
+      assert.equals(0, #worker_pids(proc.self().pid))
+      assert.equals(0, leases(db))
+    end)
+
     it("refuses a second enter; a second exit does nothing", function()
       local ctx = geneva.local_cluster{ workers = 1 }
       ctx:enter()

@@ -1,7 +1,7 @@
 -- geneva.context.cluster: cluster specs (design §3, contract) — validation, secret
 -- references and the registry behind db:define_cluster & co.
 --
--- Types:  local   {workers, env}
+-- Types:  local   {workers (1..MAX_LOCAL_WORKERS), env}
 --         ray     {address, ship_host, env, token_env | token_file, ca_file,
 --                  client_cert, client_key, verify}
 --         kuberay {namespace, head_group, worker_groups, kubeconfig,
@@ -241,8 +241,30 @@ local function worker_groups(path, v)
   return out
 end
 
+-- The most worker processes a local cluster may have: a fixed cap, so a
+-- definition valid on one machine is valid on every other; far above what
+-- one host runs usefully (each worker is a process with its own Lua state),
+-- far below what would exhaust pids and file descriptors (a typo such as
+-- workers = 1000000).
+M.MAX_LOCAL_WORKERS = 1024
+
+-- M.default_local_workers() -> the size of a local cluster that gives none:
+-- the cores, within the cap
+function M.default_local_workers()
+  return math.min(require("geneva.proc").cpu_count(), M.MAX_LOCAL_WORKERS)
+end
+
+local function local_workers(path, v)
+  v = sv.pos_int(path, v)
+  if v > M.MAX_LOCAL_WORKERS then
+    fail(path, ("%d is more than the %d worker processes a local cluster may have")
+      :format(v, M.MAX_LOCAL_WORKERS))
+  end
+  return v
+end
+
 local TYPES = {
-  ["local"] = { workers = sv.pos_int, env = env },
+  ["local"] = { workers = local_workers, env = env },
   ray = { address = url, ship_host = sv.bool, env = env, token_env = sv.env_name, token_file = sv.str,
           ca_file = sv.str, client_cert = sv.str, client_key = sv.str, verify = sv.bool },
   kuberay = {

@@ -90,7 +90,7 @@ end
 
 local function resolve_cluster(db, c)
   if c == nil then
-    return { type = "local", workers = require("geneva.proc").cpu_count() }, "local"
+    return { type = "local", workers = require("geneva.context.cluster").default_local_workers() }, "local"
   end
   if type(c) == "string" then
     local spec, err = db:get_cluster(c)

@@ -27,8 +27,10 @@ local protocol = require "geneva.backfill.protocol"
 --        env_add = {NAME = value}, cwd = dir for the worker processes]}
 function M.new(opts)
   local n = math.tointeger(opts.workers)
-  if not n or n < 1 then
-    errors.throw("invalid_argument", "local cluster: workers must be a positive integer")
+  local max = require("geneva.context.cluster").MAX_LOCAL_WORKERS
+  if not n or n < 1 or n > max then
+    errors.throw("invalid_argument", ("local cluster: workers must be an integer from 1 to %d, got %s")
+      :format(max, tostring(opts.workers)))
   end
   local self = setmetatable({
     size = n, max_attempts = opts.max_attempts or 3,
@@ -343,7 +345,7 @@ function M.provision(spec, env)
     add = add or {}
     for k, v in pairs(require("geneva.context.cluster").resolve_env(spec.env)) do add[k] = v end
   end
-  local pool = M.new{ workers = spec.workers or require("geneva.proc").cpu_count(), scope = env.scope,
+  local pool = M.new{ workers = spec.workers or require("geneva.context.cluster").default_local_workers(), scope = env.scope,
                       env_add = add, cwd = cwd }
   if not env.lazy then pool:start() end
   return pool
