@@ -195,6 +195,7 @@ name "_rowid" (the row's number within its fragment).
 local function to_rows(self, opts, what)
   opts = opts or {}
   if type(opts) ~= "table" then invalid("to_rows: options must be a table") end
+  require("geneva.suggest").check_options(what, opts, { "columns", "where", "limit" })
   local where, limit = opts.where, opts.limit
   if limit ~= nil and (math.type(limit) ~= "integer" or limit < 0) then
     invalid("to_rows: limit must be a non-negative integer")
@@ -495,10 +496,8 @@ function Table:cleanup_old_versions(opts)
   writable(self, "clean up")
   if opts ~= nil and type(opts) ~= "table" then invalid("cleanup_old_versions: options must be a table") end
   opts = opts or {}
+  require("geneva.suggest").check_options("cleanup_old_versions", opts, { "older_than", "grace" })
   for k, v in pairs(opts) do
-    if k ~= "older_than" and k ~= "grace" then
-      invalid(("cleanup_old_versions: unknown option '%s' (older_than, grace)"):format(tostring(k)))
-    end
     if type(v) ~= "number" or v < 0 then invalid(("cleanup_old_versions: %s must be a number of seconds"):format(k)) end
   end
   return storage.cleanup(self.dir, { older_than = opts.older_than or 7 * 86400, grace = opts.grace })

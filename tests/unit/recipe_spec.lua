@@ -245,7 +245,10 @@ x-b: ${a:-${b:-${c}}}
       local p = write(dir .. "/r.yaml", "db: ./db\n\nclustres: {}\n")
       local e = load_err(p)
       assert.equals(p .. ":3:1: unknown field 'clustres' in the recipe "
-        .. "(allowed: vars, db, clusters, manifests, jobs)", e.message)
+        .. "(did you mean 'clusters'? allowed: vars, db, clusters, manifests, jobs)", e.message)
+      p = write(dir .. "/r.yaml", "db: ./db\ncolour: red\n")
+      assert.equals(p .. ":2:1: unknown field 'colour' in the recipe "
+        .. "(allowed: vars, db, clusters, manifests, jobs)", load_err(p).message)
     end)
 
     it("rejects unknown fields in a job, its udf and its backfill options", function()
@@ -271,6 +274,23 @@ jobs:
       assert.matches("unknown field 'batchsize' in job 'words' udf", e.problems[2].message, 1, true)
       assert.same({ 12, 32 }, { e.problems[3].line, e.problems[3].col })
       assert.matches("unknown field 'paralel' in job 'words' backfill", e.problems[3].message, 1, true)
+      -- a typo gets the nearest name
+      p = write(dir .. "/r.yaml", [[
+db: ./db
+jobs:
+  words:
+    tabel: docs
+    column: words
+    udf: {module: my, function: f, data_type: int64, retires: 2}
+    backfill: {batch_sise: 10}
+]])
+      e = load_err(p)
+      local all = {}
+      for _, pr in ipairs(e.problems) do all[#all + 1] = ("%d:%d %s"):format(pr.line, pr.col, pr.message) end
+      all = table.concat(all, "\n")
+      assert.matches("4:5 unknown field 'tabel' in job 'words' (did you mean 'table'?", all, 1, true)
+      assert.matches("6:54 unknown field 'retires' in job 'words' udf (did you mean 'retries'?", all, 1, true)
+      assert.matches("7:16 unknown field 'batch_sise' in job 'words' backfill (did you mean 'batch_size'?", all, 1, true)
     end)
 
     it("checks types, required fields and where given twice", function()

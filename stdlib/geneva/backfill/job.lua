@@ -140,9 +140,12 @@ end
 function job.list(db_dir, filter)
   filter = filter or {}
   if type(filter) ~= "table" then errors.throw("invalid_argument", "jobs: filter must be a table {table=, status=}") end
+  local suggest = require "geneva.suggest"
+  suggest.check_options("jobs", filter, { "table", "status" })
   if filter.status ~= nil and not job.STATUSES[filter.status] then
-    errors.throw("invalid_argument", ("jobs: unknown status '%s' (PENDING, RUNNING, DONE, FAILED or CANCELLED)")
-      :format(tostring(filter.status)))
+    errors.throw("invalid_argument", ("jobs: unknown status '%s'%s"):format(tostring(filter.status),
+      suggest.unknown(type(filter.status) == "string" and filter.status:upper() or filter.status,
+        { "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED" })))
   end
   local names = backend.list(jobs_dir(db_dir)) or {}
   local out = {}
@@ -474,11 +477,7 @@ meanwhile. Older jobs without a log give their record's events.
 function Job:logs(opts)
   opts = opts or {}
   if type(opts) ~= "table" then errors.throw("invalid_argument", "job:logs: options must be a table {follow=, on_line=}") end
-  for k in pairs(opts) do
-    if k ~= "follow" and k ~= "on_line" then
-      errors.throw("invalid_argument", ("job:logs: unknown option '%s' (follow, on_line)"):format(tostring(k)))
-    end
-  end
+  require("geneva.suggest").check_options("job:logs", opts, { "follow", "on_line" })
   local rec = refresh(self)
   local lines = {}
   if not opts.follow then
