@@ -543,9 +543,40 @@ jobs:
 ]])
       local r = recipe.load(p)
       local ok, e = pcall(recipe.validate, r)
-      -- a manifest naming a missing module fails only when it is packaged
-      if not ok then assert.matches("string_helpers_nope", tostring(e)) end
+      -- a manifest naming a missing module fails as apply would, at the module
+      assert.is_false(ok)
+      assert.equals(1, #e.problems)
+      assert.same({ 5, 17 }, { e.problems[1].line, e.problems[1].col })
+      assert.matches("manifest 'm': modules[1]: module 'string_helpers_nope' not found on package.path",
+        e.problems[1].message, 1, true)
       assert.is_false(fs.exists(dir .. "/never"))
+    end)
+
+    it("reports what apply would find missing in a manifest: modules, files, base_dir", function()
+      write(dir .. "/my_udfs.lua", "return {}\n")
+      local p = write(dir .. "/r.yaml", [[
+db: ./db
+manifests:
+  ok: {modules: [my_udfs], files: [my_udfs.lua]}
+  mods: {modules: [my_udfs, nothere]}
+  files: {files: ["*.csv"]}
+  base: {base_dir: ./nodir, files: [x]}
+]])
+      local ok, e = pcall(recipe.validate, recipe.load(p))
+      assert.is_false(ok)
+      local all = {}
+      for _, x in ipairs(e.problems) do all[#all + 1] = ("%d:%d %s"):format(x.line, x.col, x.message) end
+      all = table.concat(all, "\n")
+      assert.equals(3, #e.problems, all)
+      assert.matches("4:29 manifest 'mods': modules[2]: module 'nothere' not found on package.path", all, 1, true)
+      assert.matches("5:19 manifest 'files': files[1]: '*.csv' matches no file", all, 1, true)
+      assert.matches("manifest 'base': ", all, 1, true)
+      assert.matches("nodir", all, 1, true)
+      assert.is_false(fs.exists(dir .. "/db"))
+      -- the command line says the same, and exits 1
+      local st, _, err = child.cli({ "recipe", "validate", p })
+      assert.equals(1, st)
+      assert.matches("module 'nothere' not found on package.path", err, 1, true)
     end)
 
     it("reports a job's UDF problems at the field", function()

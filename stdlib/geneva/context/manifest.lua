@@ -369,8 +369,9 @@ end
 
 -- {===== building
 
--- Collects the entries of a normalized spec: array of {name, path, mode}.
-local function collect(spec)
+-- Collects the entries of a normalized spec: array of {name, path, mode}
+-- (sources_only: the modules and files, without the host's binary).
+local function collect(spec, sources_only)
   local base = spec.base_dir and io_check(fs.realpath(spec.base_dir)) or io_check(fs.getcwd())
   local entries, by_name = {}, {}
   local function add(name, path, what, mode, st)
@@ -393,7 +394,7 @@ local function collect(spec)
     expand_files(where, pat, base, function(rel, path, st) add(rel, path, where, nil, st) end)
   end
   local host
-  if spec.ship_host then
+  if spec.ship_host and not sources_only then
     local exe = io_check(require("geneva.host.core").worker_exe())   -- geneva, not an embedder
     add("bin/geneva", exe, "ship_host", "exec")
     local libs = M.host_libs(exe)
@@ -406,6 +407,17 @@ local function collect(spec)
   end
   if not sorted then table.sort(entries, function(x, y) return x.name < y.name end) end
   return entries, host
+end
+
+--[[
+M.check_sources(spec) -> number of files | raises
+What define would find missing, without packaging anything: a module not
+on package.path, a file pattern matching nothing, a base_dir that does not
+exist (the messages define gives, with the field's path). For `recipe
+validate`.
+]]
+function M.check_sources(spec)
+  return #(collect(M.validate(spec), true))
 end
 
 -- Whether two records differ only in their times. The file list is

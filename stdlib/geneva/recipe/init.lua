@@ -291,8 +291,8 @@ end
 
 -- recipe.validate(r) -> r: checks what can be checked without creating
 -- anything: cluster and manifest specs (by their modules' validate, when
--- this build has them), each job's UDF (its module must load), the names
--- jobs use. Raises invalid_argument with file:line:col.
+-- this build has them; a manifest's modules and files must exist), each
+-- job's UDF (its module must load), the names jobs use. Raises invalid_argument with file:line:col.
 function recipe.validate(r)
   assert(getmetatable(r) == Recipe, "recipe.validate: expected a Recipe (recipe.load)")
   local problems = template.problems(r.file)
@@ -312,6 +312,8 @@ function recipe.validate(r)
       local ok, err = pcall(registry.check_name, kind, e.name)
       if not ok then add(keyloc, err, kind .. " '" .. e.name .. "'") end
       ok, err = pcall(mod.validate, resolve(r, e.spec))
+      -- a manifest's modules and files must exist, as apply will find them
+      if ok and mod.check_sources then ok, err = pcall(mod.check_sources, resolve(r, e.spec)) end
       if not ok then add(field_loc(r, e.spec, err, keyloc), err, kind .. " '" .. e.name .. "'") end
     end
   end
