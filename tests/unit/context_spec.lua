@@ -293,7 +293,7 @@ describe("geneva.context", function()
         assert.equals(2, #worker_pids(pid))
         stop_clean(p, c[1], c[2])
         local rec = db:jobs()[1]
-        assert.equals("FAILED", rec.status)
+        assert.equals("CANCELLED", rec.status)
         assert.equals("interrupted", rec.error.code)
       end)
 

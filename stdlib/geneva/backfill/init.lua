@@ -179,7 +179,7 @@ function backfill.drive(tbl, msg)
   if not ok then
     local e = errors.from(res)
     if not job.FINAL[rec.status] then
-      rec.status, rec.finished_at = "FAILED", time.iso8601()
+      rec.status, rec.finished_at = job.end_status(e), time.iso8601()
       rec.error = errors.plain(e)
       pcall(job.save_final, msg.db, rec)
     end

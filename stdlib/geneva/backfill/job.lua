@@ -19,6 +19,19 @@ job.STATUSES = { PENDING = true, RUNNING = true, DONE = true, FAILED = true, CAN
 local FINAL = { DONE = true, FAILED = true, CANCELLED = true }
 job.FINAL = FINAL
 
+-- job.end_status(err) -> the final status of a job that ended with err: a
+-- user stopped it (job:cancel, geneva jobs cancel, or Ctrl-C/SIGTERM/SIGHUP
+-- of its driver: code interrupted) -> "CANCELLED", anything else "FAILED".
+-- An interrupt is a decision, not a failure: `geneva jobs list --status
+-- FAILED` shows what needs attention.
+function job.end_status(err)
+  local code = errors.from(err).code
+  return (code == "cancelled" or code == "interrupted") and "CANCELLED" or "FAILED"
+end
+
+-- job.INTERRUPTED: the error of a job whose driver was interrupted
+job.INTERRUPTED = { code = "interrupted", message = "interrupted" }
+
 -- A record lists at most this many failed rowids (rows.failed_rowids, by
 -- fragment); rows.failed counts them all, and the column files mark them all.
 job.MAX_FAILED_ROWIDS = 1000
