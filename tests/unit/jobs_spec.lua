@@ -146,6 +146,22 @@ describe("geneva jobs", function()
       assert.matches("Progress: +10/10 rows committed", out)
     end)
 
+    it("progress of a resumed run counts its checkpoints in the total, never past it", function()
+      local worker = require "geneva.backfill.worker"
+      local tbl = make_table(db, "r", 500, { fragment_size = 500 })
+      tbl:add_columns { neg = geneva.udf { data_type = "int64", fn = function(id) return -id end } }
+      -- an earlier run staged rows 1..100 and died: this run commits them first
+      worker.run_task(worker.state(), require("tables").task_for(tbl, "neg", 1, 100))
+      local rec = tbl:backfill("neg", { batch_size = 100 })
+      assert.same({ 100, 400, 500 }, { rec.rows.recovered, rec.rows.planned, rec.rows.committed })
+      local code, out = cli("list", "--db", db.uri)
+      assert.equal(0, code)
+      assert.matches("DONE%s+r%s+neg%s+500/500%s", out)
+      code, out = cli("show", rec.id, "--db", db.uri)
+      assert.equal(0, code)
+      assert.matches("Progress: +500/500 rows committed %(400 computed, 0 failed, 100 recovered from checkpoints%)", out)
+    end)
+
     it("show is for people without --json; --json keys are sorted", function()
       local h = history()
       local code, out = cli("show", h.failed_a, "--db", db.uri)

@@ -26,12 +26,14 @@ CANCELLED at once; a job already finished is an error.
 local job = require "geneva.backfill.job"
 local time = require "geneva.time"
 
--- committed/planned: a fold of checkpoints can commit rows planned by an
--- earlier run, so committed is capped at planned
+-- committed/total: a resumed run commits the checkpoints of an earlier one
+-- (rows.recovered) besides the rows it planned, and counts both as
+-- committed, so the total is planned + recovered; the cap keeps a record
+-- from an older geneva (or a hand-edited one) from showing more than that.
 local function progress(rec)
   local r = rec.rows or {}
-  local planned = r.planned or 0
-  return ("%d/%d"):format(math.min(r.committed or 0, planned), planned)
+  local total = (r.planned or 0) + (r.recovered or 0)
+  return ("%d/%d"):format(math.min(r.committed or 0, total), total)
 end
 
 -- how long the job ran, or has been running
@@ -94,8 +96,10 @@ local function describe(rec)
   add("Table", rec.table)
   add("Column", rec.column)
   add("UDF version", rec.udf_version and rec.udf_version:sub(1, 12))
-  add("Progress", ("%s rows committed (%d computed, %d failed), %d/%d tasks"):format(progress(rec),
-    r.computed or 0, r.failed or 0, t.done or 0, t.planned or 0))
+  add("Progress", ("%s rows committed (%d computed, %d failed%s), %d/%d tasks"):format(progress(rec),
+    r.computed or 0, r.failed or 0,
+    (r.recovered or 0) > 0 and (", %d recovered from checkpoints"):format(r.recovered) or "",
+    t.done or 0, t.planned or 0))
   if rec.options and rec.options.where then add("Where", rec.options.where) end
   add("Created", rec.created_at and ("%s (%s ago)"):format(rec.created_at, output.age(rec.created_at)))
   add("Started", rec.started_at)
