@@ -663,6 +663,20 @@ describe("geneva tables", function()
       assert.equal(2, json.decode(out).versions_removed)
       assert.same({ 3 }, t:versions())
       assert.equal(2, (child.cli { "tables", "cleanup", "docs", "--db", db.uri, "--older-than", "soon" }))
+      -- -o yaml: the --json data; -o wide: more columns
+      local _, as_json = child.cli { "tables", "show", "docs", "--db", db.uri, "--json" }
+      local _, as_yaml = child.cli { "tables", "show", "docs", "--db", db.uri, "-o", "yaml" }
+      assert.equal(json.canonical(json.decode(as_json)),
+        json.canonical(json.decode(json.encode(require("geneva.yaml").load(as_yaml)))))
+      assert.matches("^columns:\n", as_yaml)
+      code, out = child.cli { "tables", "list", "--db", db.uri, "-o", "wide" }
+      assert.equal(0, code)
+      assert.matches("NAME%s+ROWS%s+VERSION%s+FRAGMENTS%s+CHANGED%s+VERSIONS%s+COLUMNS%s+FILES\n", out)
+      assert.matches("docs%s+6%s+3%s+3%s+%S+%s+1%s+2 %+ 1%s+4\n", out)
+      code, out = child.cli { "tables", "show", "docs", "--db", db.uri, "-o", "wide" }
+      assert.equal(0, code)
+      assert.matches("COLUMN%s+TYPE%s+KIND%s+FILLED%s+UDF VERSION%s+FILES\n", out)
+      assert.matches("words%s+int64%s+udf %S+%s+2 %(33%%%)%s+v1%s+1\n", out)
       assert.equal(1, (child.cli { "tables", "show", "nope", "--db", db.uri }))
     end)
   end)
