@@ -157,6 +157,35 @@ describe("geneva.context", function()
       assert.equals(0, leases(db))
     end)
 
+    it("resolves module UDFs from its manifest in the driver and on workers, without LUA_PATH", function()
+      local mdir = dir .. "/lib"
+      assert(fs.mkdir_p(mdir .. "/shipped_pkg"))
+      assert(fs.write(mdir .. "/shipped_udfs.lua",
+        "return { chars = function(content) return #content end }"))
+      assert(fs.write(mdir .. "/shipped_pkg/init.lua",
+        "return { words = { count = function(content) return select(2, content:gsub('%S+', '')) end } }"))
+      db:define_manifest("files_only", { files = { "shipped_udfs.lua", "shipped_pkg" }, base_dir = mdir })
+      assert.is_nil(package.searchpath("shipped_udfs", package.path))
+      local path0 = package.path
+      local raises = require("expect").raises
+      raises("not_found", geneva.udf, { module = "shipped_udfs", ["function"] = "chars", data_type = "int64",
+                                        input_columns = { "content" } })
+      local j
+      geneva.context{ cluster = { type = "local", workers = 2 }, manifest = "files_only" }(function()
+        -- a module at the package's root, and a package (init.lua) with a dotted function
+        tbl:add_columns {
+          chars = geneva.udf { module = "shipped_udfs", ["function"] = "chars", data_type = "int64" },
+          wc = geneva.udf { module = "shipped_pkg", ["function"] = "words.count", data_type = "int64" } }
+        assert.equals(3000, tbl:backfill("chars").rows.computed)
+        j = tbl:backfill_async("wc")                    -- its driver process finds them too
+      end)
+      assert.equals("DONE", j:status())
+      assert.equals(0, tbl:count_rows("chars IS NULL OR chars <> length(content)"))
+      assert.equals(3000, tbl:count_rows("wc = id % 4 + 1"))
+      assert.equals(path0, package.path)                -- exit took the package off again
+      assert.equals(0, leases(db))
+    end)
+
     it("leaves no lease nor worker when Ctrl-C lands while a worker starts", function()
       -- the interrupt arrives after the process exists, before its lease is bound
       local real, calls = proc.info, 0

@@ -756,6 +756,63 @@ jobs:
       assert.equals(0, #(fs.list(db_dir .. "/_geneva/leases") or {}))
     end)
 
+    it("resolves a UDF module shipped in a manifest's files, without LUA_PATH", function()
+      assert(fs.mkdir_p(dir .. "/lib"))
+      assert(fs.mkdir_p(dir .. "/app"))
+      write(dir .. "/lib/shipped_rec.lua", "return { len = function(content) return content and #content end }\n")
+      write(dir .. "/app/r.yaml", ([[
+db: %s
+manifests: { lib: { files: [shipped_rec.lua], base_dir: ../lib } }
+jobs:
+  len:
+    table: docs
+    column: len
+    udf: { module: shipped_rec, function: len, data_type: int64 }
+    manifest: lib
+]]):format(db_dir))
+      local env = { LUA_PATH = ";;" }                -- Lua's default path: no lib/ on it
+      local function run(args) return child.cli(args, { cwd = dir .. "/app", env = env }) end
+      local st, out, err = run({ "recipe", "validate", "r.yaml" })
+      assert.equals(0, st, err)
+      assert.matches("r.yaml: ok (0 clusters, 1 manifest, 1 job)", out, 1, true)
+      st, out, err = run({ "recipe", "run", "r.yaml" })
+      assert.equals(0, st, err)
+      assert.matches("^job len: docs%.len: 40 rows computed", out)
+      local tbl = geneva.connect(db_dir):open_table("docs")
+      assert.equals(39, tbl:count_rows("len = length(content)"))
+      -- a recipe naming the db's manifest: validate cannot see the module
+      -- (a warning), run finds it in the unpacked package
+      write(dir .. "/app/r2.yaml", ([[
+db: %s
+jobs:
+  len2:
+    table: docs
+    column: len2
+    udf: { module: shipped_rec, function: len, data_type: int64 }
+    manifest: lib
+]]):format(db_dir))
+      st, out, err = run({ "recipe", "validate", "r2.yaml" })
+      assert.equals(0, st, err)
+      assert.matches("r2.yaml:6:5: job 'len2': module 'shipped_rec' is not on package.path here; "
+        .. "it must be in manifest 'lib'", err, 1, true)
+      st, out, err = run({ "recipe", "run", "r2.yaml" })
+      assert.equals(0, st, err)
+      assert.matches("^job len2: docs%.len2: 40 rows computed", out)
+      -- without the manifest, the module is missing: an error at the job's udf
+      write(dir .. "/app/r3.yaml", ([[
+db: %s
+jobs:
+  len3:
+    table: docs
+    column: len3
+    udf: { module: shipped_rec, function: len, data_type: int64 }
+]]):format(db_dir))
+      st, _, err = run({ "recipe", "validate", "r3.yaml" })
+      assert.equals(1, st)
+      assert.matches("r3.yaml:6:5: job 'len3' udf: ", err, 1, true)
+      assert.matches("module 'shipped_rec' not found", err, 1, true)
+    end)
+
     it("runs every job in file order without JOB, with --json", function()
       local st, out, err = cli({ "run", "scripts/recipes/features.yaml", "--set", "db=" .. db_dir,
                                  "--set", "prefix=x_", "--json" })

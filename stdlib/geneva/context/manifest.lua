@@ -522,6 +522,31 @@ function M.package_path(db, rec)
   return io_check(backend.fetch(registry.dir(db, "packages") .. "/" .. rec.checksum .. ".zip"))
 end
 
+-- M.lua_path(dir) -> the package.path entries of a package unpacked in
+-- dir: its modules (lua/) first, then its files' root, so a module shipped
+-- either way (`modules`, or a .lua file in `files`) is found by require
+function M.lua_path(dir)
+  return ("%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;%s/?/init.lua;"):format(dir, dir, dir, dir)
+end
+
+-- M.unpack(scope, db, rec) -> dir: the record's package unpacked into a
+-- temp dir owned by scope (leased before it exists; gone with the scope)
+function M.unpack(scope, db, rec)
+  local res = scope:reserve("tmpdir", "package " .. rec.checksum:sub(1, 12))
+  local prev = scope:activate()
+  local tmp, terr = fs.tmpdir("geneva-pkg-")
+  prev:activate()
+  if not tmp then
+    res:forget()
+    errors.throw("unavailable", ("cannot create a directory for the manifest package: %s"):format(terr))
+  end
+  res:update{ path = tmp.path }
+  res:bind(function() tmp:close() end)
+  local ok, err, code = require("geneva.zip").extract(M.package_path(db, rec), tmp.path)
+  if not ok then errors.throw("unavailable", ("cannot unpack manifest package: %s (%s)"):format(err, code)) end
+  return tmp.path
+end
+
 -- M.get(db, name) -> record | nil, Error(not_found). A probe: never raises
 -- for an unknown name; raises for unreadable records.
 function M.get(db, name) return registry.find(db, KIND, name) end
