@@ -399,7 +399,7 @@ geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250, concurr
       assert.equal(1, headers)
       assert.matches(q .. "%s+RUNNING%s", out)
       assert.matches(q .. "%s+DONE%s+w%s+s%s+2000/2000%s", out)
-      code = cli("show", id, "--db", db.uri, "--watch")
+      local code = cli("show", id, "--db", db.uri, "--watch")
       assert.equal(2, code)
     end)
 
