@@ -51,6 +51,12 @@ function M.connect(uri, opts)
   elseif uri:match("^%a[%w+.-]*://") and not uri:match("^file://") then
     invalid(("connect: '%s': a database is a directory or s3://bucket/prefix"):format(uri))
   else
+    local k = next(opts or {})
+    if k ~= nil then
+      -- the options are an s3 database's: a typo'd s3:// URI, most likely
+      invalid(("connect: option '%s' is for s3:// databases; a directory database takes none")
+        :format(tostring(k)), { field = type(k) == "string" and k or nil })
+    end
     path = uri:gsub("^file://", "")
     errors.io(fs.mkdir_p(path))
     path = errors.io(fs.realpath(path))

@@ -175,6 +175,8 @@ describe("did you mean, in option tables", function()
     says("jobs: unknown status 'DOEN' (did you mean 'DONE'?)", db.jobs, db, { status = "DOEN" })
     says("connect (s3 database): unknown option 'regoin' (did you mean 'region'?)",
       geneva.connect, "s3://bucket/x", { regoin = "eu-west-1" })
+    says("connect: option 'endpoint' is for s3:// databases; a directory database takes none",
+      geneva.connect, dir .. "/db2", { endpoint = "http://127.0.0.1:9000" })
     t:add_columns { y = geneva.udf { data_type = "int64", fn = function(id) return id end } }
     local j = t:backfill_async("y")
     j:wait()
