@@ -296,6 +296,7 @@ geneva_host *geneva_host_new(const geneva_host_opts *opts) {
   if (!h->ledger) { host_discard(h); return NULL; }
   h->L = luaL_newstate();
   if (!h->L) { host_discard(h); return NULL; }
+  geneva_memory_install(h->L, &h->mem);
   /* GENEVA_GC_STRESS (in the driver and every worker it starts), so that
   ** an object kept alive only by luck (a handle without a reference, a __gc
   ** order assumption) is collected soon and fails fast:

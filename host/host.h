@@ -46,6 +46,17 @@ int geneva_worker_exe(const struct geneva_host *h, char *buf, size_t len,
                       char *err, size_t errlen);
 int luaopen_geneva_host_core(lua_State *L);
 
+/* memory.c: counting allocator with an optional limit (a UDF's memory=) */
+typedef struct geneva_memory {
+  size_t used;            /* bytes the state holds */
+  size_t limit;           /* 0: none */
+  size_t refused;         /* allocations the limit refused, ever */
+} geneva_memory;
+/* Makes L allocate through m (counting from what L holds now). */
+void geneva_memory_install(lua_State *L, geneva_memory *m);
+/* Adds memory() and set_memory_limit() to the table on top (geneva.host.core). */
+void geneva_memory_register(lua_State *L);
+
 /* signals.c */
 void geneva_signals_install(lua_State *L);       /* handlers + hook target */
 void geneva_signals_uninstall(void);

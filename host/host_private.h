@@ -19,6 +19,7 @@ struct geneva_host {
   int is_geneva;    /* the process is the geneva command: its workers are
                        itself (set by main.c) */
   int trace;        /* full tracebacks for every error (geneva --trace) */
+  geneva_memory mem;  /* L's allocator's counter (memory.c); lives as long as L */
 };
 
 geneva_host *geneva_host_from(lua_State *L);

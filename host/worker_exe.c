@@ -176,6 +176,7 @@ int luaopen_geneva_host_core(lua_State *L) {
     {NULL, NULL}
   };
   luaL_newlib(L, funcs);
+  geneva_memory_register(L);
   return 1;
 }
 

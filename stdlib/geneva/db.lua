@@ -60,16 +60,20 @@ function M.connect(uri, opts)
   if opts ~= nil and type(opts) ~= "table" then invalid("connect: opts must be a table") end
   local path, store
   if uri:match("^s3://") then
+    require("geneva.suggest").check_options("connect (s3 database)", opts or {}, S3_OPTIONS)
     for k, v in pairs(opts or {}) do
-      if not S3_OPTIONS[k] then
-        invalid(("connect: unknown option '%s' for an s3 database (endpoint, region, profile, path_style)"):format(tostring(k)))
-      end
       if type(v) ~= S3_OPTIONS[k] then invalid(("connect: option '%s' must be a %s"):format(k, S3_OPTIONS[k])) end
     end
     path, store = require("geneva.store.backend.s3").mount(uri, opts)
   elseif uri:match("^%a[%w+.-]*://") and not uri:match("^file://") then
     invalid(("connect: '%s': a database is a directory or s3://bucket/prefix"):format(uri))
   else
+    local k = next(opts or {})
+    if k ~= nil then
+      -- the options are an s3 database's: a typo'd s3:// URI, most likely
+      invalid(("connect: option '%s' is for s3:// databases; a directory database takes none")
+        :format(tostring(k)), { field = type(k) == "string" and k or nil })
+    end
     path = uri:gsub("^file://", "")
     errors.io(fs.mkdir_p(path))
     path = errors.io(fs.realpath(path))
@@ -189,10 +193,7 @@ function Db:create_table(name, source, opts)
   M.check_table_name(name)
   if opts ~= nil and type(opts) ~= "table" then invalid("create_table: opts must be a table") end
   opts = opts or {}
-  for k in pairs(opts) do
-    if not create_options[k] then invalid(("create_table: unknown option '%s'%s"):format(tostring(k),
-      require("geneva.suggest").hint(k, create_options))) end
-  end
+  require("geneva.suggest").check_options("create_table", opts, create_options)
   local mode = opts.mode or "create"
   if mode ~= "create" and mode ~= "overwrite" then
     invalid(("create_table: mode must be 'create' or 'overwrite', got '%s'"):format(tostring(mode)))

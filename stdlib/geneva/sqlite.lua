@@ -54,7 +54,8 @@ function M.open(path, opts)
   end
   opts = opts or {}
   for k in pairs(opts) do
-    if not open_options[k] then argerror(2, "open", ("unknown option '%s'"):format(tostring(k))) end
+    if not open_options[k] then argerror(2, "open", ("unknown option '%s'%s"):format(tostring(k),
+      require("geneva.suggest").hint(k, open_options))) end
   end
   local busy = opts.busy_timeout_ms or 5000
   if math.type(busy) ~= "integer" or busy < 0 then

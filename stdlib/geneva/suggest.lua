@@ -2,6 +2,10 @@
 -- field, a subcommand). The one place that decides what is near enough.
 --   suggest.nearest(word, names) -> the name nearest to word, or nil
 --   suggest.hint(word, names)    -> " (did you mean 'name'?)" or ""
+--   suggest.unknown(word, names) -> that hint, or " (one of: a, b, c)"
+--   suggest.check_options(what, opts, names)  raises invalid_argument
+--                                   "<what>: unknown option 'x' (did you
+--                                   mean 'y'?)" for a key not in names
 -- names is a list of strings or a table keyed by them.
 local M = {}
 
@@ -46,6 +50,41 @@ end
 function M.hint(word, names)
   local near = M.nearest(word, names)
   return near and (" (did you mean '%s'?)"):format(near) or ""
+end
+
+-- The names, sorted, as text: "a, b, c"
+local function listed(names)
+  local out = {}
+  if type(names[1]) == "string" then
+    for i, n in ipairs(names) do out[i] = n end
+  else
+    for n in pairs(names) do if type(n) == "string" then out[#out + 1] = n end end
+  end
+  table.sort(out)
+  return table.concat(out, ", ")
+end
+
+function M.unknown(word, names)
+  local near = M.nearest(word, names)
+  if near then return (" (did you mean '%s'?)"):format(near) end
+  return (" (one of: %s)"):format(listed(names))
+end
+
+-- Every options table of the API is checked here, so a typo always gets
+-- the same answer (names may be a list or a set; a set's false values are
+-- not names).
+function M.check_options(what, opts, names)
+  local set = names
+  if type(names[1]) == "string" then
+    set = {}
+    for _, n in ipairs(names) do set[n] = true end
+  end
+  for k in pairs(opts) do
+    if not set[k] then
+      require("geneva.errors").throw("invalid_argument", ("%s: unknown option '%s'%s")
+        :format(what, tostring(k), M.unknown(k, set)), { field = type(k) == "string" and k or nil })
+    end
+  end
 end
 
 return M

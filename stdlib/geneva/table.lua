@@ -247,6 +247,7 @@ end
 local function to_rows(self, opts, what)
   opts = opts or {}
   if type(opts) ~= "table" then invalid("to_rows: options must be a table") end
+  require("geneva.suggest").check_options(what, opts, { "columns", "where", "limit" })
   local where, limit = opts.where, opts.limit
   if limit ~= nil and (math.type(limit) ~= "integer" or limit < 0) then
     invalid("to_rows: limit must be a non-negative integer")
@@ -504,9 +505,11 @@ function Table:drop_columns(list)
 end
 
 -- Runs commit(mutate) where mutate may fold file lists (creating files):
--- fold(list) is cached by list, and files an unused attempt made are removed.
-local function commit_with_folds(self, operation, body)
-  local cache, made = {}, {}
+-- fold(list) is cached by list, and files an unused attempt made are removed,
+-- as are the files of `made` (made before the commit) it does not reference.
+local function commit_with_folds(self, operation, body, made)
+  local cache = {}
+  made = made or {}
   local function fold(list)
     local key = {}
     for i, e in ipairs(list) do key[i] = e.file .. "@" .. tostring(e.udf_version) end
@@ -551,35 +554,100 @@ function Table:cleanup_old_versions(opts)
   writable(self, "clean up")
   if opts ~= nil and type(opts) ~= "table" then invalid("cleanup_old_versions: options must be a table") end
   opts = opts or {}
+  require("geneva.suggest").check_options("cleanup_old_versions", opts, { "older_than", "grace" })
   for k, v in pairs(opts) do
-    if k ~= "older_than" and k ~= "grace" then
-      invalid(("cleanup_old_versions: unknown option '%s' (older_than, grace)"):format(tostring(k)))
-    end
     if type(v) ~= "number" or v < 0 then invalid(("cleanup_old_versions: %s must be a number of seconds"):format(k)) end
   end
   return storage.cleanup(self.dir, { older_than = opts.older_than or 7 * 86400, grace = opts.grace })
 end
 
---- Folds each fragment's column files into one per column, in a new version.
--- Older versions still read their own files; nothing is committed when
--- there is nothing to fold.
+-- Whether a backfill of this table is under way (its driver alive): its
+-- tasks name fragments, which compaction must not merge away.
+local function backfill_running(self)
+  local job = require "geneva.backfill.job"
+  for _, st in ipairs({ "RUNNING", "PENDING" }) do
+    if #job.list(self.db.dir, { table = self.name, status = st }) > 0 then return true end
+  end
+  return false
+end
+
+--- Rewrites the latest version in fewer files, as a new version. Runs of
+-- consecutive fragments that fit in one `fragment_size` become one fragment
+-- (one data file, one column file per virtual column; rowids renumbered
+-- within it); every other fragment's column files are folded into one per
+-- column. Values, UDF versions and failed marks read as before. Fragments
+-- are not merged while a backfill of the table runs, nor when a checkpoint
+-- in `_staging` belongs to them. Older versions still read their own files
+-- (@{Table:cleanup_old_versions} removes them); nothing is committed when
+-- there is nothing to do.
 -- @treturn Table the handle itself
 function Table:compact()
   writable(self, "compact")
+  local compact = require "geneva.store.compact"
   local m0 = current(self)
-  local any = false
+  local groups = {}
+  if not backfill_running(self) then
+    groups = compact.plan(m0, { skip = compact.staged_fragments(self.dir) })
+  end
+  local any = #groups > 0
   for _, f in ipairs(m0.fragments) do
     for _, list in pairs(f.columns) do if #list > 1 then any = true end end
   end
   if not any then return self end
+  -- the merges read only immutable files of m0: done before the commit,
+  -- which takes a group only if its fragments are still exactly as in m0
+  local made, first = {}, {}
+  local ok, err = pcall(function()
+    for _, g in ipairs(groups) do
+      local files
+      g.fragment, files = compact.merge(self.dir, m0, g)
+      table.move(files, 1, #files, #made + 1, made)
+      first[g[1].id] = g
+    end
+  end)
+  if not ok then
+    storage.remove_files(self.dir, made)
+    error(err, 0)
+  end
+  local schema0 = json.canonical(m0.schema)
+  local function same(a, b) return json.canonical(a) == json.canonical(b) end
   commit_with_folds(self, "compact", function(m, fold)
-    for _, f in ipairs(m.fragments) do
-      for name, list in pairs(f.columns) do
-        if #list > 1 then f.columns[name] = fold(list) end
+    local out, changed, next_id = json.array(), false, m.next_fragment_id
+    if not next_id then
+      next_id = 1
+      for _, f in ipairs(m.fragments) do next_id = math.max(next_id, f.id + 1) end
+    end
+    local merge_ok = json.canonical(m.schema) == schema0
+    local i = 1
+    while i <= #m.fragments do
+      local f, g = m.fragments[i], first[m.fragments[i].id]
+      local fits = merge_ok and g ~= nil
+      for k = 1, g and #g or 0 do
+        local cur = m.fragments[i + k - 1]
+        fits = fits and cur ~= nil and cur.id == g[k].id and same(cur, g[k])
+      end
+      if fits then
+        local nf = { id = next_id, rows = g.fragment.rows, data = g.fragment.data, columns = json.object() }
+        for name, list in pairs(g.fragment.columns) do nf.columns[name] = json.array({ table.unpack(list) }) end
+        next_id = next_id + 1
+        out[#out + 1] = nf
+        i = i + #g
+        changed = true
+      else
+        for name, list in pairs(f.columns) do
+          if #list > 1 then
+            f.columns[name] = fold(list)
+            changed = true
+          end
+        end
+        out[#out + 1] = f
+        i = i + 1
       end
     end
+    if not changed then return false end     -- every group changed meanwhile: no version
+    m.fragments, m.next_fragment_id = out, next_id
     return m
-  end)
+  end, made)
   return self
 end
 

@@ -12,6 +12,10 @@
 --
 -- NULL is `nil` in scalar arguments and results, and `geneva.null` inside
 -- batch arrays.
+--
+-- `memory = bytes` is enforced wherever the UDF runs in a geneva host
+-- (workers, @{Udf:call}): its calls may grow the Lua heap by at most that
+-- much; past it the row fails with a `udf_error` naming the limit.
 -- @module geneva.udf
 
 -- The worker's contract (geneva.backfill.worker), not public:
@@ -432,7 +436,8 @@ local OPTIONS = {
 -- run; past it the row fails with a `udf_error` that has `timeout = true`
 -- @number[opt=1] opts.num_cpus CPUs a worker slot needs (Ray scheduling)
 -- @number[opt=0] opts.num_gpus GPUs a worker slot needs
--- @int[opt] opts.memory bytes a worker slot needs
+-- @int[opt] opts.memory bytes a worker slot needs; also the most the UDF's
+-- calls may grow the Lua heap (a `udf_error` past it)
 -- @string[opt] opts.name shown in errors, logs and job records (default:
 -- `file:line` of `fn`, or `module.function`)
 -- @string[opt] opts.module a module to `require` on the worker, with
@@ -740,6 +745,41 @@ end
 local TIMEOUT = setmetatable({}, { __tostring = function() return "timeout" end })
 local sources = {}
 
+-- {====== memory = bytes: the host allocator's limit around the UDF's calls
+-- (host/memory.c). While the UDF (or its setup) runs, the Lua heap may grow
+-- by at most `memory` bytes over what it held when the call began (what
+-- Lua cannot collect counts: an emergency collection runs first); an
+-- allocation past that is a Lua memory error, which comes back here as
+-- MEMORY and becomes the row's udf_error (on_error and retries apply). In a
+-- state the host did not make (no counting allocator) nothing is enforced.
+local MEMORY = setmetatable({}, { __tostring = function() return "memory" end })
+local host_memory, set_memory_limit
+do
+  local ok, core = pcall(require, "geneva.host.core")
+  if ok and core.memory and core.memory() then host_memory, set_memory_limit = core.memory, core.set_memory_limit end
+end
+
+-- Restores the limit first (no allocation before: the results are on the
+-- stack, not in a table), then names a memory error our limit caused.
+local function unlimit(prev, refused0, ok, e, ...)
+  set_memory_limit(prev)
+  if not ok and e == "not enough memory" and select(3, host_memory()) > refused0 then e = MEMORY end
+  return ok, e, ...
+end
+
+-- xpcall(f, handler, ...) with the heap held to its size now + limit (an
+-- outer limit, a UDF called by a UDF, stays when it is lower)
+local function limited_xpcall(limit, f, handler, ...)
+  local used, prev, refused0 = host_memory()
+  local cap = used + limit
+  if prev > 0 and prev < cap then cap = prev end
+  set_memory_limit(cap)
+  return unlimit(prev, refused0, xpcall(f, handler, ...))
+end
+
+local function mib(n) return ("%.4g MiB"):format(n / 1048576) end
+-- }======
+
 -- u:executor([column | {column=, on_error=}]) -> Executor. column names the output
 -- column in errors (default: the UDF's name); on_error overrides the UDF's.
 -- Loads the code and runs setup once (its result is the state passed as
@@ -773,10 +813,15 @@ function Udf:executor(opts)
   ex.loop, ex.call, ex.handler, ex.hook = gen(NULL, math.type, type, vec_ok,
     require("geneva.time").monotonic, self.timeout, TIMEOUT, debug.traceback, debug.sethook,
     debug.getinfo, error)
+  ex.memory = host_memory and self.memory or nil
   if setup then
-    local ok, st = xpcall(setup, ex.handler)
+    local ok, st = ex:_xpcall(setup)
     if not ok then
       if st == "interrupted" then error(st, 0) end
+      if st == MEMORY then
+        error(errors.new("udf_error", ("setup of UDF '%s' went over its memory limit (memory = %d bytes, %s)")
+          :format(self.name, self.memory, mib(self.memory)), { column = ex.column, memory = self.memory }), 0)
+      end
       local e = type(st) == "table" and st.err or st
       error(errors.new("udf_error", ("setup of UDF '%s' failed: %s"):format(self.name,
         tostring(errors.is(e) and e.message or e)), { column = ex.column, cause = errors.is(e) and e or nil,
@@ -785,6 +830,13 @@ function Udf:executor(opts)
     ex.state = st
   end
   return ex
+end
+
+-- ex:_xpcall(f, ...) -> xpcall(f, ex.handler, ...), under the UDF's memory
+-- limit when it has one (a memory error past it: false, MEMORY)
+function Executor:_xpcall(f, ...)
+  if self.memory then return limited_xpcall(self.memory, f, self.handler, ...) end
+  return xpcall(f, self.handler, ...)
 end
 
 local function is_interrupt(e)
@@ -800,6 +852,10 @@ function Executor:_call_error(e, rowid, rows)
   if e == TIMEOUT then
     return errors.new("udf_error", ("%s timed out after %gs%s"):format(base, u.timeout, where),
       { column = self.column, rowid = rowid, timeout = u.timeout })
+  end
+  if e == MEMORY then
+    return errors.new("udf_error", ("%s went over its memory limit%s (memory = %d bytes, %s)")
+      :format(base, where, u.memory, mib(u.memory)), { column = self.column, rowid = rowid, memory = u.memory })
   end
   local cause = type(e) == "table" and e.err or e
   local msg = errors.is(cause) and cause.message or tostring(cause)
@@ -880,8 +936,8 @@ function Executor:_retry_row(_res, C, i, _rowid, e)
       if x ~= NULL then a[k] = x end
     end
     local ok, v
-    if self.stateful then ok, v = xpcall(self.call, self.handler, self.fn, self.state, table.unpack(a, 1, nargs))
-    else ok, v = xpcall(self.call, self.handler, self.fn, table.unpack(a, 1, nargs)) end
+    if self.stateful then ok, v = self:_xpcall(self.call, self.fn, self.state, table.unpack(a, 1, nargs))
+    else ok, v = self:_xpcall(self.call, self.fn, table.unpack(a, 1, nargs)) end
     if ok then return true, v end
     if is_interrupt(v) then error(v, 0) end
     e = v
@@ -898,10 +954,10 @@ end
 
 function Executor:_run_rows(batch, C, res)
   local values, rowids, n = res.values, batch.rowids, batch.n
-  local loop, handler, fn, state = self.loop, self.handler, self.fn, self.state
+  local loop, fn, state = self.loop, self.fn, self.state
   local i = 1
   while i <= n do
-    local ok, stop, v = xpcall(loop, handler, fn, state, C, values, i, n)
+    local ok, stop, v = self:_xpcall(loop, fn, state, C, values, i, n)
     if ok then
       if stop > n then break end
       -- a value the inline check did not accept: normalize or fail
@@ -928,7 +984,7 @@ function Executor:_run_batch(batch, C, res)
   local ok, r
   for attempt = 0, u.retries do
     if attempt > 0 and u.timeout then debug.sethook(self.hook, "", 1000) end
-    ok, r = xpcall(self.call, self.handler, self.fn, table.unpack(args, 1, nargs))
+    ok, r = self:_xpcall(self.call, self.fn, table.unpack(args, 1, nargs))
     if ok then break end
     if is_interrupt(r) then error(r, 0) end
   end

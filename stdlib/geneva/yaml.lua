@@ -75,7 +75,8 @@ local function check_opts(opts, fname)
   for k, v in pairs(opts) do
     local want = load_opts[k]
     if not want then
-      error(("bad argument #2 to '%s' (unknown option '%s')"):format(fname, tostring(k)), 3)
+      error(("bad argument #2 to '%s' (unknown option '%s'%s)"):format(fname, tostring(k),
+        require("geneva.suggest").hint(k, load_opts)), 3)
     end
     if want ~= "any" and type(v) ~= want
         or want == "number" and math.type(v) ~= "integer" then

@@ -1,6 +1,6 @@
 -- Specs for backfill under faults, with real processes and real signals:
 -- kill -9 of a worker, kill -9 of the driver then a resuming re-run, two
--- drivers on one table at once, SIGTERM of a driver.
+-- drivers on one table at once, SIGINT and SIGTERM of a driver.
 -- Runs on a directory and on s3 (moto): see testdb.lua. storage: dir s3
 local geneva = require "geneva"
 local backfill = require "geneva.backfill"
@@ -250,25 +250,29 @@ end
     end
   end)
 
-  it("marks the job FAILED/interrupted when its driver gets SIGTERM", function()
-    local tbl = make_table(db, "docs", 8000, { fragment_size = 2000 })
-    tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
-    local v0 = tbl:version()
-    local p = start_driver(root, "driver", DRIVER, db.uri, "docs", "s", "50")
-    wait_until("a commit", function() return tbl:version() > v0 end)
-    assert.is_true(proc.kill(p:pid(), "TERM"))
-    local how, code = p:wait(20)
-    assert.equal("exited", how)
-    assert.is_true(code ~= 0)
-    p:close()
-    local rec = db:jobs()[1]
-    assert.equal("FAILED", rec.status)
-    assert.equal("interrupted", rec.error.code)
-    -- what it committed stays, and a re-run finishes the job
-    assert.is_true(tbl:count_rows("s IS NOT NULL") > 0)
-    tbl:backfill("s", { batch_size = 500 })
-    check_exact(tbl, 8000, "s", function(id) return id * 7 end)
-  end)
+  for _, sig in ipairs({ { "INT", 130 }, { "TERM", 143 } }) do
+    it("records the job CANCELLED/interrupted when its driver gets SIG" .. sig[1], function()
+      local tbl = make_table(db, "docs", 8000, { fragment_size = 2000 })
+      tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
+      local v0 = tbl:version()
+      local p = start_driver(root, "driver", DRIVER, db.uri, "docs", "s", "50")
+      wait_until("a commit", function() return tbl:version() > v0 end)
+      assert.is_true(proc.kill(p:pid(), sig[1]))
+      local how, code = p:wait(20)
+      assert.same({ "exited", sig[2] }, { how, code })
+      p:close()
+      local rec = db:jobs()[1]
+      assert.equal("CANCELLED", rec.status)
+      assert.same({ code = "interrupted", message = "interrupted" }, rec.error)
+      assert.is_true(#db:jobs { status = "FAILED" } == 0)
+      local log = table.concat(db:job(rec.id):logs(), "\n")
+      assert.matches("CANCELLED: interrupted: interrupted", log, 1, true)
+      -- what it committed stays, and a re-run finishes the job
+      assert.is_true(tbl:count_rows("s IS NOT NULL") > 0)
+      tbl:backfill("s", { batch_size = 500 })
+      check_exact(tbl, 8000, "s", function(id) return id * 7 end)
+    end)
+  end
 
   it("kills a worker stuck in C past the UDF's timeout and leaves the row to on_error", function()
     local tbl = tables.make(db, "stuck", 40)

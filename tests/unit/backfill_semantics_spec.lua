@@ -233,6 +233,57 @@ describe("what a backfill computes", function()
     assert.equal(6, tbl:count_rows('"__failed_maybe"'))
   end)
 
+  describe("memory = bytes on local workers", function()
+    local MiB = 1024 * 1024
+    -- a UDF building a string of `mib(id)` MiB (string.rep allocates it at once)
+    local function alloc_udf(mib_of_id, opts)
+      local o = { data_type = "int64", memory = 50 * MiB, input_columns = { "id" }, name = "alloc",
+        fn = load(("return function(id) return #string.rep('x', (%s) * 1048576) end"):format(mib_of_id))() }
+      for k, v in pairs(opts or {}) do o[k] = v end
+      return geneva.udf(o)
+    end
+
+    it("fails a UDF that allocates past it with a udf_error naming it; the worker survives; commits stay", function()
+      local tbl = make_table(db, "docs", 200, { fragment_size = 200 })
+      tbl:add_columns {
+        fits = alloc_udf("id % 4 == 0 and 20 or 1"),                 -- 20 MiB (40 at the peak) under 50
+        huge = alloc_udf("id == 150 and 200 or 1"),                  -- 200 MiB at rowid 150
+        nulls = alloc_udf("id % 50 == 0 and 200 or 1", { on_error = "null", retries = 1 }),
+      }
+      geneva.local_cluster { workers = 1 } (function()
+        local pool = require("geneva.runner").current()
+        local pids = pool:pids()
+        assert.equal(1, #pids)
+        local rec = tbl:backfill("fits", { batch_size = 50 })
+        assert.equal(200, rec.rows.computed)
+        assert.equal(0, tbl:count_rows("fits <> (CASE WHEN id % 4 = 0 THEN 20 ELSE 1 END) * 1048576"))
+        local ok, e = pcall(tbl.backfill, tbl, "huge", { batch_size = 50, commit_every = 1 })
+        assert.is_false(ok)
+        assert.equal("udf_error", e.code)
+        assert.matches("UDF 'alloc' %(column 'huge'%) went over its memory limit at rowid 150 "
+          .. "%(memory = 52428800 bytes, 50 MiB%) %(fragment 1%)", e.message)
+        local failed = db:job(e.job_id):record()
+        assert.equal("FAILED", failed.status)
+        assert.equal(52428800, failed.error.memory)
+        -- the windows before it were committed and stay
+        assert.equal(failed.rows.committed, tbl:count_rows("huge IS NOT NULL"))
+        assert.equal(0, tbl:count_rows("huge IS NOT NULL AND huge <> 1048576"))
+        -- on_error = "null": those rows fail (after their retry), the others
+        -- are computed, all in the same worker process: it survives its
+        -- UDF going over the limit (a failed job's busy workers are
+        -- replaced, as with any failure: no pid check across that one)
+        local spawned, alive = pool.spawned, #pool:pids()
+        rec = tbl:backfill("nulls", { batch_size = 50 })
+        assert.equal("DONE", rec.status)
+        assert.same({ 196, 4 }, { rec.rows.computed, rec.rows.failed })
+        assert.same({ "1:100", "1:150", "1:200", "1:50" }, listed(rec))
+        assert.equal(4, tbl:count_rows('"__failed_nulls"'))
+        assert.equal(spawned + (alive == 0 and 1 or 0), pool.spawned)
+        assert.equal(1, #pool:pids())
+      end)
+    end)
+  end)
+
   describe("with nothing to compute", function()
     -- stages window lo..hi of fragment 1 of column as an interrupted run would
     local function stage(tbl, column, lo, hi)

@@ -158,4 +158,30 @@ describe("did you mean, in option tables", function()
     e = raises("invalid_argument", db.define_cluster, db, "c", { type = "local", workerz = 2 })
     assert.matches("unknown field 'workerz' (did you mean 'workers'?)", e.message, 1, true)
   end)
+
+  it("table reads, cleanup, job lists and logs, connect: every options table", function()
+    local t = db:create_table("t", { { id = 1 } })
+    local function says(msg, f, ...)
+      local e = raises("invalid_argument", f, ...)
+      assert.matches(msg, e.message, 1, true)
+    end
+    says("to_rows: unknown option 'colums' (did you mean 'columns'?)", t.to_rows, t, { colums = { "id" } })
+    says("to_rows: unknown option 'lmit' (did you mean 'limit'?)", t.to_rows, t, { lmit = 1 })
+    says("to_rows: unknown option 'order_by' (one of: columns, limit, where)", t.to_rows, t, { order_by = "id" })
+    says("cleanup_old_versions: unknown option 'older_then' (did you mean 'older_than'?)",
+      t.cleanup_old_versions, t, { older_then = 1 })
+    says("jobs: unknown option 'tabel' (did you mean 'table'?)", db.jobs, db, { tabel = "t" })
+    says("jobs: unknown status 'done' (did you mean 'DONE'?)", db.jobs, db, { status = "done" })
+    says("jobs: unknown status 'DOEN' (did you mean 'DONE'?)", db.jobs, db, { status = "DOEN" })
+    says("connect (s3 database): unknown option 'regoin' (did you mean 'region'?)",
+      geneva.connect, "s3://bucket/x", { regoin = "eu-west-1" })
+    says("connect: option 'endpoint' is for s3:// databases; a directory database takes none",
+      geneva.connect, dir .. "/db2", { endpoint = "http://127.0.0.1:9000" })
+    t:add_columns { y = geneva.udf { data_type = "int64", fn = function(id) return id end } }
+    local j = t:backfill_async("y")
+    j:wait()
+    says("job:logs: unknown option 'folow' (did you mean 'follow'?)", j.logs, j, { folow = true })
+    says("job:logs: unknown option 'tail' (one of: follow, on_line)", j.logs, j, { tail = 5 })
+    says("backfill: unknown option 'wehre' (did you mean 'where'?)", t.backfill, t, "y", { wehre = "id > 0" })
+  end)
 end)

@@ -58,6 +58,9 @@ describe("geneva.context.cluster", function()
       invalid({ type = "local", workers = "2" }, 'workers: expected a positive integer, got "2"')
       invalid({ type = "local", workers = 0 }, "workers: expected a positive integer, got 0")
       invalid({ type = "local", wokers = 2 }, "unknown field 'wokers' (did you mean 'workers'?)")
+      invalid({ type = "local", workers = 1000000 },
+        "workers: 1000000 is more than the 1024 worker processes a local cluster may have")
+      assert.equal(1024, cluster.validate{ type = "local", workers = 1024 }.workers)
       invalid({ type = "local", colour = 2 }, "unknown field 'colour'")
       invalid({ workers = 2 }, "type: missing (one of 'local', 'ray', 'kuberay')")
       invalid({ type = "slurm" }, "type: expected 'local', 'ray' or 'kuberay', got \"slurm\"")
@@ -329,7 +332,8 @@ describe("geneva.context.cluster", function()
       local path = uri .. "/_geneva/clusters/dev.json"
       local raw = child.read(path)
       child.write(path, (raw:gsub('"env": {', '"env": {\n      "DB_PASS": "hunter2",', 1)))
-      for _, argv in ipairs { { "list", "--json" }, { "show", "dev", "--json" }, { "show", "dev" }, { "list" } } do
+      for _, argv in ipairs { { "list", "--json" }, { "show", "dev", "--json" }, { "show", "dev" }, { "list" },
+                              { "list", "-o", "yaml" }, { "show", "dev", "-o", "yaml" }, { "list", "-o", "wide" } } do
         code, out = cli { "cluster", "--db", uri, table.unpack(argv) }
         assert.equal(0, code)
         assert.is_nil(out:find("hunter2", 1, true), table.concat(argv, " "))
@@ -352,7 +356,16 @@ describe("geneva.context.cluster", function()
     end)
 
     it("prints text, help and usage errors", function()
-      local code, out = cli { "cluster", "list", "--db", uri }
+      local code, out = cli { "cluster", "list", "--db", uri, "-o", "wide" }
+      assert.equal(0, code)
+      assert.matches("^NAME%s+TYPE%s+SPEC%s+AGE%s+ENV%s+CREATED%s+UPDATED\n", out)
+      assert.matches("dev%s+local%s+workers=2%s+%d+s%s+TOKEN%s+%d%d%d%d%-", out)
+      code, out = cli { "cluster", "show", "dev", "--db", uri, "-o", "yaml" }
+      assert.equal(0, code)
+      local y = assert(require("geneva.yaml").load(out))
+      assert.same({ from_env = "X" }, y.spec.env.TOKEN)
+      assert.matches("^created_at: ", out)
+      code, out = cli { "cluster", "list", "--db", uri }
       assert.equal(0, code)
       assert.matches("^NAME%s+TYPE%s+SPEC%s+AGE\n", out)
       assert.matches("dev%s+local%s+workers=2%s+%d+s\n", out)

@@ -72,6 +72,22 @@ describe("geneva.context", function()
       assert.equals(0, #worker_pids(proc.self().pid))
     end)
 
+    it("refuses workers past the local cap, naming it, before starting anything", function()
+      for _, ctx in ipairs({ geneva.local_cluster{ workers = 1000000 },
+                             geneva.context{ cluster = { type = "local", workers = 1000000 } } }) do
+        local ok, err = pcall(ctx.enter, ctx)
+        assert.is_false(ok)
+        assert.equals("invalid_argument", err.code)
+        assert.equals("workers: 1000000 is more than the 1024 worker processes a local cluster may have",
+          err.message)
+      end
+      local ok, err = pcall(db.define_cluster, db, "huge", { type = "local", workers = 1000000 })
+      assert.is_false(ok)
+      assert.matches("1024 worker processes", err.message)
+      assert.equals(0, #worker_pids(proc.self().pid))
+      assert.equals(0, leases(db))
+    end)
+
     it("refuses a second enter; a second exit does nothing", function()
       local ctx = geneva.local_cluster{ workers = 1 }
       ctx:enter()
@@ -139,6 +155,35 @@ describe("geneva.context", function()
       end)
       local rows = tbl:to_rows{ columns = { "id", "tagged" }, where = "id <= 2" }
       assert.same({ "v1:shipped:1", "v1:shipped:2" }, { rows[1].tagged, rows[2].tagged })
+      assert.equals(0, leases(db))
+    end)
+
+    it("resolves module UDFs from its manifest in the driver and on workers, without LUA_PATH", function()
+      local mdir = dir .. "/lib"
+      assert(fs.mkdir_p(mdir .. "/shipped_pkg"))
+      assert(fs.write(mdir .. "/shipped_udfs.lua",
+        "return { chars = function(content) return #content end }"))
+      assert(fs.write(mdir .. "/shipped_pkg/init.lua",
+        "return { words = { count = function(content) return select(2, content:gsub('%S+', '')) end } }"))
+      db:define_manifest("files_only", { files = { "shipped_udfs.lua", "shipped_pkg" }, base_dir = mdir })
+      assert.is_nil(package.searchpath("shipped_udfs", package.path))
+      local path0 = package.path
+      local raises = require("expect").raises
+      raises("not_found", geneva.udf, { module = "shipped_udfs", ["function"] = "chars", data_type = "int64",
+                                        input_columns = { "content" } })
+      local j
+      geneva.context{ cluster = { type = "local", workers = 2 }, manifest = "files_only" }(function()
+        -- a module at the package's root, and a package (init.lua) with a dotted function
+        tbl:add_columns {
+          chars = geneva.udf { module = "shipped_udfs", ["function"] = "chars", data_type = "int64" },
+          wc = geneva.udf { module = "shipped_pkg", ["function"] = "words.count", data_type = "int64" } }
+        assert.equals(3000, tbl:backfill("chars").rows.computed)
+        j = tbl:backfill_async("wc")                    -- its driver process finds them too
+      end)
+      assert.equals("DONE", j:status())
+      assert.equals(0, tbl:count_rows("chars IS NULL OR chars <> length(content)"))
+      assert.equals(3000, tbl:count_rows("wc = id % 4 + 1"))
+      assert.equals(path0, package.path)                -- exit took the package off again
       assert.equals(0, leases(db))
     end)
 
@@ -280,7 +325,7 @@ describe("geneva.context", function()
         end)
         stop_clean(p, c[1], c[2])
         local rec = db:jobs()[1]
-        assert.equals("FAILED", rec.status)
+        assert.equals("CANCELLED", rec.status)
         assert.equals("interrupted", rec.error.code)
       end)
 

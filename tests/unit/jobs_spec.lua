@@ -146,6 +146,22 @@ describe("geneva jobs", function()
       assert.matches("Progress: +10/10 rows committed", out)
     end)
 
+    it("progress of a resumed run counts its checkpoints in the total, never past it", function()
+      local worker = require "geneva.backfill.worker"
+      local tbl = make_table(db, "r", 500, { fragment_size = 500 })
+      tbl:add_columns { neg = geneva.udf { data_type = "int64", fn = function(id) return -id end } }
+      -- an earlier run staged rows 1..100 and died: this run commits them first
+      worker.run_task(worker.state(), require("tables").task_for(tbl, "neg", 1, 100))
+      local rec = tbl:backfill("neg", { batch_size = 100 })
+      assert.same({ 100, 400, 500 }, { rec.rows.recovered, rec.rows.planned, rec.rows.committed })
+      local code, out = cli("list", "--db", db.uri)
+      assert.equal(0, code)
+      assert.matches("DONE%s+r%s+neg%s+500/500%s", out)
+      code, out = cli("show", rec.id, "--db", db.uri)
+      assert.equal(0, code)
+      assert.matches("Progress: +500/500 rows committed %(400 computed, 0 failed, 100 recovered from checkpoints%)", out)
+    end)
+
     it("show is for people without --json; --json keys are sorted", function()
       local h = history()
       local code, out = cli("show", h.failed_a, "--db", db.uri)
@@ -185,6 +201,60 @@ describe("geneva jobs", function()
         assert.same(sorted, keys)
         assert.equal("column", keys[1])
       end
+    end)
+
+    it("-o json is --json, -o yaml the same data and key order, -o wide more columns", function()
+      local yaml = require "geneva.yaml"
+      local h = history()
+      for _, verb in ipairs { { "list" }, { "show", h.failed_a }, { "wait", h.done_a } } do
+        local function run(...)
+          local argv = { table.unpack(verb) }
+          table.move({ "--db", db.uri, ... }, 1, 2 + select("#", ...), #argv + 1, argv)
+          return cli(table.unpack(argv))
+        end
+        local c1, as_json = run("--json")
+        local c2, as_o = run("-o", "json")
+        local c3, as_yaml = run("--output=yaml")
+        assert.same({ c1, as_json }, { c2, as_o })
+        assert.equal(c1, c3)
+        -- the same data
+        local from_yaml = assert(yaml.load(as_yaml))
+        assert.equal(json.canonical(doc(as_json)), json.canonical(json.decode(json.encode(from_yaml),
+          { null_as_nil = true })))
+        -- and the same key order: the first record's top-level keys, sorted
+        local first = verb[1] == "list" and as_yaml:match("^%- (.-)\n%- ") or as_yaml
+        local top = {}
+        for line in (verb[1] == "list" and ("  " .. first) or first):gmatch("[^\n]+") do
+          local k = line:match(verb[1] == "list" and "^  ([%w_]+):" or "^([%w_]+):")
+          if k then top[#top + 1] = k end
+        end
+        local sorted = { table.unpack(top) }
+        table.sort(sorted)
+        assert.is_true(#top > 10, as_yaml)
+        assert.same(sorted, top)
+      end
+      -- errors follow the format
+      local code, out = cli("show", "20200101-000000-deadbeef", "--db", db.uri, "-o", "yaml")
+      assert.equal(1, code)
+      assert.equal("not_found", assert(yaml.load(out)).error.code)
+      -- wide: the same rows with more columns
+      local _, narrow = cli("list", "--db", db.uri)
+      local _, wide = cli("list", "--db", db.uri, "-o", "wide")
+      assert.matches("^ID +STATUS +TABLE +COLUMN +PROGRESS +AGE +DURATION +COMPUTED +FAILED +TASKS +RUNNER +VERSIONS +ERROR\n", wide)
+      local n1, n2 = select(2, narrow:gsub("\n", "")), select(2, wide:gsub("\n", ""))
+      assert.equal(n1, n2)
+      assert.matches(h.failed_a:gsub("%-", "%%-") .. " +FAILED +a +y .* udf_error\n", wide)
+      assert.matches(h.done_a:gsub("%-", "%%-") .. " +DONE +a +x +300/300 .- +300 +0 +6/6 +local/%d+ +%d+%->%d+ *\n", wide)
+      -- bad formats and contradictions are usage errors
+      local c, _, err = cli("list", "--db", db.uri, "-o", "jsn")
+      assert.equal(2, c)
+      assert.matches("unknown output format 'jsn' (did you mean 'json'?)", err, 1, true)
+      c, _, err = cli("list", "--db", db.uri, "-o", "table")
+      assert.equal(2, c)
+      assert.matches("unknown output format 'table' (one of: json, wide, yaml)", err, 1, true)
+      assert.equal(2, (cli("list", "--db", db.uri, "--json", "-o", "yaml")))
+      assert.equal(2, (cli("list", "--db", db.uri, "-w", "-o", "json")))
+      assert.equal(2, (cli("logs", h.done_a, "--db", db.uri, "-o", "yaml")))
     end)
 
     it("wait prints the end and exits 0 only for DONE", function()

@@ -473,7 +473,7 @@ describe("ray runner", function()
         assert.same({}, emu:state().jobs)
         assert.equal(0, leases())
         local rec = db:jobs()[1]
-        assert.equal("FAILED", rec.status)
+        assert.equal("CANCELLED", rec.status)
         assert.equal("interrupted", rec.error.code)
       end)
     end

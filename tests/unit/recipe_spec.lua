@@ -245,7 +245,10 @@ x-b: ${a:-${b:-${c}}}
       local p = write(dir .. "/r.yaml", "db: ./db\n\nclustres: {}\n")
       local e = load_err(p)
       assert.equals(p .. ":3:1: unknown field 'clustres' in the recipe "
-        .. "(allowed: vars, db, clusters, manifests, jobs)", e.message)
+        .. "(did you mean 'clusters'? allowed: vars, db, clusters, manifests, jobs)", e.message)
+      p = write(dir .. "/r.yaml", "db: ./db\ncolour: red\n")
+      assert.equals(p .. ":2:1: unknown field 'colour' in the recipe "
+        .. "(allowed: vars, db, clusters, manifests, jobs)", load_err(p).message)
     end)
 
     it("rejects unknown fields in a job, its udf and its backfill options", function()
@@ -271,6 +274,23 @@ jobs:
       assert.matches("unknown field 'batchsize' in job 'words' udf", e.problems[2].message, 1, true)
       assert.same({ 12, 32 }, { e.problems[3].line, e.problems[3].col })
       assert.matches("unknown field 'paralel' in job 'words' backfill", e.problems[3].message, 1, true)
+      -- a typo gets the nearest name
+      p = write(dir .. "/r.yaml", [[
+db: ./db
+jobs:
+  words:
+    tabel: docs
+    column: words
+    udf: {module: my, function: f, data_type: int64, retires: 2}
+    backfill: {batch_sise: 10}
+]])
+      e = load_err(p)
+      local all = {}
+      for _, pr in ipairs(e.problems) do all[#all + 1] = ("%d:%d %s"):format(pr.line, pr.col, pr.message) end
+      all = table.concat(all, "\n")
+      assert.matches("4:5 unknown field 'tabel' in job 'words' (did you mean 'table'?", all, 1, true)
+      assert.matches("6:54 unknown field 'retires' in job 'words' udf (did you mean 'retries'?", all, 1, true)
+      assert.matches("7:16 unknown field 'batch_sise' in job 'words' backfill (did you mean 'batch_size'?", all, 1, true)
     end)
 
     it("checks types, required fields and where given twice", function()
@@ -523,9 +543,40 @@ jobs:
 ]])
       local r = recipe.load(p)
       local ok, e = pcall(recipe.validate, r)
-      -- a manifest naming a missing module fails only when it is packaged
-      if not ok then assert.matches("string_helpers_nope", tostring(e)) end
+      -- a manifest naming a missing module fails as apply would, at the module
+      assert.is_false(ok)
+      assert.equals(1, #e.problems)
+      assert.same({ 5, 17 }, { e.problems[1].line, e.problems[1].col })
+      assert.matches("manifest 'm': modules[1]: module 'string_helpers_nope' not found on package.path",
+        e.problems[1].message, 1, true)
       assert.is_false(fs.exists(dir .. "/never"))
+    end)
+
+    it("reports what apply would find missing in a manifest: modules, files, base_dir", function()
+      write(dir .. "/my_udfs.lua", "return {}\n")
+      local p = write(dir .. "/r.yaml", [[
+db: ./db
+manifests:
+  ok: {modules: [my_udfs], files: [my_udfs.lua]}
+  mods: {modules: [my_udfs, nothere]}
+  files: {files: ["*.csv"]}
+  base: {base_dir: ./nodir, files: [x]}
+]])
+      local ok, e = pcall(recipe.validate, recipe.load(p))
+      assert.is_false(ok)
+      local all = {}
+      for _, x in ipairs(e.problems) do all[#all + 1] = ("%d:%d %s"):format(x.line, x.col, x.message) end
+      all = table.concat(all, "\n")
+      assert.equals(3, #e.problems, all)
+      assert.matches("4:29 manifest 'mods': modules[2]: module 'nothere' not found on package.path", all, 1, true)
+      assert.matches("5:19 manifest 'files': files[1]: '*.csv' matches no file", all, 1, true)
+      assert.matches("manifest 'base': ", all, 1, true)
+      assert.matches("nodir", all, 1, true)
+      assert.is_false(fs.exists(dir .. "/db"))
+      -- the command line says the same, and exits 1
+      local st, _, err = child.cli({ "recipe", "validate", p })
+      assert.equals(1, st)
+      assert.matches("module 'nothere' not found on package.path", err, 1, true)
     end)
 
     it("reports a job's UDF problems at the field", function()
@@ -703,6 +754,63 @@ jobs:
       assert.truthy(db:get_manifest("recipe-udfs"))
       -- no worker, lease or temp dir left
       assert.equals(0, #(fs.list(db_dir .. "/_geneva/leases") or {}))
+    end)
+
+    it("resolves a UDF module shipped in a manifest's files, without LUA_PATH", function()
+      assert(fs.mkdir_p(dir .. "/lib"))
+      assert(fs.mkdir_p(dir .. "/app"))
+      write(dir .. "/lib/shipped_rec.lua", "return { len = function(content) return content and #content end }\n")
+      write(dir .. "/app/r.yaml", ([[
+db: %s
+manifests: { lib: { files: [shipped_rec.lua], base_dir: ../lib } }
+jobs:
+  len:
+    table: docs
+    column: len
+    udf: { module: shipped_rec, function: len, data_type: int64 }
+    manifest: lib
+]]):format(db_dir))
+      local env = { LUA_PATH = ";;" }                -- Lua's default path: no lib/ on it
+      local function run(args) return child.cli(args, { cwd = dir .. "/app", env = env }) end
+      local st, out, err = run({ "recipe", "validate", "r.yaml" })
+      assert.equals(0, st, err)
+      assert.matches("r.yaml: ok (0 clusters, 1 manifest, 1 job)", out, 1, true)
+      st, out, err = run({ "recipe", "run", "r.yaml" })
+      assert.equals(0, st, err)
+      assert.matches("^job len: docs%.len: 40 rows computed", out)
+      local tbl = geneva.connect(db_dir):open_table("docs")
+      assert.equals(39, tbl:count_rows("len = length(content)"))
+      -- a recipe naming the db's manifest: validate cannot see the module
+      -- (a warning), run finds it in the unpacked package
+      write(dir .. "/app/r2.yaml", ([[
+db: %s
+jobs:
+  len2:
+    table: docs
+    column: len2
+    udf: { module: shipped_rec, function: len, data_type: int64 }
+    manifest: lib
+]]):format(db_dir))
+      st, out, err = run({ "recipe", "validate", "r2.yaml" })
+      assert.equals(0, st, err)
+      assert.matches("r2.yaml:6:5: job 'len2': module 'shipped_rec' is not on package.path here; "
+        .. "it must be in manifest 'lib'", err, 1, true)
+      st, out, err = run({ "recipe", "run", "r2.yaml" })
+      assert.equals(0, st, err)
+      assert.matches("^job len2: docs%.len2: 40 rows computed", out)
+      -- without the manifest, the module is missing: an error at the job's udf
+      write(dir .. "/app/r3.yaml", ([[
+db: %s
+jobs:
+  len3:
+    table: docs
+    column: len3
+    udf: { module: shipped_rec, function: len, data_type: int64 }
+]]):format(db_dir))
+      st, _, err = run({ "recipe", "validate", "r3.yaml" })
+      assert.equals(1, st)
+      assert.matches("r3.yaml:6:5: job 'len3' udf: ", err, 1, true)
+      assert.matches("module 'shipped_rec' not found", err, 1, true)
     end)
 
     it("runs every job in file order without JOB, with --json", function()

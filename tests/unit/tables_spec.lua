@@ -663,7 +663,138 @@ describe("geneva tables", function()
       assert.equal(2, json.decode(out).versions_removed)
       assert.same({ 3 }, t:versions())
       assert.equal(2, (child.cli { "tables", "cleanup", "docs", "--db", db.uri, "--older-than", "soon" }))
+      -- -o yaml: the --json data; -o wide: more columns
+      local _, as_json = child.cli { "tables", "show", "docs", "--db", db.uri, "--json" }
+      local _, as_yaml = child.cli { "tables", "show", "docs", "--db", db.uri, "-o", "yaml" }
+      assert.equal(json.canonical(json.decode(as_json)),
+        json.canonical(json.decode(json.encode(require("geneva.yaml").load(as_yaml)))))
+      assert.matches("^columns:\n", as_yaml)
+      code, out = child.cli { "tables", "list", "--db", db.uri, "-o", "wide" }
+      assert.equal(0, code)
+      assert.matches("NAME%s+ROWS%s+VERSION%s+FRAGMENTS%s+CHANGED%s+VERSIONS%s+COLUMNS%s+FILES\n", out)
+      assert.matches("docs%s+6%s+3%s+3%s+%S+%s+1%s+2 %+ 1%s+4\n", out)
+      code, out = child.cli { "tables", "show", "docs", "--db", db.uri, "-o", "wide" }
+      assert.equal(0, code)
+      assert.matches("COLUMN%s+TYPE%s+KIND%s+FILLED%s+UDF VERSION%s+FILES\n", out)
+      assert.matches("words%s+int64%s+udf %S+%s+2 %(33%%%)%s+v1%s+1\n", out)
       assert.equal(1, (child.cli { "tables", "show", "nope", "--db", db.uri }))
+    end)
+  end)
+
+  describe("compact", function()
+    local backend = require "geneva.store.backend"
+    -- the files the latest version reads: data files and column files
+    local function referenced(t)
+      local n = 0
+      for _, f in ipairs(t:_snapshot().fragments) do
+        n = n + 1
+        for _, list in pairs(f.columns) do n = n + #list end
+      end
+      return n
+    end
+    local function on_disk(t)
+      local n = 0
+      for _, name in ipairs(backend.list(t.dir .. "/data") or {}) do
+        if name:match("%.db$") then n = n + 1 end
+      end
+      return n
+    end
+    local COLS = { "id", "content", "x", "v", "words", "half" }
+
+    -- a table grown by many small appends, each few followed by backfills
+    local function grown(appends, opts)
+      local t = db:create_table("g", { { id = 1, content = "a b", x = 0 / 0, v = { 1, 2 } } },
+        { schema = { { name = "id", data_type = "int64" }, { name = "content", data_type = "string" },
+                     { name = "x", data_type = "float64" }, { name = "v", data_type = "float32[2]" } },
+          fragment_size = opts and opts.fragment_size })
+      t:add_columns {
+        words = geneva.udf { data_type = "int64", fn = function(content)
+          return content and select(2, content:gsub("%S+", "")) end },
+        half = geneva.udf { data_type = "float64", on_error = "null", fn = function(id)
+          if id % 7 == 0 then error("seven") end return id / 2 end } }
+      for k = 1, appends do
+        local rows = {}
+        for i = 1, 5 do
+          local id = k * 5 + i
+          rows[i] = { id = id, content = id % 4 ~= 0 and ("w "):rep(id % 3 + 1) or nil,
+                      x = id % 5 == 0 and -0.0 or id + 0.25, v = { id, -id } }
+        end
+        t:add(rows)
+        if k % 4 == 0 then t:backfill("words", { batch_size = 3 }) t:backfill("half") end
+      end
+      -- a new version of words: its old values stay until recomputed
+      t:alter_columns { { path = "words", udf = geneva.udf { data_type = "int64", fn = function(content)
+        return content and #content end } } }
+      t:backfill("words", { where = "id <= 40" })
+      return t
+    end
+
+    it("merges many small fragments into few files; the data reads the same, then cleanup frees the disk", function()
+      local t = grown(16)
+      local before = t:to_rows { columns = COLS }
+      local failed = t:count_rows('"__failed_half"')
+      local v1 = t:count_rows('"__ver_words" = ' .. storage.quote_literal(t:schema().words.udf_version))
+      local refs, disk, version = referenced(t), on_disk(t), t:version()
+      assert.is_true(failed > 0 and v1 > 0 and v1 < #before)
+      t:compact()
+      assert.equal(version + 1, t:version())
+      local m = t:_snapshot()
+      assert.equal("compact", m.operation)
+      assert.equal(1, #m.fragments)                              -- 81 rows fit in one fragment
+      -- one data file, words in two files (two UDF versions), half in one
+      assert.equal(4, referenced(t))
+      assert.is_true(refs > 30, ("%d files before"):format(refs))
+      -- the same rows, values (NaN, zeros, vectors, NULLs), UDF versions and failed marks
+      local after = t:to_rows { columns = COLS }
+      assert.equal(#before, #after)
+      for i = 1, #before do
+        for _, c in ipairs(COLS) do
+          local a, b = before[i][c], after[i][c]
+          if type(a) == "number" and a ~= a then assert.is_true(b ~= b)
+          elseif a == 0 then assert.equal(1 / a, 1 / b)          -- a zero keeps its sign
+          elseif type(a) == "table" then assert.same(a, b)
+          else assert.equal(a, b, ("row %d column %s"):format(i, c)) end
+        end
+      end
+      assert.equal(failed, t:count_rows('"__failed_half"'))
+      assert.equal(v1, t:count_rows('"__ver_words" = ' .. storage.quote_literal(t:schema().words.udf_version)))
+      -- nothing computed is missing again; what was missing still is
+      assert.equal(#before - v1, t:backfill("words").rows.planned)
+      assert.equal(failed, t:backfill("half").rows.planned)
+      -- older versions read their own files; cleanup removes them
+      local old = db:open_table("g"):checkout(version):to_rows { columns = { "id", "words" } }
+      assert.same(ids(before, "words"), ids(old, "words"))
+      assert.is_true(on_disk(t) > disk)
+      t:compact()
+      local r = t:cleanup_old_versions { older_than = 0, grace = 0 }
+      assert.is_true(r.files_removed > disk - 10, ("%d files removed of %d"):format(r.files_removed, disk))
+      assert.equal(referenced(t), on_disk(t))
+      assert.is_true(on_disk(t) <= 4)
+      assert.equal(#before, t:count_rows())
+    end)
+
+    it("keeps fragments within fragment_size, leaves full ones and checkpointed ones alone", function()
+      local t = grown(9, { fragment_size = 12 })                 -- 1 + 9 appends of 5 rows
+      local before = t:to_rows { columns = COLS }
+      -- a checkpoint of fragment 3 (a run that died): it stays as it is
+      local worker = require "geneva.backfill.worker"
+      t:alter_columns { { path = "half", udf = geneva.udf { data_type = "float64", fn = function(id) return -id end } } }
+      worker.run_task(worker.state(), tables.task_for(t, "half", 1, 5, nil, 3))
+      local ids0 = {}
+      for _, f in ipairs(t:_snapshot().fragments) do ids0[#ids0 + 1] = f.id .. ":" .. f.rows end
+      assert.equal("1:1 2:5 3:5 4:5 5:5 6:5 7:5 8:5 9:5 10:5", table.concat(ids0, " "))
+      t:compact()
+      local got = {}
+      for _, f in ipairs(t:_snapshot().fragments) do got[#got + 1] = f.id .. ":" .. f.rows end
+      -- [1,2] (6 rows), 3 (checkpointed), [4,5] and [6,7] and [8,9] (10 rows), 10 alone
+      assert.equal("11:6 3:5 12:10 13:10 14:10 10:5", table.concat(got, " "))
+      local after = t:to_rows { columns = { "id", "content", "words" } }
+      assert.same(#before, #after)
+      for i = 1, #before do assert.same({ before[i].id, before[i].words }, { after[i].id, after[i].words }) end
+      -- the resumed run commits its checkpoint
+      local rec = t:backfill("half")
+      assert.equal(5, rec.rows.recovered)
+      assert.equal(0, t:count_rows("half IS NULL OR half <> -id"))
     end)
   end)
 

@@ -299,7 +299,7 @@ jobs:
       assert.has_error(function() yaml.load_all(42) end)
       assert.has_error(function() yaml.load("a", "b") end)
       assert.has_error(function() yaml.load("a", { positoins = true }) end,
-        "bad argument #2 to 'load' (unknown option 'positoins')")
+        "bad argument #2 to 'load' (unknown option 'positoins' (did you mean 'positions'?))")
       assert.has_error(function() yaml.load("a", { filename = 1 }) end)
       assert.has_error(function() yaml.load("a", { max_depth = 0 }) end)
       assert.has_error(function() yaml.resolve({}) end)

@@ -274,7 +274,7 @@ function Driver:step(timeout)
   if not ok then
     local e = errors.from(err)
     if e.code == "interrupted" then
-      pcall(finish, self, "FAILED", e)
+      pcall(finish, self, "CANCELLED", errors.new("interrupted", job.INTERRUPTED.message))
       error(err, 0)
     end
     pcall(self.runner.cancel, self.runner, self.rec.id)
@@ -295,8 +295,9 @@ end
 
 -- driver.new(tbl, rec, runner [, {bar = bool}]) -> Driver for the PENDING
 -- record rec (saved by the caller). It holds a lease in the current scope:
--- if the process is torn down mid-job, the record says so and the job's
--- tasks stop with it.
+-- if the process is torn down mid-job (Ctrl-C, SIGTERM, a REPL statement
+-- interrupted), the record says CANCELLED (interrupted) and the job's tasks
+-- stop with it.
 function driver.new(tbl, rec, runner, opts)
   opts = opts or {}
   local self = setmetatable({ tbl = tbl, db_dir = tbl.db.dir, rec = rec, pending = {},
@@ -306,9 +307,9 @@ function driver.new(tbl, rec, runner, opts)
   self.lease = ledger.current():reserve("job", rec.id):bind(function()
     if not job.FINAL[rec.status] then
       pcall(runner.cancel, runner, rec.id)
-      rec.status, rec.finished_at = "FAILED", time.iso8601()
-      rec.error = { code = "interrupted", message = "the driver was interrupted" }
-      self.log:write("FAILED: interrupted: the driver was interrupted")
+      rec.status, rec.finished_at = "CANCELLED", time.iso8601()
+      rec.error = { code = job.INTERRUPTED.code, message = job.INTERRUPTED.message }
+      self.log:write("CANCELLED: interrupted: " .. job.INTERRUPTED.message)
       self.log:close()
       -- if even that cannot be written, the record reads abandoned once
       -- this process is gone; keeping the lease would not help reap

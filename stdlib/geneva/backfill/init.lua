@@ -42,10 +42,8 @@ local option_names = { where = true, batch_size = true, concurrency = true,
 local function new_job(tbl, column, opts)
   opts = opts or {}
   if type(column) ~= "string" then errors.throw("invalid_argument", "backfill: column must be a string") end
-  for k in pairs(opts) do
-    if not option_names[k] then errors.throw("invalid_argument", ("backfill: unknown option '%s'%s"):format(tostring(k),
-      require("geneva.suggest").hint(k, option_names))) end
-  end
+  if type(opts) ~= "table" then errors.throw("invalid_argument", "backfill: options must be a table") end
+  require("geneva.suggest").check_options("backfill", opts, option_names)
   local function posint(name)
     local v = opts[name]
     if v ~= nil and (math.type(v) ~= "integer" or v < 1) then
@@ -190,7 +188,7 @@ function backfill.drive(tbl, msg)
   if not ok then
     local e = errors.from(res)
     if not job.FINAL[rec.status] then
-      rec.status, rec.finished_at = "FAILED", time.iso8601()
+      rec.status, rec.finished_at = job.end_status(e), time.iso8601()
       rec.error = errors.plain(e)
       pcall(job.save_final, msg.db, rec)
     end

@@ -31,6 +31,19 @@ job.STATUSES = { PENDING = true, RUNNING = true, DONE = true, FAILED = true, CAN
 local FINAL = { DONE = true, FAILED = true, CANCELLED = true }
 job.FINAL = FINAL
 
+-- job.end_status(err) -> the final status of a job that ended with err: a
+-- user stopped it (job:cancel, geneva jobs cancel, or Ctrl-C/SIGTERM/SIGHUP
+-- of its driver: code interrupted) -> "CANCELLED", anything else "FAILED".
+-- An interrupt is a decision, not a failure: `geneva jobs list --status
+-- FAILED` shows what needs attention.
+function job.end_status(err)
+  local code = errors.from(err).code
+  return (code == "cancelled" or code == "interrupted") and "CANCELLED" or "FAILED"
+end
+
+-- job.INTERRUPTED: the error of a job whose driver was interrupted
+job.INTERRUPTED = { code = "interrupted", message = "interrupted" }
+
 -- A record lists at most this many failed rowids (rows.failed_rowids, by
 -- fragment); rows.failed counts them all, and the column files mark them all.
 job.MAX_FAILED_ROWIDS = 1000
@@ -152,9 +165,12 @@ end
 function job.list(db_dir, filter)
   filter = filter or {}
   if type(filter) ~= "table" then errors.throw("invalid_argument", "jobs: filter must be a table {table=, status=}") end
+  local suggest = require "geneva.suggest"
+  suggest.check_options("jobs", filter, { "table", "status" })
   if filter.status ~= nil and not job.STATUSES[filter.status] then
-    errors.throw("invalid_argument", ("jobs: unknown status '%s' (PENDING, RUNNING, DONE, FAILED or CANCELLED)")
-      :format(tostring(filter.status)))
+    errors.throw("invalid_argument", ("jobs: unknown status '%s'%s"):format(tostring(filter.status),
+      suggest.unknown(type(filter.status) == "string" and filter.status:upper() or filter.status,
+        { "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED" })))
   end
   local names = backend.list(jobs_dir(db_dir)) or {}
   local out = {}
@@ -514,11 +530,7 @@ end
 function Job:logs(opts)
   opts = opts or {}
   if type(opts) ~= "table" then errors.throw("invalid_argument", "job:logs: options must be a table {follow=, on_line=}") end
-  for k in pairs(opts) do
-    if k ~= "follow" and k ~= "on_line" then
-      errors.throw("invalid_argument", ("job:logs: unknown option '%s' (follow, on_line)"):format(tostring(k)))
-    end
-  end
+  require("geneva.suggest").check_options("job:logs", opts, { "follow", "on_line" })
   local rec = refresh(self)
   local lines = {}
   if not opts.follow then

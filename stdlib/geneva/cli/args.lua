@@ -52,6 +52,48 @@ function args.parse(argv, spec)
   return opts, pos
 end
 
+-- The machine and wide formats of list/show commands (kubectl's -o):
+-- json is --json, yaml the same document in YAML, wide a table with more
+-- columns. args.OUTPUT_OPTIONS go into a command's args.parse spec.
+args.FORMATS = { "json", "yaml", "wide" }
+args.OUTPUT_OPTIONS = { output = "value", ["-o"] = "output" }
+
+-- args.with_output(spec) -> spec with -o/--output added
+function args.with_output(spec)
+  for k, v in pairs(args.OUTPUT_OPTIONS) do spec[k] = v end
+  return spec
+end
+
+-- args.format(opts) -> nil | "json" | "yaml" | "wide" from --json and
+-- -o/--output FORMAT; also sets opts.format (and opts.json for json).
+-- Raises {usage = ...} for an unknown format or one --json contradicts.
+function args.format(opts)
+  local f = opts.output
+  if f == nil then
+    opts.format = opts.json and "json" or nil
+    return opts.format
+  end
+  local known = false
+  for _, x in ipairs(args.FORMATS) do known = known or x == f end
+  if not known then
+    error({ usage = ("unknown output format '%s'%s"):format(f, suggest.unknown(f, args.FORMATS)) }, 0)
+  end
+  if opts.json and f ~= "json" then
+    error({ usage = ("--json and -o %s contradict each other: give one"):format(f) }, 0)
+  end
+  opts.format = f
+  if f == "json" then opts.json = true end
+  return f
+end
+
+-- args.machine(opts) -> "json" | "yaml" | nil: the document format the
+-- command prints (errors included), if any
+function args.machine(opts)
+  local f = opts.format or (opts.json and "json") or nil
+  if f == "json" or f == "yaml" then return f end
+  return nil
+end
+
 -- args.action(pos, verbs, operand) -> verb: the command's first word must
 -- be one of verbs (a list); each verb but the first takes one operand, named
 -- in the message when it is missing ("job ID"). Raises {usage = message}.
@@ -90,8 +132,9 @@ function args.db(opts)
   return require("geneva.db").connect(opts.db:match("^s3://") and opts.db or dir)
 end
 
--- args.run(usage, fn) -> exit code: runs fn(), mapping usage errors to 2,
--- geneva.Errors to 1 (as {"error": ...} on stdout with --json)
+-- args.run(usage, machine, fn) -> exit code: runs fn(), mapping usage
+-- errors to 2, geneva.Errors to 1 (as {"error": ...} on stdout when
+-- machine() says "json" or true (--json), or "yaml")
 function args.run(usage, json_out, fn)
   local ok, res = pcall(fn)
   if ok then return res or 0 end
@@ -102,8 +145,10 @@ function args.run(usage, json_out, fn)
   if res == "interrupted" then error(res, 0) end
   local errors = require "geneva.errors"
   local e = errors.from(res)
-  if json_out() then
-    io.stdout:write(require("geneva.cli.output").json({ error = { code = e.code, message = e.message } }), "\n")
+  local machine = json_out()
+  if machine then
+    io.stdout:write(require("geneva.cli.output").document({ error = { code = e.code, message = e.message } },
+      machine == "yaml" and "yaml" or "json"))
   else
     io.stderr:write("geneva: ", tostring(e), "\n")
   end

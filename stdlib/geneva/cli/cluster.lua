@@ -1,4 +1,4 @@
--- geneva cluster list|show NAME|delete NAME --db URI [--json]
+-- geneva cluster list|show NAME|delete NAME --db URI [-o json|yaml|wide | --json]
 local json = require "geneva.json"
 local registry_cmd = require "geneva.cli.registry_cmd"
 local cluster = require "geneva.context.cluster"
@@ -9,6 +9,7 @@ local M = {}
 local usage = registry_cmd.usage("cluster", [[
 Lists the clusters defined in a database, shows one definition, or deletes
 it. Secrets appear only as references (token_env, token_file, from_env).
+-o wide adds ENV (the names of the variables set) and CREATED, UPDATED.
 Exit codes: 0 ok, 1 failure (unknown name, no database), 2 bad syntax.
 ]])
 
@@ -35,6 +36,13 @@ local impl = {
   end,
   delete = cluster.delete,
   headers = { "NAME", "TYPE", "SPEC", "AGE" },
+  wide_headers = { "ENV", "CREATED", "UPDATED" },
+  wide_row = function(rec)
+    local names = {}
+    for k in pairs((rec.spec or {}).env or {}) do names[#names + 1] = tostring(k) end
+    table.sort(names)
+    return { #names > 0 and table.concat(names, ",") or "-", rec.created_at or "-", rec.updated_at or "-" }
+  end,
   row = function(rec)
     return { rec.name, rec.type or "?", summary(rec.spec or {}), output.age(rec.updated_at) }
   end,

@@ -1,4 +1,4 @@
--- geneva jobs list|show|logs|wait|cancel --db URI [--json]
+-- geneva jobs list|show|logs|wait|cancel --db URI [-o json|yaml|wide | --json]
 local args = require "geneva.cli.args"
 local output = require "geneva.cli.output"
 local errors = require "geneva.errors"
@@ -6,11 +6,11 @@ local errors = require "geneva.errors"
 local M = {}
 
 local usage = [[
-usage: geneva jobs list   --db URI [--table T] [--status S] [--json | -w|--watch]
-       geneva jobs show   ID --db URI [--json]
+usage: geneva jobs list   --db URI [--table T] [--status S] [-o FORMAT | --json] [-w|--watch]
+       geneva jobs show   ID --db URI [-o FORMAT | --json]
        geneva jobs logs   ID --db URI [-f|--follow]
-       geneva jobs wait   ID --db URI [--json]
-       geneva jobs cancel ID --db URI [--json]
+       geneva jobs wait   ID --db URI [-o FORMAT | --json]
+       geneva jobs cancel ID --db URI [-o FORMAT | --json]
 list: the backfill jobs of a database, newest first; --watch then prints
 each job again when its status or progress changes, until interrupted.
 show: one job.
@@ -20,18 +20,22 @@ DONE. wait: until the job ends, then prints its status; exits 0 if it
 ended DONE, 1 otherwise. cancel: the owning driver notices within a second
 and keeps what it committed; a job whose driver is gone is marked
 CANCELLED at once; a job already finished is an error.
---json prints the records (keys sorted).
+-o json (or --json) prints the records as JSON, -o yaml as YAML, keys
+sorted in both; -o wide adds to list COMPUTED, FAILED, TASKS, RUNNER,
+VERSIONS and ERROR (--watch takes it too).
 ]]
 
 local job = require "geneva.backfill.job"
 local time = require "geneva.time"
 
--- committed/planned: a fold of checkpoints can commit rows planned by an
--- earlier run, so committed is capped at planned
+-- committed/total: a resumed run commits the checkpoints of an earlier one
+-- (rows.recovered) besides the rows it planned, and counts both as
+-- committed, so the total is planned + recovered; the cap keeps a record
+-- from an older geneva (or a hand-edited one) from showing more than that.
 local function progress(rec)
   local r = rec.rows or {}
-  local planned = r.planned or 0
-  return ("%d/%d"):format(math.min(r.committed or 0, planned), planned)
+  local total = (r.planned or 0) + (r.recovered or 0)
+  return ("%d/%d"):format(math.min(r.committed or 0, total), total)
 end
 
 -- how long the job ran, or has been running
@@ -43,32 +47,57 @@ local function duration(rec)
 end
 
 local HEADERS = { "ID", "STATUS", "TABLE", "COLUMN", "PROGRESS", "AGE", "DURATION" }
+local WIDE = { "COMPUTED", "FAILED", "TASKS", "RUNNER", "VERSIONS", "ERROR" }
 
-local function row(rec)
-  return { rec.id, rec.status, rec.table or "", rec.column or "", progress(rec),
-           output.age(rec.created_at), duration(rec) }
+local function headers(wide)
+  if not wide then return HEADERS end
+  return table.move(WIDE, 1, #WIDE, #HEADERS + 1, table.move(HEADERS, 1, #HEADERS, 1, {}))
+end
+
+local function runner_text(rec)
+  local r = rec.runner
+  if type(r) ~= "table" then return "-" end
+  return tostring(r.type or "?") .. (math.type(r.workers) == "integer" and ("/" .. r.workers) or "")
+end
+
+local function row(rec, wide)
+  local out = { rec.id, rec.status, rec.table or "", rec.column or "", progress(rec),
+                output.age(rec.created_at), duration(rec) }
+  if wide then
+    local r, t = rec.rows or {}, rec.tasks or {}
+    local v = rec.version_start and ("%s->%s"):format(rec.version_start, rec.version_end or "?") or "-"
+    for _, cell in ipairs({ tostring(r.computed or 0), tostring(r.failed or 0),
+                            ("%d/%d"):format(t.done or 0, t.planned or 0), runner_text(rec), v,
+                            rec.error and tostring(rec.error.code) or "" }) do
+      out[#out + 1] = cell
+    end
+  end
+  return out
 end
 
 local function list(db, opts, status)
   local recs = job.list(db, { table = opts.table, status = status })
-  if opts.json then
-    io.stdout:write(output.json(require("geneva.json").array(recs)), "\n")
+  local machine = args.machine(opts)
+  if machine then
+    io.stdout:write(output.document(require("geneva.json").array(recs), machine))
     return
   end
   if #recs == 0 then io.stderr:write("No jobs found.\n") return end
+  local wide = opts.format == "wide"
   local rows = {}
-  for i, rec in ipairs(recs) do rows[i] = row(rec) end
-  io.stdout:write(output.table(HEADERS, rows))
+  for i, rec in ipairs(recs) do rows[i] = row(rec, wide) end
+  io.stdout:write(output.table(headers(wide), rows))
 end
 
 -- --watch, as kubectl's: the list, then a line for each job whose status or
 -- progress changed (oldest first), every second until interrupted
 local function watch(db, opts, status)
   local shown, header = {}, true
+  local wide = opts.format == "wide"
   while true do
     local recs, rows = job.list(db, { table = opts.table, status = status }), {}
     for i = #recs, 1, -1 do
-      local r = row(recs[i])
+      local r = row(recs[i], wide)
       local key = r[2] .. " " .. r[5]
       if shown[r[1]] ~= key then
         shown[r[1]] = key
@@ -76,7 +105,7 @@ local function watch(db, opts, status)
       end
     end
     if #rows > 0 then
-      io.stdout:write(output.table(HEADERS, rows, not header))
+      io.stdout:write(output.table(headers(wide), rows, not header))
       io.stdout:flush()
       header = false
     end
@@ -94,8 +123,10 @@ local function describe(rec)
   add("Table", rec.table)
   add("Column", rec.column)
   add("UDF version", rec.udf_version and rec.udf_version:sub(1, 12))
-  add("Progress", ("%s rows committed (%d computed, %d failed), %d/%d tasks"):format(progress(rec),
-    r.computed or 0, r.failed or 0, t.done or 0, t.planned or 0))
+  add("Progress", ("%s rows committed (%d computed, %d failed%s), %d/%d tasks"):format(progress(rec),
+    r.computed or 0, r.failed or 0,
+    (r.recovered or 0) > 0 and (", %d recovered from checkpoints"):format(r.recovered) or "",
+    t.done or 0, t.planned or 0))
   if rec.options and rec.options.where then add("Where", rec.options.where) end
   add("Created", rec.created_at and ("%s (%s ago)"):format(rec.created_at, output.age(rec.created_at)))
   add("Started", rec.started_at)
@@ -153,20 +184,24 @@ end
 
 function M.main(argv)
   local opts, pos = {}, {}
-  return args.run(usage, function() return opts.json end, function()
-    opts, pos = args.parse(argv, { db = "value", json = "flag", help = "flag",
+  return args.run(usage, function() return args.machine(opts) end, function()
+    opts, pos = args.parse(argv, args.with_output{ db = "value", json = "flag", help = "flag",
                                    table = "value", status = "value",
                                    follow = "flag", ["-f"] = "follow",
                                    watch = "flag", ["-w"] = "watch" })
     if opts.help then io.stdout:write(usage) return 0 end
     -- the whole command line is checked before the database: bad syntax is 2
     local verb = args.action(pos, { "list", "show", "logs", "wait", "cancel" }, "job ID")
+    args.format(opts)
+    if opts.format and verb == "logs" then
+      error({ usage = "logs prints the log as it is: it takes no -o or --json" }, 0)
+    end
     local status = opts.status and opts.status:upper()
     if status and not job.STATUSES[status] then
       error({ usage = ("unknown status '%s'"):format(opts.status) }, 0)
     end
-    if opts.watch and (verb ~= "list" or opts.json) then
-      error({ usage = "--watch goes with list, without --json" }, 0)
+    if opts.watch and (verb ~= "list" or args.machine(opts)) then
+      error({ usage = "--watch goes with list, without --json or -o json|yaml" }, 0)
     end
     local db = args.database(opts)
     if verb == "list" and opts.watch then
@@ -187,8 +222,8 @@ function M.main(argv)
       if verb == "show" then rec = load(db, pos[2])
       elseif verb == "wait" then rec = wait(db, pos[2])
       else rec = cancel(db, pos[2]) end
-      if opts.json then
-        io.stdout:write(output.json(rec, true), "\n")
+      if args.machine(opts) then
+        io.stdout:write(output.document(rec, args.machine(opts), true))
       elseif verb == "show" then
         io.stdout:write(describe(rec))
       elseif verb == "wait" then

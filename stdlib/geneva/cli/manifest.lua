@@ -1,4 +1,4 @@
--- geneva manifest list|show NAME|delete NAME --db URI [--json]
+-- geneva manifest list|show NAME|delete NAME --db URI [-o json|yaml|wide | --json]
 local json = require "geneva.json"
 local registry_cmd = require "geneva.cli.registry_cmd"
 local manifest = require "geneva.context.manifest"
@@ -10,6 +10,7 @@ local usage = registry_cmd.usage("manifest", [[
 Lists the manifests defined in a database, shows one (checksum, size and
 the packaged files; --json gives the whole record), or deletes its record
 (the content-addressed package stays: other manifests may share it).
+-o wide adds MODULES, CONTENT (unpacked size), HOST (ship_host) and UPDATED.
 Exit codes: 0 ok, 1 failure (unknown name, no database), 2 bad syntax.
 ]])
 
@@ -27,6 +28,12 @@ local impl = {
   get = manifest.get,
   delete = manifest.delete,
   headers = { "NAME", "CHECKSUM", "FILES", "SIZE", "AGE" },
+  wide_headers = { "MODULES", "CONTENT", "HOST", "UPDATED" },
+  wide_row = function(rec)
+    local spec = rec.spec or {}
+    return { tostring(#(spec.modules or {})), mib(rec.content_size), spec.ship_host and "yes" or "no",
+             rec.updated_at or "-" }
+  end,
   row = function(rec)
     return { rec.name, (rec.checksum or "?"):sub(1, 12), tostring(rec.file_count or 0), mib(rec.size),
              output.age(rec.updated_at) }

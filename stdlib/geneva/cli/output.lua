@@ -1,6 +1,6 @@
 -- geneva.cli.output: what the subcommands print, in one style (kubectl's):
--- tables with a header row, ages and durations for people, and JSON with a
--- stable key order for machines.
+-- tables with a header row, ages and durations for people, and JSON or
+-- YAML with a stable key order (sorted, the same in both) for machines.
 local json = require "geneva.json"
 local time = require "geneva.time"
 
@@ -10,6 +10,31 @@ local M = {}
 -- of --json output stay stable), any bytes made text
 function M.json(v, indent)
   return json.encode(v, { indent = indent and 2 or nil, sort_keys = true, invalid_utf8 = "replace" })
+end
+
+-- Marks the arrays of a JSON-decoded value for yaml.dump, so an empty one
+-- prints as [] (as in the JSON), not {}.
+local function seq_positions(v, pos)
+  if type(v) ~= "table" then return pos end
+  if json.is_array(v) then pos[v] = { kind = "seq" } end
+  for _, x in pairs(v) do seq_positions(x, pos) end
+  return pos
+end
+
+-- M.yaml(v) -> one YAML document: the same data as M.json gives (keys
+-- sorted, any bytes made text, arrays and objects as there), in block style
+function M.yaml(v)
+  local doc = json.decode(M.json(v))
+  local text, err = require("geneva.yaml").dump(doc, { order = seq_positions(doc, {}) })
+  if not text then error(err, 0) end
+  return text
+end
+
+-- M.document(v, format [, indent]) -> the text of v as "json" (--json, -o
+-- json; indented when asked) or "yaml" (-o yaml), with its final newline
+function M.document(v, format, indent)
+  if format == "yaml" then return M.yaml(v) end
+  return M.json(v, indent) .. "\n"
 end
 
 -- M.table(headers, rows [, no_header]) -> text: columns padded to their

@@ -1,4 +1,4 @@
--- geneva reap [--db URI [--grace SECONDS]] [--list] [--retained] [--force] [--json]
+-- geneva reap [--db URI [--grace SECONDS]] [--list] [--retained] [--force] [-o json|yaml | --json]
 local args = require "geneva.cli.args"
 local json = require "geneva.json"
 local output = require "geneva.cli.output"
@@ -6,7 +6,7 @@ local output = require "geneva.cli.output"
 local M = {}
 
 local usage = [==[
-usage: geneva reap [--db URI [--grace SECONDS]] [--list] [--retained] [--force] [--json]
+usage: geneva reap [--db URI [--grace SECONDS]] [--list] [--retained] [--force] [-o json|yaml | --json]
 Tears down what drivers that died (kill -9, a lost machine) left behind:
 worker processes, temp dirs, jobs, from the leases they journalled.
 Local resources are torn down only from this user's own lease journal and
@@ -21,13 +21,14 @@ belong to a commit in flight). Versions stay: see geneva tables cleanup.
   --retained   also tear down resources kept with on_exit = "retain"
   --force      also act on leases of other hosts (shared storage): only
                their remote resources, never local pids or paths
+  -o FORMAT    json (or --json) or yaml: one document, keys sorted
 ]==]
 
 -- Each table's orphan files (storage.cleanup without removing versions)
 -- -> how many went; a table that fails adds a line to failed
-local function remove_orphans(opts, grace, failed)
+local function remove_orphans(uri, grace, failed)
   local storage = require "geneva.store.versions"
-  local db = args.db(opts)
+  local db = require("geneva.db").connect(uri)
   local n = 0
   for _, name in ipairs(db:table_names()) do
     local ok, r = pcall(storage.cleanup, db:table_dir(name), { grace = grace })
@@ -39,11 +40,13 @@ end
 
 function M.main(argv)
   local opts = {}
-  return args.run(usage, function() return opts.json end, function()
+  return args.run(usage, function() return args.machine(opts) end, function()
     local pos
-    opts, pos = args.parse(argv, { db = "value", list = "flag", retained = "flag",
+    opts, pos = args.parse(argv, args.with_output{ db = "value", list = "flag", retained = "flag",
                                    force = "flag", json = "flag", help = "flag", grace = "value" })
     if opts.help then io.stdout:write(usage) return 0 end
+    args.format(opts)
+    local machine = args.machine(opts)
     if #pos > 0 then error({ usage = ("unexpected argument '%s'"):format(pos[1]) }, 0) end
     local grace = opts.grace and tonumber(opts.grace)
     if opts.grace and not (grace and grace >= 0) then
@@ -51,6 +54,7 @@ function M.main(argv)
     end
     if opts.grace and not opts.db then error({ usage = "--grace goes with --db" }, 0) end
     local reap = require "geneva.context.reap"
+    local uri = opts.db
     if opts.db then opts.db = args.database(opts) end     -- an s3:// db: its mirror
     if opts.list then
       local rows = {}
@@ -60,8 +64,8 @@ function M.main(argv)
                             state = e.lease.state, owner = e.owner, info = e.lease.info,
                             journal = e.source }
       end
-      if opts.json then
-        io.stdout:write(output.json(json.array(rows)), "\n")
+      if machine then
+        io.stdout:write(output.document(json.array(rows), machine))
       else
         local c = reap.clean     -- lease fields are untrusted: no escape sequences
         for _, r in ipairs(rows) do
@@ -73,12 +77,13 @@ function M.main(argv)
       return 0
     end
     local res = reap.run{ db = opts.db, retained = opts.retained, force = opts.force }
-    local orphans = opts.db and remove_orphans(opts, grace, res.failed) or 0
+    local orphans = uri and remove_orphans(uri, grace, res.failed) or 0
     for _, r in ipairs(res.refused) do io.stderr:write("geneva: refused to reap ", r, "\n") end
-    if opts.json then
-      io.stdout:write(output.json({ reaped = res.reaped, skipped = res.skipped,
-                                    refused = json.array(res.refused),
-                                    failed = json.array(res.failed), orphan_files = opts.db and orphans or nil }), "\n")
+    if machine then
+      io.stdout:write(output.document({ reaped = res.reaped, skipped = res.skipped,
+                                        refused = json.array(res.refused),
+                                        failed = json.array(res.failed),
+                                        orphan_files = opts.db and orphans or nil }, machine))
     else
       for _, item in ipairs(res.items) do io.stdout:write("reaped ", item, "\n") end
       for _, f in ipairs(res.failed) do io.stderr:write("geneva: cannot reap ", f, "\n") end

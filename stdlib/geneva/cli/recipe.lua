@@ -32,8 +32,11 @@ local function parse_sets(list)
   return vars
 end
 
+-- prints the warnings not printed yet (validate adds some after load)
 local function warn_all(r)
-  for _, w in ipairs(r.warnings or {}) do io.stderr:write("geneva: warning: ", w, "\n") end
+  local ws = r.warnings or {}
+  for i = (r.warned or 0) + 1, #ws do io.stderr:write("geneva: warning: ", ws[i], "\n") end
+  r.warned = #ws
 end
 
 -- JSON arrays that stay arrays when empty
@@ -77,6 +80,7 @@ local function do_main(opts, pos)
     end
   elseif verb == "validate" then
     recipe.validate(r)
+    warn_all(r)
     if opts.json then
       io.stdout:write(output.json({ ok = true, file = r.file, db = r.db, clusters = names(r.clusters),
         manifests = names(r.manifests), jobs = names(r.jobs), warnings = arr(r.warnings) },
@@ -88,6 +92,7 @@ local function do_main(opts, pos)
     end
   elseif verb == "apply" then
     local _, summary = recipe.apply(r)
+    warn_all(r)
     if opts.json then
       io.stdout:write(output.json({ db = summary.db, clusters = arr(summary.clusters),
         manifests = arr(summary.manifests) }, true), "\n")
@@ -99,9 +104,11 @@ local function do_main(opts, pos)
   else
     if job then recipe.find_job(r, job) end          -- an unknown job fails before acting
     local results = recipe.run(r, job, { on_result = not opts.json and function(res)
+      warn_all(r)
       io.stdout:write(result_line(res), "\n")
       io.stdout:flush()
     end or nil })
+    warn_all(r)
     if opts.json then
       io.stdout:write(output.json(arr(results), true), "\n")
     elseif #results == 0 then

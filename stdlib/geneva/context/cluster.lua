@@ -5,7 +5,7 @@
 --
 -- **`type = "local"`**: worker processes on this machine.
 --
--- - `workers`: how many (default: the number of cores)
+-- - `workers`: how many, 1 to `MAX_LOCAL_WORKERS` (1024; default: the number of cores)
 -- - `env`: environment of the workers, `{NAME = value | {from_env = "NAME"}}`
 --
 -- **`type = "ray"`**: an existing Ray cluster, through its dashboard's Job
@@ -270,8 +270,30 @@ local function worker_groups(path, v)
   return out
 end
 
+-- The most worker processes a local cluster may have: a fixed cap, so a
+-- definition valid on one machine is valid on every other; far above what
+-- one host runs usefully (each worker is a process with its own Lua state),
+-- far below what would exhaust pids and file descriptors (a typo such as
+-- workers = 1000000).
+M.MAX_LOCAL_WORKERS = 1024
+
+-- M.default_local_workers() -> the size of a local cluster that gives none:
+-- the cores, within the cap
+function M.default_local_workers()
+  return math.min(require("geneva.proc").cpu_count(), M.MAX_LOCAL_WORKERS)
+end
+
+local function local_workers(path, v)
+  v = sv.pos_int(path, v)
+  if v > M.MAX_LOCAL_WORKERS then
+    fail(path, ("%d is more than the %d worker processes a local cluster may have")
+      :format(v, M.MAX_LOCAL_WORKERS))
+  end
+  return v
+end
+
 local TYPES = {
-  ["local"] = { workers = sv.pos_int, env = env },
+  ["local"] = { workers = local_workers, env = env },
   ray = { address = url, ship_host = sv.bool, env = env, token_env = sv.env_name, token_file = sv.str,
           ca_file = sv.str, client_cert = sv.str, client_key = sv.str, verify = sv.bool },
   kuberay = {

@@ -31,6 +31,15 @@ Context.__name = "geneva.Context"
 
 local active = {}          -- stack of entered contexts, innermost last
 
+-- Takes the context's manifest entries off package.path (where enter put
+-- them; what else changed package.path meanwhile stays).
+local function restore_path(c)
+  if not c.lua_path then return end
+  local at = package.path:find(c.lua_path, 1, true)
+  if at then package.path = package.path:sub(1, at - 1) .. package.path:sub(at + #c.lua_path) end
+  c.lua_path = nil
+end
+
 function context.current() return active[#active] end
 
 -- context.forget_closed(): drops contexts whose scope was torn down under
@@ -41,6 +50,7 @@ function context.forget_closed()
     if c.scope and c.scope:is_closed() then
       table.remove(active, i)
       runner.pop(c.frame)
+      restore_path(c)
       c.state = "exited"
     end
   end
@@ -111,7 +121,7 @@ end
 
 local function resolve_cluster(db, c)
   if c == nil then
-    return { type = "local", workers = require("geneva.proc").cpu_count() }, "local"
+    return { type = "local", workers = require("geneva.context.cluster").default_local_workers() }, "local"
   end
   if type(c) == "string" then
     local spec, err = db:get_cluster(c)
@@ -180,13 +190,24 @@ function Context:enter()
     name = "context " .. (self.opts.name or cname),
     journal = { db_dir .. "/_geneva/leases", trusted_journal() },
   }
-  local ok, res = pcall(runner.provision, spec, { scope = self.scope, db = db, manifest = manifest_rec })
+  local ok, res = pcall(function()
+    -- the manifest's package, unpacked once: local workers run in it, and
+    -- this driver resolves module UDFs from it (package.path, below)
+    local pkg = manifest_rec and require("geneva.context.manifest").unpack(self.scope, db, manifest_rec)
+    self.package_dir = pkg
+    return runner.provision(spec, { scope = self.scope, db = db, manifest = manifest_rec, package_dir = pkg })
+  end)
   if not ok then
     self.scope:close()
     self.state = "exited"
     error(errors.from(res, "unavailable"), 0)
   end
   self.runner = res
+  if self.package_dir then
+    -- module UDFs of the manifest load here as on the workers, without LUA_PATH
+    self.lua_path = require("geneva.context.manifest").lua_path(self.package_dir)
+    package.path = self.lua_path .. package.path
+  end
   self.frame = runner.push(res)        -- backfills inside run on it
   self.jobs = self.frame.jobs
   self.prev_scope = self.scope:activate()   -- what fn creates belongs to the context
@@ -226,6 +247,7 @@ function Context:exit(err)
   local retain = self.on_exit == "retain"
     or (self.on_exit == "retain_on_failure" and (err ~= nil or wait_err ~= nil or failed_jobs(self)))
   self.state = "exited"
+  restore_path(self)
   if retain then
     -- kept until this process ends (local workers cannot outlive it); the
     -- leases say so, and reap leaves retained resources alone

@@ -379,8 +379,9 @@ end
 
 -- {===== building
 
--- Collects the entries of a normalized spec: array of {name, path, mode}.
-local function collect(spec)
+-- Collects the entries of a normalized spec: array of {name, path, mode}
+-- (sources_only: the modules and files, without the host's binary).
+local function collect(spec, sources_only)
   local base = spec.base_dir and io_check(fs.realpath(spec.base_dir)) or io_check(fs.getcwd())
   local entries, by_name = {}, {}
   local function add(name, path, what, mode, st)
@@ -403,7 +404,7 @@ local function collect(spec)
     expand_files(where, pat, base, function(rel, path, st) add(rel, path, where, nil, st) end)
   end
   local host
-  if spec.ship_host then
+  if spec.ship_host and not sources_only then
     local exe = io_check(require("geneva.host.core").worker_exe())   -- geneva, not an embedder
     add("bin/geneva", exe, "ship_host", "exec")
     local libs = M.host_libs(exe)
@@ -416,6 +417,17 @@ local function collect(spec)
   end
   if not sorted then table.sort(entries, function(x, y) return x.name < y.name end) end
   return entries, host
+end
+
+--[[
+M.check_sources(spec) -> number of files | raises
+What define would find missing, without packaging anything: a module not
+on package.path, a file pattern matching nothing, a base_dir that does not
+exist (the messages define gives, with the field's path). For `recipe
+validate`.
+]]
+function M.check_sources(spec)
+  return #(collect(M.validate(spec), true))
 end
 
 -- Whether two records differ only in their times. The file list is
@@ -518,6 +530,31 @@ end
 -- database's is downloaded into its mirror once)
 function M.package_path(db, rec)
   return io_check(backend.fetch(registry.dir(db, "packages") .. "/" .. rec.checksum .. ".zip"))
+end
+
+-- M.lua_path(dir) -> the package.path entries of a package unpacked in
+-- dir: its modules (lua/) first, then its files' root, so a module shipped
+-- either way (`modules`, or a .lua file in `files`) is found by require
+function M.lua_path(dir)
+  return ("%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;%s/?/init.lua;"):format(dir, dir, dir, dir)
+end
+
+-- M.unpack(scope, db, rec) -> dir: the record's package unpacked into a
+-- temp dir owned by scope (leased before it exists; gone with the scope)
+function M.unpack(scope, db, rec)
+  local res = scope:reserve("tmpdir", "package " .. rec.checksum:sub(1, 12))
+  local prev = scope:activate()
+  local tmp, terr = fs.tmpdir("geneva-pkg-")
+  prev:activate()
+  if not tmp then
+    res:forget()
+    errors.throw("unavailable", ("cannot create a directory for the manifest package: %s"):format(terr))
+  end
+  res:update{ path = tmp.path }
+  res:bind(function() tmp:close() end)
+  local ok, err, code = require("geneva.zip").extract(M.package_path(db, rec), tmp.path)
+  if not ok then errors.throw("unavailable", ("cannot unpack manifest package: %s (%s)"):format(err, code)) end
+  return tmp.path
 end
 
 -- M.get(db, name) -> record | nil, Error(not_found). A probe: never raises

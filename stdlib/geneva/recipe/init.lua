@@ -284,6 +284,29 @@ local function job_udf(r, j)
   error(located_error(r, loc, ("job '%s' udf"):format(j.name), u), 0)
 end
 
+-- The recipe's own spec of manifest `name`, or nil (a manifest of the db)
+local function recipe_manifest(r, name)
+  for _, e in ipairs(r.manifests) do
+    if e.name == name then return e end
+  end
+end
+
+-- Runs fn with the files of the job's manifest (when the recipe defines it)
+-- on package.path, where its packaged files' root will be on the workers:
+-- a module UDF shipped in `files` loads here as it will there.
+local function with_manifest_files(r, j, fn)
+  local e = j.manifest and recipe_manifest(r, j.manifest)
+  local spec = e and resolve_manifest_spec(r, e.spec)
+  if not (spec and spec.files and type(spec.base_dir) == "string") then return fn() end
+  local entry = ("%s/?.lua;%s/?/init.lua;"):format(spec.base_dir, spec.base_dir)
+  local saved = package.path
+  package.path = entry .. package.path
+  local res = table.pack(pcall(fn))
+  package.path = saved
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
 local function backfill_opts(j)
   local o = {}
   for k, v in pairs(j.backfill or {}) do o[k] = v end
@@ -292,7 +315,8 @@ local function backfill_opts(j)
 end
 
 --- Checks what can be checked without creating anything: cluster and
--- manifest specs, each job's UDF (its module must load), the names jobs use.
+-- manifest specs (a manifest's modules and files must exist), each job's
+-- UDF (its module must load), the names jobs use.
 -- @tab r a Recipe from @{load}
 -- @treturn table `r`
 -- @raise `invalid_argument` at `file:line:col`
@@ -315,13 +339,22 @@ function recipe.validate(r)
       local ok, err = pcall(registry.check_name, kind, e.name)
       if not ok then add(keyloc, err, kind .. " '" .. e.name .. "'") end
       ok, err = pcall(mod.validate, resolve(r, e.spec))
+      -- a manifest's modules and files must exist, as apply will find them
+      if ok and mod.check_sources then ok, err = pcall(mod.check_sources, resolve(r, e.spec)) end
       if not ok then add(field_loc(r, e.spec, err, keyloc), err, kind .. " '" .. e.name .. "'") end
     end
   end
   for _, j in ipairs(r.jobs) do
-    local ok, err = pcall(job_udf, r, j)
-    if not ok then
-      local e = errors.from(err)
+    local ok, err = pcall(with_manifest_files, r, j, function() return job_udf(r, j) end)
+    local e = not ok and errors.from(err)
+    local mod = j.udf and j.udf.module
+    local missing = e and type(mod) == "string" and e.message:find("module '" .. mod .. "' not found", 1, true)
+    if missing and j.manifest and not recipe_manifest(r, j.manifest) then
+      -- its module may be in the db's manifest: known only once unpacked
+      local l = loc_of(r, j.node, "udf", "key") or { line = 1, col = 1 }
+      r.warnings[#r.warnings + 1] = ("%s:%d:%d: job '%s': module '%s' is not on package.path here; "
+        .. "it must be in manifest '%s'"):format(r.file, l.line, l.col, j.name, mod, j.manifest)
+    elseif e then
       problems:add({ line = e.line or 1, col = e.col or 1 }, "%s", (e.message:gsub("^.-:%d+:%d+: ", "")))
     end
     local ok2, err2 = pcall(require("geneva.db").check_table_name, j.table)
@@ -398,19 +431,32 @@ local function run_job(r, db, j)
   local t0 = time.monotonic()
   local ok, tbl = pcall(db.open_table, db, j.table)
   if not ok then error(located_error(r, loc_of(r, j.node, "table"), ("job '%s'"):format(j.name), tbl), 0) end
-  local u = job_udf(r, j)
-  local action = ensure_column(r, j, tbl, u)
+  local action, located
+  -- the column's UDF; with a manifest, inside its context, where the
+  -- manifest's modules and files are on package.path
+  local function prepare()
+    local pok, perr = pcall(function() action = ensure_column(r, j, tbl, job_udf(r, j)) end)
+    if not pok then
+      located = perr
+      error(perr, 0)
+    end
+  end
+  if not j.manifest then prepare() end
   local opts = backfill_opts(j)
   local rec
   local function go() rec = tbl:backfill(j.column, opts) end
   local bok, berr
   if j.cluster or j.manifest then
     bok, berr = pcall(function()
-      require("geneva.context").new{ cluster = j.cluster, manifest = j.manifest, db = db, name = "recipe job " .. j.name }(go)
+      require("geneva.context").new{ cluster = j.cluster, manifest = j.manifest, db = db, name = "recipe job " .. j.name }(function()
+        if j.manifest then prepare() end
+        go()
+      end)
     end)
   else
     bok, berr = pcall(go)
   end
+  if located then error(located, 0) end
   if not bok then
     local e = errors.from(berr)
     if e.code == "interrupted" then error(berr, 0) end

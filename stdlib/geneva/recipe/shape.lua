@@ -7,6 +7,7 @@
 --   loc_of(r, t [, key [, "key"]]) -> the position of t, or of t's
 --                                   entry key (its value, or its key)
 local template = require "geneva.recipe.template"
+local suggest = require "geneva.suggest"
 
 local isnull, describe = template.isnull, template.describe
 
@@ -78,7 +79,9 @@ local function check_fields(r, t, fields, allowed, what)
     if not kind and fields == TOP and type(k) == "string" and k:sub(1, 2) == "x-" then
       out[k] = v                             -- x-*: free-form, for anchors to merge
     elseif not kind then
-      r.problems:add(p.keys[k], "unknown field '%s' in %s (allowed: %s)", tostring(k), what, allowed)
+      local near = suggest.nearest(k, fields)
+      r.problems:add(p.keys[k], "unknown field '%s' in %s (%sallowed: %s)", tostring(k), what,
+        near and ("did you mean '%s'? "):format(near) or "", allowed)
     elseif not isnull(v) then
       if (kind == "map" and is_map(r, v)) or (kind ~= "map" and kinds[kind](v)) then
         out[k] = v

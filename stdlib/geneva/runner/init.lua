@@ -104,7 +104,7 @@ function runner.default()
     local journal = ledger.user_journal()
     local scope = ledger.scope{ name = "embedded local cluster", parent = ledger.root(),
                                 journal = journal and { journal } }
-    local cpus = require("geneva.proc").cpu_count()
+    local cpus = require("geneva.context.cluster").default_local_workers()
     default = runner.provision({ type = "local", workers = cpus }, { scope = scope, lazy = true })
   end
   return default

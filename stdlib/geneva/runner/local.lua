@@ -27,8 +27,10 @@ local protocol = require "geneva.backfill.protocol"
 --        env_add = {NAME = value}, cwd = dir for the worker processes]}
 function M.new(opts)
   local n = math.tointeger(opts.workers)
-  if not n or n < 1 then
-    errors.throw("invalid_argument", "local cluster: workers must be a positive integer")
+  local max = require("geneva.context.cluster").MAX_LOCAL_WORKERS
+  if not n or n < 1 or n > max then
+    errors.throw("invalid_argument", ("local cluster: workers must be an integer from 1 to %d, got %s")
+      :format(max, tostring(opts.workers)))
   end
   local self = setmetatable({
     size = n, max_attempts = opts.max_attempts or 3,
@@ -311,43 +313,32 @@ end
 
 -- {====== Provisioning (the runner interface)
 
--- Unpacks a manifest's package for the workers: its lua/ goes first on
--- their package.path, its env is set, and they run inside it. The lease
--- comes first (the dir's path is known once it exists); the dir belongs to
--- scope, as every resource of the context.
-local function unpack_manifest(scope, db, rec)
-  local fs = require "geneva.fs"
-  local res = scope:reserve("tmpdir", "package " .. rec.checksum:sub(1, 12))
-  local prev = scope:activate()
-  local tmp, terr = fs.tmpdir("geneva-pkg-")
-  prev:activate()
-  if not tmp then
-    res:forget()
-    errors.throw("unavailable", ("cannot create a directory for the manifest package: %s"):format(terr))
-  end
-  res:update{ path = tmp.path }
-  res:bind(function() tmp:close() end)
-  local zip = require("geneva.context.manifest").package_path(db, rec)
-  local ok, err, code = require("geneva.zip").extract(zip, tmp.path)
-  if not ok then errors.throw("unavailable", ("cannot unpack manifest package: %s (%s)"):format(err, code)) end
+-- A manifest's package for the workers: its modules and files' root go
+-- first on their package.path, its env is set, and they run inside it
+-- (unpacked by the context, which the driver's package.path uses too, else
+-- here, owned by scope as every resource of the context).
+local function manifest_env(scope, db, rec, dir)
+  local manifest = require "geneva.context.manifest"
+  dir = dir or manifest.unpack(scope, db, rec)
   local env = {}
   if rec.spec and rec.spec.env then
     for k, v in pairs(require("geneva.context.cluster").resolve_env(rec.spec.env)) do env[k] = v end
   end
-  env.LUA_PATH = ("%s/lua/?.lua;%s/lua/?/init.lua;%s"):format(tmp.path, tmp.path, os.getenv("LUA_PATH") or ";")
-  return env, tmp.path
+  env.LUA_PATH = manifest.lua_path(dir) .. (os.getenv("LUA_PATH") or ";")
+  return env, dir
 end
 
--- M.provision(spec, {scope=, db=, manifest=, lazy=}) -> Pool. The workers
--- start now (so the first backfill does not wait for them) unless lazy.
+-- M.provision(spec, {scope=, db=, manifest=, package_dir=, lazy=}) -> Pool.
+-- The workers start now (so the first backfill does not wait for them)
+-- unless lazy.
 function M.provision(spec, env)
   local add, cwd
-  if env.manifest then add, cwd = unpack_manifest(env.scope, env.db, env.manifest) end
+  if env.manifest then add, cwd = manifest_env(env.scope, env.db, env.manifest, env.package_dir) end
   if spec.env then
     add = add or {}
     for k, v in pairs(require("geneva.context.cluster").resolve_env(spec.env)) do add[k] = v end
   end
-  local pool = M.new{ workers = spec.workers or require("geneva.proc").cpu_count(), scope = env.scope,
+  local pool = M.new{ workers = spec.workers or require("geneva.context.cluster").default_local_workers(), scope = env.scope,
                       env_add = add, cwd = cwd }
   if not env.lazy then pool:start() end
   return pool

@@ -554,7 +554,10 @@ local function entrypoint(self, js, sub)
     exe = sh_quote(self.exe)
   end
   local lua_path = sh_quote(self.lua_path)
-  if self.working_dir then lua_path = '"$PWD/lua/?.lua;$PWD/lua/?/init.lua;"' .. lua_path end
+  if self.working_dir then
+    -- the manifest's modules, then its files' root (context.manifest.lua_path)
+    lua_path = '"$PWD/lua/?.lua;$PWD/lua/?/init.lua;$PWD/?.lua;$PWD/?/init.lua;"' .. lua_path
+  end
   local db = sh_quote(self.db_dir)
   if self.store then
     -- an object store: the workers mount it themselves, wherever they run

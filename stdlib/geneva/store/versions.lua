@@ -315,23 +315,19 @@ function storage.fold_into(db, tbl_dir, list, tname)
 end
 
 --[[
-storage.fold_column_files(tbl_dir, list) -> new list
-Folds a (fragment, column) file list (oldest first, entries {file=,
-udf_version=, lo=, hi=}) into as few files as keep the same reading: one per
-distinct udf_version of the winning files (usually one), each holding the
-rows its version won, NULLs and failed marks included. The new files are in
-data/ (synced) but not referenced: the caller commits or removes them.
-Raises unavailable.
+storage.write_fold(db, tbl_dir, tname) -> list, made: the column files of a
+fold table of db (as storage.fold_into makes: _rowid, value, ver, failed),
+one per distinct ver (its rows, NULLs and failed marks), oldest rowid
+first: entries {file=, udf_version=, lo=, hi=} published in data/ but not
+synced nor referenced; made lists their paths. Attaches "dst" in turn.
+Raises unavailable (removing what it had published).
 ]]
-function storage.fold_column_files(tbl_dir, list)
-  local mem = check(sqlite.open(":memory:"))
-  local made = {}
-  local ok, res = pcall(function()
-    check(mem:exec("PRAGMA temp_store=MEMORY"))
-    storage.fold_into(mem, tbl_dir, list, "fold")
-    local out = {}
+function storage.write_fold(db, tbl_dir, tname)
+  local out, made = {}, {}
+  local ok, err = pcall(function()
     local vers = {}
-    for row in mem:rows("SELECT ver, min(_rowid), max(_rowid), max(failed) FROM temp.fold GROUP BY ver ORDER BY min(_rowid)") do
+    for row in db:rows(("SELECT ver, min(_rowid), max(_rowid), max(failed) FROM temp.%s GROUP BY ver ORDER BY min(_rowid)")
+        :format(tname)) do
       vers[#vers + 1] = row
     end
     for _, r in ipairs(vers) do
@@ -339,21 +335,22 @@ function storage.fold_column_files(tbl_dir, list)
       local is_ver = "ver IS " .. (ver and quote(ver) or "NULL")
       local tmp = storage.temp_data_path(tbl_dir)
       local wok, werr = pcall(function()
-        check(mem:attach(tmp, "dst"))
-        check(mem:exec("PRAGMA dst.journal_mode=OFF; PRAGMA dst.synchronous=OFF; "
+        check(db:attach(tmp, "dst"))
+        check(db:exec("PRAGMA dst.journal_mode=OFF; PRAGMA dst.synchronous=OFF; "
           .. "CREATE TABLE dst.col(_rowid INTEGER PRIMARY KEY, value); "
-          .. "INSERT INTO dst.col SELECT _rowid, value FROM temp.fold WHERE " .. is_ver .. " ORDER BY _rowid"))
+          .. ("INSERT INTO dst.col SELECT _rowid, value FROM temp.%s WHERE %s ORDER BY _rowid"):format(tname, is_ver)))
         if r[4] == 1 then
-          check(mem:exec("CREATE TABLE dst.failed(_rowid INTEGER PRIMARY KEY); "
-            .. "INSERT INTO dst.failed SELECT _rowid FROM temp.fold WHERE " .. is_ver .. " AND failed ORDER BY _rowid"))
+          check(db:exec("CREATE TABLE dst.failed(_rowid INTEGER PRIMARY KEY); "
+            .. ("INSERT INTO dst.failed SELECT _rowid FROM temp.%s WHERE %s AND failed ORDER BY _rowid")
+              :format(tname, is_ver)))
         end
-        check(mem:exec("PRAGMA dst.synchronous=FULL; PRAGMA dst.user_version=1"))
-        check(mem:detach("dst"))
+        check(db:exec("PRAGMA dst.synchronous=FULL; PRAGMA dst.user_version=1"))
+        check(db:detach("dst"))
       end)
       if not wok then
         -- (ulimit -f, a full disk) the half-written file goes, and the
         -- error names it
-        mem:detach("dst")
+        db:detach("dst")
         fs.remove(tmp)
         local e = errors.from(werr)
         if e.code == "unavailable" then
@@ -364,13 +361,32 @@ function storage.fold_column_files(tbl_dir, list)
       out[#out + 1] = { file = storage.publish_file(tbl_dir, tmp, "c"), udf_version = ver, lo = r[2], hi = r[3] }
       made[#made + 1] = out[#out].file
     end
-    return out
+  end)
+  if not ok then
+    storage.remove_files(tbl_dir, made)
+    error(err, 0)
+  end
+  return out, made
+end
+
+--[[
+storage.fold_column_files(tbl_dir, list) -> new list
+Folds a (fragment, column) file list (oldest first, entries {file=,
+udf_version=, lo=, hi=}) into as few files as keep the same reading: one per
+distinct udf_version of the winning files (usually one), each holding the
+rows its version won, NULLs and failed marks included. The new files are in
+data/ (synced) but not referenced: the caller commits or removes them.
+Raises unavailable.
+]]
+function storage.fold_column_files(tbl_dir, list)
+  local mem = check(sqlite.open(":memory:"))
+  local ok, res = pcall(function()
+    check(mem:exec("PRAGMA temp_store=MEMORY"))
+    storage.fold_into(mem, tbl_dir, list, "fold")
+    return (storage.write_fold(mem, tbl_dir, "fold"))
   end)
   mem:close()
-  if not ok then
-    storage.remove_files(tbl_dir, made)    -- folded before the failure, never referenced
-    error(res, 0)
-  end
+  if not ok then error(res, 0) end
   storage.sync_data_dir(tbl_dir)
   return res
 end
