@@ -115,10 +115,12 @@ def main():
     send("geneva.co\t")        # the common prefix first, then the list
     read_until(fd, "geneva.con")
     send("\t")
-    out = read_until(fd, "geneva.connect", then="geneva.context")
+    # the list, then the line redrawn under it: wait for both, or the
+    # prompt of the redraw passes for the one after Ctrl-C below
+    out = read_until(fd, "geneva.connect", then="> geneva.con")
     check("a second Tab lists the candidates", "geneva.context" in out, out)
     send("\x03")               # and the line goes
-    read_until(fd, "> ")
+    read_until(fd, "\n> ")
     send("=pri\t")
     read_until(fd, "print")
     out = step("('tab')\n", "tab")
