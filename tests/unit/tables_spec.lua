@@ -894,16 +894,24 @@ describe("geneva tables", function()
       assert.is_nil(types.parse("float32[0]"))
     end)
 
-    it("infers CSV types without losing big integers or hex", function()
-      assert.equal("int64", types.infer { "1", "", "-9223372036854775808" })
-      -- an integer column with one beyond int64 is refused, not rounded to float64
+    it("infers CSV types from the facts of a column's cells", function()
+      local function facts(f)
+        f.values = f.values or 2
+        f.ints, f.floats, f.bools = f.ints or 0, f.floats or 0, f.bools or 0
+        return f
+      end
+      assert.equal("int64", types.infer_csv(facts { ints = 2, floats = 2 }))
+      assert.equal("float64", types.infer_csv(facts { ints = 1, floats = 2 }))
+      assert.equal("bool", types.infer_csv(facts { bools = 2 }))
+      assert.equal("string", types.infer_csv(facts { ints = 1 }))
+      assert.equal("string", types.infer_csv(facts { values = 0 }))
+      -- a leading zero ("007") makes an id or a code: text
+      assert.equal("string", types.infer_csv(facts { ints = 2, floats = 2, zero = 1, zero_value = "007" }))
+      -- an integer beyond int64 is refused, not rounded to float64
       assert.same({ nil, 2, "integer 99999999999999999999 is beyond the int64 range" },
-        { types.infer { "1", "99999999999999999999" } })
-      assert.equal("float64", types.infer { "1.5", "99999999999999999999" })
-      assert.equal("string", types.infer { "0x10" })
-      assert.equal("float64", types.infer { "1", "2.5e3" })
-      assert.equal("bool", types.infer { "true", "false", "" })
-      assert.equal("string", types.infer { "", "" })
+        { types.infer_csv(facts { ints = 2, floats = 2, big = 2, big_value = "99999999999999999999" }) })
+      assert.same({ nil, 2, "integer 99999999999999999999 is beyond the int64 range" },
+        { types.infer_csv(facts { ints = 1, floats = 2, big = 2, big_value = "99999999999999999999" }) })
       assert.is_nil(types.parse_cell(types.parse("float64"), "-0x1p4"))
       assert.is_true(types.is_null(geneva.null))
       assert.is_true(types.is_null(sqlite.null))
