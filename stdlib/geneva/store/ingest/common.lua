@@ -12,7 +12,7 @@ local C = {}
 -- size. Types not given are inferred from the first chunk.
 C.CHUNK_ROWS = 65536
 C.CHUNK_CELLS = 1048576          -- fewer rows for wide files
-C.CHUNK_BYTES = 16 * 1024 * 1024 -- of input; fewer rows for long ones
+C.CHUNK_BYTES = 4 * 1024 * 1024  -- of input; fewer rows for long ones
 
 -- SQLite's default SQLITE_MAX_COLUMN (Debian's build keeps it): a data file's
 -- table holds at most this many columns, _rowid included.
