@@ -350,12 +350,41 @@ static int parse_int(const char *s, size_t n, int64_t *v) {
   return 1;
 }
 
+/* [+-]ddd.ddd with at most 15 digits, exactly: the mantissa and 10^k are
+** exact doubles, so one division rounds as strtod does (Clinger's fast
+** path). Most data is such; 1, 0 to ask strtod. Without a '.', the cell
+** is an integer to tonumber ("-0" is 0, not -0.0): not here. */
+static int fast_decimal(const char *s, size_t n, double *v) {
+  static const double p10[] = { 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10,
+                                1e11, 1e12, 1e13, 1e14, 1e15 };
+  size_t i = 0;
+  int neg = 0, digits = 0, frac = -1;
+  uint64_t m = 0;
+  if (n > 0 && (s[0] == '+' || s[0] == '-')) { neg = s[0] == '-'; i = 1; }
+  for (; i < n; i++) {
+    if (s[i] >= '0' && s[i] <= '9') {
+      if (++digits > 15) return 0;
+      m = m * 10 + (uint64_t)(s[i] - '0');
+      if (frac >= 0) frac++;
+    } else if (s[i] == '.' && frac < 0) {
+      frac = 0;
+    } else {
+      return 0;
+    }
+  }
+  if (digits == 0 || frac < 0) return 0;
+  *v = (double)m / p10[frac];
+  if (neg) *v = -*v;
+  return 1;
+}
+
 /* What Lua's tonumber takes (so both read a cell alike), as a double; hex
 ** aside, which tonumber reads but a data file means as text. */
 static int parse_float(lua_State *L, const char *s, size_t n, double *v) {
   char tmp[64];
   const char *p = s, *e = s + n, *z;
   int ok;
+  if (fast_decimal(s, n, v)) return 1;
   while (p < e && (*p == ' ' || (*p >= '\t' && *p <= '\r'))) p++;
   if (p < e && (*p == '+' || *p == '-')) p++;
   if (e - p >= 2 && p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) return 0;
@@ -406,13 +435,16 @@ static int pack_cell(lua_State *L, bytes *b, const char *s, size_t n, int null, 
     case K_INT:
       if (parse_int(s, n, &i) != 1 || (inferred && leading_zero(s, n))) return 0;
       break;
-    case K_FLOAT:
-      if (inferred && (leading_zero(s, n) || parse_int(s, n, &i) == 2)) return 0;
-      if (!parse_float(L, s, n, &d)) return 0;
+    case K_FLOAT: {
+      int pi = parse_int(s, n, &i);
+      if (inferred && (leading_zero(s, n) || pi == 2)) return 0;
+      if (pi == 1) d = (double)i;               /* as tonumber: the integer, then a float */
+      else if (!parse_float(L, s, n, &d)) return 0;
       o[0] = ROWPACK_FLOAT;
       memcpy(o + 1, &d, 8);
       b->len += 9;
       return 1;
+    }
     case K_BOOL:                           /* stored 0/1 */
       if (n == 4 && memcmp(s, "true", 4) == 0) i = 1;
       else if (n == 5 && memcmp(s, "false", 5) == 0) i = 0;

@@ -1,15 +1,16 @@
--- geneva.progress: a one-line progress bar on stderr for long local work
--- (ingest of a file). Drawn only when stderr is a terminal, and only once
--- the work has run for a moment, so quick calls and pipes stay silent.
--- GENEVA_PROGRESS=0 turns it off; GENEVA_PROGRESS=1 draws it even when
--- stderr is not a terminal (and from the start).
+-- geneva.progress: whether progress bars are drawn (the backfill's and
+-- ingest's), and the bar an ingest of a file draws on stderr. Bars show
+-- when stderr is a terminal; GENEVA_PROGRESS=0 (geneva --no-progress)
+-- turns them off, GENEVA_PROGRESS=1 draws them even when it is not (a log
+-- that keeps \r). An ingest's bar waits a moment before its first draw, so
+-- quick ones stay silent (with GENEVA_PROGRESS=1 it draws from the start).
 local fs = require "geneva.fs"
 local time = require "geneva.time"
 
 local progress = {}
 
 progress.DELAY = 0.5      -- seconds before the first draw
-progress.EVERY = 0.2      -- seconds between draws
+progress.EVERY = 0.1      -- seconds between draws
 
 local Bar = {}
 Bar.__index = Bar
@@ -25,8 +26,8 @@ end
 local function mb(n) return ("%.1f"):format(n / 1e6) end
 
 local function rate(n)
-  if n >= 1e6 then return ("%.2fM"):format(n / 1e6) end
-  if n >= 1e3 then return ("%.0fk"):format(n / 1e3) end
+  if n >= 1e6 then return ("%.1fM"):format(n / 1e6) end
+  if n >= 1e4 then return ("%.0fk"):format(n / 1e3) end
   return ("%.0f"):format(n)
 end
 
@@ -48,7 +49,7 @@ function Bar:draw()
   local frac = (self.total and self.total > 0) and math.min(1, self.done / self.total) or 0
   local width = 24
   local fill = math.floor(width * frac)
-  io.stderr:write(("\r%s [%s%s] %3d%%  %s/%s MB  %d rows  %s rows/s "):format(self.label,
+  io.stderr:write(("\r%s [%s%s] %3d%%  %s/%s MB  %d rows  %s rows/s\27[K"):format(self.label,
     ("#"):rep(fill), ("."):rep(width - fill), math.floor(frac * 100), mb(self.done), mb(self.total or 0),
     self.rows, rate(self.rows / el)))
   self.drawn = true

@@ -306,7 +306,7 @@ describe("ingest", function()
       end
       local status, _, err = child.run(code("t1"), { GENEVA_PROGRESS = "1" })
       assert.equal(0, status, err)
-      assert.matches("p%.csv %[#+%] 100%%  0%.0/0%.0 MB  1000 rows  [%d.kM]+ rows/s \n$", err)
+      assert.matches("p%.csv %[#+%] 100%%  0%.0/0%.0 MB  1000 rows  [%d.kM]+ rows/s\27%[K\n$", err)
       status, _, err = child.run(code("t2"), {})
       assert.equal(0, status, err)
       assert.equal("", err)
