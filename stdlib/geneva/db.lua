@@ -172,6 +172,16 @@ end
 
 local create_options = { schema = true, fragment_size = true, mode = true }
 
+-- Removes the stages (local directories of an overwrite's files) that an
+-- overwrite killed midway left, once older than storage.CLEANUP_GRACE
+local function sweep_stages(root)
+  local now = require("geneva.time").now()
+  for _, name in ipairs(fs.list(root) or {}) do
+    local st = fs.stat(root .. "/" .. name)
+    if st and now - st.mtime > storage.CLEANUP_GRACE then fs.remove_tree(root .. "/" .. name) end
+  end
+end
+
 --- Creates a table from Lua rows or a CSV or JSONL file; commits version 1.
 --
 -- Column types are inferred unless `opts.schema` gives them: `int64`,
@@ -226,7 +236,11 @@ function Db:create_table(name, source, opts)
   local dir = self:table_dir(name)
   -- an overwrite keeps the old table until the new input is all read
   local replacing = mode == "overwrite" and exists(self, name)
-  local stage = replacing and ("%s/_geneva/ingest/%s"):format(self.path, fs.random_hex(8)) or nil
+  local stage
+  if replacing then
+    sweep_stages(self.path .. "/_geneva/ingest")
+    stage = ("%s/_geneva/ingest/%s"):format(self.path, fs.random_hex(8))
+  end
   local fresh = not fs.exists(dir)
   if not replacing then errors.io(fs.mkdir_p(dir .. "/data")) end
   local w = ingest.writer(dir, schema, src.names, fsize, stage)
