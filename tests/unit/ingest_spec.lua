@@ -70,6 +70,10 @@ describe("ingest", function()
       local e = raises("invalid_argument", db.create_table, db, "bad", { from = path })
       assert.same({ path, 3, "n" }, { e.path, e.line, e.column })
       assert.matches(path .. ":3: column 'n': integer 99999999999999999999 is beyond the int64 range", e.message, 1, true)
+      e = raises("invalid_argument", db.create_table, db, "bad", { from = path }, { schema = { n = "int64" } })
+      assert.matches(path .. ":3: column 'n': integer 99999999999999999999 is beyond the int64 range", e.message, 1, true)
+      write(path, "id,n\n1,x\n2,99999999999999999999\n")                   -- among text it is text
+      assert.equal("99999999999999999999", db:create_table("s", { from = path }):to_rows()[2].n)
       -- in a column of floats too: it would be rounded without a word
       write(path, "id,x\n1,1.5\n2,12345678901234567890\n")
       e = raises("invalid_argument", db.create_table, db, "bad", { from = path })
@@ -78,7 +82,7 @@ describe("ingest", function()
       -- asked for: a float64 column takes it
       assert.equal(12345678901234567890.0, db:create_table("f", { from = path }, { schema = { x = "float64" } })
         :to_rows()[2].x)
-      assert.same({ "f" }, db:table_names())
+      assert.same({ "f", "s" }, db:table_names())
     end)
 
     it("5000 columns: an error naming the file, before any row is read", function()
