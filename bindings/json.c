@@ -611,6 +611,8 @@ typedef struct dec {
   int null_as_nil;
   int exact_integers;      /* an integer beyond int64 fails (else a float) */
   int unique_keys;         /* a key twice in one object fails (else last wins) */
+  int keys_idx;            /* key_order: stack index of the keys array, or 0 */
+  lua_Integer nkeys;
   const char *err;         /* static message or msgbuf, or NULL */
   const char *errpos;
   char msgbuf[128];        /* a message naming what failed */
@@ -852,6 +854,10 @@ static int dec_object(dec *d) {
     if (*d->p != '"') return dec_failat(d, "expected a string key", d->p);
     key_at = d->p;
     if (dec_string(d)) return -1;
+    if (d->keys_idx && d->depth == 1) {         /* key_order: a top-level key */
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, d->keys_idx, ++d->nkeys);
+    }
     if (d->unique_keys) {                       /* [obj, k] */
       lua_pushvalue(L, -1);
       if (lua_rawget(L, -3) != LUA_TNIL) {
@@ -957,14 +963,16 @@ static int dec_fail(lua_State *L, dec *d) {
 ** top-level null stay json.null, so arrays keep their length and nil always
 ** means failure). opts.exact_integers: an integer beyond int64 fails instead
 ** of becoming a float. opts.unique_keys: a key repeated in one object fails
-** (naming it) instead of the last one winning. Arrays come back with
-** json.array_mt. Raises only on misuse (str not a string, unknown option) or
-** memory.
+** (naming it) instead of the last one winning. opts.key_order: a second
+** result lists the keys of a top-level object in the order of the text
+** (null members too), for callers that keep that order (JSONL columns).
+** Arrays come back with json.array_mt. Raises only on misuse (str not a
+** string, unknown option) or memory.
 */
 static int json_decode(lua_State *L) {
   dec d;
   size_t len;
-  int base;
+  int base, key_order = 0;
   luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING, 1, "string");
   d.s = lua_tolstring(L, 1, &len);
   d.null_as_nil = d.exact_integers = d.unique_keys = 0;
@@ -976,6 +984,7 @@ static int json_decode(lua_State *L) {
       if (strcmp(k, "null_as_nil") == 0) d.null_as_nil = lua_toboolean(L, -1);
       else if (strcmp(k, "exact_integers") == 0) d.exact_integers = lua_toboolean(L, -1);
       else if (strcmp(k, "unique_keys") == 0) d.unique_keys = lua_toboolean(L, -1);
+      else if (strcmp(k, "key_order") == 0) key_order = lua_toboolean(L, -1);
       else return luaL_argerror(L, 2, lua_pushfstring(L, "unknown option '%s'", k));
       lua_pop(L, 1);
     }
@@ -988,6 +997,12 @@ static int json_decode(lua_State *L) {
   d.err = NULL;
   d.errpos = d.s;
   d.b = jbuf_new(L);
+  d.keys_idx = 0;
+  d.nkeys = 0;
+  if (key_order) {
+    lua_newtable(L);
+    d.keys_idx = lua_gettop(L);
+  }
   base = lua_gettop(L);
   skip_ws(&d);
   if (d.p >= d.end) {
@@ -1007,6 +1022,10 @@ static int json_decode(lua_State *L) {
     lua_settop(L, base);
     dec_failat(&d, "trailing characters after the value", d.p);
     return dec_fail(L, &d);
+  }
+  if (key_order) {
+    lua_pushvalue(L, d.keys_idx);
+    return 2;
   }
   return 1;
 }

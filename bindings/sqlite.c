@@ -33,6 +33,7 @@
 
 #include "geneva_internal.h"
 #include "handle.h"
+#include "rowpack.h"
 
 /* {====== libsqlite3.so.0, loaded when the module is first required (lazy.h) */
 #include "lazy.h"
@@ -1047,6 +1048,61 @@ static int stmt_m_insert_columns(lua_State *L) {
 }
 
 /*
+** stmt:insert_packed(rows, n [, pos = 1]) -> next pos | nil, msg, code, extcode
+** insert_many for packed rows (host/rowpack.h; geneva.csv.core makes them):
+** binds the n rows that start at byte pos of the string rows, one cell per
+** parameter, and steps once per row; returns the position after them.
+** TEXT and BLOB cells are bound without copying (rows is alive meanwhile).
+** Same transaction and raise rules as insert_many; a malformed chunk raises.
+*/
+static int stmt_m_insert_packed(lua_State *L) {
+  sq_stmt *s = check_stmt(L, 1);
+  sqlite3_stmt *st = s->st;
+  int np = sqlite3_bind_parameter_count(st), j, rc = SQLITE_OK;
+  size_t len, pos;
+  const char *p = luaL_checklstring(L, 2, &len);
+  lua_Integer i, n = luaL_checkinteger(L, 3), at = luaL_optinteger(L, 4, 1);
+  sq_err e;
+  luaL_argcheck(L, n >= 0, 3, "must be >= 0");
+  luaL_argcheck(L, at >= 1 && (lua_Unsigned)at <= (lua_Unsigned)len + 1, 4, "out of range");
+  pos = (size_t)at - 1;
+  stmt_reset(s);
+  for (i = 1; i <= n; i++) {
+    if ((i & 1023) == 0 && geneva_interrupted()) {
+      batch_end(s);
+      return geneva_fail(L, "EINTR", "interrupted");
+    }
+    for (j = 1; j <= np; j++) {
+      rowpack_cell c;
+      if (!rowpack_next(p, len, &pos, &c)) {
+        batch_end(s);
+        return luaL_error(L, "insert_packed: malformed rows at byte %d (row %d, cell %d)",
+                          (int)pos + 1, (int)i, j);
+      }
+      switch (c.tag) {
+        case ROWPACK_NULL: rc = sqlite3_bind_null(st, j); break;
+        case ROWPACK_INT: rc = sqlite3_bind_int64(st, j, (sqlite3_int64)c.i); break;
+        case ROWPACK_FLOAT: rc = sqlite3_bind_double(st, j, c.d); break;
+        case ROWPACK_TEXT:
+          rc = sqlite3_bind_text64(st, j, c.s, c.n, SQLITE_STATIC, SQLITE_UTF8);
+          break;
+        default:
+          rc = sqlite3_bind_blob64(st, j, c.s, c.n, SQLITE_STATIC);
+      }
+      if (rc != SQLITE_OK) {
+        batch_end(s);
+        return luaL_error(L, "insert_packed: cannot bind parameter %d of row %d: %s", j, (int)i,
+                          sqlite3_errstr(rc));
+      }
+    }
+    if (!batch_step(s, i, &e)) return err_push(L, &e);
+  }
+  batch_end(s);
+  lua_pushinteger(L, (lua_Integer)pos + 1);
+  return 1;
+}
+
+/*
 ** stmt:fetch_columns(cols, max) -> n | nil, msg, code, extcode
 ** The read side of insert_columns: steps up to max rows and stores column j
 ** of the k-th of them at cols[j][k] (sqlite.null for NULL, so the arrays
@@ -1140,6 +1196,7 @@ static const luaL_Reg stmt_meth[] = {
   {"named_row", stmt_m_named_row}, {"values", stmt_m_values}, {"get", stmt_m_get},
   {"columns", stmt_m_columns}, {"param_count", stmt_m_param_count},
   {"insert_many", stmt_m_insert_many}, {"insert_columns", stmt_m_insert_columns},
+  {"insert_packed", stmt_m_insert_packed},
   {"fetch_columns", stmt_m_fetch_columns},
   {NULL, NULL}
 };

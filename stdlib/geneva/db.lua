@@ -172,12 +172,37 @@ end
 
 local create_options = { schema = true, fragment_size = true, mode = true }
 
+-- Removes the stages (local directories of an overwrite's files) that an
+-- overwrite killed midway left, once older than storage.CLEANUP_GRACE
+local function sweep_stages(root)
+  local now = require("geneva.time").now()
+  for _, name in ipairs(fs.list(root) or {}) do
+    local st = fs.stat(root .. "/" .. name)
+    if st and now - st.mtime > storage.CLEANUP_GRACE then fs.remove_tree(root .. "/" .. name) end
+  end
+end
+
 --- Creates a table from Lua rows or a CSV or JSONL file; commits version 1.
 --
 -- Column types are inferred unless `opts.schema` gives them: `int64`,
 -- `float64`, `string`, `bool`, `blob`, `float32[N]`. Column order comes from
--- `opts.schema`, else the CSV header, else sorted names. Nothing is created
--- when any row is bad.
+-- `opts.schema`, else the CSV header, else the order in which JSONL keys
+-- first appear, else sorted names. Nothing is created when any row is bad,
+-- and a table being overwritten stays as it was.
+--
+-- Files stream: a chunk of rows (65,536, fewer for wide rows) is read,
+-- checked and written at a time, so memory does not grow with the file,
+-- and a progress bar shows on stderr when it is a terminal
+-- (`GENEVA_PROGRESS=0` turns it off). Types are inferred from the first
+-- chunk; a later row that does not fit them is an error naming its line
+-- and column (give `opts.schema`).
+--
+-- CSV cells: an empty unquoted field is NULL, a quoted `""` the empty
+-- string (in a column that is not a string, both are NULL); a leading zero
+-- (`007`) makes a column a string; an integer beyond int64 is an error, not
+-- a float (unless `opts.schema` says `float64`). JSONL: `null` is NULL; a
+-- nested object or array is an error (an array of numbers is a
+-- `float32[N]` vector); so are a repeated key and an integer beyond int64.
 -- @string name letters, digits, `_` and `-`, not starting with `_` or a digit
 -- @tparam {table,...}|table source an array of records `{column = value}`
 -- (NULL is `nil`), or `{from = "file.csv" | "file.jsonl"}`
@@ -204,33 +229,40 @@ function Db:create_table(name, source, opts)
     errors.throw("conflict", ("table '%s' already exists"):format(name), { path = self:table_dir(name) })
   end
 
-  -- read and check everything before touching the disk
-  local batch = ingest.load(source)
-  local schema = ingest.resolve_schema(batch, ingest.normalize_schema(opts.schema))
-  local cols, names, sqltypes = ingest.to_columns(batch, schema)
+  local given = ingest.normalize_schema(opts.schema)
+  local src <close> = ingest.open(source)
+  local schema = src:plan(given)
 
   local dir = self:table_dir(name)
-  if mode == "overwrite" and exists(self, name) then errors.io(backend.delete_tree(dir)) end
+  -- an overwrite keeps the old table until the new input is all read
+  local replacing = mode == "overwrite" and exists(self, name)
+  local stage
+  if replacing then
+    sweep_stages(self.path .. "/_geneva/ingest")
+    stage = ("%s/_geneva/ingest/%s"):format(self.path, fs.random_hex(8))
+  end
   local fresh = not fs.exists(dir)
-  errors.io(fs.mkdir_p(dir .. "/data"))
+  if not replacing then errors.io(fs.mkdir_p(dir .. "/data")) end
+  local w = ingest.writer(dir, schema, src.names, fsize, stage)
   local ok, err = pcall(function()
-    local frags = ingest.write_fragments(dir, cols, names, sqltypes, batch.n, fsize)
+    ingest.copy(src, w)
+    local frags = w:finish()
+    if replacing then
+      errors.io(backend.delete_tree(dir))
+      errors.io(fs.mkdir_p(dir .. "/data"))
+      frags = w:publish(dir)
+    end
     local m = { table = name, fragment_size = fsize, schema = json.array(), fragments = json.array() }
     for i, c in ipairs(schema) do m.schema[i] = { name = c.name, data_type = c.data_type } end
     for i, f in ipairs(frags) do
       m.fragments[i] = { id = i, rows = f.rows, data = f.data, columns = json.object() }
     end
     m.next_fragment_id = #frags + 1
-    local pok, perr = pcall(storage.init, dir, m)
-    if not pok then
-      local rels = {}
-      for i, f in ipairs(frags) do rels[i] = f.data end
-      storage.remove_files(dir, rels)
-      error(perr, 0)
-    end
+    storage.init(dir, m)
   end)
   if not ok then
-    if fresh and not exists(self, name) then backend.delete_tree(dir) end
+    w:abort()
+    if (fresh or replacing) and not exists(self, name) then backend.delete_tree(dir) end
     error(err, 0)
   end
   return table_mod.new(self, name, dir)

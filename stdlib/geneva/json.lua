@@ -27,8 +27,11 @@ local json = {
 -- @string text
 -- @tab[opt] opts `null_as_nil` (null becomes `nil`, not @{null}),
 -- `exact_integers` (an integer beyond int64 fails instead of becoming a
--- float), `unique_keys` (a repeated key fails instead of the last winning)
+-- float), `unique_keys` (a repeated key fails instead of the last winning),
+-- `key_order` (a second result lists a top-level object's keys in the
+-- order of the text, null members too)
 -- @return[1] the value
+-- @treturn[1] table with `key_order`: the keys
 -- @return[2] nil
 -- @treturn[2] string the message, with the offset
 -- @treturn[2] string `"JSON_PARSE"`

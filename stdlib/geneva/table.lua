@@ -320,9 +320,11 @@ end
 
 -- {====== Writing
 
---- Appends rows (new fragments of at most the table's fragment size).
--- Nothing is committed when any row is bad. Computed columns of the new
--- rows are NULL until a backfill computes them.
+--- Appends rows (new fragments of at most the table's fragment size) in
+-- one version. Nothing is committed when any row is bad. Computed columns
+-- of the new rows are NULL until a backfill computes them. Files stream a
+-- chunk at a time and are read by the table's column types, with the
+-- rules of @{geneva.db.Db:create_table}.
 -- @tparam {table,...}|table rows an array of records, or
 -- `{from = "file.csv" | "file.jsonl"}`
 -- @treturn Table the handle itself
@@ -330,25 +332,26 @@ end
 -- @usage tbl:add { { id = 1001, content = "more text" } }
 function Table:add(rows)
   writable(self, "add rows")
-  local batch = ingest.load(rows)
-  if batch.n == 0 then return self end
+  local src <close> = ingest.open(rows)
   local m = current(self)
-  local cols, names, sqltypes = ingest.to_columns(batch, m.schema)
-  local frags = ingest.write_fragments(self.dir, cols, names, sqltypes, batch.n,
-                                       m.fragment_size or ingest.DEFAULT_FRAGMENT_SIZE)
-  local ok, err = pcall(commit, self, "add", function(cur)
-    local next_id = cur.next_fragment_id or 1
-    for _, f in ipairs(frags) do
-      cur.fragments[#cur.fragments + 1] = { id = next_id, rows = f.rows, data = f.data, columns = json.object() }
-      next_id = next_id + 1
-    end
-    cur.next_fragment_id = next_id
-    return cur
+  src:bind(m.schema)
+  local w = ingest.writer(self.dir, m.schema, src.names, m.fragment_size or ingest.DEFAULT_FRAGMENT_SIZE)
+  local ok, err = pcall(function()
+    ingest.copy(src, w)
+    local frags = w:finish()
+    if #frags == 0 then return end
+    commit(self, "add", function(cur)
+      local next_id = cur.next_fragment_id or 1
+      for _, f in ipairs(frags) do
+        cur.fragments[#cur.fragments + 1] = { id = next_id, rows = f.rows, data = f.data, columns = json.object() }
+        next_id = next_id + 1
+      end
+      cur.next_fragment_id = next_id
+      return cur
+    end)
   end)
   if not ok then
-    local rels = {}
-    for i, f in ipairs(frags) do rels[i] = f.data end
-    storage.remove_files(self.dir, rels)
+    w:abort()
     error(err, 0)
   end
   return self

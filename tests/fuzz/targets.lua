@@ -76,16 +76,19 @@ end
 -- }======
 
 -- {====== csv_jsonl: the same bytes as a CSV and as a JSONL file, through
--- db:create_table's reading steps (ingest.load, resolve_schema, to_columns)
+-- db:create_table's reading steps (ingest.open, src:plan, every src:next)
 function T.csv_jsonl(data, dir)
   local ingest = require "geneva.store.ingest"
   for _, ext in ipairs { "csv", "jsonl" } do
     local path = dir .. "/in." .. ext
     write(path, data)
-    local ok, batch = loader("ingest.load " .. ext, ingest.load, { from = path })
+    local ok, src = loader("ingest.open " .. ext, ingest.open, { from = path })
     if ok then
-      local ok2, schema = loader("resolve_schema " .. ext, ingest.resolve_schema, batch, {})
-      if ok2 then loader("to_columns " .. ext, ingest.to_columns, batch, schema) end
+      loader("read " .. ext, function()
+        src:plan({})
+        while src:next(1000) do end
+      end)
+      src:close()
     end
   end
 end

@@ -49,6 +49,15 @@ local types = {
       return assert(db:prepare("SELECT 1"))
     end,
     use = function(h) return h:step() end },
+  { name = "geneva.csv.Reader", kind = "csv",
+    new = function()
+      local path = dir .. "/a.csv"
+      local f = assert(io.open(path, "w"))
+      f:write("a,b\n1,2\n")
+      f:close()
+      return assert(require("geneva.csv.core").open(path))
+    end,
+    use = function(h) return h:record() end },
   { name = "geneva.zip.Archive", kind = "zip",
     new = function()
       local path = dir .. "/a.zip"

@@ -143,6 +143,14 @@ describe("geneva.json", function()
       assert.same({ b = {}, d = { json.null } }, v)
     end)
 
+    it("gives a top-level object's keys in the text's order with key_order", function()
+      local v, keys = json.decode('{"b": 1, "a": {"z": 1, "y": 2}, "c": null}', { key_order = true, null_as_nil = true })
+      assert.same({ "b", "a", "c" }, keys)                 -- null members too; not nested keys
+      assert.same({ b = 1, a = { z = 1, y = 2 } }, v)
+      assert.same({}, select(2, json.decode("[1, 2]", { key_order = true })))
+      assert.equal(1, select("#", json.decode('{"a": 1}')))
+    end)
+
     it("keeps booleans and nested structures", function()
       local s = '{"a":true,"b":false,"c":[1,"two",{"d":[]}]}'
       assert.equal(s, json.canonical(json.decode(s)))

@@ -98,11 +98,7 @@ end
 -- backfill.progress_bar() -> whether a foreground backfill draws its bar on
 -- stderr: when stderr is a terminal, unless GENEVA_PROGRESS=0 (or geneva
 -- --no-progress); GENEVA_PROGRESS=1 draws it anyway (a log that keeps \r).
-function backfill.progress_bar()
-  local v = os.getenv("GENEVA_PROGRESS")
-  if v == "0" then return false end
-  return v == "1" or fs.isatty(2)
-end
+function backfill.progress_bar() return require("geneva.progress").enabled() end
 
 -- backfill.run(tbl, column [, opts]) -> the finished record; raises the
 -- job's error when it ends FAILED or CANCELLED.

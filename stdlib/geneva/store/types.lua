@@ -153,33 +153,30 @@ function types.from_sql(t, v)
   return v
 end
 
--- types.infer(strings) -> type name for a CSV column: int64, float64, bool
--- or string, from its non-empty cells | nil, index, reason for a column of
--- integers one of which is beyond int64 (rather than a float64 column that
--- silently rounds them all).
-function types.infer(cells)
-  local int, float, bool = true, true, true
-  local any, big = false, nil
-  for i, c in ipairs(cells) do
-    if c ~= "" then
-      any = true
-      if int then
-        if not c:match("^[+-]?%d+$") then int = false
-        elseif not big and not math.tointeger(tonumber(c)) then big = i end
-      end
-      if float and (not tonumber(c) or c:match("^%s*[+-]?0[xX]")) then float = false end
-      if bool and c ~= "true" and c ~= "false" then bool = false end
-    end
+--[[
+types.infer_csv(facts) -> type name for a CSV column | nil, row, reason.
+facts: what geneva.csv.core.classify counted over the column's non-empty
+cells (values, ints, floats, bools; big/big_value: the first integer beyond
+int64; zero/zero_value: the first with a leading zero). The rules:
+  - a leading zero ("007", "-01", "00.5") makes it string: an id or a code;
+  - all integers: int64, but one beyond int64 is an error (row and reason),
+    not a column of rounded floats; so in a float64 column;
+  - all numbers (not hex): float64; all true/false: bool; else string;
+  - no values at all: string.
+]]
+function types.infer_csv(f)
+  if f.values == 0 or f.zero then return "string" end
+  if f.ints == f.values or f.floats == f.values then
+    if f.big then return nil, f.big, ("integer %s is beyond the int64 range"):format(f.big_value) end
+    return f.ints == f.values and "int64" or "float64"
   end
-  if not any then return "string" end
-  if int and big then return nil, big, ("integer %s is beyond the int64 range"):format(cells[big]) end
-  if int then return "int64" end
-  if float then return "float64" end
-  if bool then return "bool" end
+  if f.bools == f.values then return "bool" end
   return "string"
 end
 
--- types.parse_cell(t, s) -> value | nil, reason: a CSV cell ("" is NULL)
+-- types.parse_cell(t, s) -> value | nil, reason: a CSV cell as Lua sees it
+-- ("" is NULL); geneva.csv.core reads cells alike in C, and ingest words its
+-- errors with this
 function types.parse_cell(t, s)
   if s == "" then return nil end
   local k = t.kind
