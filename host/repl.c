@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <errno.h>
+#include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -41,15 +43,37 @@ GENEVA_LAZY_LIB(edit_lib, "libedit.so.2", NULL, "install libedit2", NULL, EDIT_F
 #define rl_basic_word_break_characters (*edit_lib_api.rl_basic_word_break_characters)
 #define rl_completion_append_character (*edit_lib_api.rl_completion_append_character)
 
-/* Reads a key for libedit. Our SIGINT handler does not restart read(): a
-** Ctrl-C at the prompt ends the line read (the caller clears it) instead of
-** leaving the interrupt pending for the next statement. */
+/* Reads a key for libedit. A Ctrl-C at the prompt ends the line read (the
+** caller clears it) instead of leaving the interrupt pending for the next
+** statement. The wait is a ppoll with our signals blocked until it starts:
+** a Ctrl-C that lands while libedit is busy (redrawing, completing) is seen
+** by the check, one that lands later wakes the ppoll; a plain read() would
+** sleep through the first kind until the next key. */
 static int repl_getc(FILE *f) {
   unsigned char c;
+  sigset_t ours, old;
+  struct pollfd pfd;
+  sigemptyset(&ours);
+  sigaddset(&ours, SIGINT);
+  sigaddset(&ours, SIGTERM);
+  sigaddset(&ours, SIGHUP);
+  pfd.fd = fileno(f);
+  pfd.events = POLLIN;
   for (;;) {
-    ssize_t n = read(fileno(f), &c, 1);
+    int r;
+    ssize_t n;
+    sigprocmask(SIG_BLOCK, &ours, &old);
+    if (geneva_interrupted()) {
+      sigprocmask(SIG_SETMASK, &old, NULL);
+      return EOF;
+    }
+    r = ppoll(&pfd, 1, NULL, &old);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (r < 0 && errno == EINTR) continue;    /* ours: the check above ends it */
+    if (r < 0) return EOF;
+    n = read(pfd.fd, &c, 1);
     if (n == 1) return c;
-    if (n < 0 && errno == EINTR && !geneva_interrupted()) continue;
+    if (n < 0 && errno == EINTR) continue;
     return EOF;
   }
 }
