@@ -25,10 +25,29 @@ end
 
 local function mb(n) return ("%.1f"):format(n / 1e6) end
 
-local function rate(n)
+-- progress.rate(n) -> "1.3M", "120k", "950": a count per second, short
+function progress.rate(n)
   if n >= 1e6 then return ("%.1fM"):format(n / 1e6) end
   if n >= 1e4 then return ("%.0fk"):format(n / 1e3) end
   return ("%.0f"):format(n)
+end
+
+-- progress.duration(s) -> "1h02m", "3m05s", "42s"
+function progress.duration(s)
+  s = math.max(0, math.floor(s + 0.5))
+  if s >= 3600 then return ("%dh%02dm"):format(s // 3600, s % 3600 // 60) end
+  if s >= 60 then return ("%dm%02ds"):format(s // 60, s % 60) end
+  return ("%ds"):format(s)
+end
+
+-- progress.draw(label, frac, detail): the one shape of every bar, redrawn
+-- in place on stderr:  label [#########...............]  37%  detail
+function progress.draw(label, frac, detail)
+  frac = math.max(0, math.min(1, frac))
+  local width = 24
+  local fill = math.floor(width * frac)
+  io.stderr:write(("\r%s [%s%s] %3d%%  %s\27[K"):format(label, ("#"):rep(fill), ("."):rep(width - fill),
+    math.floor(frac * 100), detail))
 end
 
 -- progress.bar(label, total_bytes) -> Bar (a no-op when bars are off).
@@ -46,12 +65,9 @@ end
 
 function Bar:draw()
   local el = math.max(time.monotonic() - self.t0, 1e-6)
-  local frac = (self.total and self.total > 0) and math.min(1, self.done / self.total) or 0
-  local width = 24
-  local fill = math.floor(width * frac)
-  io.stderr:write(("\r%s [%s%s] %3d%%  %s/%s MB  %d rows  %s rows/s\27[K"):format(self.label,
-    ("#"):rep(fill), ("."):rep(width - fill), math.floor(frac * 100), mb(self.done), mb(self.total or 0),
-    self.rows, rate(self.rows / el)))
+  local frac = (self.total and self.total > 0) and self.done / self.total or 0
+  progress.draw(self.label, frac, ("%s/%s MB  %d rows  %s rows/s"):format(mb(self.done), mb(self.total or 0),
+    self.rows, progress.rate(self.rows / el)))
   self.drawn = true
 end
 

@@ -12,6 +12,7 @@ local job = require "geneva.backfill.job"
 local planner = require "geneva.backfill.planner"
 local time = require "geneva.time"
 local ledger = require "geneva.ledger"
+local bars = require "geneva.progress"
 
 local column_of = require("geneva.store.reader").find_column
 
@@ -40,22 +41,6 @@ local function event(self, line)
   self.log:write(line)
 end
 
--- seconds -> "1h02m", "3m05s", "42s"
-local function duration(s)
-  s = math.max(0, math.floor(s + 0.5))
-  if s >= 3600 then return ("%dh%02dm"):format(s // 3600, s % 3600 // 60) end
-  if s >= 60 then return ("%dm%02ds"):format(s // 60, s % 60) end
-  return ("%ds"):format(s)
-end
-
-local function rate_text(r)
-  if r >= 1e6 then return ("%.1fM"):format(r / 1e6) end
-  if r >= 1e4 then return ("%.0fk"):format(r / 1e3) end
-  return ("%.0f"):format(r)
-end
-
-local BAR_EVERY = 0.1    -- seconds between redraws
-
 -- The bar on stderr (a terminal, unless GENEVA_PROGRESS=0 / --no-progress):
 --   embedding [########......]  45%  450000/1000000 rows  120k rows/s  ETA 4s
 -- Rows done count those still inside running tasks (the workers' progress
@@ -64,21 +49,16 @@ local BAR_EVERY = 0.1    -- seconds between redraws
 local function progress(self, final)
   if not self.bar then return end
   local now = time.monotonic()
-  if not final and now - (self.drawn_at or 0) < BAR_EVERY then return end
+  if not final and now - (self.drawn_at or 0) < bars.EVERY then return end
   self.drawn_at = now
   local r = self.rec.rows
   local done = r.computed + r.failed
   for _, n in pairs(self.partial) do done = done + n end
   done = math.min(done, r.planned)
-  local el = now - self.t0
-  local rate = done / math.max(el, 1e-6)
-  local width = 24
-  local frac = r.planned > 0 and done / r.planned or 1
-  local fill = math.floor(width * frac)
-  local eta = final and "" or rate > 0 and ("  ETA " .. duration((r.planned - done) / rate)) or ""
-  io.stderr:write(("\r%s [%s%s] %3d%%  %d/%d rows  %s rows/s%s\27[K"):format(
-    self.rec.column, ("#"):rep(fill), ("."):rep(width - fill), math.floor(frac * 100), done, r.planned,
-    rate_text(rate), eta))
+  local rate = done / math.max(now - self.t0, 1e-6)
+  local eta = final and "" or rate > 0 and ("  ETA " .. bars.duration((r.planned - done) / rate)) or ""
+  bars.draw(self.rec.column, r.planned > 0 and done / r.planned or 1,
+    ("%d/%d rows  %s rows/s%s"):format(done, r.planned, bars.rate(rate), eta))
 end
 
 local function finish(self, status, err)

@@ -95,18 +95,15 @@ local function new_job(tbl, column, opts)
   return rec
 end
 
--- backfill.progress_bar() -> whether a foreground backfill draws its bar on
--- stderr: when stderr is a terminal, unless GENEVA_PROGRESS=0 (or geneva
--- --no-progress); GENEVA_PROGRESS=1 draws it anyway (a log that keeps \r).
-function backfill.progress_bar() return require("geneva.progress").enabled() end
-
 -- backfill.run(tbl, column [, opts]) -> the finished record; raises the
 -- job's error when it ends FAILED or CANCELLED.
 function backfill.run(tbl, column, opts)
   local rec = new_job(tbl, column, opts)
   local r, frame = runner.current()
   rec.runner = r:describe()
-  local d = driver.new(tbl, rec, r, { bar = backfill.progress_bar() })
+  -- a foreground job draws its bar (geneva.progress says when: a terminal,
+  -- GENEVA_PROGRESS); a background one never does
+  local d = driver.new(tbl, rec, r, { bar = require("geneva.progress").enabled() })
   local j = job.object(tbl.db.dir, rec, d)
   if frame then frame.jobs[#frame.jobs + 1] = j end
   return j:wait()
