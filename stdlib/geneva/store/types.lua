@@ -6,8 +6,9 @@
 -- NaN: SQLite stores a NaN REAL as NULL (pitfalls.md), so a float64 NaN is
 -- stored as an 8-byte BLOB, its little-endian IEEE 754 bits (sign and
 -- payload kept), and from_sql turns such a BLOB back into the NaN. Every
--- other float64 (infinities and -0.0 included) is a plain REAL; vectors
--- keep NaN in their blob anyway.
+-- other float64 (infinities included) is a plain REAL; -0.0 reads back as
+-- 0.0 (SQLite stores an integral REAL as an integer), kept a number so SQL
+-- compares it as one. Vectors keep NaN in their blob anyway.
 local types = {}
 
 local scalar = {
