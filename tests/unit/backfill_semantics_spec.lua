@@ -209,7 +209,7 @@ describe("what a backfill computes", function()
   it("a worker stages its failed rows in the column file and reports them", function()
     local tbl = make_table(db, "docs", 300, { fragment_size = 300 })
     tbl:add_columns { maybe = flaky_udf(50, root .. "/never") }
-    local res = worker.run_task(worker.state(), task_for(tbl, "maybe", 1, 300))
+    local res = worker.run_task(worker.state(), (task_for(tbl, "maybe", 1, 300)))
     assert.equal(6, res.failed)
     assert.same({ 50, 100, 150, 200, 250, 300 }, res.failed_rowids)
     local f <close> = assert(sqlite.open(res.staged, { readonly = true }))
@@ -223,7 +223,7 @@ describe("what a backfill computes", function()
     local tbl = make_table(db, "docs", 300, { fragment_size = 300 })
     tbl:add_columns { maybe = flaky_udf(50, root .. "/never") }
     -- a run that staged one window and died
-    worker.run_task(worker.state(), task_for(tbl, "maybe", 1, 100))
+    worker.run_task(worker.state(), (task_for(tbl, "maybe", 1, 100)))
     local rec = tbl:backfill("maybe", { batch_size = 100 })
     assert.equal(100, rec.rows.recovered)
     -- the checkpoint's failed rows (50, 100) are missing again: planned too
@@ -287,7 +287,7 @@ describe("what a backfill computes", function()
   describe("with nothing to compute", function()
     -- stages window lo..hi of fragment 1 of column as an interrupted run would
     local function stage(tbl, column, lo, hi)
-      return worker.run_task(worker.state(), task_for(tbl, column, lo, hi)).staged
+      return worker.run_task(worker.state(), (task_for(tbl, column, lo, hi))).staged
     end
 
     -- a table of n rows in one fragment with a column neg = -id

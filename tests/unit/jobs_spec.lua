@@ -151,7 +151,7 @@ describe("geneva jobs", function()
       local tbl = make_table(db, "r", 500, { fragment_size = 500 })
       tbl:add_columns { neg = geneva.udf { data_type = "int64", fn = function(id) return -id end } }
       -- an earlier run staged rows 1..100 and died: this run commits them first
-      worker.run_task(worker.state(), require("tables").task_for(tbl, "neg", 1, 100))
+      worker.run_task(worker.state(), (require("tables").task_for(tbl, "neg", 1, 100)))
       local rec = tbl:backfill("neg", { batch_size = 100 })
       assert.same({ 100, 400, 500 }, { rec.rows.recovered, rec.rows.planned, rec.rows.committed })
       local code, out = cli("list", "--db", db.uri)

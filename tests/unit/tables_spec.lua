@@ -743,7 +743,7 @@ describe("geneva tables", function()
       -- a checkpoint of fragment 3 (a run that died): it stays as it is
       local worker = require "geneva.backfill.worker"
       t:alter_columns { { path = "half", udf = geneva.udf { data_type = "float64", fn = function(id) return -id end } } }
-      worker.run_task(worker.state(), tables.task_for(t, "half", 1, 5, nil, 3))
+      worker.run_task(worker.state(), (tables.task_for(t, "half", 1, 5, nil, 3)))
       local ids0 = {}
       for _, f in ipairs(t:_snapshot().fragments) do ids0[#ids0 + 1] = f.id .. ":" .. f.rows end
       assert.equal("1:1 2:5 3:5 4:5 5:5 6:5 7:5 8:5 9:5 10:5", table.concat(ids0, " "))

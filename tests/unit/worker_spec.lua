@@ -82,7 +82,7 @@ describe("geneva.backfill.worker", function()
     }
     local state = worker.state()
     for _, col in ipairs { "o_i", "o_f", "o_b", "o_s", "o_bl", "o_v", "seen" } do
-      local res = worker.run_task(state, task_for(tbl, col, 1, 100000))
+      local res = worker.run_task(state, (task_for(tbl, col, 1, 100000)))
       assert.same({ N, 0 }, { res.computed, res.failed })
       assert.is_true(fs.exists(res.staged))
       local got, n = staged(res.staged)
@@ -110,7 +110,7 @@ describe("geneva.backfill.worker", function()
 
   it("computes only the window, the rows still missing, and those matching where", function()
     tbl:add_columns { twice = geneva.udf { data_type = "int64", fn = function(id) return 2 * id end } }
-    local res = worker.run_task(worker.state(), task_for(tbl, "twice", 1001, 2000, "id % 3 = 0"))
+    local res = worker.run_task(worker.state(), (task_for(tbl, "twice", 1001, 2000, "id % 3 = 0")))
     local got, n = staged(res.staged)
     assert.equal(333, n)
     assert.equal(333, res.computed)
@@ -119,7 +119,7 @@ describe("geneva.backfill.worker", function()
       assert.equal(2 * id, v)
     end
     -- a window with nothing to compute stages nothing
-    local none = worker.run_task(worker.state(), task_for(tbl, "twice", 1, 1000, "id < 0"))
+    local none = worker.run_task(worker.state(), (task_for(tbl, "twice", 1, 1000, "id < 0")))
     assert.same({ 0, 0 }, { none.computed, none.failed })
     assert.is_nil(none.staged)
     assert.same({}, leftovers(tbl.dir))
@@ -128,7 +128,7 @@ describe("geneva.backfill.worker", function()
   it("on_error = 'null' stages NULLs and reports the failures", function()
     tbl:add_columns { half = geneva.udf { data_type = "int64", on_error = "null",
       fn = function(id) if id % 10 == 0 then error("no tens") end return id // 2 end } }
-    local res = worker.run_task(worker.state(), task_for(tbl, "half", 1, 100000))
+    local res = worker.run_task(worker.state(), (task_for(tbl, "half", 1, 100000)))
     assert.same({ N - N // 10, N // 10 }, { res.computed, res.failed })
     assert.equal(5, #res.errors)               -- the first few, for the job's events
     assert.matches("no tens", res.errors[1].message)
@@ -150,7 +150,7 @@ describe("geneva.backfill.worker", function()
     assert.same({}, leftovers(tbl.dir))
     -- a value of the wrong type is a udf_error too
     tbl:add_columns { wrong = geneva.udf { data_type = "int64", fn = function(s) return s end } }
-    ok, err = pcall(worker.run_task, worker.state(), task_for(tbl, "wrong", 1, 100000))
+    ok, err = pcall(worker.run_task, worker.state(), (task_for(tbl, "wrong", 1, 100000)))
     assert.is_false(ok)
     assert.is_true(errors.is(err, "udf_error"), tostring(err))
   end)
@@ -162,7 +162,7 @@ describe("geneva.backfill.worker", function()
         for k = 1, s.n do out[k] = s[k] ~= geneva.null and #s[k] or geneva.null end
         return out
       end } }
-    local res = worker.run_task(worker.state(), task_for(tbl, "lens", 1, 100000))
+    local res = worker.run_task(worker.state(), (task_for(tbl, "lens", 1, 100000)))
     local got = staged(res.staged)
     for i = 1, N do
       local s = row_of(i).s

@@ -229,6 +229,7 @@ end
 -- .version), where}. on_rows(rows done so far), when given, is called at
 -- most every PROGRESS_EVERY seconds while the task runs (progress bars).
 function worker.run_task(state, task, on_rows)
+  assert(on_rows == nil or type(on_rows) == "function", "run_task: on_rows must be a function")
   local reader = require "geneva.store.reader"
   if task.store then worker.mount(task.store) end
   local snapshot = state:snapshot(task.table_dir, task.version)
