@@ -51,6 +51,7 @@ int luaopen_geneva_csv_core(lua_State *L);  /* called by the host's preload tabl
 
 #define BLOCK (1024 * 1024)                    /* first buffer; reads fill what is free */
 #define MAX_RECORD ((size_t)256 * 1024 * 1024) /* one record must fit the buffer */
+#define MAX_HEADER_FIELDS 65536   /* far past SQLite's 2000 columns, which ingest reports */
 
 enum { K_STRING, K_BLOB, K_INT, K_FLOAT, K_BOOL, K_NONE };
 static const char *const kind_names[] = { "string", "blob", "int64", "float64", "bool", "none", NULL };
@@ -71,7 +72,7 @@ typedef struct reader {
   char *text;                /* the current record's field contents */
   size_t text_cap;
   field *fields;
-  int nf;
+  int nf, max_fields;        /* a record with more fields is an error at once */
   size_t fields_cap;
   long long *lines;          /* line of each record of the last read */
   size_t lines_cap, nread;
@@ -121,8 +122,11 @@ static int put_text(reader *r, size_t *used, const char *s, size_t n) {
 }
 
 /* Ends the field whose text began at off: a NUL after it (cells convert in
-** place, and the next field starts past it), one more entry in fields. */
+** place, and the next field starts past it), one more entry in fields.
+** 1, 0 out of memory, -1 past max_fields (a line of a million commas must
+** not take gigabytes before the field count is checked). */
 static int end_field(reader *r, size_t *used, size_t off, int quoted) {
+  if (r->nf >= r->max_fields) return -1;
   if ((size_t)r->nf == r->fields_cap &&
       !grow((void **)&r->fields, &r->fields_cap, r->fields_cap + 1, sizeof *r->fields))
     return 0;
@@ -146,8 +150,15 @@ static const unsigned char stop[256] = { [','] = 1, ['\n'] = 1, ['\r'] = 1, ['"'
 ** left. REC_ERROR: e says what and where. Blank lines come back as records
 ** of one empty unquoted field.
 */
+static int too_many_fields(reader *r, perr *e, long long nl) {
+  e->msg = "too many fields on one line";
+  e->line = r->line + nl;
+  return REC_ERROR;
+}
+
 static int parse_record(reader *r, perr *e) {
   const char *base = r->buf, *p = base + r->start, *end = base + r->len;
+  int k;
   size_t used = 0;                  /* bytes of r->text in use */
   long long nl = 0;                 /* newlines in the record so far */
   r->nf = 0;
@@ -189,13 +200,14 @@ static int parse_record(reader *r, perr *e) {
       if (!put_text(r, &used, p, (size_t)(q - p))) return REC_NOMEM;
       p = q;
     }
-    if (!end_field(r, &used, off, quoted)) return REC_NOMEM;
+    if ((k = end_field(r, &used, off, quoted)) <= 0) return k < 0 ? too_many_fields(r, e, nl) : REC_NOMEM;
     if (p == end) break;                        /* the last record, unterminated */
     if (*p == ',') {
       p++;
       if (p == end) {
         if (!r->eof) return REC_MORE;
-        if (!end_field(r, &used, used, 0)) return REC_NOMEM;   /* "a," ends the file */
+        if ((k = end_field(r, &used, used, 0)) <= 0)        /* "a," ends the file */
+          return k < 0 ? too_many_fields(r, e, nl) : REC_NOMEM;
         break;
       }
       continue;
@@ -502,7 +514,9 @@ static int csv_open(lua_State *L) {
 static int reader_m_record(lua_State *L) {
   reader *r = (reader *)geneva_handle_check(L, 1, &reader_class);
   long long line;
-  int j, rc = next_record(L, r, &line);
+  int j, rc;
+  r->max_fields = MAX_HEADER_FIELDS;
+  rc = next_record(L, r, &line);
   if (rc == REC_ERROR) return 2;
   if (rc == REC_EOF) {
     lua_pushnil(L);
@@ -536,9 +550,10 @@ static int reader_m_read(lua_State *L) {
   max_bytes = luaL_optinteger(L, 5, LUA_MAXINTEGER);
   luaL_argcheck(L, max_rows >= 1, 4, "must be >= 1");
   nk = (int)lua_rawlen(L, 2);
-  luaL_argcheck(L, nk >= 1, 2, "no kinds");
+  luaL_argcheck(L, nk >= 1 && nk < MAX_HEADER_FIELDS, 2, "no kinds, or too many");
   kinds = read_kinds(L, 2, lua_istable(L, 3) ? 3 : 0, nk);
   inf = kinds + nk;
+  r->max_fields = nk + 1;   /* one more is parsed, for "expected nk fields, got nk + 1" */
   r->out.len = 0;
   r->nread = 0;
   start_pos = r->buf_pos + (long long)r->start;
@@ -579,6 +594,7 @@ static const char *check_text_rows(lua_State *L, int idx, lua_Integer n, int nco
   size_t pos = 0;
   lua_Integer i;
   rowpack_cell c;
+  luaL_argcheck(L, ncols >= 1 && n >= 0 && n <= LUA_MAXINTEGER / ncols, idx, "bad row or column count");
   for (i = 0; i < n * ncols; i++)
     if (!rowpack_next(p, *len, &pos, &c) || (c.tag != ROWPACK_TEXT && c.tag != ROWPACK_NULL))
       luaL_argerror(L, idx, "not packed rows of text");
@@ -681,6 +697,7 @@ static int csv_classify(lua_State *L) {
   const char *p;
   lua_Integer *f;
   enum { VALUES, INTS, FLOATS, BOOLS, BIG, ZERO, NF };
+  lua_settop(L, 3);          /* slots 4 and 5 are ours below */
   luaL_argcheck(L, ncols >= 1, 3, "must be >= 1");
   p = check_text_rows(L, 1, n, ncols, &len);
   f = (lua_Integer *)lua_newuserdatauv(L, sizeof *f * NF * (size_t)ncols, 0);   /* 4 */

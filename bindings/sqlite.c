@@ -1076,8 +1076,8 @@ static int stmt_m_insert_packed(lua_State *L) {
       rowpack_cell c;
       if (!rowpack_next(p, len, &pos, &c)) {
         batch_end(s);
-        return luaL_error(L, "insert_packed: malformed rows at byte %d (row %d, cell %d)",
-                          (int)pos + 1, (int)i, j);
+        return luaL_error(L, "insert_packed: malformed rows at byte %I (row %I, cell %d)",
+                          (lua_Integer)pos + 1, (lua_Integer)i, j);
       }
       switch (c.tag) {
         case ROWPACK_NULL: rc = sqlite3_bind_null(st, j); break;

@@ -6,6 +6,7 @@
 ** ("not enough memory", after an emergency collection), which the UDF's
 ** caller turns into its udf_error; the state stays sound.
 */
+#include <stdint.h>
 #include <stdlib.h>
 
 #include <lua.h>
@@ -78,10 +79,48 @@ static int l_set_memory_limit(lua_State *L) {
   return 1;
 }
 
+/* core.limited_xpcall(limit, f, msgh, ...) -> true, f's results... |
+** false, err, over: xpcall(f, msgh, ...) with the heap held to its size
+** now + limit (a lower limit already set, a UDF called by a UDF, stays; a
+** limit that would overflow means none). The limit is armed only inside
+** the protected call and disarmed before anything else runs, here in C: an
+** allocation outside the call (a stack to grow, a CallInfo) can never meet
+** it, nor can a refused one leave it armed. over: the error is an
+** allocation this limit refused. Without our allocator: a plain xpcall. */
+static int l_limited_xpcall(lua_State *L) {
+  geneva_memory *m = memory_of(L);
+  lua_Integer limit = luaL_checkinteger(L, 1);
+  size_t prev = 0, refused0 = 0;
+  int status, over;
+  luaL_argcheck(L, limit > 0, 1, "a limit in bytes > 0 expected");
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_checkany(L, 3);
+  lua_remove(L, 1);               /* [f, msgh, args...] */
+  lua_pushvalue(L, 2);
+  lua_remove(L, 2);               /* [f, args..., msgh] */
+  lua_insert(L, 1);               /* [msgh, f, args...] */
+  if (m) {
+    size_t cap = (size_t)limit <= SIZE_MAX - m->used ? m->used + (size_t)limit : 0;
+    prev = m->limit;
+    refused0 = m->refused;
+    if (prev && (cap == 0 || prev < cap)) cap = prev;
+    m->limit = cap;
+  }
+  status = lua_pcall(L, lua_gettop(L) - 2, LUA_MULTRET, 1);
+  over = m && m->refused > refused0 && status == LUA_ERRMEM;
+  if (m) m->limit = prev;
+  lua_pushboolean(L, status == LUA_OK);
+  lua_replace(L, 1);              /* the msgh's slot */
+  if (status == LUA_OK) return lua_gettop(L);
+  lua_pushboolean(L, over);
+  return 3;
+}
+
 void geneva_memory_register(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"memory", l_memory},
     {"set_memory_limit", l_set_memory_limit},
+    {"limited_xpcall", l_limited_xpcall},
     {NULL, NULL}
   };
   luaL_setfuncs(L, funcs, 0);

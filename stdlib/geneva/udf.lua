@@ -753,28 +753,24 @@ local sources = {}
 -- MEMORY and becomes the row's udf_error (on_error and retries apply). In a
 -- state the host did not make (no counting allocator) nothing is enforced.
 local MEMORY = setmetatable({}, { __tostring = function() return "memory" end })
-local host_memory, set_memory_limit
+local host_limited_xpcall
 do
   local ok, core = pcall(require, "geneva.host.core")
-  if ok and core.memory and core.memory() then host_memory, set_memory_limit = core.memory, core.set_memory_limit end
+  if ok and core.memory and core.memory() then host_limited_xpcall = core.limited_xpcall end
 end
 
--- Restores the limit first (no allocation before: the results are on the
--- stack, not in a table), then names a memory error our limit caused.
-local function unlimit(prev, refused0, ok, e, ...)
-  set_memory_limit(prev)
-  if not ok and e == "not enough memory" and select(3, host_memory()) > refused0 then e = MEMORY end
-  return ok, e, ...
+-- ok, results... | false, err: a memory error our limit caused becomes MEMORY
+local function name_memory_error(ok, ...)
+  if ok then return ok, ... end
+  local e, over = ...
+  return false, over and MEMORY or e
 end
 
 -- xpcall(f, handler, ...) with the heap held to its size now + limit (an
--- outer limit, a UDF called by a UDF, stays when it is lower)
+-- outer limit, a UDF called by a UDF, stays when it is lower): the host's
+-- core.limited_xpcall arms and disarms it in C, around the protected call
 local function limited_xpcall(limit, f, handler, ...)
-  local used, prev, refused0 = host_memory()
-  local cap = used + limit
-  if prev > 0 and prev < cap then cap = prev end
-  set_memory_limit(cap)
-  return unlimit(prev, refused0, xpcall(f, handler, ...))
+  return name_memory_error(host_limited_xpcall(limit, f, handler, ...))
 end
 
 local function mib(n) return ("%.4g MiB"):format(n / 1048576) end
@@ -813,7 +809,7 @@ function Udf:executor(opts)
   ex.loop, ex.call, ex.handler, ex.hook = gen(NULL, math.type, type, vec_ok,
     require("geneva.time").monotonic, self.timeout, TIMEOUT, debug.traceback, debug.sethook,
     debug.getinfo, error)
-  ex.memory = host_memory and self.memory or nil
+  ex.memory = host_limited_xpcall and self.memory or nil
   if setup then
     local ok, st = ex:_xpcall(setup)
     if not ok then

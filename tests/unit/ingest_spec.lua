@@ -129,6 +129,21 @@ describe("ingest", function()
       assert.equal(path .. ":1: duplicate column 'Id' in the header", e.message)
       assert.same({ "r" }, db:table_names())
     end)
+
+    it("stops a line of a million fields at once, in the header or after it", function()
+      -- a hostile file: the field count is checked as the line is parsed,
+      -- not after gigabytes of field entries
+      local path = write(root .. "/w.csv", "a,b\n1,2\n" .. (","):rep(1000000) .. "\n")
+      local e = raises("invalid_argument", db.create_table, db, "w", { from = path })
+      assert.equal(path .. ":3: too many fields on one line", e.message)
+      write(path, (","):rep(1000000) .. "\n1\n")
+      e = raises("invalid_argument", db.create_table, db, "w", { from = path })
+      assert.equal(path .. ":1: too many fields on one line", e.message)
+      write(path, "a,b\n1,2,3,4\n")     -- a few too many: counted, as before
+      e = raises("invalid_argument", db.create_table, db, "w", { from = path })
+      assert.equal(path .. ":2: too many fields on one line", e.message)
+      assert.same({}, db:table_names())
+    end)
   end)
 
   describe("JSONL", function()

@@ -334,6 +334,28 @@ io.write(tostring(ok), "|", e.code, "|", e.message)
   end)
 
   describe("execution", function()
+    it("holds memory = bytes around each call only: a tiny limit fails the call, never the caller after it", function()
+      local tiny = geneva.udf { data_type = "int64", memory = 4096, fn = function(x)
+        local t = {}
+        for i = 1, 100000 do t[i] = i end
+        return #t + x
+      end }
+      for _ = 1, 3 do
+        local ok, e = pcall(tiny.call, tiny, { x = 1 })
+        assert.is_false(ok)
+        assert.equal("udf_error", e.code)
+        assert.matches("went over its memory limit %(memory = 4096 bytes", e.message)
+      end
+      -- the limit went with the call: this state allocates freely again
+      local t = {}
+      for i = 1, 1000000 do t[i] = i end
+      assert.equal(1000000, #t)
+      -- a limit too large to add to the heap's size is no limit, not an error
+      local huge = geneva.udf { data_type = "int64", memory = math.maxinteger,
+        fn = function(x) return #string.rep("a", 1000000) + x end }
+      assert.equal(1000001, huge:call { x = 1 })
+    end)
+
     it("runs a scalar UDF over a batch with NULLs as nil arguments and geneva.null results", function()
       local u = geneva.udf { data_type = "int64",
         fn = function(a, b) if a == nil then return nil end return a + (b or 0) end }
