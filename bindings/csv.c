@@ -228,8 +228,11 @@ static int parse_record(reader *r, perr *e) {
   return REC_OK;
 }
 
-/* Reads more bytes after those not parsed yet: 0, or an errno (EINTR once
-** interrupted; EFBIG for a record beyond MAX_RECORD). */
+/* Reads more bytes after those not parsed yet, until the buffer is full or
+** the input ends: 0, or an errno (EINTR once interrupted; EFBIG for a record
+** beyond MAX_RECORD). Filling the buffer matters for pipes, which give 64
+** KiB a read: a record the parser must start over on after each read would
+** cost time quadratic in its length. */
 static int refill(reader *r) {
   ssize_t got;
   if (r->start > 0) {
@@ -246,13 +249,17 @@ static int refill(reader *r) {
     r->buf = b;
     r->cap *= 2;
   }
-  do {
+  while (r->len < r->cap) {
     if (geneva_interrupted()) return EINTR;
     got = read(r->fd, r->buf + r->len, r->cap - r->len);
-  } while (got < 0 && errno == EINTR);
-  if (got < 0) return errno;
-  if (got == 0) r->eof = 1;
-  r->len += (size_t)got;
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return errno;
+    if (got == 0) {
+      r->eof = 1;
+      break;
+    }
+    r->len += (size_t)got;
+  }
   if (!r->bom_checked && (r->len >= 3 || r->eof)) {
     r->bom_checked = 1;
     if (r->len >= 3 && memcmp(r->buf, "\xEF\xBB\xBF", 3) == 0) r->start = 3;

@@ -130,6 +130,22 @@ describe("ingest", function()
       assert.same({ "r" }, db:table_names())
     end)
 
+    it("reads a 16 MiB cell from a pipe, which gives 64 KiB a read", function()
+      local fifo = root .. "/in.fifo"
+      assert.is_true(os.execute("mkfifo " .. child.quote(fifo)))
+      local proc = require "geneva.proc"
+      local w = assert(proc.spawn { argv = { "sh", "-c",
+        [[{ printf 'id,t\n1,'; head -c 16777216 /dev/zero | tr '\0' x; printf '\n2,y\n'; } > "$1"]], "_", fifo } })
+      local t = db:create_table("p", { from = fifo, format = "csv" })
+      assert.equal("exited", (w:wait(30)))
+      w:close()
+      local rows = t:to_rows { columns = { "id", "t" } }
+      assert.same({ 1, 2 }, { rows[1].id, rows[2].id })
+      assert.equal(16777216, #rows[1].t)
+      assert.is_nil(rows[1].t:find("[^x]"))
+      assert.equal("y", rows[2].t)
+    end)
+
     it("stops a line of a million fields at once, in the header or after it", function()
       -- a hostile file: the field count is checked as the line is parsed,
       -- not after gigabytes of field entries
