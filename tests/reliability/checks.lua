@@ -92,16 +92,7 @@ end
 -- checks.orphans(tbl_dir) -> data files that no version references
 function checks.orphans(tbl_dir)
   local used = {}
-  for _, v in ipairs(storage.versions(tbl_dir)) do
-    for _, f in ipairs(storage.read(tbl_dir, v).fragments or {}) do
-      if type(f.data) == "string" then used[f.data] = true end
-      for _, list in pairs(f.columns or {}) do
-        for _, e in ipairs(list) do
-          if type(e.file) == "string" then used[e.file] = true end
-        end
-      end
-    end
-  end
+  for _, v in ipairs(storage.versions(tbl_dir)) do storage.referenced(storage.read(tbl_dir, v), used) end
   local n = 0
   for _, f in ipairs(fs.list(tbl_dir .. "/data") or {}) do
     if not used["data/" .. f] and not f:match("^%.tmp") then n = n + 1 end

@@ -397,8 +397,9 @@ end
 
 storage.CLEANUP_GRACE = 3600   -- seconds: a younger unreferenced file may be a commit in flight
 
--- Every file a snapshot references (relative paths)
-local function referenced(m, into)
+-- storage.referenced(m, into) -> into: every file snapshot m references
+-- (relative paths, as keys set to true)
+function storage.referenced(m, into)
   for _, f in ipairs(m.fragments or {}) do
     if type(f.data) == "string" then into[f.data] = true end
     for _, list in pairs(f.columns or {}) do
@@ -407,6 +408,7 @@ local function referenced(m, into)
       end
     end
   end
+  return into
 end
 
 --[[
@@ -436,14 +438,14 @@ function storage.cleanup(tbl_dir, opts)
     if v ~= latest and opts.older_than and created and now - created > opts.older_than then
       check(backend.delete(version_path(tbl_dir, v)))
       report.versions_removed = report.versions_removed + 1
-      referenced(m, dropped)
+      storage.referenced(m, dropped)
     else
-      referenced(m, keep)
+      storage.referenced(m, keep)
     end
   end
   -- a commit may have landed since we listed: what it references stays
   for _, v in ipairs(storage.versions(tbl_dir)) do
-    if v > latest then referenced(storage.read(tbl_dir, v), keep) end
+    if v > latest then storage.referenced(storage.read(tbl_dir, v), keep) end
   end
   for _, e in ipairs(check(backend.list(join(tbl_dir, "data"), { details = true }))) do
     local rel = "data/" .. e.name
