@@ -155,7 +155,7 @@ loop("ray-faults", "Ray dashboard faults: 500s, resets, slow and garbage answers
     local d = k:driver("x", { ray = emu.url })
     local o, detail = k:outcome(d)
     local left = 0
-    for _, f in ipairs(emu:faults({})) do left = left + (f.count or 0) end
+    for _, f in ipairs(emu:faults({}).faults) do left = left + (f.count or 0) end
     emu:clear_faults()
     emu:wait_idle(15)
     local jobs, pids = emu:live()

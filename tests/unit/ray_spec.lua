@@ -239,6 +239,21 @@ describe("ray runner", function()
     check_exact(tbl, 3000, "s", function(r) return r.id * 13 end)
   end)
 
+  it("teardown rides out 500s on DELETE: each submission deleted on a later try, nothing left", function()
+    -- found by tests/reliability's ray-faults loop: one 500 per DELETE
+    -- used to fail the context's exit and leave the submissions' leases
+    local tbl = make_table(db, "docs", 2000)
+    tbl:add_columns { x = geneva.udf { data_type = "int64", fn = function(id) return id + 1 end } }
+    emu:faults{ route = "delete", action = "status", status = 500, count = 3 }
+    local rec
+    ray()(function() rec = tbl:backfill("x", { batch_size = 500, concurrency = 2 }) end)
+    assert.equal("DONE", rec.status)
+    check_exact(tbl, 2000, "x", function(r) return r.id + 1 end)
+    assert.same({}, emu:state().jobs)
+    assert.same({}, fs.list(dir .. "/db/_geneva/leases"))
+    assert.equal(0, emu:faults({}).faults[1].count)     -- the 500s were served
+  end)
+
   for _, how in ipairs({ "stop", "kill" }) do
     it("a worker submission " .. (how == "stop" and "stopped" or "killed -9") .. " mid-task: its task runs again, exact", function()
       local N = 4000

@@ -362,19 +362,19 @@ end
 --[[
 conn:stop_all(sids [, deadline_s]) -> gone (set of sids), failures (array)
 Stops every submission (re-stopping each second until it is terminal),
-deletes it and checks it is gone (404). What could not be stopped or
-deleted in time is in failures.
+deletes it (re-deleting each second: a 5xx may pass) and checks it is gone
+(404). What could not be stopped or deleted in time is in failures.
 ]]
 function Conn:stop_all(sids, deadline_s)
   local deadline = time.monotonic() + (deadline_s or M.STOP_DEADLINE)
   local state, gone, failures = {}, {}, {}
   local unreachable_since        -- no answer at all since then
-  for _, sid in ipairs(sids) do state[sid] = { next_stop = 0 } end
+  for _, sid in ipairs(sids) do state[sid] = { next_stop = 0, next_delete = 0 } end
   while true do
     local waiting = 0
     for _, sid in ipairs(sids) do
       local s = state[sid]
-      if not s.terminal and not gone[sid] then
+      if not gone[sid] then
         local d, why = self:job(sid)
         if d ~= nil then unreachable_since = nil end
         if d == false then
@@ -385,6 +385,12 @@ function Conn:stop_all(sids, deadline_s)
           waiting = waiting + 1
         elseif TERMINAL[d.status] then
           s.terminal = true
+          if time.monotonic() >= s.next_delete then   -- gone is confirmed by the next look
+            local ok, derr = self:delete(sid)
+            s.why = not ok and derr or "still listed"
+            s.next_delete = time.monotonic() + 1
+          end
+          waiting = waiting + 1
         else
           if time.monotonic() >= s.next_stop then
             local ok, serr = self:stop(sid)
@@ -406,10 +412,7 @@ function Conn:stop_all(sids, deadline_s)
     local s = state[sid]
     if not gone[sid] then
       if s.terminal then
-        local ok, why = self:delete(sid)
-        local d = ok and self:job(sid)
-        if ok and d == false then gone[sid] = true
-        else failures[#failures + 1] = ("%s: not deleted (%s)"):format(sid, clean(why or "still listed")) end
+        failures[#failures + 1] = ("%s: not deleted (%s)"):format(sid, clean(s.why or "still listed"))
       else
         failures[#failures + 1] = ("%s: not stopped within %ds (%s)"):format(sid, deadline_s or M.STOP_DEADLINE,
           clean(s.why or "?"))
