@@ -541,5 +541,40 @@ tbl:backfill("s", { batch_size = 500, concurrency = 2 })
       local e = raises("invalid_argument", function() db:job(id):logs { folow = true } end)
       assert.matches("unknown option 'folow'", e.message)
     end)
+
+    it("the whole log is readable before the record reads final (what a follower stops at)", function()
+      -- on s3 a short job's log is uploaded only at its end: a record
+      -- saved final first let `logs -f` stop before the log existed
+      local tbl = make_table(db, "docs", 40, { fragment_size = 10 })
+      tbl:add_columns { s = geneva.udf { data_type = "int64", fn = function(id) return id end } }
+      local seen
+      local save_final = job.save_final
+      job.save_final = function(dir, rec)
+        if not seen then seen = job.read_log(dir, rec.id) or false end
+        return save_final(dir, rec)
+      end
+      local ok, err = pcall(tbl.backfill, tbl, "s", { batch_size = 10 })
+      job.save_final = save_final
+      assert(ok, err)
+      assert.is_table(seen, "no log when the record was saved final")
+      assert.matches("^%d%d:%d%d:%d%d DONE: 40 rows computed", seen[#seen])
+    end)
+
+    it("a log that exists but cannot be read is an error, not the record's events", function()
+      local tbl = make_table(db, "docs", 20, { fragment_size = 10 })
+      tbl:add_columns { s = geneva.udf { data_type = "int64", fn = function(id) return id end } }
+      local id = tbl:backfill("s").id
+      local get = backend.get
+      backend.get = function() return nil, "connection reset", "EIO" end
+      local ok, e = pcall(job.read_log, db.dir, id)
+      backend.get = get
+      if testdb.s3 then
+        assert.is_false(ok)
+        assert.equal("unavailable", errors.from(e).code)
+        assert.equal("cannot read the log of job " .. id .. ": connection reset", errors.from(e).message)
+      else
+        assert(ok, e)           -- a directory's log is read as a file
+      end
+    end)
   end)
 end)

@@ -90,10 +90,12 @@ local function finish(self, status, err)
     io.stderr:write("\n")
   end
   job.live[rec.id] = nil
+  -- the log is whole (and uploaded, on s3) before the record reads final:
+  -- a follower stops at a final record, and takes its events if no log
+  self.log:close()
   job.save_final(self.db_dir, rec)
   self.saved_at = time.monotonic()
   job.clear_cancel(self.db_dir, rec.id)
-  self.log:close()
   if self.runner.job_done then pcall(self.runner.job_done, self.runner, rec.id) end
   if self.lease then self.lease:forget() end
 end

@@ -247,18 +247,22 @@ end
 
 -- job.read_log(db_dir, id [, offset]) -> lines, next offset | nil when there
 -- is no log: the whole lines from byte offset on (a line still being
--- written waits for the next read).
+-- written waits for the next read). Raises unavailable when the log exists
+-- but cannot be read: its record's events are no stand-in for it then.
 function job.read_log(db_dir, id, offset)
   offset = offset or 0
   local path = log_path(db_dir, id)
   local text
   if backend.is_remote(path) then
-    text = backend.get(path)
-    if not text then return nil end
+    local err, code
+    text, err, code = backend.get(path)
+    if not text and code == "ENOENT" then return nil end
+    if not text then errors.raise("unavailable", "cannot read the log of job %s: %s", id, tostring(err)) end
     text = text:sub(offset + 1)
   else
-    local f = io.open(path, "rb")       -- (perf) a followed log is read from where it was
-    if not f then return nil end
+    local f, err, code = io.open(path, "rb")       -- (perf) a followed log is read from where it was
+    if not f and code == 2 then return nil end      -- ENOENT
+    if not f then errors.raise("unavailable", "cannot read the log of job %s: %s", id, tostring(err)) end
     f:seek("set", offset)
     text = f:read("a") or ""
     f:close()
