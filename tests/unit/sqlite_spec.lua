@@ -425,12 +425,10 @@ describe("geneva.sqlite", function()
       assert.matches("database is locked", msg)
       assert.equal("SQLITE_BUSY", code)
       assert.is_true(waited >= 0.25, "waited " .. waited)
-      assert.is_true(waited < 3, "waited " .. waited)
-      -- with no timeout it fails at once; after the lock goes it succeeds
+      -- with no timeout it fails without waiting; after the lock goes it succeeds
       assert.equal(300, b:busy_timeout(0))
-      t0 = now()
+      assert.equal(0, b:value("PRAGMA busy_timeout"))
       assert.equal("SQLITE_BUSY", select(3, b:exec("INSERT INTO t VALUES (1)")))
-      assert.is_true(now() - t0 < 0.2)
       assert.is_true(a:commit())
       assert.is_true(b:exec("INSERT INTO t VALUES (1)"))
     end)
@@ -715,14 +713,11 @@ describe("geneva.sqlite", function()
         "while [ ! -e %s ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; " ..
         "sleep 0.2; kill -INT $pid; wait $pid"):format(
         child.quote(child.bin), child.quote(code), out, child.quote(mark))
-      local t0 = now()
       os.execute(cmd)
-      local dt = now() - t0
       local got = child.read(out)
       os.remove(out)
       os.remove(mark)
-      assert.equal("nil interrupted EINTR\n", got)
-      assert.is_true(dt < 15, "took " .. dt)
+      assert.equal("nil interrupted EINTR\n", got)   -- the query never ends by itself
     end)
   end)
 end)

@@ -564,7 +564,7 @@ return M
       assert.matches("timed out after 0.2s", r.failed[1].error.message)
       assert.equal(12, r.failed[1].rowid)
       assert.equal(13, r.failed[2].rowid)
-      assert.is_true(dt >= 0.4 and dt < 5, "took " .. dt)
+      assert.is_true(dt >= 0.4, "took " .. dt)    -- two rows ran to their timeout
       assert.is_nil(debug.gethook())
       -- nothing fires afterwards, outside the UDF
       local t1 = clock()
