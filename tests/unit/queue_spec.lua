@@ -45,7 +45,7 @@ end
 -- does for a FAILED submission); else only its stale heartbeat tells.
 local function queue_runner(dir, db_dir, n, opts)
   opts = opts or {}
-  local r = { jobs = {}, workers = {}, logs = {} }
+  local r = { jobs = {}, workers = {}, logs = {}, progress = {} }
   local function spawn(job_id, i)
     local id = ("w%d"):format(i)
     local log = ("%s/%s-%s.log"):format(dir, job_id, id)
@@ -76,6 +76,9 @@ local function queue_runner(dir, db_dir, n, opts)
             self.jobs[w.job]:requeue_worker(w.id, "exited", ev)
           end
         end
+      end
+      for _, e in ipairs(ev) do
+        if e.kind == "progress" then self.progress[#self.progress + 1] = { task = e.task.id, rows = e.rows } end
       end
       if #ev > 0 then return ev end
       time.sleep(0.01)
@@ -147,6 +150,50 @@ describe("geneva.backfill.queue", function()
     for _, sub in ipairs({ "tasks", "claims", "results" }) do
       assert.same({}, fs.list(qdir .. "/" .. sub), sub)
     end
+  end)
+
+  it("workers report rows done within a task, which the driver passes on as progress", function()
+    local N = 6000
+    local tbl = make_table(db, N, N)
+    tbl:add_columns { x = geneva.udf { data_type = "int64", fn = slow } }
+    local r = queue_runner(dir, db.path, 1)
+    local rec = run_with(r, function() return tbl:backfill("x", { batch_size = N }) end)   -- one task
+    assert.equal("DONE", rec.status)
+    r:finish()
+    local within, last = 0, 0
+    for _, p in ipairs(r.progress) do
+      assert.equal(rec.id .. "/1", p.task)
+      assert.is_true(p.rows > last and p.rows <= N, "rows went back or past the task")
+      if p.rows < N then within = within + 1 end
+      last = p.rows
+    end
+    assert.is_true(within > 0, "no progress inside the task")
+    -- the report is gone with the task
+    for _, name in ipairs(fs.list(queue.dir(db.path, rec.id) .. "/workers") or {}) do
+      assert.is_nil(name:match("%.progress$"), name)
+    end
+  end)
+
+  it("a progress report that lies (another task, rows past the window, garbage) moves nothing", function()
+    local d = queue.dispatcher(db.path, "j1")
+    d:publish({ id = "j1/1", job = "j1", lo = 1, hi = 100 })
+    fs.write(queue.dir(db.path, "j1") .. "/claims/1.1.json", json.encode({ worker = "w1" }))
+    local function report(text)
+      fs.write(queue.dir(db.path, "j1") .. "/workers/w1.progress", text)
+      time.sleep(0.3)          -- the dispatcher looks at most every 0.25 s
+      local out = {}
+      for _, e in ipairs(d:poll()) do if e.kind == "progress" then out[#out + 1] = e.rows end end
+      return out
+    end
+    assert.same({}, report("2.1.json 50"))        -- another task
+    assert.same({}, report("1.1.json 101"))       -- past the window
+    assert.same({}, report("1.1.json -5"))
+    assert.same({}, report("1.1.json 5 extra"))
+    assert.same({}, report(("1.1.json %s"):format(("9"):rep(40))))
+    assert.same({ 40 }, report("1.1.json 40"))
+    assert.same({}, report("1.1.json 40"))        -- no change, no event
+    d:cancel()
+    d:remove()
   end)
 
   it("two workers racing for many small tasks: each task is run exactly once", function()

@@ -70,4 +70,33 @@ describe("ray runner on an s3 database", function()
     assert.equal(0, code)
     assert.equal(tostring(N) .. "\n", out)
   end)
+
+  it("the bar moves within a task: the workers' rows done ride in their beat objects", function()
+    local db = testdb.connect(root .. "/db-bar")
+    local rows = {}
+    for i = 1, 3000 do rows[i] = { id = i } end
+    local tbl = db:create_table("slow", rows)
+    tbl:add_columns { x = geneva.udf { data_type = "int64", fn = function(id)
+      local t = os.clock() + 0.001 while os.clock() < t do end
+      return id * 7
+    end } }
+    local script = child.write(root .. "/bar.lua", [[
+local geneva = require "geneva"
+local db = geneva.connect(arg[1])
+local tbl = db:open_table("slow")
+geneva.ray_cluster{ address = arg[2], db = db }(function()
+  print(tbl:backfill("x", { batch_size = 3000 }).status)   -- one task
+end)
+]])
+    local code, out, err = child.cli({ script, db.uri, emu.url }, { env = { GENEVA_PROGRESS = "1" } })
+    assert.equal(0, code, err)
+    assert.equal("DONE\n", out)
+    local within = 0
+    for frame in err:gmatch("[^\r\n]+") do
+      local done = tonumber(frame:match("^x %[[#.]+%]%s+%d+%%%s+(%d+)/3000 rows"))
+      if done and done > 0 and done < 3000 then within = within + 1 end
+    end
+    assert.is_true(within > 0, "the bar never showed rows inside the one task:\n" .. err)
+    assert.same({}, emu:state().jobs)
+  end)
 end)

@@ -10,6 +10,9 @@
 --     results/<key>.<attempt>.json  its outcome, shaped as the stdio
 --                                   protocol's done/failed messages
 --     workers/<id>.beat             touched every BEAT s by each worker
+--     workers/<id>.progress         "<task file name> <rows done>" while a
+--                                   task runs (progress bars); in an object
+--                                   store it rides in the beat object instead
 --     stop                          the driver's stop marker
 --
 -- <key> is the task's index within its job, <attempt> counts from 1. A task
@@ -187,6 +190,10 @@ local function requeue(self, e, why, events)
   e.attempt = e.attempt + 1
   e.task.attempts = e.attempt - 1
   if self.cancelled then return end
+  if e.rows then   -- the rows it reported start again
+    e.rows = nil
+    events[#events + 1] = { kind = "progress", task = e.task, rows = 0 }
+  end
   write_task(self, e)
   log(self, events, ("retrying task %s (attempt %d): %s"):format(e.task.id, e.attempt, why))
 end
@@ -318,6 +325,24 @@ local function last_beat(self, id, now)
   return b.seen
 end
 
+-- The rows worker id reports done in the task file `name` | nil. Read
+-- from its progress file, or in an object store from the beat object's
+-- second line (last_beat read it): "<task file name> <rows>", untrusted.
+local function reported_rows(self, id, name)
+  local text
+  if self.remote then
+    local b = self.beats[id]
+    text = b and type(b.mark) == "string" and b.mark:match("\n([^\n]*)$")
+  elseif valid_worker_id(id) then
+    local f = io.open(self.dir .. "/workers/" .. id .. ".progress")
+    text = f and f:read(64)
+    if f then f:close() end
+  end
+  local n, rows = (text or ""):match("^(%S+) (%d+)$")
+  if n ~= name or #rows > 12 then return nil end
+  return math.tointeger(tonumber(rows))
+end
+
 local function check_stale(self, events)
   local now = time.monotonic()
   if now - self.checked_at < 0.25 then return end
@@ -325,8 +350,12 @@ local function check_stale(self, events)
   for _, e in pairs(self.entries) do
     if not e.done and e.state == "claimed" then
       local seen = math.max(last_beat(self, e.worker, now), e.claimed_at)
+      local rows = reported_rows(self, e.worker, e.name)
       if now - seen > self.stale then
         requeue(self, e, ("worker %s sent no heartbeat for %.0fs"):format(e.worker, now - seen), events)
+      elseif rows and rows ~= e.rows and rows <= e.task.hi - e.task.lo + 1 then
+        e.rows = rows
+        events[#events + 1] = { kind = "progress", task = e.task, rows = rows }
       end
     end
   end
@@ -500,7 +529,10 @@ local function run_claimed(ctx, name)
     return
   end
   local t0 = time.monotonic()
-  local ok, res = pcall(worker.run_task, ctx.state, task)
+  local ok, res = pcall(worker.run_task, ctx.state, task, function(rows)
+    fs.write_atomic(ctx.progress, ("%s %d"):format(name, rows), { fsync = false })   -- lost: only the bar stills
+  end)
+  os.remove(ctx.progress)
   if ok then
     res.op, res.task = "done", task.id
     write_result(ctx, name, res)
@@ -543,12 +575,16 @@ end
 local BEAT_REMOTE = [[
 local store = require("geneva.json").decode(os.getenv("GENEVA_BEAT_STORE"))
 local path, every = os.getenv("GENEVA_BEAT_PATH"), tonumber(os.getenv("GENEVA_BEAT_EVERY"))
+local progress = os.getenv("GENEVA_BEAT_PROGRESS")
 require("geneva.backfill.worker").mount(store)
 local backend, time = require "geneva.store.backend", require "geneva.time"
 local n = 0
 repeat
   n = n + 1
-  backend.put(path, tostring(n), { fsync = false })
+  local f = io.open(progress)
+  local p = f and f:read("l")
+  if f then f:close() end
+  backend.put(path, tostring(n) .. (p and "\n" .. p or ""), { fsync = false })
 until not time.sleep(every)
 ]]
 
@@ -558,7 +594,7 @@ local function start_heartbeat(ctx)
   if ctx.store then
     argv = { require("geneva.proc").exe(), "-e", BEAT_REMOTE }
     env = { GENEVA_BEAT_STORE = json.encode(ctx.store), GENEVA_BEAT_PATH = path,
-            GENEVA_BEAT_EVERY = tostring(queue.BEAT) }
+            GENEVA_BEAT_EVERY = tostring(queue.BEAT), GENEVA_BEAT_PROGRESS = ctx.progress }
   else
     fs.write(path, tostring(ctx.pid))
     argv = { "/bin/sh", "-c", 'while touch -- "$1"; do sleep "$2"; done', "geneva-beat", path, tostring(queue.BEAT) }
@@ -612,6 +648,10 @@ function queue.work(db_dir, job_id, opts)
   local ctx = { job = job_id, id = id, slot = math.tointeger(opts.slot), pid = me.pid, host = me.hostname,
                 dir = queue.dir(real, job_id), rec = rec, table_dir = real .. "/" .. rec.table, store = store,
                 state = require("geneva.backfill.worker").state() }
+  -- a local file in both cases: in an object store the mirror's copy, which
+  -- the beat process uploads inside the beat object
+  ctx.progress = ("%s/workers/%s.progress"):format(ctx.dir, id)
+  if store then fs.mkdir_p(ctx.dir .. "/workers") end
   if not store and not fs.exists(ctx.dir .. "/tasks") then
     if job.FINAL[rec.status] then return 0 end
     errors.throw("unavailable", ("job %s has no task queue in %s"):format(job_id, db_dir))
