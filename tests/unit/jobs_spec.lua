@@ -568,13 +568,18 @@ tbl:backfill("s", { batch_size = 500, concurrency = 2 })
       backend.get = function() return nil, "connection reset", "EIO" end
       local ok, e = pcall(job.read_log, db.dir, id)
       backend.get = get
-      if testdb.s3 then
-        assert.is_false(ok)
-        assert.equal("unavailable", errors.from(e).code)
-        assert.equal("cannot read the log of job " .. id .. ": connection reset", errors.from(e).message)
-      else
-        assert(ok, e)           -- a directory's log is read as a file
-      end
+      assert.is_false(ok)
+      assert.equal("unavailable", errors.from(e).code)
+      assert.equal("cannot read the log of job " .. id .. ": connection reset", errors.from(e).message)
+      -- read on from an offset: the rest only (a ranged GET on s3), nothing past the end
+      local all, size = job.read_log(db.dir, id)
+      local first = #all[1] + 1
+      local rest, at = job.read_log(db.dir, id, first)
+      assert.same({ table.unpack(all, 2) }, rest)
+      assert.equal(size, at)
+      assert.same({ {}, size }, { job.read_log(db.dir, id, size) })
+      assert.same({ {}, size + 10 }, { job.read_log(db.dir, id, size + 10) })
+      assert.is_nil(job.read_log(db.dir, "20990101-000000-00000000"))
     end)
   end)
 end)

@@ -251,22 +251,10 @@ end
 -- but cannot be read: its record's events are no stand-in for it then.
 function job.read_log(db_dir, id, offset)
   offset = offset or 0
-  local path = log_path(db_dir, id)
-  local text
-  if backend.is_remote(path) then
-    local err, code
-    text, err, code = backend.get(path)
-    if not text and code == "ENOENT" then return nil end
-    if not text then errors.raise("unavailable", "cannot read the log of job %s: %s", id, tostring(err)) end
-    text = text:sub(offset + 1)
-  else
-    local f, err, code = io.open(path, "rb")       -- (perf) a followed log is read from where it was
-    if not f and code == 2 then return nil end      -- ENOENT
-    if not f then errors.raise("unavailable", "cannot read the log of job %s: %s", id, tostring(err)) end
-    f:seek("set", offset)
-    text = f:read("a") or ""
-    f:close()
-  end
+  -- (perf) a followed log is read from where it was: a ranged GET on s3
+  local text, err, code = backend.get(log_path(db_dir, id), { from = offset })
+  if not text and code == "ENOENT" then return nil end
+  if not text then errors.raise("unavailable", "cannot read the log of job %s: %s", id, tostring(err)) end
   local lines, pos = {}, 1
   while true do
     local nl = text:find("\n", pos, true)
@@ -356,7 +344,8 @@ logs existed) gives its record's events once it has ended.
 ]]
 function job.follow_log(db_dir, id, on_line, opts)
   opts = opts or {}
-  local interval = opts.interval or 0.2
+  -- an object store's copy changes at most every LOG_UPLOAD_EVERY seconds
+  local interval = opts.interval or (backend.is_remote(log_path(db_dir, id)) and 1 or 0.2)
   local offset = 0
   local rec, err
   while true do

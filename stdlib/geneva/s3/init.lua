@@ -201,7 +201,8 @@ end
 -- {====== Objects
 
 -- c:get(key [, {range = "bytes=0-9" | {first, last}}]) -> body, info
--- info = {etag, size, content_range}. not_found when missing.
+-- info = {status, etag, size, content_range}. not_found when missing. A
+-- range that starts past the end is "" with status 416.
 function Client:get(key, opts)
   check_key(key, "get")
   opts = opts or {}
@@ -213,7 +214,8 @@ function Client:get(key, opts)
     headers.Range = r
   end
   local status, h, body = self:_call { method = "GET", key = key, headers = headers,
-                                       ok = { [200] = true, [206] = true } }
+                                       ok = { [200] = true, [206] = true, [416] = opts.range and true } }
+  if status == 416 then body = "" end
   return body, { status = status, etag = etag_of(h), size = #body, content_range = h["content-range"] }
 end
 

@@ -7,6 +7,14 @@ local Dir = {}
 
 function Dir:get(_, path, opts)
   if opts and opts.max then return fs.read_regular(path, opts.max) end
+  if opts and opts.from then
+    local f, msg, errno = io.open(path, "rb")
+    if not f then return nil, msg, errno == 2 and "ENOENT" or "EIO" end
+    f:seek("set", opts.from)
+    local bytes = f:read("a") or ""
+    f:close()
+    return bytes
+  end
   return fs.read(path)
 end
 

@@ -15,7 +15,9 @@ unchanged.
   backend.get(path [, {max=}]) -> bytes           the whole object; with max,
                                                   one of at most max bytes (and
                                                   in a directory a regular file,
-                                                  no symlink): untrusted input
+                                                  no symlink): untrusted input;
+                                                  with from=n, its bytes from
+                                                  offset n on ("" past the end)
   backend.put(path, bytes [, {fsync=}]) -> true   atomic replace
   backend.put_if_absent(path, bytes) -> true      | nil, msg, "EEXIST"
   backend.list(dir) -> names                      sorted; {} for nothing

@@ -105,7 +105,8 @@ local function key_of(self, key)
 end
 
 function S3:get(key, _, opts)
-  local bytes, msg, code = call(self.client.get, self.client, key_of(self, key))
+  local range = opts and opts.from and opts.from > 0 and { range = { opts.from } } or nil
+  local bytes, msg, code = call(self.client.get, self.client, key_of(self, key), range)
   if bytes and opts and opts.max and #bytes > opts.max then
     return nil, ("%s: larger than %d bytes"):format(key, opts.max), "EFBIG"
   end
