@@ -85,6 +85,17 @@ describe("ingest", function()
       assert.same({ "f", "s" }, db:table_names())
     end)
 
+    it("a bad cell is shown cut short on one line, however long it is", function()
+      local cell = '"' .. ("x\n"):rep(50000) .. '"'                  -- 100 KB over 50001 lines
+      local path = write(root .. "/long.csv", "id,n\n1,5\n2," .. cell .. "\n")
+      local e = raises("invalid_argument", db.create_table, db, "bad", { from = path },
+        { schema = { n = "int64" } })
+      assert.is_true(#e.message < 300, e.message)
+      assert.matches('expected int64, got "x\\nx\\n', e.message, 1, true)
+      assert.matches("... (100000 bytes)", e.message, 1, true)
+      assert.is_nil(e.message:find("\n", 1, true))
+    end)
+
     it("5000 columns: an error naming the file, before any row is read", function()
       local names, cells = {}, {}
       for i = 1, 5000 do names[i], cells[i] = "c" .. i, tostring(i) end

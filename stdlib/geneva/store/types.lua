@@ -37,9 +37,12 @@ function types.parse(name)
   return t
 end
 
+-- A value as an error message shows it: a string quoted, on one line, cut
+-- at 40 bytes (a bad CSV cell can be a megabyte)
 local function describe(v)
   if type(v) == "string" then
-    return #v > 40 and ("%q..."):format(v:sub(1, 40)) or ("%q"):format(v)
+    local q = ("%q"):format(v:sub(1, 40)):gsub("\\\n", "\\n")
+    return #v > 40 and ("%s... (%d bytes)"):format(q, #v) or q
   end
   return tostring(v) .. " (" .. (math.type(v) or type(v)) .. ")"
 end
@@ -185,15 +188,15 @@ function types.parse_cell(t, s)
     local digits = s:match("^[+-]?%d+$")
     local v = digits and math.tointeger(tonumber(s))
     if v then return v end
-    if digits then return nil, ("integer %s is beyond the int64 range"):format(s) end
-    return nil, ("expected int64, got %q"):format(s)
+    if digits then return nil, ("integer %s is beyond the int64 range"):format(#s <= 60 and s or describe(s)) end
+    return nil, ("expected int64, got %s"):format(describe(s))
   elseif k == "float64" then
     local v = tonumber(s)
     if v and not s:match("^%s*[+-]?0[xX]") then return v + 0.0 end
-    return nil, ("expected float64, got %q"):format(s)
+    return nil, ("expected float64, got %s"):format(describe(s))
   elseif k == "bool" then
     if s == "true" then return true elseif s == "false" then return false end
-    return nil, ("expected bool (true/false), got %q"):format(s)
+    return nil, ("expected bool (true/false), got %s"):format(describe(s))
   elseif k == "string" or k == "blob" then
     return s
   end

@@ -123,7 +123,7 @@ function Csv:cell_error(err)
     if v:match("^[+-]?0%d") then
       why = ("%s has a leading zero, which makes a column text, not %s"):format(types.describe(v), c.data_type)
     else
-      why = ("integer %s is beyond the int64 range"):format(v)
+      why = ("integer %s is beyond the int64 range"):format(#v <= 60 and v or types.describe(v))
     end
   end
   common.fail(self, err.line, c.name, ("column '%s': %s%s"):format(c.name, why,
