@@ -348,7 +348,7 @@ function Table:add(rows)
       end
       cur.next_fragment_id = next_id
       return cur
-    end)
+    end, { base = m })
   end)
   if not ok then
     w:abort()
@@ -510,7 +510,8 @@ end
 -- Runs commit(mutate) where mutate may fold file lists (creating files):
 -- fold(list) is cached by list, and files an unused attempt made are removed,
 -- as are the files of `made` (made before the commit) it does not reference.
-local function commit_with_folds(self, operation, body, made)
+-- opts go to storage.commit.
+local function commit_with_folds(self, operation, body, made, opts)
   local cache = {}
   made = made or {}
   local function fold(list)
@@ -525,7 +526,7 @@ local function commit_with_folds(self, operation, body, made)
     for i, e in ipairs(cache[key]) do out[i] = { file = e.file, udf_version = e.udf_version, lo = e.lo, hi = e.hi } end
     return out
   end
-  local ok, res = pcall(commit, self, operation, function(m) return body(m, fold) end)
+  local ok, res = pcall(commit, self, operation, function(m) return body(m, fold) end, opts)
   -- files folded for an attempt that lost, or never used
   local used = {}
   if ok and res then
@@ -769,7 +770,7 @@ function Table:_commit_column_files(column, udf_version, files)
       if list and #list > storage.MAX_COLUMN_FILES then f.columns[cname] = fold(list) end
     end
     return m
-  end)
+  end, nil, { base = m0 })
   if not ok then
     unpublish()
     error(res, 0)

@@ -794,6 +794,24 @@ describe("geneva tables", function()
       assert.is_true(ok, tostring(err))
     end)
 
+    it("a commit from a snapshot read before another commit goes round again, losing neither", function()
+      local t = docs(4, { fragment_size = 2 })
+      local base = storage.latest(t.dir)             -- the latest, read now
+      t:add { { id = 5, content = "late" } }          -- someone commits meanwhile
+      local seen = {}
+      local res = storage.commit(t.dir, "test", function(m, attempt)
+        seen[#seen + 1] = { attempt, m.version }
+        m.note = "mine"
+        return m
+      end, { base = base })
+      assert.same({ { 1, base.version }, { 2, base.version + 1 } }, seen)
+      assert.equal(base.version + 2, res.version)
+      local now = storage.latest(t.dir)
+      assert.equal("mine", now.note)
+      assert.equal(5, t:count_rows())                 -- the other commit's row is still there
+      assert.is_nil(base.note)                        -- the caller's snapshot is not changed
+    end)
+
     it("lands every commit of two processes, with dense versions", function()
       local t = docs(4, { fragment_size = 2 })
       t:add_columns { a = fake_udf("va"), b = fake_udf("vb") }

@@ -176,13 +176,21 @@ publishes the same version first, the latest is read again and mutate runs
 again: it must be safe to repeat (see also opts.on_retry). Retries are
 bounded (opts.retries, default storage.COMMIT_RETRIES) with jittered
 exponential backoff; running out raises conflict. Errors raised by mutate
-propagate as they are.
+propagate as they are. opts.base, a snapshot the caller has just read
+(storage.read/latest), stands in for the first read: a copy of it is
+mutated, and if it is no longer the latest its version's successor exists
+and the commit goes round again (on s3 this saves a LIST and a GET).
 ]]
 function storage.commit(tbl_dir, operation, mutate, opts)
   opts = opts or {}
   local retries = opts.retries or storage.COMMIT_RETRIES
   for attempt = 1, retries do
-    local cur, n = storage.latest(tbl_dir)
+    local cur, n
+    if attempt == 1 and opts.base and math.type(opts.base.version) == "integer" then
+      cur, n = json.decode(json.encode(mark_arrays(opts.base)), { null_as_nil = true }), opts.base.version
+    else
+      cur, n = storage.latest(tbl_dir)
+    end
     if not cur then errors.throw("not_found", ("no table at '%s'"):format(tbl_dir), { path = tbl_dir }) end
     local new = mutate(cur, attempt)
     if new == false then return nil end
