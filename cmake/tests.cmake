@@ -82,3 +82,8 @@ add_test(NAME reliability COMMAND bash ${CMAKE_SOURCE_DIR}/tests/reliability/run
   WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(reliability PROPERTIES TIMEOUT 900 LABELS reliability
   ENVIRONMENT "${GENEVA_TEST_ENV}")
+# and one run a loop with the databases in a bucket on moto
+add_test(NAME reliability.s3 COMMAND bash ${CMAKE_SOURCE_DIR}/tests/reliability/run --store s3 --n 1
+  $<TARGET_FILE:geneva> WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(reliability.s3 PROPERTIES TIMEOUT 900 LABELS "reliability;s3"
+  ENVIRONMENT "${GENEVA_TEST_ENV}")

@@ -1,6 +1,7 @@
 -- What the harness counts after each run: the table's rows against what
 -- they must hold, and what was left behind. Every count must be 0.
 local fs = require "geneva.fs"
+local backend = require "geneva.store.backend"
 local job = require "geneva.backfill.job"
 local storage = require "geneva.store.versions"
 
@@ -61,6 +62,18 @@ end
 
 local function count(list) return list and #list or 0 end
 
+-- the files under a staging area, at any depth (a name that is no file is
+-- a "directory", in an object store a common prefix)
+local function staged(dir)
+  local files = {}
+  for _, e in ipairs(backend.list(dir, { details = true })) do files[e.name] = true end
+  local n = 0
+  for _, name in ipairs(backend.list(dir)) do
+    n = n + (files[name] and 1 or staged(dir .. "/" .. name))
+  end
+  return n
+end
+
 -- checks.left(root, db_dir) -> {tmpdirs, leases, stray, stuck}:
 --   tmpdirs  entries in the run's TMPDIR
 --   leases   lease files in the db's journal and the user's state journal
@@ -68,20 +81,23 @@ local function count(list) return list and #list or 0 end
 --   stuck    job records not final (PENDING or RUNNING)
 function checks.left(root, db_dir)
   local r = { tmpdirs = count(fs.list(root .. "/tmp")), stuck = 0, stray = 0 }
-  r.leases = count(fs.list(db_dir .. "/_geneva/leases")) + count(fs.list(root .. "/state/geneva/leases"))
+  r.leases = count(backend.list(db_dir .. "/_geneva/leases")) + count(fs.list(root .. "/state/geneva/leases"))
   local jobs = db_dir .. "/_geneva/jobs"
-  for _, name in ipairs(fs.list(jobs) or {}) do
-    local st = fs.stat(jobs .. "/" .. name)
-    if (st and st.type == "directory") or name:match("%.cancel$") then r.stray = r.stray + 1 end
+  -- a job's area (its queue: a "directory") or cancel marker; not records,
+  -- logs or the start lock
+  for _, name in ipairs(backend.list(jobs)) do
+    if not name:match("%.json$") and not name:match("%.log$") and name:sub(1, 1) ~= "." then
+      r.stray = r.stray + 1
+    end
   end
   for _, rec in ipairs(job.list(db_dir)) do
     if rec.status == "PENDING" or rec.status == "RUNNING" then r.stuck = r.stuck + 1 end
   end
-  for _, t in ipairs(fs.list(db_dir) or {}) do
+  for _, t in ipairs(backend.list(db_dir)) do
     local tdir = db_dir .. "/" .. t
-    if t ~= "_geneva" and fs.exists(tdir .. "/_versions") then
-      r.stray = r.stray + count(fs.walk(tdir .. "/_staging", { ignore_errors = true }))
-      for _, f in ipairs(fs.list(tdir .. "/data") or {}) do
+    if t ~= "_geneva" and #backend.list(tdir .. "/_versions") > 0 then
+      r.stray = r.stray + staged(tdir .. "/_staging")
+      for _, f in ipairs(backend.list(tdir .. "/data")) do
         if f:match("^%.tmp") then r.stray = r.stray + 1 end
       end
     end
@@ -94,7 +110,7 @@ function checks.orphans(tbl_dir)
   local used = {}
   for _, v in ipairs(storage.versions(tbl_dir)) do storage.referenced(storage.read(tbl_dir, v), used) end
   local n = 0
-  for _, f in ipairs(fs.list(tbl_dir .. "/data") or {}) do
+  for _, f in ipairs(backend.list(tbl_dir .. "/data")) do
     if not used["data/" .. f] and not f:match("^%.tmp") then n = n + 1 end
   end
   return n

@@ -111,7 +111,7 @@ local function run_once(def, env, state, n)
   if r.teardown then leftovers(k, c, false) end
 
   -- recovery: what the README prescribes after a crash
-  local reap = k:cli("reap", "--db", k.db_dir, "--json")
+  local reap = k:cli("reap", "--db", k.db, "--json")
   if not reap.ok then add(c, "unclean", 1); notes[#notes + 1] = "reap: " .. reap.stderr end
   if not r.teardown then leftovers(k, c, false) end
   local resume = def.resume_opts and def.resume_opts(state) or nil
@@ -120,7 +120,7 @@ local function run_once(def, env, state, n)
     if o ~= "done" then add(c, "unclean", 1); notes[#notes + 1] = "resume of " .. col .. ": " .. tostring(detail) end
   end
   -- what the crash left in data/: reap's orphan sweep, without waiting out its grace
-  local clean = k:cli("reap", "--db", k.db_dir, "--grace", "0", "--json")
+  local clean = k:cli("reap", "--db", k.db, "--grace", "0", "--json")
   local collected = clean.ok and (json.decode(clean.stdout).orphan_files or 0) or 0
   if not clean.ok then add(c, "unclean", 1); notes[#notes + 1] = "reap --grace 0: " .. clean.stderr end
 
@@ -142,7 +142,8 @@ end
 local results, failures = {}, {}
 local function main()
   local env = calibrate()
-  say("seed %d; a clean run takes %.2f s, writes %d KB, largest file %d KB", opts.seed, env.D, env.growth // 1024,
+  say("seed %d, databases %s; a clean run takes %.2f s, writes %d KB, largest file %d KB", opts.seed,
+      kit.BUCKET and ("in s3://" .. kit.BUCKET .. " (moto)") or "in directories", env.D, env.growth // 1024,
       env.largest_kb)
   for _, name in ipairs(opts.loops or loops.order) do
     local def = loops[name]
@@ -185,7 +186,7 @@ end
 
 local bad = #failures > 0
 if opts.json then
-  print(json.encode { seed = opts.seed, n = opts.n, loops = json.array(results), failures = json.array(failures) })
+  print(json.encode { seed = opts.seed, n = opts.n, store = kit.BUCKET and "s3" or "dir", loops = json.array(results), failures = json.array(failures) })
 else
   print(("%-14s %5s %5s %6s %5s %4s %6s %6s %8s %7s %6s %6s %8s %8s %10s"):format("loop", "runs", "hit", "exact",
     "lost", "dup", "wrong", "procs", "tmpdirs", "leases", "stray", "stuck", "orphans", "unclean", "collected"))
@@ -197,7 +198,8 @@ else
         r.lost, r.dup, r.wrong, r.procs, r.tmpdirs, r.leases, r.stray, r.stuck, r.orphans, r.unclean, r.collected))
     end
   end
-  print(("seed %d, %d runs a loop: %s"):format(opts.seed, opts.n, bad and (#failures .. " failed runs") or "all exact, nothing left behind"))
+  print(("seed %d, %d runs a loop, %s: %s"):format(opts.seed, opts.n, kit.BUCKET and "s3" or "dir",
+    bad and (#failures .. " failed runs") or "all exact, nothing left behind"))
   for i, f in ipairs(failures) do
     if i > 5 then print(("... and %d more"):format(#failures - 5)) break end
     local parts = {}

@@ -43,14 +43,23 @@ os.exit(1)
 
 local seq = 0
 
+-- The bucket of the runs' databases when the harness runs under
+-- tests/support/with_moto.lua (--store s3), else nil
+kit.BUCKET = os.getenv("GENEVA_TEST_STORE") == "s3" and (os.getenv("GENEVA_TEST_S3_BUCKET") or "geneva-test") or nil
+
 -- kit.new(base, opts) -> Kit: a fresh run directory under base. opts.db_dir:
--- where the db goes (default <root>/db)
+-- where the db goes (default <root>/db, or s3://<bucket>/<run> with --store
+-- s3). k.db is what processes are given (a path or URI); k.db_dir, once
+-- k:table() has connected, the path this process reads it by (an object
+-- store's local mirror: geneva.store.backend routes it)
 function kit.new(base, opts)
   seq = seq + 1
   local root = ("%s/run-%04d"):format(base, seq)
   for _, d in ipairs { "", "/tmp", "/state", "/cache" } do assert(fs.mkdir_p(root .. d)) end
   local tag = fs.random_hex(12)
-  local self = setmetatable({ root = root, tag = tag, db_dir = (opts and opts.db_dir) or root .. "/db",
+  local db = (opts and opts.db_dir) or (kit.BUCKET and ("s3://%s/run-%04d-%s"):format(kit.BUCKET, seq, tag))
+             or root .. "/db"
+  local self = setmetatable({ root = root, tag = tag, db = db, db_dir = db,
                               bin = os.getenv("GENEVA_BIN"), procs = {}, notes = {} }, Kit)
   self.env = { TMPDIR = root .. "/tmp", XDG_STATE_HOME = root .. "/state", GENEVA_CACHE_DIR = root .. "/cache",
                GENEVA_HARNESS_RUN = tag, GENEVA_PROGRESS = "0" }
@@ -64,7 +73,8 @@ function Kit:table()
     local geneva = require "geneva"
     local rows = {}
     for i = 1, kit.ROWS do rows[i] = { id = i } end
-    local db = geneva.connect(self.db_dir)
+    local db = geneva.connect(self.db)
+    self.db_dir = db.dir
     self.tbl = db:create_table("docs", rows, { fragment_size = kit.FRAGMENT })
     local cols = {}
     for name, f in pairs(kit.COLUMNS) do
@@ -87,7 +97,7 @@ end
 -- as a shell would start it
 function Kit:driver(column, opts)
   opts = opts or {}
-  local argv = { self.bin, self.root .. "/driver.lua", self.db_dir, column, opts.ray }
+  local argv = { self.bin, self.root .. "/driver.lua", self.db, column, opts.ray }
   if opts.ulimit_kb then
     argv = { "bash", "-c", 'ulimit -f "$1"; shift; exec "$@"', "_", tostring(opts.ulimit_kb),
              table.unpack(argv) }
