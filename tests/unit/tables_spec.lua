@@ -810,6 +810,17 @@ describe("geneva tables", function()
       assert.equal("mine", now.note)
       assert.equal(5, t:count_rows())                 -- the other commit's row is still there
       assert.is_nil(base.note)                        -- the caller's snapshot is not changed
+      -- a base read too long ago is not trusted: the latest is read first
+      local old = storage.latest(t.dir)
+      t:add { { id = 6, content = "later" } }
+      storage.BASE_MAX_AGE, seen = 0, {}
+      local ok, err = pcall(storage.commit, t.dir, "test", function(m, attempt)
+        seen[#seen + 1] = { attempt, m.version }
+        return m
+      end, { base = old })
+      storage.BASE_MAX_AGE = 10
+      assert(ok, err)
+      assert.same({ { 1, old.version + 1 } }, seen)
     end)
 
     it("lands every commit of two processes, with dense versions", function()

@@ -58,6 +58,9 @@ local function version_path(tbl_dir, n)
   return ("%s/_versions/%d.json"):format(tbl_dir, n)
 end
 
+-- When each snapshot was read (monotonic s), for storage.commit's base
+local read_at = setmetatable({}, { __mode = "k" })
+
 -- storage.read(tbl_dir, n) -> snapshot (a fresh table the caller may
 -- modify). Raises not_found for a missing version, internal for bad JSON.
 function storage.read(tbl_dir, n)
@@ -73,6 +76,7 @@ function storage.read(tbl_dir, n)
   end
   local why = storage.check_snapshot(m)
   if why then errors.throw("internal", ("%s: corrupt version file: %s"):format(path, why), { path = path }) end
+  read_at[m] = time.monotonic()
   return m
 end
 
@@ -176,18 +180,24 @@ publishes the same version first, the latest is read again and mutate runs
 again: it must be safe to repeat (see also opts.on_retry). Retries are
 bounded (opts.retries, default storage.COMMIT_RETRIES) with jittered
 exponential backoff; running out raises conflict. Errors raised by mutate
-propagate as they are. opts.base, a snapshot the caller has just read
-(storage.read/latest), stands in for the first read: a copy of it is
-mutated, and if it is no longer the latest its version's successor exists
-and the commit goes round again (on s3 this saves a LIST and a GET).
+propagate as they are. opts.base, a snapshot the caller read at most
+BASE_MAX_AGE seconds ago (storage.read/latest), stands in for the first
+read: a copy of it is mutated, and if it is no longer the latest its
+version's successor exists and the commit goes round again (on s3 this
+saves a LIST and a GET). The age bound keeps the window in which a
+cleanup with a tiny older_than could remove that successor as short as a
+commit's own.
 ]]
+storage.BASE_MAX_AGE = 10
+
 function storage.commit(tbl_dir, operation, mutate, opts)
   opts = opts or {}
   local retries = opts.retries or storage.COMMIT_RETRIES
   for attempt = 1, retries do
     local cur, n
-    if attempt == 1 and opts.base and math.type(opts.base.version) == "integer" then
-      cur, n = json.decode(json.encode(mark_arrays(opts.base)), { null_as_nil = true }), opts.base.version
+    local base = opts.base
+    if attempt == 1 and base and read_at[base] and time.monotonic() - read_at[base] < storage.BASE_MAX_AGE then
+      cur, n = json.decode(json.encode(mark_arrays(base)), { null_as_nil = true }), base.version
     else
       cur, n = storage.latest(tbl_dir)
     end
