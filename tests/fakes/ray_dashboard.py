@@ -446,10 +446,13 @@ class Cluster:
     def stop(self, job):
         """JobManager.stop_job: True while the supervisor actor exists; the stop
         itself is asynchronous. A PENDING job's actor is not running yet, so the
-        stop waits in its queue (ray#58353)."""
+        stop waits in its queue (ray#58353); with --lose-pending-stops it is
+        lost, as that issue reports it: True, and the job goes on to run."""
         with self.lock:
             if not job.supervisor_alive:
                 return False
+            if self.args.lose_pending_stops and job.status == "PENDING":
+                return True
             if not job.stop_requested:
                 job.stop_requested = True
                 if job.proc is not None and not job.exited:
@@ -1493,6 +1496,8 @@ def parse_args(argv):
     p.add_argument("--strict-package-names", action="store_true",
                    help="refuse package names other than _ray_pkg_<hex>.zip (not upstream)")
     p.add_argument("--fail-next-submit-after-accept", action="store_true")
+    p.add_argument("--lose-pending-stops", action="store_true",
+                   help="a stop of a PENDING job answers true and does nothing (ray#58353)")
     p.add_argument("--max-life", type=float, default=3600.0)
     p.add_argument("--ignore-stdin", action="store_true")
     a = p.parse_args(argv)

@@ -685,6 +685,39 @@ describe("ray runner: connecting", function()
     end)
   end)
 
+  it("Ctrl-C while the submissions are PENDING, on a Ray that loses such stops (ray#58353): stopped once running", function()
+    with_emulator({ "--num-cpus", "2", "--stop-wait", "1", "--setup-delay", "3", "--lose-pending-stops" }, function(e)
+      local dir = child.tmpdir()
+      local db = geneva.connect(dir .. "/db")
+      local tbl = make_table(db, "docs", 4000)
+      tbl:add_columns { s = geneva.udf { data_type = "int64", fn = slow } }
+      local path = dir .. "/job.lua"
+      assert(fs.write(path, [[
+        local geneva = require "geneva"
+        local tbl = geneva.connect(arg[1]):open_table("docs")
+        geneva.ray_cluster{ address = arg[2] }(function() tbl:backfill("s", { batch_size = 200 }) end)
+      ]]))
+      local p = assert(proc.spawn{ argv = { child.bin, path, db.path, e.url }, stderr = dir .. "/driver.err",
+                                   env_add = { XDG_STATE_HOME = dir .. "/state" } })
+      local sids = wait_until("submissions, all PENDING", function()
+        local jobs = e:state().jobs
+        if #jobs == 0 then return nil end
+        for _, j in ipairs(jobs) do if j.status ~= "PENDING" then return nil end end
+        return #jobs
+      end, 30)
+      assert.is_true(proc.kill(p:pid(), "INT"))
+      local how, code = p:wait(60)
+      p:close()
+      assert.same({ "exited", 130 }, { how, code }, child.read(dir .. "/driver.err"))
+      -- the first stops were lost; the teardown stopped each again once it ran
+      assert.is_true(e:counter("stop") > sids, ("%d stops for %d submissions"):format(e:counter("stop"), sids))
+      assert.same({}, e:state().jobs)
+      assert.is_true(e:wait_idle(5))
+      assert.equal("CANCELLED", db:jobs()[1].status)
+      child.rmtree(dir)
+    end)
+  end)
+
   it("two nodes: the workers land on both", function()
     with_emulator({ "--nodes", "2", "--num-cpus", "2", "--stop-wait", "1" }, function(e)
       local dir = child.tmpdir()
