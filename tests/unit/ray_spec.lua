@@ -4,6 +4,7 @@
 -- teardown, cancel, reap. Every describe block starts its own emulator.
 local geneva = require "geneva"
 local json = require "geneva.json"
+local errors = require "geneva.errors"
 local proc = require "geneva.proc"
 local time = require "geneva.time"
 local fs = require "geneva.fs"
@@ -669,7 +670,7 @@ describe("ray runner: connecting", function()
       for name, text in pairs(e:logs()) do assert.is_nil(text:find(TOKEN, 1, true), "the token is in " .. name) end
     end)
 
-    it("a wrong token (403) and a missing one (401): clear errors without the token", function()
+    it("a wrong token (403) and a missing one (refused before sending): clear errors without the token", function()
       local code, out, err = run('{ token_env = "SPEC_RAY_TOKEN" }', { SPEC_RAY_TOKEN = "wrong-" .. TOKEN })
       assert.equal(1, code)
       assert.is_truthy(err:find("invalid_argument: the Ray dashboard at " .. e.url .. " refused GET /api/version: it rejected the token from token_env SPEC_RAY_TOKEN (403 Forbidden: Invalid authentication token)", 1, true), err)
@@ -682,6 +683,27 @@ describe("ray runner: connecting", function()
       assert.equal(1, code)
       assert.is_truthy(err:find("environment variable SPEC_RAY_NO_SUCH is not set", 1, true), err)
       assert.same({}, e:state().jobs)
+    end)
+  end)
+
+  it("a 401 that comes back (auth turned on after connecting): a clear error naming what to set", function()
+    with_emulator({ "--num-cpus", "2", "--stop-wait", "1" }, function(e)
+      local dir = child.tmpdir()
+      local db = geneva.connect(dir)
+      local tbl = tiny(db, "docs")
+      -- upstream's answer to a request without the header (authentication_token.h)
+      e:faults { { route = "submit", action = "status", status = 401, count = 10,
+                   body = "Unauthorized: Missing authentication token" } }
+      local ok, err = pcall(function()
+        geneva.ray_cluster{ address = e.url, db = db }(function() tbl:backfill("x") end)
+      end)
+      assert.is_false(ok)
+      err = errors.from(err)
+      assert.equal("invalid_argument", err.code, err.message)
+      assert.matches("refused POST /api/jobs/: it wants a token and none was sent (set token_env or token_file on the cluster, or RAY_AUTH_TOKEN) (401 Unauthorized: Missing authentication token)",
+        err.message, 1, true)
+      assert.same({}, e:state().jobs)
+      child.rmtree(dir)
     end)
   end)
 
@@ -727,14 +749,26 @@ describe("ray runner: connecting", function()
       local rec
       geneva.ray_cluster{ address = e.url, db = db }(function() rec = tbl:backfill("s", { batch_size = 250 }) end)
       check_exact(tbl, 4000, "s", function(r) return r.id * 13 end)
-      local nodes = {}
+      -- each submission's node (the driver's events), then the tasks each
+      -- submission's worker ran (its lines in the job's log)
+      local node_of = {}
       for _, line in ipairs(rec.events) do
-        local n = line:match("RUNNING on node (%x+)")
-        if n then nodes[n] = true end
+        local sid, n = line:match("(%S+) RUNNING on node (%x+)")
+        if sid then node_of[sid] = n end
       end
+      local tasks_on, total = {}, 0
+      for _, line in ipairs(db:job(rec.id):logs()) do
+        local sid = line:match("geneva worker (%S+): task %S+: %d+ rows in")
+        if sid then
+          local n = assert(node_of[sid], "a task from an unknown submission: " .. line)
+          tasks_on[n] = (tasks_on[n] or 0) + 1
+          total = total + 1
+        end
+      end
+      assert.equal(16, total)
       local k = 0
-      for _ in pairs(nodes) do k = k + 1 end
-      assert.equal(2, k, table.concat(rec.events, "\n"))
+      for _ in pairs(tasks_on) do k = k + 1 end
+      assert.equal(2, k, "tasks ran on one node only: " .. table.concat(rec.events, "\n"))
       assert.same({}, e:state().jobs)
       child.rmtree(dir)
     end)
