@@ -172,17 +172,8 @@ end
 
 local create_options = { schema = true, fragment_size = true, mode = true }
 
--- Removes the stages (local directories of an overwrite's files) that an
--- overwrite killed midway left, once older than storage.CLEANUP_GRACE
-local function sweep_stages(root)
-  local now = require("geneva.time").now()
-  for _, name in ipairs(fs.list(root) or {}) do
-    local st = fs.stat(root .. "/" .. name)
-    if st and now - st.mtime > storage.CLEANUP_GRACE then fs.remove_tree(root .. "/" .. name) end
-  end
-end
-
---- Creates a table from Lua rows or a CSV or JSONL file; commits version 1.
+--- Creates a table from Lua rows or a CSV or JSONL file; commits version 1
+-- (with mode `"overwrite"`, the existing table's next version).
 --
 -- Column types are inferred unless `opts.schema` gives them: `int64`,
 -- `float64`, `string`, `bool`, `blob`, `float32[N]`. Column order comes from
@@ -234,35 +225,36 @@ function Db:create_table(name, source, opts)
   local schema = src:plan(given)
 
   local dir = self:table_dir(name)
-  -- an overwrite keeps the old table until the new input is all read
+  -- an overwrite is the table's next version, committed like any other
+  -- (Lance's way): the old table stays whole until it lands, a concurrent
+  -- commit meets it as a conflict, and checkout still reads the old
+  -- versions until cleanup_old_versions
   local replacing = mode == "overwrite" and exists(self, name)
-  local stage
-  if replacing then
-    sweep_stages(self.path .. "/_geneva/ingest")
-    stage = ("%s/_geneva/ingest/%s"):format(self.path, fs.random_hex(8))
-  end
   local fresh = not fs.exists(dir)
-  if not replacing then errors.io(fs.mkdir_p(dir .. "/data")) end
-  local w = ingest.writer(dir, schema, src.names, fsize, stage)
+  errors.io(fs.mkdir_p(dir .. "/data"))
+  local w = ingest.writer(dir, schema, src.names, fsize)
   local ok, err = pcall(function()
     ingest.copy(src, w)
     local frags = w:finish()
+    local function snapshot(first_id)
+      local m = { table = name, fragment_size = fsize, schema = json.array(), fragments = json.array() }
+      for i, c in ipairs(schema) do m.schema[i] = { name = c.name, data_type = c.data_type } end
+      for i, f in ipairs(frags) do
+        m.fragments[i] = { id = first_id + i - 1, rows = f.rows, data = f.data, columns = json.object() }
+      end
+      m.next_fragment_id = first_id + #frags
+      return m
+    end
     if replacing then
-      errors.io(backend.delete_tree(dir))
-      errors.io(fs.mkdir_p(dir .. "/data"))
-      frags = w:publish(dir)
+      -- fragment ids go on from the old table's: checkpoints name fragments by id
+      storage.commit(dir, "overwrite", function(cur) return snapshot(cur.next_fragment_id or 1) end)
+    else
+      storage.init(dir, snapshot(1))
     end
-    local m = { table = name, fragment_size = fsize, schema = json.array(), fragments = json.array() }
-    for i, c in ipairs(schema) do m.schema[i] = { name = c.name, data_type = c.data_type } end
-    for i, f in ipairs(frags) do
-      m.fragments[i] = { id = i, rows = f.rows, data = f.data, columns = json.object() }
-    end
-    m.next_fragment_id = #frags + 1
-    storage.init(dir, m)
   end)
   if not ok then
     w:abort()
-    if (fresh or replacing) and not exists(self, name) then backend.delete_tree(dir) end
+    if fresh and not exists(self, name) then backend.delete_tree(dir) end
     error(err, 0)
   end
   return table_mod.new(self, name, dir)

@@ -111,10 +111,23 @@ describe("geneva tables", function()
       assert.same({ "docs" }, db:table_names())
     end)
 
-    it("overwrites with mode = 'overwrite'", function()
-      docs(5)
+    it("overwrites with mode = 'overwrite', as the table's next version", function()
+      local old = docs(5)
+      local before = old:version()
       local t = db:create_table("docs", { { z = "x" } }, { mode = "overwrite" })
-      assert.equal(1, t:version())
+      assert.equal(before + 1, t:version())
+      assert.same({ { z = "x" } }, t:to_rows())
+      assert.equal("overwrite", storage.latest(t.dir).operation)
+      -- the old rows stay readable at their version until cleanup
+      assert.equal(5, t:checkout(before):count_rows())
+      t:checkout_latest()
+      -- fragment ids go on (checkpoints name fragments by id)
+      local old_ids = {}
+      for _, f in ipairs(storage.read(t.dir, before).fragments) do old_ids[f.id] = true end
+      for _, f in ipairs(storage.latest(t.dir).fragments) do assert.is_nil(old_ids[f.id]) end
+      -- and a cleanup then frees the old files
+      local r = t:cleanup_old_versions { older_than = 0, grace = 0 }
+      assert.is_true(r.files_removed > 0)
       assert.same({ { z = "x" } }, t:to_rows())
     end)
 

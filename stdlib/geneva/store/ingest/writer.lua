@@ -4,10 +4,6 @@ fragment_size rows. Each file is built under a temp name with a fast bulk
 load (one transaction, no journal), synced, then published under a fresh
 name in data/; no version references it until the caller commits the
 list finish() returns. abort() removes every file written so far.
-
-A staged writer (stage = a local directory) keeps its finished files
-there, unpublished, until publish(tbl_dir): create_table's overwrite, which
-removes the old table only once the new input has all been read.
 ]]
 local fs = require "geneva.fs"
 local types = require "geneva.store.types"
@@ -22,13 +18,13 @@ local Writer = {}
 Writer.__index = Writer
 
 --[[
-W.new(tbl_dir, schema, names, fragment_size [, stage]) -> Writer
+W.new(tbl_dir, schema, names, fragment_size) -> Writer
 schema: the table's columns (the stored ones make each file's table);
 names: the columns a chunk fills, in its order: chunks are {packed =
 rows, n =} (packed rows, host/rowpack.h) or {cols = arrays, n =} (one
 array of SQLite-ready values per name).
 ]]
-function W.new(tbl_dir, schema, names, fragment_size, stage)
+function W.new(tbl_dir, schema, names, fragment_size)
   local defs, qn, qs = { "_rowid INTEGER PRIMARY KEY" }, {}, {}
   for _, c in ipairs(schema) do
     if not c.virtual then defs[#defs + 1] = qi(c.name) .. " " .. types.parse(c.data_type).sql end
@@ -37,7 +33,7 @@ function W.new(tbl_dir, schema, names, fragment_size, stage)
     qn[j], qs[j] = qi(name), "?"
   end
   return setmetatable({
-    dir = tbl_dir, stage = stage, fragment_size = fragment_size,
+    dir = tbl_dir, fragment_size = fragment_size,
     create = ("CREATE TABLE data(%s)"):format(table.concat(defs, ", ")),
     insert = #names > 0 and ("INSERT INTO data(%s) VALUES (%s)"):format(table.concat(qn, ", "), table.concat(qs, ", "))
       or "INSERT INTO data DEFAULT VALUES",
@@ -46,12 +42,7 @@ function W.new(tbl_dir, schema, names, fragment_size, stage)
 end
 
 function Writer:open_file()
-  if self.stage then
-    check(fs.mkdir_p(self.stage))
-    self.tmp = ("%s/.tmp-%s.db"):format(self.stage, fs.random_hex(16))
-  else
-    self.tmp = storage.temp_data_path(self.dir)
-  end
+  self.tmp = storage.temp_data_path(self.dir)
   self.db = storage.open_new_file(self.tmp)
   check(self.db:exec(self.create))
   check(self.db:exec("BEGIN"))
@@ -59,7 +50,7 @@ function Writer:open_file()
   self.in_file = 0
 end
 
--- Ends the current file: committed, synced, then published (or kept staged)
+-- Ends the current file: committed, synced, then published
 function Writer:close_file()
   local db, stmt = self.db, self.stmt
   self.db, self.stmt = nil, nil
@@ -70,11 +61,7 @@ function Writer:close_file()
     check(nil, msg, code)
   end
   storage.finish_file(db)
-  if self.stage then
-    self.files[#self.files + 1] = { tmp = self.tmp, rows = self.in_file }
-  else
-    self.files[#self.files + 1] = { data = storage.publish_file(self.dir, self.tmp, "d"), rows = self.in_file }
-  end
+  self.files[#self.files + 1] = { data = storage.publish_file(self.dir, self.tmp, "d"), rows = self.in_file }
   self.tmp = nil
   self.in_file = 0
 end
@@ -107,24 +94,11 @@ function Writer:add(chunk)
   end
 end
 
--- w:finish() -> array of {data = "data/d-....db", rows =} ({tmp =, rows =}
--- while staged): the files written, in order
+-- w:finish() -> array of {data = "data/d-....db", rows =}: the files
+-- written, in order
 function Writer:finish()
   if self.db then self:close_file() end
-  if not self.stage and #self.files > 0 then storage.sync_data_dir(self.dir) end
-  return self.files
-end
-
--- w:publish(tbl_dir) -> the staged files published into tbl_dir, as finish's
-function Writer:publish(tbl_dir)
-  self.dir = tbl_dir
-  for _, f in ipairs(self.files) do
-    f.data = storage.publish_file(tbl_dir, f.tmp, "d")
-    f.tmp = nil
-  end
-  if #self.files > 0 then storage.sync_data_dir(tbl_dir) end
-  fs.remove_tree(self.stage)
-  self.stage = nil
+  if #self.files > 0 then storage.sync_data_dir(self.dir) end
   return self.files
 end
 
@@ -135,12 +109,8 @@ function Writer:abort()
   self.stmt, self.db = nil, nil
   if self.tmp then fs.remove(self.tmp) end
   local rels = {}
-  for _, f in ipairs(self.files) do
-    if f.tmp then fs.remove(f.tmp) end
-    if f.data then rels[#rels + 1] = f.data end
-  end
+  for i, f in ipairs(self.files) do rels[i] = f.data end
   pcall(storage.remove_files, self.dir, rels)
-  if self.stage then fs.remove_tree(self.stage) end
   self.files = {}
 end
 
