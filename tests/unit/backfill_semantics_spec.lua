@@ -3,8 +3,10 @@
 -- failed under on_error = "null" (failed marks, kept in the column files and
 -- listed in the job record). A NULL the UDF returned is a computed value. A
 -- backfill with nothing to compute commits no version. Floats keep NaN and
--- infinities.
+-- infinities. Runs on a directory and on s3 (moto): storage: dir s3
 local geneva = require "geneva"
+local testdb = require "testdb"
+local backend = require "geneva.store.backend"
 local job = require "geneva.backfill.job"
 local worker = require "geneva.backfill.worker"
 local reader = require "geneva.store.reader"
@@ -19,7 +21,7 @@ local make_table = tables.maker { rows = function(i) return { id = i, text = ("r
 local task_for = tables.task_for
 
 local function version_files(tbl)
-  return #(fs.list(tbl.dir .. "/_versions") or {})
+  return #backend.list(tbl.dir .. "/_versions")
 end
 
 -- Backfills column (opts) and checks there was nothing to do: DONE, nothing
@@ -86,7 +88,7 @@ describe("what a backfill computes", function()
   local root, db
   before_each(function()
     root = child.tmpdir()
-    db = geneva.connect(root .. "/db")
+    db = testdb.connect(root .. "/db")
   end)
   after_each(function() child.rmtree(root) end)
 
@@ -300,15 +302,15 @@ describe("what a backfill computes", function()
     it("drops checkpoints whose rows were all computed since, and commits no version", function()
       local tbl = neg_table(500)
       local staged = stage(tbl, "neg", 1, 100)
-      local copy = fs.read(staged)
+      local copy = assert(backend.get(staged))
       local rec = tbl:backfill("neg", { batch_size = 100 })
       assert.equal(100, rec.rows.recovered)
       assert.equal(400, rec.rows.planned)
       -- the same checkpoint again (a late worker of a cancelled run)
-      assert(fs.write_atomic(staged, copy))
+      assert(backend.put(staged, copy))
       rec = backfill_noop(tbl, "neg", { batch_size = 100 })
       assert.is_falsy(rec.rows.recovered)
-      assert.is_false(fs.exists(staged))
+      assert.is_false(backend.exists(staged))
       assert.equal(500, tbl:count_rows("neg = -id"))
     end)
 
@@ -321,7 +323,7 @@ describe("what a backfill computes", function()
       local rec = tbl:backfill("neg", { batch_size = 100 })
       assert.equal(100, rec.rows.recovered)
       assert.equal(400, rec.rows.planned)
-      assert.is_false(fs.exists(staged))
+      assert.is_false(backend.exists(staged))
       assert.equal(500, tbl:count_rows("neg = -id"))
     end)
 
@@ -344,7 +346,7 @@ describe("what a backfill computes", function()
       assert.equal(0, n)
       assert.equal(v, got_v)
       assert.equal(v, tbl:version())
-      assert.is_true(fs.exists(staged))          -- back where it was
+      assert.is_true(backend.exists(staged))          -- back where it was
     end)
   end)
 
