@@ -708,7 +708,7 @@ describe("ray runner: connecting", function()
   end)
 
   it("Ctrl-C while the submissions are PENDING, on a Ray that loses such stops (ray#58353): stopped once running", function()
-    with_emulator({ "--num-cpus", "2", "--stop-wait", "1", "--setup-delay", "3", "--lose-pending-stops" }, function(e)
+    with_emulator({ "--num-cpus", "2", "--stop-wait", "1", "--setup-delay", "5", "--lose-pending-stops" }, function(e)
       local dir = child.tmpdir()
       local db = geneva.connect(dir .. "/db")
       local tbl = make_table(db, "docs", 4000)
