@@ -132,9 +132,11 @@ end
 -- @tparam[opt] table opts limits: `max_depth`, `max_items`, `max_keys`,
 -- `max_string` (see `defaults`)
 -- @treturn string
+-- @raise `invalid_argument` for an unknown option
 -- @usage pretty.format({ id = 1, tags = { "a", "b" } })  --> '{\n  id = 1,\n  tags = {"a", "b"},\n}'
 -- pretty.format({ 1, 2, 3 }, { max_items = 2 })          --> '{\n  1,\n  2,\n  … 1 more\n}'
 function pretty.format(v, opts)
+  if opts ~= nil then require("geneva.suggest").check_options("pretty.format", opts, pretty.defaults) end
   local o = {}
   for k, d in pairs(pretty.defaults) do o[k] = opts and opts[k] or d end
   local out = {}

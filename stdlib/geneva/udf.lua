@@ -471,7 +471,7 @@ local OPTIONS = {
 function udf.new(opts)
   if type(opts) ~= "table" then bad("options", "expected a table, got %s", type(opts)) end
   for k in pairs(opts) do
-    if not OPTIONS[k] then bad(tostring(k), "unknown option" .. require("geneva.suggest").hint(k, OPTIONS)) end
+    if not OPTIONS[k] then bad(tostring(k), "unknown option" .. require("geneva.suggest").unknown(k, OPTIONS)) end
   end
   local u = setmetatable({}, Udf)
   check_common(u, opts)
@@ -1043,7 +1043,10 @@ function Udf:call(row)
     cols[name] = { v == nil and NULL or v }
   end
   for k in pairs(row) do
-    if cols[k] == nil then bad("call", "'%s' is not an input column of UDF '%s'", tostring(k), self.name) end
+    if cols[k] == nil then
+      bad("call", "'%s' is not an input column of UDF '%s'%s", tostring(k), self.name,
+        require("geneva.suggest").unknown(k, self.input_columns))
+    end
   end
   local ex = self._call_ex
   if not ex then

@@ -487,6 +487,8 @@ end
 function recipe.run(r, job_name, opts)
   assert(getmetatable(r) == Recipe, "recipe.run: expected a Recipe (recipe.load)")
   opts = opts or {}
+  if type(opts) ~= "table" then errors.throw("invalid_argument", "recipe.run: opts must be a table {on_result=}") end
+  require("geneva.suggest").check_options("recipe.run", opts, { "on_result" })
   local jobs = r.jobs
   if job_name ~= nil then jobs = { find_job(r, job_name) } end
   local db = recipe.apply(r)
