@@ -99,6 +99,29 @@ t:backfill("y")
   end)
 end)
 
+describe("--db", function()
+  it("takes a file:// URI as geneva.connect does", function()
+    local dir = child.tmpdir()
+    local db = geneva.connect("file://" .. dir .. "/data")
+    db:create_table("docs", { { id = 1 } })
+    local code, out, err = child.cli { "jobs", "list", "--db", "file://" .. dir .. "/data" }
+    assert.equal(0, code, err)
+    assert.equal("", out)
+    assert.equal("No jobs found.\n", err)
+    code, out, err = child.cli { "tables", "list", "--db", "file://" .. dir .. "/data" }
+    assert.equal(0, code, err)
+    assert.matches("\ndocs%s+1%s", out)
+    -- a directory that is not there is still not found, named as given
+    code, _, err = child.cli { "jobs", "list", "--db", "file://" .. dir .. "/nothere" }
+    assert.equal(1, code)
+    assert.equal(("geneva: not_found: no database at 'file://%s/nothere'\n"):format(dir), err)
+    code, _, err = child.cli { "jobs", "list", "--db", "http://" .. dir }
+    assert.equal(1, code)
+    assert.matches("^geneva: invalid_argument: .*a database is a directory or s3://bucket/prefix\n$", err)
+    child.rmtree(dir)
+  end)
+end)
+
 describe("geneva COMMAND typos", function()
   it("a mistyped command exits 2 with a suggestion", function()
     local code, out, err = child.cli { "job", "list" }
