@@ -605,6 +605,7 @@ end
 -- in `_staging` belongs to them. Older versions still read their own files
 -- (@{Table:cleanup_old_versions} removes them); nothing is committed when
 -- there is nothing to do.
+-- @function Table:compact
 -- @treturn Table the handle itself
 -- @raise `invalid_argument` for any argument: it takes no options
 function Table:compact(...)
