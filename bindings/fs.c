@@ -41,7 +41,7 @@
 /* {====== libcrypto.so.3, loaded on the first hash (lazy.h)
 ** libcrypto is built with BIND_NOW and has ~4000 symbol relocations: linking
 ** it would cost every `geneva` start about as much as Lua itself
-** (pitfalls.md, startup). Only the SHA-256 calls below need it. */
+** (host/lazy.h). Only the SHA-256 calls below need it. */
 #include "lazy.h"
 #define CRYPTO_FUNCS(X) \
   X(EVP_sha256) \
@@ -592,7 +592,8 @@ static int fs_write_atomic(lua_State *L) {
 ** core.create_exclusive(path, data [, mode=0666]) -> true | nil, msg, code
 ** ("EEXIST" when path exists: a lost race). The data is complete and synced
 ** in a temp file before link() publishes it, so no reader ever sees a half
-** file; then the temp name goes and the dir is fsynced (pitfalls.md).
+** file (as creating path with O_EXCL, then writing it, would); then the temp
+** name goes and the dir is fsynced.
 */
 static int fs_create_exclusive(lua_State *L) {
   size_t len;

@@ -2,7 +2,7 @@
 ** http.c: geneva.http.core, HTTP(S) over libcurl.
 **
 ** libcurl is not linked: dynamic loading of it costs ~2.5 ms per process
-** start (pitfalls.md), so the first require loads libcurl.so.4 (lazy.h) and takes
+** start (host/lazy.h), so the first require loads libcurl.so.4 (lazy.h) and takes
 ** the few functions we use into a table; <curl/curl.h> is only for types and
 ** constants. A request runs in three phases:
 **   1. validate the options (may raise) and box the per-request state in a

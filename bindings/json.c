@@ -1,7 +1,7 @@
 /*
 ** json.c: geneva.json.core, our own JSON encoder and decoder.
 **
-** Why not lua-cjson 2.1.0 (pitfalls.md): it decodes `1` as the float 1.0,
+** Why not lua-cjson 2.1.0 (Debian 12's): it decodes `1` as the float 1.0,
 ** prints numbers with %.14g and cannot tell `[]` from `{}`. Fixing those up
 ** around it would cost a second pass over every value, so this file does the
 ** whole job in one pass and keeps Lua 5.4's integer/float distinction:

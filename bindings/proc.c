@@ -13,7 +13,8 @@
 **   all fds >= 3 close-on-exec); between fork and exec the child makes only
 **   async-signal-safe calls; argv, envp and the PATH candidates are built in
 **   the parent. Exec failure travels to the parent over a CLOEXEC pipe.
-** - pdeathsig fires when the forking *thread* exits (pitfalls.md).
+** - pdeathsig fires when the forking *thread* exits (prctl(2)): an embedder
+**   that starts workers from a thread that then ends loses them.
 ** - After the leader is reaped its group id stays valid while any member
 **   lives; once the group is seen empty it is never signalled again, so a
 **   recycled pid is not hit.

@@ -6,7 +6,7 @@
 **   geneva.sqlite.Stmt  one prepared statement. It holds its Db in user value
 **                       1 (so the Db outlives it), and the Db keeps a weak,
 **                       intrusive C list of its live statements, which its
-**                       release finalizes first (style.md §9 rule 9). The list
+**                       release finalizes first (sqlite3_close needs it). The list
 **                       is C, not a Lua table, because the ledger teardown
 **                       runs without Lua.
 **

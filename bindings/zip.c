@@ -4,7 +4,8 @@
 ** create() writes content-addressable archives: entries sorted by name, a
 ** fixed DOS time (1980-01-01 00:00), fixed Unix modes (0644/0755), no extra
 ** fields, so the same inputs give the same bytes on any machine and in any
-** time zone (pitfalls.md "libzip 1.7.3"). File sources are streamed by libzip
+** time zone (libzip 1.7.3 would take the mtime through localtime, and the
+** modes from the files). File sources are streamed by libzip
 ** (zip_source_file), never read into Lua. open() gives an Archive handle
 ** whose extract() refuses zip-slip: absolute names, ".." components, symlink
 ** entries, and writes through symlinks that already exist in the target.
@@ -13,8 +14,9 @@
 ** declares before anything is written, and again on the bytes actually
 ** inflated, since declared sizes can lie.
 **
-** Lua-callable functions are prefixed lzip_ (not zip_ as style.md §9.13
-** would have it) because libzip owns the zip_ namespace (zip_open, ...).
+** Lua-callable functions are prefixed lzip_ (not zip_, as the other
+** bindings' <name>_ would have it) because libzip owns the zip_ namespace
+** (zip_open, ...).
 */
 #include <errno.h>
 #include <stdarg.h>

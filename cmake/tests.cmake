@@ -1,5 +1,6 @@
 # Every tests/unit/*_spec.lua is one ctest test, run by busted under our own
-# host (pitfalls.md: Debian's busted would otherwise pick lua5.2). A spec whose
+# host (Debian's /usr/bin/busted runs `env lua`, which can be the lua5.2 that
+# lua-busted pulls in). A spec whose
 # first line contains "memcheck" is also labelled memcheck; with
 # GENEVA_VALGRIND=ON those run under valgrind, and so does every geneva
 # process they start (workers, CLI children): other programs (python3, sh,

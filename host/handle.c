@@ -95,7 +95,7 @@ static int m_is_closed(lua_State *L) {
 }
 
 /* __gc and __close: the same release, errors dropped (a finalizer never
-** raises: style.md §10). */
+** raises: an error there would hide the one being unwound). */
 static int mm_gc(lua_State *L) {
   void *h = luaL_testudata(L, 1, upclass(L)->name);
   if (h) geneva_handle_release(h);

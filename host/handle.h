@@ -1,7 +1,7 @@
 /*
 ** handle.h: the one way to define a userdata handle over a C resource
 ** (not installed). Modelled on liolib.c's LStream/newprefile/aux_close/
-** tofile and LuaSocket's auxiliar_newclass (style.md §9 rules 1-4).
+** tofile and LuaSocket's auxiliar_newclass.
 **
 ** A handle struct starts with a geneva_handle; its class says how to
 ** release it:

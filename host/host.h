@@ -35,7 +35,8 @@ int luaopen_geneva_ledger_core(lua_State *L);
 
 /* worker_exe.c */
 /*
-** The program to start as a worker, as an absolute path in buf (design §5):
+** The program to start as a worker, as an absolute path in buf (README,
+** Embedding):
 ** h's opts.worker_exe, else $GENEVA_WORKER_EXE, else the running executable
 ** when it is geneva, else the geneva installed beside libgeneva, else geneva
 ** on PATH. 0, or -1 with a message in err saying what was tried and how to

@@ -5,7 +5,7 @@
 ** Why: Debian builds libcrypto and libsqlite3 with BIND_NOW, and merely
 ** linking libcurl, libsqlite3, libzip (with the libcrypto it pulls in) and
 ** libedit cost `geneva -e ''` about 4x the instructions of `lua5.4 -e ''`
-** (pitfalls.md, startup). So none of them is linked: a binding declares the
+** (README, Performance). So none of them is linked: a binding declares the
 ** library and the functions it calls, gets a table of pointers typed from
 ** the library's own header, and #defines each name to its pointer, so the
 ** code that calls them reads as usual:

@@ -1,6 +1,6 @@
 /*
-** worker_exe.c: which program runs as a worker (design §5), and the host's
-** Lua module geneva.host.core.
+** worker_exe.c: which program runs as a worker (README, Embedding), and
+** the host's Lua module geneva.host.core.
 **
 ** Workers are `geneva` processes, never copies of an embedding application:
 ** the local runner starts `<worker_exe> worker --stdio`, and a manifest with

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine: Debian packages, build (-Werror),
-# install to /usr/local (or $PREFIX), then runs the main example.
+# Sets up a fresh Debian 12 machine: Debian packages, build (-Werror), the
+# Lua API reference (LDoc), install to /usr/local (or $PREFIX), then runs
+# the main example.
 #   bash scripts/setup.sh            # BUILD_DIR=build PREFIX=/usr/local
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ PACKAGES=(
   libssl-dev openssl libedit-dev
   python3 zip unzip valgrind procps
   man-db groff-base bsdextrautils            # tests/integration/manpage.sh
+  lua-ldoc lua-markdown                      # the API reference (scripts/docs)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -29,6 +31,9 @@ fi
 
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$BUILD_DIR" -j"$(nproc)"
+# the API reference, before the install that copies it to share/doc/geneva
+# (which man geneva names); any LDoc warning fails it
+cmake --build "$BUILD_DIR" --target docs >/dev/null
 $SUDO cmake --install "$BUILD_DIR" --prefix "$PREFIX" >/dev/null
 command -v ldconfig >/dev/null && $SUDO ldconfig || true
 

@@ -65,16 +65,14 @@ function M.connect(uri, opts)
       if type(v) ~= S3_OPTIONS[k] then invalid(("connect: option '%s' must be a %s"):format(k, S3_OPTIONS[k])) end
     end
     path, store = require("geneva.store.backend.s3").mount(uri, opts)
-  elseif uri:match("^%a[%w+.-]*://") and not uri:match("^file://") then
-    invalid(("connect: '%s': a database is a directory or s3://bucket/prefix"):format(uri))
   else
+    path = M.directory_of(uri)
     local k = next(opts or {})
     if k ~= nil then
       -- the options are an s3 database's: a typo'd s3:// URI, most likely
       invalid(("connect: option '%s' is for s3:// databases; a directory database takes none")
         :format(tostring(k)), { field = type(k) == "string" and k or nil })
     end
-    path = uri:gsub("^file://", "")
     errors.io(fs.mkdir_p(path))
     path = errors.io(fs.realpath(path))
   end
@@ -82,6 +80,16 @@ function M.connect(uri, opts)
   local db = setmetatable({ uri = uri, path = path, dir = path, opts = opts or {}, store = store }, Db)
   require("geneva.context").use_db(db)   -- names resolve against it
   return db
+end
+
+-- M.directory_of(uri) -> the directory a database URI other than s3://
+-- names: a path, or file://path. Raises invalid_argument for another scheme.
+-- (connect and the CLI's --db read URIs the same way through it)
+function M.directory_of(uri)
+  if uri:match("^%a[%w+.-]*://") and not uri:match("^file://") then
+    invalid(("connect: '%s': a database is a directory or s3://bucket/prefix"):format(uri))
+  end
+  return (uri:gsub("^file://", ""))
 end
 
 -- M.latest() -> the Db of the latest connect in this Lua state, or nil

@@ -59,6 +59,10 @@ function geneva.context(opts) return require("geneva.context").new(opts) end
 -- @usage geneva.local_cluster { workers = 2 } (function() tbl:backfill("words") end)
 function geneva.local_cluster(opts)
   opts = opts or {}
+  if type(opts) ~= "table" then
+    require("geneva.errors").throw("invalid_argument", "local_cluster: expected a table of options")
+  end
+  require("geneva.suggest").check_options("local_cluster", opts, { "workers", "db", "manifest", "on_exit", "name" })
   local c = { cluster = { type = "local", workers = opts.workers } }
   for k, v in pairs(opts) do if k ~= "workers" then c[k] = v end end
   return require("geneva.context").new(c)

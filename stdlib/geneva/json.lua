@@ -18,8 +18,20 @@ local json = {
   canonical = core.canonical,
 }
 
---- The sentinel `null` decodes to; encodes as null. `geneva.null` is the same value.
+--- The sentinel `null` decodes to; encodes as null. `geneva.null` is the same
+-- value, and `tostring` gives `"geneva.null"`.
 -- @field null
+
+-- null is the NULL light userdata (shared with geneva.sqlite, geneva.yaml
+-- and lua-cjson): it prints as "geneva.null", not "userdata: (nil)". The
+-- metatable of a light userdata is every light userdata's, so any other
+-- keeps Lua's own "userdata: 0x..." form.
+if debug.getmetatable(core.null) == nil then
+  debug.setmetatable(core.null, { __tostring = function(v)
+    if v == core.null then return "geneva.null" end
+    return ("userdata: %p"):format(v)
+  end })
+end
 
 --- Decodes JSON text (UTF-8: a bad byte or a lone surrogate `\u` fails with
 -- its offset).

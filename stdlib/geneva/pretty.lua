@@ -6,10 +6,14 @@
 -- cycles (`<cycle>`). An object, a value whose metatable has `__tostring`
 -- (a `geneva.Table`, `geneva.Job`, `geneva.Udf`, `geneva.Db`, a schema,
 -- an error), prints as its one line in angle brackets:
--- `<geneva.Table docs v3 (4 columns)>`. An array also indexed by name (a
--- schema) prints its entries once, not once per index and once per name.
+-- `<geneva.Table docs v3 (4 columns)>`; so do the job records that
+-- `db:jobs()` lists. An array also indexed by name (a schema) prints its
+-- entries once, not once per index and once per name. `geneva.null` prints
+-- as `geneva.null`.
 -- @module geneva.pretty
 local pretty = {}
+
+local NULL = require("geneva.json").null
 
 --- The default limits; `pretty.format`'s options override them.
 -- @table defaults
@@ -84,6 +88,7 @@ local function inline(v, n, keys, opts)
 end
 
 local function render(v, indent, depth, seen, opts, out)
+  if rawequal(v, NULL) then out[#out + 1] = "geneva.null"; return end   -- as the REPL user types it
   if type(v) ~= "table" then
     out[#out + 1] = type(v) == "userdata" and object(v) or scalar(v, depth > 0 and opts.max_string)
     return
@@ -132,9 +137,11 @@ end
 -- @tparam[opt] table opts limits: `max_depth`, `max_items`, `max_keys`,
 -- `max_string` (see `defaults`)
 -- @treturn string
+-- @raise `invalid_argument` for an unknown option
 -- @usage pretty.format({ id = 1, tags = { "a", "b" } })  --> '{\n  id = 1,\n  tags = {"a", "b"},\n}'
 -- pretty.format({ 1, 2, 3 }, { max_items = 2 })          --> '{\n  1,\n  2,\n  … 1 more\n}'
 function pretty.format(v, opts)
+  if opts ~= nil then require("geneva.suggest").check_options("pretty.format", opts, pretty.defaults) end
   local o = {}
   for k, d in pairs(pretty.defaults) do o[k] = opts and opts[k] or d end
   local out = {}

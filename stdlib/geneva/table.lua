@@ -427,17 +427,38 @@ end
 -- the next @{backfill} recomputes them. The data type must stay the same
 -- (drop and re-add the column to change it).
 -- @tparam {table,...}|table list `{ {path = "column", udf = new_udf}, ... }`,
--- or one such entry
+-- one such entry, or `{column = new_udf, ...}` as @{add_columns} takes
 -- @treturn Table the handle itself
 -- @raise `not_found` for an unknown column; `invalid_argument` for a stored
--- column, another data type, or a missing input column
--- @usage tbl:alter_columns { path = "words", udf = geneva.udf { data_type = "int64",
+-- column, another data type, a missing input column, or no column at all
+-- (nothing is committed then)
+-- @usage tbl:alter_columns { words = geneva.udf { data_type = "int64",
 --   fn = function(content) return content and #content // 6 end } }
 -- tbl:backfill("words")    -- recomputes every row
 function Table:alter_columns(list)
   writable(self, "alter columns")
-  if type(list) ~= "table" then invalid("alter_columns: expected an array of {path = column, udf = udf}") end
-  if list.path then list = { list } end
+  local form = "{ {path = column, udf = udf}, ... } or {column = udf, ...}"
+  if type(list) ~= "table" then invalid(("alter_columns: expected %s, got %s"):format(form, type(list))) end
+  if type(list.path) == "string" or type(list.name) == "string" then list = { list } end
+  if #list == 0 and next(list) ~= nil then
+    -- the map form, as add_columns takes it; string keys only
+    local entries = {}
+    for k, u in pairs(list) do
+      if type(k) ~= "string" then
+        invalid(("alter_columns: expected %s; key %s is neither"):format(form, tostring(k)))
+      end
+      entries[#entries + 1] = { path = k, udf = u }
+    end
+    table.sort(entries, function(a, b) return a.path < b.path end)
+    list = entries
+  else
+    for k in pairs(list) do
+      if math.type(k) ~= "integer" or k < 1 or k > #list then
+        invalid(("alter_columns: expected %s, not both; '%s' is neither"):format(form, tostring(k)))
+      end
+    end
+  end
+  if #list == 0 then invalid(("alter_columns: no column to alter (expected %s)"):format(form)) end
   local changes = {}
   for i, a in ipairs(list) do
     local path = type(a) == "table" and (a.path or a.name)
@@ -584,8 +605,15 @@ end
 -- in `_staging` belongs to them. Older versions still read their own files
 -- (@{Table:cleanup_old_versions} removes them); nothing is committed when
 -- there is nothing to do.
+-- @function Table:compact
 -- @treturn Table the handle itself
-function Table:compact()
+-- @raise `invalid_argument` for any argument: it takes no options
+function Table:compact(...)
+  if select("#", ...) > 0 then
+    local opts = ...
+    if type(opts) ~= "table" then invalid("compact: it takes no arguments") end
+    require("geneva.suggest").check_options("compact (it takes no options)", opts, {})
+  end
   writable(self, "compact")
   local compact = require "geneva.store.compact"
   local m0 = current(self)

@@ -201,14 +201,25 @@ local function module_identity(modname, field)
     .. "(its source feeds the UDF version)"):format(field, modname), { field = field }), 3)
 end
 
+-- require's message for a module it cannot find lists every file it
+-- tried, a dozen lines per module: one line says what a user acts on.
+local function short_require_error(msg)
+  msg = msg:gsub("\n\tno [^\n]*", "")
+  return (msg:gsub("(module '[^']*' not found):", "%1 on package.path"))
+end
+
 -- require(modname)[fname] (fname may be dotted) -> function; raises
--- not_found / udf_error.
+-- not_found (the module or the function is not there) / udf_error (loading
+-- it failed).
 local function resolve_module(modname, fname, what)
   local ok, m = pcall(require, modname)
   if not ok then
-    local msg = tostring(errors.is(m) and m.message or m)
-    local code = msg:find("module '" .. modname .. "' not found", 1, true) and "not_found" or "udf_error"
-    error(errors.new(code, ("%s: cannot load module '%s': %s"):format(what, modname, msg)), 0)
+    local msg = short_require_error(tostring(errors.is(m) and m.message or m))
+    if msg:find("^module '" .. modname:gsub("%p", "%%%0") .. "' not found") then
+      error(errors.new("not_found", ("%s: module '%s' not found on package.path"):format(what, modname),
+        { field = "module" }), 0)
+    end
+    error(errors.new("udf_error", ("%s: cannot load module '%s': %s"):format(what, modname, msg)), 0)
   end
   local f = m
   for part in fname:gmatch("[^.]+") do
@@ -471,7 +482,7 @@ local OPTIONS = {
 function udf.new(opts)
   if type(opts) ~= "table" then bad("options", "expected a table, got %s", type(opts)) end
   for k in pairs(opts) do
-    if not OPTIONS[k] then bad(tostring(k), "unknown option" .. require("geneva.suggest").hint(k, OPTIONS)) end
+    if not OPTIONS[k] then bad(tostring(k), "unknown option" .. require("geneva.suggest").unknown(k, OPTIONS)) end
   end
   local u = setmetatable({}, Udf)
   check_common(u, opts)
@@ -520,6 +531,7 @@ function udf.new(opts)
   if cols == nil then
     if f == nil then
       local ok, r = pcall(resolve_module, u.module, u["function"], "geneva.udf")
+      if not ok and errors.is(r) and r.code == "not_found" then error(r, 0) end   -- says it all
       if not ok then
         bad("input_columns", "not given, and the function cannot be loaded here to read its "
           .. "parameter names (%s)", tostring(errors.is(r) and r.message or r))
@@ -646,7 +658,7 @@ function Udf:_functions()
         local ok, m = pcall(require, role)
         if not ok then
           error(errors.new("not_found", ("UDF '%s': cannot load module '%s' (an upvalue of its code): %s")
-            :format(self.name, role, tostring(errors.is(m) and m.message or m))), 0)
+            :format(self.name, role, short_require_error(tostring(errors.is(m) and m.message or m)))), 0)
         end
         debug.setupvalue(f, i, m)
       end
@@ -1043,7 +1055,10 @@ function Udf:call(row)
     cols[name] = { v == nil and NULL or v }
   end
   for k in pairs(row) do
-    if cols[k] == nil then bad("call", "'%s' is not an input column of UDF '%s'", tostring(k), self.name) end
+    if cols[k] == nil then
+      bad("call", "'%s' is not an input column of UDF '%s'%s", tostring(k), self.name,
+        require("geneva.suggest").unknown(k, self.input_columns))
+    end
   end
   local ex = self._call_ex
   if not ex then

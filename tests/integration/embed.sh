@@ -3,7 +3,7 @@
 # the *installed* files (pkg-config, and the CMake package), and runs it:
 # scripts, errors, teardown, and a backfill in a local context plus an async
 # job whose workers must be the installed geneva, never the application
-# (design §5), with GENEVA_WORKER_EXE and with no geneva to be found.
+# (README, Embedding), with GENEVA_WORKER_EXE and with no geneva to be found.
 set -euo pipefail
 : "${GENEVA_BUILD_DIR:?}" "${GENEVA_SOURCE_DIR:?}"
 tmp=$(mktemp -d)

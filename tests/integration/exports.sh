@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # libgeneva.so exports the functions of geneva.h and the luaopen_* openers,
-# nothing else (design §5): every other defined dynamic symbol fails the
+# nothing else (host/libgeneva.map): every other defined dynamic symbol fails the
 # test, and so does a geneva.h function that is not exported.
 set -euo pipefail
 : "${GENEVA_BUILD_DIR:?}" "${GENEVA_SOURCE_DIR:?}"

@@ -143,7 +143,7 @@ function Kit:cli(...)
 end
 
 -- kit.pause(seconds): sleeps that long (time.sleep returns early when a
--- child exits: pitfalls.md)
+-- child exits: docs/internals.md, Traps we met)
 function kit.pause(seconds)
   local deadline = time.monotonic() + seconds
   repeat

@@ -4,7 +4,7 @@
 Runs moto's app (the one `moto_server` serves) on 127.0.0.1 and a free
 port, one request at a time: moto checks If-None-Match and writes without a
 lock, so two racing creates could both win, where S3 lets exactly one win
-(pitfalls.md). Connections are still served by threads. INITIAL_NO_AUTH_ACTION_COUNT lets the first requests in
+(docs/internals.md, Traps we met). Connections are still served by threads. INITIAL_NO_AUTH_ACTION_COUNT lets the first requests in
 without credentials: those create an IAM user, a policy allowing s3:*, its
 attachment and an access key. Every later request is signature-checked.
 

@@ -4,7 +4,8 @@
 usage: repl_pty.py GENEVA_BIN
 Checks a multi-line function, `=expr`, a pretty-printed table, an error that
 does not end the session, Ctrl-C at the prompt and at a `>>` continuation,
-Tab completion, compact printing of objects and long arrays, a background
+Tab completion, compact printing of objects, job records, geneva.null and
+long arrays, a background
 job that draws nothing at the prompt, and the history file.
 Prints 'N passed, N failed' and exits non-zero on failure.
 """
@@ -146,6 +147,12 @@ def main():
     check("and ends DONE", "DONE" in out, out)
     out = step("=j\n", "rows>")
     check("a job prints as one line", re.search(r"<geneva\.Job \S+ DONE docs\.s 4000/4000 rows>\r\n", out), out)
+    out = step("=db:jobs()\n", "ago>")
+    check("job records print a line each",
+          re.search(r"\{\r\n  <geneva\.JobRecord \S+ DONE docs\.s 4000/4000 rows, \d+[smhd] ago>,\r\n\}", out)
+          and "created_at" not in out, out)
+    out = step("=geneva.null, {1, geneva.null}\n", "}")
+    check("geneva.null prints as itself", "geneva.null\t{1, geneva.null}" in out and "userdata" not in out, out)
     out = step("=t\n", "columns)>")
     check("a table prints as one line", re.search(r"<geneva\.Table docs v\d+ \(2 columns\)>", out), out)
     out = step("=t:to_rows()\n", "more")

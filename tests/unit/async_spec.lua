@@ -1,4 +1,4 @@
--- Background jobs (design §3): backfill_async makes progress whatever its
+-- Background jobs (README, Using it): backfill_async makes progress whatever its
 -- caller does, other processes see it and stop it, and it belongs to its
 -- context and its owner. Real processes, real signals.
 -- Runs on a directory and on s3 (moto): see testdb.lua. storage: dir s3

@@ -1,4 +1,4 @@
--- Specs for what a backfill computes (design §3): a row is missing when no memcheck
+-- Specs for what a backfill computes (README, Using it): a row is missing when no memcheck
 -- column file of the column's current UDF version holds it, or when it
 -- failed under on_error = "null" (failed marks, kept in the column files and
 -- listed in the job record). A NULL the UDF returned is a computed value. A

@@ -99,6 +99,29 @@ t:backfill("y")
   end)
 end)
 
+describe("--db", function()
+  it("takes a file:// URI as geneva.connect does", function()
+    local dir = child.tmpdir()
+    local db = geneva.connect("file://" .. dir .. "/data")
+    db:create_table("docs", { { id = 1 } })
+    local code, out, err = child.cli { "jobs", "list", "--db", "file://" .. dir .. "/data" }
+    assert.equal(0, code, err)
+    assert.equal("", out)
+    assert.equal("No jobs found.\n", err)
+    code, out, err = child.cli { "tables", "list", "--db", "file://" .. dir .. "/data" }
+    assert.equal(0, code, err)
+    assert.matches("\ndocs%s+1%s", out)
+    -- a directory that is not there is still not found, named as given
+    code, _, err = child.cli { "jobs", "list", "--db", "file://" .. dir .. "/nothere" }
+    assert.equal(1, code)
+    assert.equal(("geneva: not_found: no database at 'file://%s/nothere'\n"):format(dir), err)
+    code, _, err = child.cli { "jobs", "list", "--db", "http://" .. dir }
+    assert.equal(1, code)
+    assert.matches("^geneva: invalid_argument: .*a database is a directory or s3://bucket/prefix\n$", err)
+    child.rmtree(dir)
+  end)
+end)
+
 describe("geneva COMMAND typos", function()
   it("a mistyped command exits 2 with a suggestion", function()
     local code, out, err = child.cli { "job", "list" }
@@ -183,5 +206,37 @@ describe("did you mean, in option tables", function()
     says("job:logs: unknown option 'folow' (did you mean 'follow'?)", j.logs, j, { folow = true })
     says("job:logs: unknown option 'tail' (one of: follow, on_line)", j.logs, j, { tail = 5 })
     says("backfill: unknown option 'wehre' (did you mean 'where'?)", t.backfill, t, "y", { wehre = "id > 0" })
+  end)
+
+  it("local_cluster, udf:call, compact, file sources, recipe.run, pretty.format: no option passes unchecked", function()
+    local t = db:create_table("t", { { id = 1 } })
+    local function says(msg, f, ...)
+      local e = raises("invalid_argument", f, ...)
+      assert.matches(msg, e.message, 1, true)
+    end
+    says("local_cluster: unknown option 'workrs' (did you mean 'workers'?)", geneva.local_cluster, { workrs = 2 })
+    says("local_cluster: unknown option 'size' (one of: db, manifest, name, on_exit, workers)",
+      geneva.local_cluster, { size = 2 })
+    says("context: unknown option 'size' (one of: cluster, db, manifest, name, on_exit)", geneva.context, { size = 2 })
+    local u = geneva.udf { data_type = "int64", fn = function(id) return id end }
+    says("'idd' is not an input column of UDF '" .. u.name .. "' (did you mean 'id'?)", u.call, u, { idd = 1 })
+    says("'zzz' is not an input column of UDF '" .. u.name .. "' (one of: id)", u.call, u, { zzz = 1 })
+    -- compact takes none: a table of options is refused, and nothing is committed
+    local v = t:version()
+    says("compact (it takes no options): unknown option 'dry'", t.compact, t, { dry = true })
+    says("compact: it takes no arguments", t.compact, t, true)
+    assert.equal(v, t:version())
+    local csv = dir .. "/x.csv"
+    local f = assert(io.open(csv, "w")); f:write("id\n1\n"); f:close()
+    says("file source: unknown option 'fromat' (did you mean 'format'?)", db.create_table, db, "x",
+      { from = csv, fromat = "csv" })
+    says("file source: unknown option 'schema'", t.add, t, { from = csv, schema = { id = "int64" } })
+    local yaml = dir .. "/r.yaml"
+    f = assert(io.open(yaml, "w")); f:write("db: ./db\n"); f:close()
+    local recipe = require "geneva.recipe"
+    says("recipe.run: unknown option 'on_reslt' (did you mean 'on_result'?)", recipe.run, recipe.load(yaml), nil,
+      { on_reslt = print })
+    says("pretty.format: unknown option 'max_item' (did you mean 'max_items'?)", require("geneva.pretty").format,
+      { 1 }, { max_item = 2 })
   end)
 end)

@@ -96,7 +96,7 @@ describe("geneva.context.manifest", function()
 
     it("names what cannot be resolved", function()
       local e = raises("invalid_argument", db.define_manifest, db, "x", { modules = { "feats", "no_such_mod" } })
-      assert.matches("^modules%[2%]: module 'no_such_mod' not found on package.path:\n\tno file '.*no_such_mod.lua'", e.message)
+      assert.equal("modules[2]: module 'no_such_mod' not found on package.path", e.message)   -- one line
       e = raises("invalid_argument", db.define_manifest, db, "x", { files = { "*.nothing" }, base_dir = proj })
       assert.equal(("files[1]: '*.nothing' matches no file (relative to %s)"):format(fs.realpath(proj)), e.message)
       e = raises("invalid_argument", db.define_manifest, db, "x", { files = { "../etc/passwd" } })

@@ -85,6 +85,30 @@ describe("geneva.pretty", function()
     assert.equal("<geneva.Error not_found: gone>", pretty.format(require("geneva.errors").new("not_found", "gone")))
   end)
 
+  it("prints job records as a line each, and geneva.null as geneva.null", function()
+    local j = tbl:backfill_async("words")
+    j:wait()
+    local out = pretty.format(db:jobs())
+    -- newest first; the earlier backfill computed the rows, this one none
+    assert.matches("^{\n  <geneva.JobRecord " .. j.id:gsub("%-", "%%-") .. " DONE docs.words %d+/%d+ rows, %d+[smhd] ago>,\n", out)
+    assert.matches("\n  <geneva.JobRecord %S+ DONE docs.words 5000/5000 rows, %d+[smhd] ago>,\n", out)
+    local _, lines = out:gsub("\n", "")
+    assert.equal(#db:jobs() + 1, lines)
+    assert.not_matches("created_at", out, 1, true)
+    -- still plain data: fields, and JSON
+    local rec = db:jobs()[1]
+    assert.equal(j.id, rec.id)
+    assert.equal(0, rec.rows.committed)
+    assert.equal(5000, db:jobs()[2].rows.committed)
+    assert.equal(j.id, require("geneva.json").decode(require("geneva.json").encode(rec)).id)
+    -- a record of its own (job:record()) prints whole
+    assert.matches("created_at = ", pretty.format(j:record()), 1, true)
+    assert.equal("geneva.null", tostring(geneva.null))
+    assert.equal("geneva.null", pretty.format(geneva.null))
+    assert.equal("{1, geneva.null, 3}", pretty.format({ 1, geneva.null, 3 }))
+    assert.equal("{x = geneva.null}", pretty.format({ x = geneva.null }))
+  end)
+
   it("prints a schema once per column, a UDF by its name and version, not its bytecode", function()
     local out = pretty.format(tbl:schema())
     local sc = tbl:schema()

@@ -573,10 +573,48 @@ manifests:
       assert.matches("manifest 'base': ", all, 1, true)
       assert.matches("nodir", all, 1, true)
       assert.is_false(fs.exists(dir .. "/db"))
-      -- the command line says the same, and exits 1
+      -- the command line says the same, and exits 1: one line a problem,
+      -- each `geneva: <code>: file:line:col: ...`, no list of searched files
       local st, _, err = child.cli({ "recipe", "validate", p })
       assert.equals(1, st)
-      assert.matches("module 'nothere' not found on package.path", err, 1, true)
+      local lines = {}
+      for l in err:gmatch("[^\n]+") do lines[#lines + 1] = l end
+      assert.equals(3, #lines, err)
+      for _, l in ipairs(lines) do
+        assert.matches("^geneva: invalid_argument: " .. p:gsub("%p", "%%%0") .. ":%d+:%d+: manifest '", l)
+      end
+      assert.equals(("geneva: invalid_argument: %s:4:29: manifest 'mods': modules[2]: module 'nothere' not found "
+        .. "on package.path"):format(p), lines[1])
+    end)
+
+    it("says once, in one line, that a job's module its manifest ships is not found", function()
+      local p = write(dir .. "/r.yaml", [[
+db: ./db
+manifests: {m: {modules: [recipe_nothere_q]}}
+jobs:
+  j:
+    table: docs
+    column: c
+    udf: {module: recipe_nothere_q, function: f, data_type: int64}
+    manifest: m
+  k:
+    table: docs
+    column: d
+    udf: {module: recipe_nothere_r, function: f, data_type: int64}
+]])
+      local st, out, err = child.cli({ "recipe", "validate", p })
+      assert.equals(1, st)
+      assert.equals("", out)
+      assert.equals(("geneva: invalid_argument: %s:2:27: manifest 'm': modules[1]: module 'recipe_nothere_q' "
+        .. "not found on package.path\n"
+        .. "geneva: invalid_argument: %s:12:11: job 'k' udf: geneva.udf: module 'recipe_nothere_r' "
+        .. "not found on package.path\n"):format(p, p), err)
+      -- one problem alone prints the same way
+      p = write(dir .. "/r1.yaml", "db: ./db\nmanifests: {m: {modules: [recipe_nothere_q]}}\n")
+      st, _, err = child.cli({ "recipe", "validate", p })
+      assert.equals(1, st)
+      assert.equals(("geneva: invalid_argument: %s:2:27: manifest 'm': modules[1]: module 'recipe_nothere_q' "
+        .. "not found on package.path\n"):format(p), err)
     end)
 
     it("reports a job's UDF problems at the field", function()
@@ -809,7 +847,7 @@ jobs:
 ]]):format(db_dir))
       st, _, err = run({ "recipe", "validate", "r3.yaml" })
       assert.equals(1, st)
-      assert.matches("r3.yaml:6:5: job 'len3' udf: ", err, 1, true)
+      assert.matches("r3.yaml:6:12: job 'len3' udf: ", err, 1, true)   -- at its module
       assert.matches("module 'shipped_rec' not found", err, 1, true)
     end)
 

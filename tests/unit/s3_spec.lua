@@ -358,7 +358,7 @@ describe("geneva.s3", function()
     end)
   end)
 
-  describe("defaults (design §3)", function()
+  describe("defaults (those of the AWS SDKs)", function()
     local creds = { access_key = "AKIAX", secret_key = "s" }
     it("endpoint, region and addressing", function()
       local env = {}

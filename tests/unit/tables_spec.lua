@@ -403,6 +403,28 @@ describe("geneva tables", function()
       raises("invalid_argument", t.alter_columns, t, { { path = "words", udf = fake_udf("v3", "string") } })
     end)
 
+    it("alters columns given as add_columns takes them, and refuses an empty or mixed list, committing nothing", function()
+      local t = docs(2)
+      t:add_columns { words = fake_udf("v1"), chars = fake_udf("c1") }
+      local v = t:version()
+      t:alter_columns { words = fake_udf("v2"), chars = fake_udf("c2") }     -- the map form
+      assert.equal(v + 1, t:version())
+      assert.equal("v2", t:schema().words.udf_version)
+      assert.equal("c2", t:schema().chars.udf_version)
+      t:alter_columns { path = "words", udf = fake_udf("v3") }              -- one entry
+      assert.equal("v3", t:schema().words.udf_version)
+      v = t:version()
+      local e = raises("invalid_argument", t.alter_columns, t, {})
+      assert.matches("alter_columns: no column to alter (expected { {path = column, udf = udf}, ... } or "
+        .. "{column = udf, ...})", e.message, 1, true)
+      e = raises("invalid_argument", t.alter_columns, t, { { path = "words", udf = fake_udf("v4") }, chars = fake_udf("c4") })
+      assert.matches("not both; 'chars' is neither", e.message, 1, true)
+      raises("invalid_argument", t.alter_columns, t, { words = 42 })
+      raises("not_found", t.alter_columns, t, { nope = fake_udf("v4") })
+      assert.equal(v, t:version())
+      assert.equal("v3", t:schema().words.udf_version)
+    end)
+
     it("drops columns", function()
       local t = docs(2)
       t:add_columns { words = fake_udf("v1") }

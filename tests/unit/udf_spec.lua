@@ -193,6 +193,10 @@ return M
       end)
       raises("not_found", "module 'udfmod_missing' not found", udf.new,
         { module = "udfmod_missing", ["function"] = "f", data_type = "int64", input_columns = { "x" } })
+      -- without input_columns, the same: one line, no list of the files require tried
+      local e = raises("not_found", "module 'udfmod_missing' not found", udf.new,
+        { module = "udfmod_missing", ["function"] = "f", data_type = "int64" })
+      assert.equal("geneva.udf: module 'udfmod_missing' not found on package.path", e.message)
     end)
 
     it("use a local fn when given with module/function, versioned by the module source", function()

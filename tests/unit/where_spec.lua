@@ -1,4 +1,4 @@
--- Specs for `where` (design §3): one SQL expression over the table's memcheck
+-- Specs for `where` (README, Types): one SQL expression over the table's memcheck
 -- columns, the same rule for tbl:backfill, tbl:count_rows, tbl:to_rows and
 -- tbl:search():where(). Anything that escapes the expression (a stray `)`,
 -- a comment, a `;`, a subquery, a parameter) is invalid_argument naming the

@@ -1,4 +1,4 @@
--- geneva.backfill: starting backfill jobs (design §3; docs/internals.md).
+-- geneva.backfill: starting backfill jobs (docs/internals.md, "Backfill").
 --
 --   tbl:backfill(column, opts)       backfill.run: the job runs in this
 --       process, on the current runner (the innermost context's, else the

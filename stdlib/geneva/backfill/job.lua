@@ -1,7 +1,9 @@
 --- Backfill jobs: the Job object that @{geneva.table.Table:backfill_async}
 -- and @{geneva.db.Db:job} return, and the records @{geneva.db.Db:jobs} lists.
 --
--- A job's record is a plain table: `id`, `status` (`"PENDING"`,
+-- A job's record is a plain table (those @{geneva.db.Db:jobs} lists print
+-- as one line: `geneva.JobRecord <id> DONE docs.words 4000/4000 rows, 5m ago`):
+-- `id`, `status` (`"PENDING"`,
 -- `"RUNNING"`, `"DONE"`, `"FAILED"`, `"CANCELLED"`), `table`, `column`,
 -- `rows` (`planned`, `computed`, `committed`, `failed`, `failed_rowids` by
 -- fragment), `tasks` (`planned`, `done`), `commits`, `error` (`code`,
@@ -159,6 +161,28 @@ function job.load(db_dir, id)
   return rec
 end
 
+-- job.progress(rec) -> committed, total: the rows committed of the total.
+-- A resumed run commits the checkpoints of an earlier one (rows.recovered)
+-- besides the rows it planned, and counts both as committed, so the total
+-- is planned + recovered; the cap keeps a record from an older geneva (or
+-- a hand-edited one) from showing more than that.
+function job.progress(rec)
+  local r = type(rec.rows) == "table" and rec.rows or {}
+  local total = (tonumber(r.planned) or 0) + (tonumber(r.recovered) or 0)
+  return math.min(tonumber(r.committed) or 0, total), total
+end
+
+-- The records job.list gives print as one line (`=db:jobs()` in the REPL:
+-- a line per job, not the record's thirty-odd fields); their fields stay
+-- plain data.
+job.Record = { __name = "geneva.JobRecord" }
+job.Record.__tostring = function(rec)
+  local committed, total = job.progress(rec)
+  local age = require("geneva.cli.output").age(rec.created_at)
+  return ("geneva.JobRecord %s %s %s.%s %d/%d rows%s"):format(tostring(rec.id), tostring(rec.status),
+    tostring(rec.table), tostring(rec.column), committed, total, age ~= "-" and (", %s ago"):format(age) or "")
+end
+
 -- job.list(db_dir [, {table=, status=}]) -> array of records, newest first
 -- (by created_at, then id: ids only order jobs to the second)
 -- Raises invalid_argument for a status that does not exist.
@@ -180,7 +204,7 @@ function job.list(db_dir, filter)
       local rec = job.load(db_dir, id)
       if rec and (not filter.table or rec.table == filter.table)
           and (not filter.status or rec.status == filter.status) then
-        out[#out + 1] = rec
+        out[#out + 1] = setmetatable(rec, job.Record)
       end
     end
   end

@@ -113,16 +113,18 @@ function args.action(pos, verbs, operand)
 end
 
 -- args.database(opts) -> the database's directory: --db must be given (a
--- usage error) and name a directory (raises not_found) or an s3:// database
+-- usage error) and name a directory that exists (a path or file://path, as
+-- geneva.connect reads it; raises not_found) or an s3:// database
 -- (mounted: the directory is its mirror, geneva.store.backend.s3)
 function args.database(opts)
   if not opts.db then error({ usage = "missing --db URI" }, 0) end
   if opts.db:match("^s3://") then return require("geneva.db").connect(opts.db).dir end
-  local st = require("geneva.fs").stat(opts.db)
+  local dir = require("geneva.db").directory_of(opts.db)     -- file:// as connect reads it
+  local st = require("geneva.fs").stat(dir)
   if not st or st.type ~= "dir" then
     require("geneva.errors").throw("not_found", ("no database at '%s'"):format(opts.db))
   end
-  return opts.db
+  return dir
 end
 
 -- args.db(opts) -> Db: geneva.connect of --db, checked as args.database

@@ -28,15 +28,8 @@ VERSIONS and ERROR (--watch takes it too).
 local job = require "geneva.backfill.job"
 local time = require "geneva.time"
 
--- committed/total: a resumed run commits the checkpoints of an earlier one
--- (rows.recovered) besides the rows it planned, and counts both as
--- committed, so the total is planned + recovered; the cap keeps a record
--- from an older geneva (or a hand-edited one) from showing more than that.
-local function progress(rec)
-  local r = rec.rows or {}
-  local total = (r.planned or 0) + (r.recovered or 0)
-  return ("%d/%d"):format(math.min(r.committed or 0, total), total)
-end
+-- committed/total (job.progress)
+local function progress(rec) return ("%d/%d"):format(job.progress(rec)) end
 
 -- how long the job ran, or has been running
 local function duration(rec)

@@ -145,7 +145,7 @@ function M.main(argv)
     io.stdout:write(output.json({ error = err }), "\n")
   elseif problems and #problems > 1 then
     for _, p in ipairs(problems) do
-      io.stderr:write(("geneva: %s:%d:%d: %s\n"):format(e.path or "?", p.line, p.col, p.message))
+      io.stderr:write(("geneva: %s: %s:%d:%d: %s\n"):format(e.code, e.path or "?", p.line, p.col, p.message))
     end
   else
     io.stderr:write("geneva: ", tostring(e), "\n")

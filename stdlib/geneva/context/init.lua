@@ -79,10 +79,7 @@ local OPTIONS = { cluster = true, manifest = true, db = true, on_exit = true, na
 function context.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then errors.throw("invalid_argument", "context: expected a table of options") end
-  for k in pairs(opts) do
-    if not OPTIONS[k] then errors.throw("invalid_argument", ("context: unknown option '%s'%s"):format(tostring(k),
-      require("geneva.suggest").hint(k, OPTIONS))) end
-  end
+  require("geneva.suggest").check_options("context", opts, OPTIONS)
   local on_exit = opts.on_exit or "delete"
   if not EXIT_MODES[on_exit] then
     errors.throw("invalid_argument", ("context: on_exit must be delete, retain_on_failure or retain, got '%s'")

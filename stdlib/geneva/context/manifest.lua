@@ -119,15 +119,16 @@ local function basename(p) return p:match("([^/]*)$") end
 
 local function glob_escape(s) return (s:gsub("[%*%?%[%]{}\\]", "\\%0")) end
 
--- Resolves a module as require would on package.path; raises naming it.
+-- Resolves a module as require would on package.path; raises naming it
+-- (in one line: the dozen files searchpath tried say nothing more).
 local function resolve_module(path, name, base)
-  local found, msg = package.searchpath(name, package.path)
+  local found = package.searchpath(name, package.path)
   if not found then
     local c = package.searchpath(name, package.cpath)
     if c then
       fail(path, ("module '%s' is a C module (%s): ship it in the worker image"):format(name, c))
     end
-    fail(path, ("module '%s' not found on package.path:\n\t%s"):format(name, (msg or ""):gsub("^%s+", "")))
+    fail(path, ("module '%s' not found on package.path"):format(name))
   end
   local rel = name:gsub("%.", "/")
   local zipname = "lua/" .. rel .. ".lua"

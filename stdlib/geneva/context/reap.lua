@@ -1,4 +1,4 @@
--- geneva.context.reap: tear down what crashed drivers left (design §8).
+-- geneva.context.reap: tear down what crashed drivers left (README, Teardown).
 --
 -- Leases live in two journals: `<db>/_geneva/leases` (shared: whoever can
 -- write to the db can write there, so its files are untrusted input) and

@@ -1,5 +1,5 @@
 -- geneva.kube.client: the few Kubernetes API calls geneva makes, over
--- geneva.http (reference/ray-kuberay-kubernetes.md §C.3-C.6).
+-- geneva.http (the Kubernetes API reference: create, get, delete, list, events).
 --
 --   local kube = require "geneva.kube.client"
 --   local c = kube.client(require("geneva.kube.config").load{...})

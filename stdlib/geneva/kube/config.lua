@@ -1,6 +1,5 @@
 -- geneva.kube.config: where the Kubernetes API is and how to prove who we
--- are, found the way kubectl finds it (reference/ray-kuberay-kubernetes.md
--- §C.1-C.2; client-go tools/clientcmd/loader.go and
+-- are, found the way kubectl finds it (client-go tools/clientcmd/loader.go and
 -- plugin/pkg/client/auth/exec):
 --
 --   * an explicit kubeconfig (the cluster spec's `kubeconfig`): that file

@@ -1,6 +1,6 @@
 -- geneva.kube.raycluster: the RayCluster (ray.io/v1) object for a kuberay
--- cluster spec (reference/ray-kuberay-kubernetes.md §B.2-B.3; field names
--- as in KubeRay's ray-operator/apis/ray/v1/raycluster_types.go).
+-- cluster spec (field names as in KubeRay's
+-- ray-operator/apis/ray/v1/raycluster_types.go).
 --
 -- What the object carries, and why:
 --   * head group: container 0 "ray-head" with the named ports gcs-server

@@ -284,6 +284,13 @@ local function job_udf(r, j)
   error(located_error(r, loc, ("job '%s' udf"):format(j.name), u), 0)
 end
 
+-- Whether list (a YAML sequence, or anything) holds the string s
+local function lists(list, s)
+  if type(list) ~= "table" then return false end
+  for _, x in ipairs(list) do if x == s then return true end end
+  return false
+end
+
 -- The recipe's own spec of manifest `name`, or nil (a manifest of the db)
 local function recipe_manifest(r, name)
   for _, e in ipairs(r.manifests) do
@@ -349,7 +356,10 @@ function recipe.validate(r)
     local e = not ok and errors.from(err)
     local mod = j.udf and j.udf.module
     local missing = e and type(mod) == "string" and e.message:find("module '" .. mod .. "' not found", 1, true)
-    if missing and j.manifest and not recipe_manifest(r, j.manifest) then
+    local rm = missing and j.manifest and recipe_manifest(r, j.manifest)
+    if rm and lists(rm.spec.modules, mod) then
+      -- the manifest's own problem says it: module not found, at the manifest
+    elseif missing and j.manifest and not rm then
       -- its module may be in the db's manifest: known only once unpacked
       local l = loc_of(r, j.node, "udf", "key") or { line = 1, col = 1 }
       r.warnings[#r.warnings + 1] = ("%s:%d:%d: job '%s': module '%s' is not on package.path here; "
@@ -487,6 +497,8 @@ end
 function recipe.run(r, job_name, opts)
   assert(getmetatable(r) == Recipe, "recipe.run: expected a Recipe (recipe.load)")
   opts = opts or {}
+  if type(opts) ~= "table" then errors.throw("invalid_argument", "recipe.run: opts must be a table {on_result=}") end
+  require("geneva.suggest").check_options("recipe.run", opts, { "on_result" })
   local jobs = r.jobs
   if job_name ~= nil then jobs = { find_job(r, job_name) } end
   local db = recipe.apply(r)

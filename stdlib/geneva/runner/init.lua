@@ -64,7 +64,7 @@ end
 
 -- runner.worker_exe() -> the program started as workers and background
 -- drivers: a `geneva`, never a copy of an embedding application. The host
--- resolves it (host/worker_exe.c, design §5); raises unavailable, saying
+-- resolves it (host/worker_exe.c); raises unavailable, saying
 -- how to set it, when there is none.
 function runner.worker_exe()
   local exe, err = require("geneva.host.core").worker_exe()

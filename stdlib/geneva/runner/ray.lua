@@ -1,6 +1,6 @@
 -- geneva.runner.ray: backfills on an existing Ray cluster, through the Ray
--- dashboard's Job Submission REST API only (reference/ray-kuberay-
--- kubernetes.md §A): no Python, no Ray client on the driver. It implements
+-- dashboard's Job Submission REST API only (Ray's "Ray Jobs REST API"
+-- docs): no Python, no Ray client on the driver. It implements
 -- the runner interface of geneva.runner for clusters of type "ray":
 --
 --   {type = "ray", address = "http://head:8265", token_env | token_file,

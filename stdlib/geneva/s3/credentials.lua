@@ -1,4 +1,4 @@
--- geneva.s3.credentials: the standard chain of design §3.
+-- geneva.s3.credentials: the standard chain, as the AWS SDKs and CLI walk it.
 --   1. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY [/ AWS_SESSION_TOKEN]
 --      (skipped when the caller names a profile, as the AWS SDKs do)
 --   2. the profile (opts.profile, else AWS_PROFILE, else "default") in

@@ -1,10 +1,11 @@
 --[[
 geneva.s3: an S3 client over geneva.http (libcurl), signed with our own
-SigV4 (geneva.s3.sigv4; libcurl 7.88's CURLOPT_AWS_SIGV4 is not enough,
-pitfalls.md). Works with AWS and S3-compatible servers (moto, MinIO, ...).
+SigV4 (geneva.s3.sigv4; libcurl 7.88's CURLOPT_AWS_SIGV4 signs query strings
+unsorted and paths unencoded). Works with AWS and S3-compatible servers
+(moto, MinIO, ...).
 
   local s3 = require "geneva.s3"
-  local c = s3.client { bucket = "b" }          -- defaults: design §3
+  local c = s3.client { bucket = "b" }          -- defaults: see s3.client
   c:put("k", "v", { if_none_match = true })     -- conflict Error if k exists
   local body = c:get("k")
 
@@ -103,7 +104,7 @@ credentials ({access_key, secret_key, session_token}), getenv (a function
 reading the environment; default os.getenv), multipart_threshold,
 part_size, retry ({attempts, base_delay, max_delay}), timeout, sleep
 (seconds -> true; for tests), clock (-> epoch seconds; for tests).
-Defaults (design §3): endpoint AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else
+Defaults (those of the AWS SDKs): endpoint AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else
 AWS (https://s3.<region>.amazonaws.com); region AWS_REGION,
 AWS_DEFAULT_REGION, else us-east-1; path_style on when an endpoint is given
 or the bucket has a dot; credentials: geneva.s3.credentials.

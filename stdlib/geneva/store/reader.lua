@@ -8,7 +8,8 @@
 -- marks the row failed (geneva.store.versions, "Failed marks"), else 0.
 -- The fragment's data file and column
 -- files are attached read-only; per rowid the newest column file wins, even
--- when its value is NULL. SQLite attaches at most 10 files (pitfalls.md), so
+-- when its value is NULL. SQLite attaches at most 10 files (Debian builds it
+-- with SQLITE_MAX_ATTACHED=10, which sqlite3_limit cannot raise), so
 -- when a fragment needs more, the longest column lists are first folded into
 -- TEMP tables (INSERT OR REPLACE in list order keeps "newest wins").
 local sqlite = require "geneva.sqlite"

@@ -1,9 +1,9 @@
--- geneva.store.types: column data types (design §3): int64, float64, string, bool,
+-- geneva.store.types: column data types (README, Types): int64, float64, string, bool,
 -- blob and float32[N] vectors. Checks values returned by UDFs and converts
 -- between Lua values and what SQLite stores (vectors are little-endian
 -- float32 blobs, bools 0/1). NULL is nil everywhere here.
 --
--- NaN: SQLite stores a NaN REAL as NULL (pitfalls.md), so a float64 NaN is
+-- NaN: SQLite stores a NaN REAL as NULL, so a float64 NaN is
 -- stored as an 8-byte BLOB, its little-endian IEEE 754 bits (sign and
 -- payload kept), and from_sql turns such a BLOB back into the NaN. Every
 -- other float64 (infinities included) is a plain REAL; -0.0 reads back as

@@ -1,5 +1,5 @@
 -- geneva.store.where: a `where` is one SQL expression over the columns of a
--- table (design §3). Callers paste it into their own SQL as
+-- table (README, Types). Callers paste it into their own SQL as
 -- `... WHERE (<their conditions>) AND (<where>)`, so it must not be able to
 -- close that parenthesis, comment out the rest, start another statement or
 -- read anything but the view `t` (docs/internals.md "where").

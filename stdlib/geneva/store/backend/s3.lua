@@ -304,7 +304,7 @@ end
 --[[
 M.mount(uri [, opts]) -> root, description
 Mounts an s3:// database (opts: endpoint, region, profile, path_style;
-design §3 gives their defaults) and returns its mirror root, the path the
+geneva.connect's doc gives their defaults) and returns its mirror root, the path the
 rest of geneva uses as the database's directory. description is plain and
 secret-free: what another process (a worker) needs to mount it the same way.
 Probes the store for conditional writes once per process (workers, whose

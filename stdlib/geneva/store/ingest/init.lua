@@ -38,6 +38,7 @@ ingest.writer = require("geneva.store.ingest.writer").new
 -- ingest.open(rows | {from = "x.csv"|"x.jsonl" [, format = "csv"|"jsonl"]}) -> Source
 function ingest.open(source)
   if type(source) == "table" and source.from ~= nil then
+    require("geneva.suggest").check_options("file source", source, { "from", "format" })
     local path = source.from
     if type(path) ~= "string" then errors.throw("invalid_argument", "from must be a file path") end
     local fmt = source.format or path:match("%.(%w+)$")
