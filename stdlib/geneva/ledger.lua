@@ -35,6 +35,19 @@ function ledger.owner()
   return owner_cache
 end
 
+-- ledger.owner_alive(owner) -> false only when an owner ({hostname,
+-- boot_id, pid, start_time}, as ledger.owner() makes them; untrusted) is
+-- provably gone: on this host and boot, its pid is no longer that process.
+-- Anything else (another host, a malformed owner) may be alive.
+function ledger.owner_alive(owner)
+  if type(owner) ~= "table" then return true end
+  local proc = require "geneva.proc"
+  local me = proc.self()
+  if owner.hostname ~= me.hostname or owner.boot_id ~= me.boot_id then return true end
+  if math.type(owner.pid) ~= "integer" then return true end
+  return proc.alive(owner.pid, owner.start_time)
+end
+
 local function journal_of(scope)
   local s = scope
   while s do

@@ -107,6 +107,51 @@ describe("s3 databases", function()
     assert(ok, err)
   end)
 
+  describe("the backfill start lock", function()
+    local backend = require "geneva.store.backend"
+    local json = require "geneva.json"
+    local proc = require "geneva.proc"
+
+    it("held by a process on this host that is gone: broken at once, not after STALE_LOCK", function()
+      local db = testdb.connect(root .. "/db")
+      local path = db.dir .. "/_geneva/jobs/.start.lock"
+      local p = assert(proc.spawn { argv = { "true" } })
+      local me = proc.self()
+      local dead = { hostname = me.hostname, boot_id = me.boot_id, pid = p:pid(),
+                     start_time = proc.info(p:pid()).start_time }
+      p:wait(5) p:close()
+      assert(backend.put(path, json.encode { token = "gone-1", at = os.time(), owner = dead }))
+      local lock = assert(backend.lock(path, { timeout = 2 }))
+      lock:close()
+      assert.is_false(backend.exists(path))
+      -- a live holder (this process) is waited for, then refused
+      assert(backend.put(path, json.encode { token = "alive-1", at = os.time(), owner = require("geneva.ledger").owner() }))
+      local l2, msg, code = backend.lock(path, { timeout = 0.3 })
+      assert.is_nil(l2)
+      assert.equal("EWOULDBLOCK", code, msg)
+      assert.matches("locked by alive%-1", msg)
+      backend.delete(path)
+    end)
+
+    it("is removed when SIGTERM unwinds the process that holds it", function()
+      local db = testdb.connect(root .. "/db")
+      local path = db.dir .. "/_geneva/jobs/.start.lock"
+      local p = assert(proc.spawn { argv = { child.bin, "-e", ([[
+        local backend = require "geneva.store.backend"
+        require("geneva").connect(%q)
+        local lock <close> = assert(backend.lock(%q))
+        io.stdout:write("held\n") io.stdout:flush()
+        require("geneva.time").sleep(60)
+      ]]):format(db.uri, path) }, stdout = "pipe" })
+      assert.equal("held", p:read_line("stdout", 30))
+      assert.is_true(backend.exists(path))
+      assert.is_true(proc.kill(p:pid(), "TERM"))
+      assert.same({ "exited", 143 }, { p:wait(30) })
+      p:close()
+      assert.is_false(backend.exists(path))
+    end)
+  end)
+
   it("keeps its cache of data files under GENEVA_CACHE_MAX_BYTES, reading right", function()
     local uri = testdb.uri_for(root)
     local tbl = geneva.connect(uri):create_table("docs", rows(20000), { fragment_size = 2000 })

@@ -106,16 +106,7 @@ function job.save_final(db_dir, rec)
   if not ok then error(err, 0) end
 end
 
-local function owner_alive(owner)
-  if type(owner) ~= "table" then return true end
-  local proc = require "geneva.proc"
-  local me = proc.self()
-  if owner.hostname ~= me.hostname or owner.boot_id ~= me.boot_id then
-    return true                       -- another host: we cannot tell, assume alive
-  end
-  return proc.alive(owner.pid, owner.start_time)
-end
-job.owner_alive = owner_alive
+local owner_alive = require("geneva.ledger").owner_alive
 
 -- A driver rewrites its record at least every SAVE_EVERY (0.5 s) while it
 -- runs: that is its heartbeat. A record of a driver on another host that

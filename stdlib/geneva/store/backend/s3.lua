@@ -222,38 +222,42 @@ function S3:publish(src, dkey, dst)
 end
 
 -- The backfill start lock (geneva.store.backend.lock): an object made by
--- conditional create, holding its owner's token and time, deleted on close.
--- A holder that died keeps it until it is M.STALE_LOCK seconds old (by the
--- writer's clock: keep it well above clock skew); then it is broken.
+-- conditional create, holding its owner's token, time and identity,
+-- deleted on close (as a ledger teardown, so a Ctrl-C or SIGTERM that is
+-- unwinding does not cut the DELETE short). A holder on this host that is
+-- gone (kill -9) is broken at once; one elsewhere keeps it until it is
+-- M.STALE_LOCK seconds old (by the writer's clock: keep it well above
+-- clock skew).
 M.STALE_LOCK = 120
 
 function S3:lock(key, path, opts)
   opts = opts or {}
-  local json, time, proc = require "geneva.json", require "geneva.time", require "geneva.proc"
-  local me = proc.self()
-  local token = ("%s-%d-%s"):format(me.hostname, me.pid, require("geneva.fs").random_hex(8))
-  local body = json.encode({ token = token, at = os.time() })
+  local json, time, ledger = require "geneva.json", require "geneva.time", require "geneva.ledger"
+  local owner = ledger.owner()
+  local token = ("%s-%d-%s"):format(owner.hostname, owner.pid, require("geneva.fs").random_hex(8))
+  local body = json.encode({ token = token, at = os.time(), owner = owner })
   local deadline = time.monotonic() + (opts.timeout or 30)
   local nap = 0.02
   while true do
     local ok, msg, code = self:put_if_absent(key, path, body)
     if ok then
-      local held = true
-      local lock = {}
-      function lock.close()
-        if not held then return end
-        held = false
+      local res = ledger.root():reserve("s3_lock", path)
+      res:bind(function()
         local cur = self:get(key)
         local v = cur and json.decode(cur, { null_as_nil = true })
         if type(v) == "table" and v.token == token then self:delete(key, path) end
-      end
+      end)
+      local lock = {}
+      function lock.close() res:release() end
       lock.unlock = lock.close
       return setmetatable(lock, { __close = lock.close, __gc = lock.close })
     end
     if code ~= "EEXIST" then return nil, msg, code end
     local cur = self:get(key)
-    local v = cur and json.decode(cur, { null_as_nil = true })
-    if type(v) ~= "table" or math.type(v.at) ~= "integer" or os.time() - v.at > (opts.stale or M.STALE_LOCK) then
+    local ok_json, v = pcall(json.decode, cur or "", { null_as_nil = true })
+    if not ok_json then v = nil end
+    if type(v) ~= "table" or math.type(v.at) ~= "integer" or os.time() - v.at > (opts.stale or M.STALE_LOCK)
+       or not ledger.owner_alive(v.owner) then
       -- its holder died holding it (or it is garbage). Two processes breaking
       -- it at once can race (one deletes the other's new lock: S3 has no
       -- conditional delete); it takes a crashed holder to open that window.
