@@ -102,6 +102,20 @@ describe("s3 databases", function()
       assert.matches("ignores If%-None%-Match", stderr)
       assert.matches("does not write there", stderr)
       assert.equal(10, geneva.connect(uri):open_table("docs"):count_rows())
+      -- deletes are writes too: a drop, or a job record's removal, is refused
+      proxy:faults { match = ".probe-", sequence = { "pass", "ok200", "ok200", "pass" } }
+      code, _, stderr = child.cli { "-e", ([[
+        local db = require("geneva").connect(%q, { endpoint = %q })
+        local ok, err = pcall(db.drop_table, db, "docs")
+        io.stderr:write(tostring(err), "\n")
+        local backend = require "geneva.store.backend"
+        local gone, why = pcall(backend.delete, db.path .. "/docs/_versions/1.json")
+        io.stderr:write(tostring(why), "\n")
+        os.exit((ok or gone) and 3 or 1)
+      ]]):format(uri, proxy.endpoint) }
+      assert.equal(1, code, stderr)
+      assert.matches("does not write there", stderr)
+      assert.equal(10, geneva.connect(uri):open_table("docs"):count_rows())
     end)
     proxy:stop()
     assert(ok, err)

@@ -165,6 +165,7 @@ function S3:list(key, _, opts)
 end
 
 function S3:delete(key, path)
+  self:check_writable()
   fs.remove(path)          -- the mirror's copy, if any
   local ok, msg, code = call(self.client.delete, self.client, key_of(self, key))
   if not ok and code == "ENOENT" then return true end
@@ -172,6 +173,7 @@ function S3:delete(key, path)
 end
 
 function S3:delete_tree(key, path)
+  self:check_writable()
   fs.remove_tree(path)
   local prefix = key_of(self, key) .. "/"
   local lok, objects = pcall(self.client.list, self.client, prefix)
