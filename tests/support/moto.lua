@@ -4,6 +4,8 @@
 --   local moto = require "moto"
 --   local m = moto.start()            -- raises naming moto when it is missing
 --   m.endpoint, m.access_key, m.secret_key
+--   m.read_only = {access_key =, secret_key =}   -- a user allowed only
+--                                     -- s3:GetObject and s3:ListBucket
 --   m:bucket("name")                  -- creates it (our client), returns the name
 --   m:client{bucket = "name", ...}    -- a geneva.s3 client with m's endpoint and keys
 --   m:stop()                          -- closes its stdin: it exits; then reaped
@@ -30,7 +32,7 @@ function moto.start(opts)
     stdin = "pipe", stdout = "pipe", stderr = err_file, env_add = opts.env }
   if not p then error("cannot start moto (" .. moto.python .. "): " .. tostring(msg)) end
   local line = p:read_line("stdout", 60)
-  local endpoint, ak, sk = (line or ""):match("^ready (%S+) (%S+) (%S+)$")
+  local endpoint, ak, sk, rak, rsk = (line or ""):match("^ready (%S+) (%S+) (%S+) (%S+) (%S+)$")
   if not endpoint then
     local err = fs.read(err_file) or ""
     p:close()
@@ -39,7 +41,7 @@ function moto.start(opts)
       :format(tostring(line), err:sub(-2000)), 2)
   end
   return setmetatable({ p = p, endpoint = endpoint, access_key = ak, secret_key = sk,
-                        err_file = err_file }, Moto)
+                        read_only = { access_key = rak, secret_key = rsk }, err_file = err_file }, Moto)
 end
 
 -- m:client(opts) -> geneva.s3 client for m (opts override)
@@ -59,10 +61,12 @@ function Moto:bucket(name)
   return name
 end
 
--- m:env() -> the environment a child needs to reach m with the standard chain
+-- m:env() -> the environment a child needs to reach m with the standard
+-- chain (and the read-only user's keys, for moto.from_env)
 function Moto:env()
   return { AWS_ENDPOINT_URL = self.endpoint, AWS_ACCESS_KEY_ID = self.access_key,
-           AWS_SECRET_ACCESS_KEY = self.secret_key, AWS_REGION = "us-east-1" }
+           AWS_SECRET_ACCESS_KEY = self.secret_key, AWS_REGION = "us-east-1",
+           GENEVA_TEST_S3_READ_ONLY_KEYS = self.read_only.access_key .. " " .. self.read_only.secret_key }
 end
 
 -- m:python(code, ...) -> stdout: runs code in moto's python with boto3
@@ -116,7 +120,9 @@ end
 function moto.from_env()
   local e, ak, sk = os.getenv("AWS_ENDPOINT_URL"), os.getenv("AWS_ACCESS_KEY_ID"), os.getenv("AWS_SECRET_ACCESS_KEY")
   if os.getenv("GENEVA_TEST_STORE") ~= "s3" or not (e and ak and sk) then return nil end
-  return setmetatable({ endpoint = e, access_key = ak, secret_key = sk }, Moto)
+  local rak, rsk = (os.getenv("GENEVA_TEST_S3_READ_ONLY_KEYS") or ""):match("^(%S+) (%S+)$")
+  return setmetatable({ endpoint = e, access_key = ak, secret_key = sk,
+                        read_only = { access_key = rak, secret_key = rsk } }, Moto)
 end
 
 function Moto:stop()

@@ -5,11 +5,14 @@ Runs moto's app (the one `moto_server` serves) on 127.0.0.1 and a free
 port, one request at a time: moto checks If-None-Match and writes without a
 lock, so two racing creates could both win, where S3 lets exactly one win
 (docs/internals.md, Traps we met). Connections are still served by threads. INITIAL_NO_AUTH_ACTION_COUNT lets the first requests in
-without credentials: those create an IAM user, a policy allowing s3:*, its
-attachment and an access key. Every later request is signature-checked.
+without credentials: those create two IAM users, each with a policy, its
+attachment and an access key: one allowed s3:*, one allowed only to read
+(s3:GetObject, s3:ListBucket: what a read-only role grants). Every later
+request is signature-checked, and moto enforces the users' policies.
 
-Prints one line, `ready <endpoint> <access key> <secret key>`, then serves
-until its stdin closes (the spec closed it, or died), and exits.
+Prints one line, `ready <endpoint> <access key> <secret key> <read-only
+access key> <read-only secret key>`, then serves until its stdin closes
+(the spec closed it, or died), and exits.
 
 Needs the Python that has moto (the one first on PATH in this image; not
 Debian's /usr/bin/python3).
@@ -18,8 +21,9 @@ import json
 import os
 import sys
 
-# the four setup calls below are the only unauthenticated requests
-os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "4"
+# the eight setup calls below (four per user) are the only unauthenticated
+# requests
+os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "8"
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "setup")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "setup")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -37,6 +41,10 @@ except ImportError as e:
 POLICY = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": ["s3:*", "sts:GetSessionToken"], "Resource": "*"}],
+}
+READ_ONLY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}],
 }
 
 
@@ -79,13 +87,17 @@ def main():
     host, port = server.server_address[:2]
     endpoint = "http://%s:%d" % (host, port)
     iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
-    iam.create_user(UserName="geneva")
-    arn = iam.create_policy(PolicyName="s3-all",
-                            PolicyDocument=json.dumps(POLICY))["Policy"]["Arn"]
-    iam.attach_user_policy(UserName="geneva", PolicyArn=arn)
-    key = iam.create_access_key(UserName="geneva")["AccessKey"]
-    print("ready %s %s %s" % (endpoint, key["AccessKeyId"], key["SecretAccessKey"]),
-          flush=True)
+
+    def user(name, policy):
+        iam.create_user(UserName=name)
+        arn = iam.create_policy(PolicyName=name + "-policy",
+                                PolicyDocument=json.dumps(policy))["Policy"]["Arn"]
+        iam.attach_user_policy(UserName=name, PolicyArn=arn)
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return "%s %s" % (key["AccessKeyId"], key["SecretAccessKey"])
+    keys = user("geneva", POLICY)
+    ro_keys = user("geneva-read-only", READ_ONLY)
+    print("ready %s %s %s" % (endpoint, keys, ro_keys), flush=True)
     try:
         sys.stdin.read()   # until EOF: our parent is done (or gone)
     finally:

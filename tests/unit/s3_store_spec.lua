@@ -166,6 +166,50 @@ describe("s3 databases", function()
     end)
   end)
 
+  it("read-only credentials (GetObject, ListBucket) read a database and are told they cannot write", function()
+    local uri = testdb.uri_for(root)
+    local db = geneva.connect(uri)
+    local tbl = db:create_table("docs", rows(10))
+    tbl:add_columns { x = geneva.udf { data_type = "int64", fn = function(id) return id * 2 end } }
+    local id = tbl:backfill("x").id
+    local ro = { AWS_ACCESS_KEY_ID = m.read_only.access_key, AWS_SECRET_ACCESS_KEY = m.read_only.secret_key }
+    -- moto enforces the read-only user's policy: its writes are AccessDenied
+    local c = m:client { bucket = BUCKET, credentials = m.read_only }
+    assert.equal("AccessDenied", expect.raises("invalid_argument", c.put, c, "ro-probe", "x").s3_code)
+    c:close()
+    local code, out, err = child.cli({ "jobs", "list", "--db", uri }, { env = ro })
+    assert.equal(0, code, err)
+    assert.matches(id, out, 1, true)
+    assert.equal("", err)                  -- no warning for reading
+    code, out, err = child.cli({ "tables", "show", "docs", "--db", uri, "--json" }, { env = ro })
+    assert.equal(0, code, err)
+    assert.matches('"x"', out)
+    code, out, err = child.cli({ "-e", ([[
+      local t = require("geneva").connect(%q):open_table("docs")
+      print(t:count_rows("x = id * 2"))
+      t:add { { id = 11, text = "w11" } }
+    ]]):format(uri) }, { env = ro })
+    assert.equal(1, code)
+    assert.equal("10\n", out)
+    assert.matches("cannot write", err)
+    assert.matches("AccessDenied", err)
+    assert.is_nil(err:find(m.read_only.secret_key, 1, true), "the secret is shown")
+    assert.equal(10, db:open_table("docs"):count_rows())
+  end)
+
+  it("a connect that cannot read names the listing it tried, not a write probe", function()
+    local code, _, err = child.cli { "jobs", "list", "--db", "s3://no-such-bucket-geneva/db" }
+    assert.equal(1, code)
+    assert.matches("LIST s3://no%-such%-bucket%-geneva/db/", err)
+    assert.is_nil(err:find("probe", 1, true), err)
+    -- a user without ListBucket: denied on the listing, with the URI
+    code, _, err = child.cli({ "-e", ("require('geneva').connect(%q)"):format(testdb.uri_for(root)) },
+      { env = { AWS_ACCESS_KEY_ID = "AKIANOSUCHKEY0000000" } })
+    assert.equal(1, code)
+    assert.matches("LIST s3://" .. BUCKET:gsub("%-", "%%-"), err)
+    assert.matches("InvalidAccessKeyId", err)
+  end)
+
   it("keeps its cache of data files under GENEVA_CACHE_MAX_BYTES, reading right", function()
     local uri = testdb.uri_for(root)
     local tbl = geneva.connect(uri):create_table("docs", rows(20000), { fragment_size = 2000 })

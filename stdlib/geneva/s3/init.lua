@@ -341,10 +341,12 @@ local function key_field(s, what)
 end
 
 --[[
-c:list(prefix [, {delimiter=, max_keys=1000, start_after=}]) -> objects, prefixes
+c:list(prefix [, {delimiter=, max_keys=1000, start_after=, first_page=}]) -> objects, prefixes
 objects: array of {key, size, etag, last_modified}, in key order;
 prefixes: array of common prefixes (with a delimiter). Follows
-ListObjectsV2 continuation tokens to the end (max_keys is the page size).
+ListObjectsV2 continuation tokens to the end (max_keys is the page size),
+or with first_page stops after one page (at most max_keys entries: "is
+there anything under prefix?").
 ]]
 function Client:list(prefix, opts)
   opts = opts or {}
@@ -378,7 +380,7 @@ function Client:list(prefix, opts)
       token = next_token
     end
     pages = pages + 1
-  until not truncated
+  until not truncated or opts.first_page
   return objects, prefixes, pages
 end
 

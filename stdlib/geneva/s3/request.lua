@@ -70,7 +70,13 @@ function M.parse_error(body)
            request_id = clean(xml.text(root, "RequestId"), 80) }
 end
 
+-- "PUT s3://bucket/key"; a listing is "LIST s3://bucket/prefix", what a
+-- user would call it (a GET of the bucket means little to them)
 local function what(req)
+  local q = type(req.query) == "table" and req.query or {}
+  if req.method == "GET" and not req.key and q["list-type"] then
+    return "LIST " .. clean("s3://" .. req.bucket .. "/" .. (q.prefix or ""), 400)
+  end
   local target = "s3://" .. req.bucket .. (req.key and ("/" .. req.key) or "/")
   return req.method .. " " .. clean(target, 400)
 end

@@ -15,7 +15,11 @@ used data files go.
 Conditional creates are `PUT` with `If-None-Match: *`; a 412 (or 409
 ConditionalRequestConflict) is EEXIST. A store that ignores the header
 would let two writers both "win" a version: mount() probes for that once
-per bucket and process, and refuses to write to such a store.
+per bucket and process, and refuses to write to such a store. The probe
+comes after a plain read (a LIST of the prefix), so that connect errors
+name a request the user knows; credentials allowed to read but not to
+write (AccessDenied on the probe) mount the database read-only, and every
+write then says why (check_writable).
 ]]
 local fs = require "geneva.fs"
 local errors = require "geneva.errors"
@@ -277,6 +281,10 @@ function S3:check_writable()
   if self.unsafe then
     errors.throw("unavailable", ("%s ignores conditional writes (If-None-Match: *): two writers could both commit the same version, so geneva does not write there"):format(self.uri))
   end
+  if self.denied then
+    errors.throw("invalid_argument", ("%s: the credentials (from %s) can read but cannot write there (a test write at connect was refused: %s), so it is open read-only; use credentials allowed s3:PutObject and s3:DeleteObject to change it")
+      :format(self.uri, self.client.credentials_source or "?", self.denied), { s3_code = self.denied })
+  end
 end
 
 -- }======
@@ -330,11 +338,23 @@ function M.mount(uri, opts)
   local root = ("%s/s3/%s/%s%s"):format(cache_root(), host, bucket, prefix ~= "" and ("/" .. prefix) or "")
   errors.io(fs.mkdir_p(root))
   local impl = setmetatable({ client = client, prefix = prefix, uri = uri }, S3)
+  if opts.probe ~= false then
+    -- a plain read first: a wrong key, a missing bucket or an endpoint
+    -- that does not answer fail on a request the user knows (a LIST of
+    -- the database), not on the write probe's object
+    local lok, lerr = pcall(client.list, client, prefix == "" and "" or (prefix .. "/"),
+                            { max_keys = 1, first_page = true })
+    if not lok then error(errors.from(lerr), 0) end
+  end
   if client.probe_conditional_writes and opts.probe ~= false then
     local ok, safe = pcall(client.probe_conditional_writes, client, key_of(impl, "_geneva/.probe-" .. fs.random_hex(8)))
     if ok and safe == false then
       impl.unsafe = true
       io.stderr:write(("geneva: warning: %s ignores If-None-Match: *: read-only\n"):format(uri))
+    elseif not ok and errors.from(safe).s3_code == "AccessDenied" then
+      -- credentials that may only read (GetObject, ListBucket): reading
+      -- works, and a write says why it cannot (check_writable)
+      impl.denied = "AccessDenied"
     elseif not ok then
       error(errors.from(safe), 0)
     end
