@@ -39,9 +39,11 @@ local S3_OPTIONS = { endpoint = "string", region = "string", profile = "string",
 --
 -- An `s3://` database works like a directory: tables, versions, backfills,
 -- contexts, leases and job records live in the bucket under the prefix.
--- Credentials come from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
--- `AWS_SESSION_TOKEN`, else the profile in `AWS_SHARED_CREDENTIALS_FILE`
--- (default `~/.aws/credentials`). It is served through a local mirror:
+-- Credentials come from the profile `opts.profile` names (it beats the
+-- environment's keys, as `aws --profile` does), else `AWS_ACCESS_KEY_ID` /
+-- `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, else the profile
+-- `AWS_PROFILE` in `AWS_SHARED_CREDENTIALS_FILE` (default
+-- `~/.aws/credentials`). It is served through a local mirror:
 -- `db.path` is that mirror, `db.uri` the s3 URI. The Db becomes the one
 -- names resolve against (the "latest connect").
 -- @string uri a directory (created if missing; `file://` allowed) or

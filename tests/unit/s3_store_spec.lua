@@ -197,6 +197,35 @@ describe("s3 databases", function()
     assert.equal(10, db:open_table("docs"):count_rows())
   end)
 
+  it("connects to one URI with two profiles in one process, each with its own credentials", function()
+    local uri = testdb.uri_for(root)
+    local creds = root .. "/credentials"
+    assert(fs.write(creds, ("[rw]\naws_access_key_id = %s\naws_secret_access_key = %s\n\n"
+      .. "[ro]\naws_access_key_id = %s\naws_secret_access_key = %s\n\n"
+      .. "[bogus]\naws_access_key_id = AKIANOSUCHKEY0000000\naws_secret_access_key = nope\n")
+      :format(m.access_key, m.secret_key, m.read_only.access_key, m.read_only.secret_key)))
+    -- the environment holds the read-write keys too: a named profile wins
+    local code, out, err = child.cli({ "-e", ([[
+      local geneva = require "geneva"
+      local rw = geneva.connect(%q, { profile = "rw" })
+      rw:create_table("docs", { { id = 1 } })
+      local ro = geneva.connect(%q, { profile = "ro" })
+      print(ro:open_table("docs"):count_rows())
+      print(pcall(function() ro:open_table("docs"):add { { id = 2 } } end))
+      rw:open_table("docs"):add { { id = 3 } }      -- rw kept its own credentials
+      print(rw:open_table("docs"):count_rows())
+      print(pcall(geneva.connect, %q, { profile = "bogus" }))
+    ]]):format(uri, uri, uri) }, { env = { AWS_SHARED_CREDENTIALS_FILE = creds } })
+    assert.equal(0, code, err)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equal("1", lines[1])
+    assert.matches("^false\t.*profile 'ro'.*cannot write", lines[2])
+    assert.equal("2", lines[3])
+    assert.matches("^false\t.*InvalidAccessKeyId.*profile 'bogus'", lines[4])
+    assert.is_nil(out:find(m.secret_key, 1, true), "a secret is shown")
+  end)
+
   it("a connect that cannot read names the listing it tried, not a write probe", function()
     local code, _, err = child.cli { "jobs", "list", "--db", "s3://no-such-bucket-geneva/db" }
     assert.equal(1, code)

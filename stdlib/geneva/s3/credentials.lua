@@ -1,8 +1,12 @@
 -- geneva.s3.credentials: the standard chain, as the AWS SDKs and CLI walk it.
 --   1. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY [/ AWS_SESSION_TOKEN]
---      (skipped when the caller names a profile, as the AWS SDKs do)
---   2. the profile (opts.profile, else AWS_PROFILE, else "default") in
+--   2. the profile (AWS_PROFILE, else "default") in
 --      AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials
+-- A profile the caller names (connect's `profile`, opts.profile) comes
+-- before step 1, as `aws --profile` and boto3's Session(profile_name=) do:
+-- otherwise ambient keys (CI, a container's environment) would silently
+-- stand in for the credentials asked for. AWS_PROFILE is ambient too: it
+-- does not beat the keys.
 -- Messages name variables, files and profiles, never a key's value.
 local errors = require "geneva.errors"
 local fs = require "geneva.fs"

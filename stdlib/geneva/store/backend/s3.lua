@@ -2,7 +2,8 @@
 geneva.store.backend.s3: a database in an object store (s3://bucket/prefix),
 served to geneva.store.backend through a local mirror directory.
 
-The mirror is `<cache>/s3/<endpoint host>/<bucket>/<prefix>`, where <cache>
+The mirror is `<cache>/s3/<endpoint host>/<bucket>/<prefix>` (the host
+followed by `@<profile>` when connect names a profile), where <cache>
 is GENEVA_CACHE_DIR, else $XDG_CACHE_HOME/geneva, else ~/.cache/geneva. A
 path under it names the object whose key is the path's rest under the
 prefix. Only immutable objects (data, column and staged files, whose names
@@ -291,7 +292,7 @@ end
 
 -- {====== Mounting
 
-local mounted = {}     -- "uri\0endpoint" -> {root =, impl =}
+local mounted = {}     -- mount identity (see M.mount) -> {root =, desc =}
 
 local function safe_part(s, what, uri)
   if s == "" or s == "." or s == ".." or not s:match("^[%w%-_.=+@,]+$") then
@@ -331,10 +332,26 @@ function M.mount(uri, opts)
   local client = s3.client { bucket = bucket, endpoint = opts.endpoint, region = opts.region,
                              profile = opts.profile, path_style = opts.path_style }
   local endpoint = client.endpoint
-  local id = uri .. "\0" .. tostring(endpoint)
+  -- one mount per database and way of reaching it: what changes the
+  -- requests (region, addressing) or the credentials (a profile, or keys
+  -- that changed in the environment) is another mount. The secret enters
+  -- the key hashed; the key stays in memory.
+  local secret = client:_secrets()
+  local id = table.concat({ bucket, prefix, tostring(endpoint), client.region, tostring(client.path_style),
+    opts.profile or "", client.access_key_id,
+    require("geneva.crypto").sha256(secret.secret_key .. "\0" .. (secret.session_token or ""), "hex") }, "\0")
   if mounted[id] then return mounted[id].root, mounted[id].desc end
   local host = tostring(endpoint):match("^%a[%w+.-]*://([^/]+)") or tostring(endpoint)
   host = host:gsub("[^%w%-_.]", "_")
+  if opts.profile then
+    -- a mirror of its own: paths route to a mount by its mirror (connect(uri)
+    -- and connect(uri, {profile = "b"}) must not share one), and a profile's
+    -- downloads are not served to other credentials. Workers given the same
+    -- profile compute the same mirror.
+    local tag = opts.profile:gsub("[^%w%-_.]", "_")
+    if tag ~= opts.profile then tag = tag .. "-" .. require("geneva.crypto").sha256(opts.profile, "hex"):sub(1, 8) end
+    host = host .. "@" .. tag
+  end
   local root = ("%s/s3/%s/%s%s"):format(cache_root(), host, bucket, prefix ~= "" and ("/" .. prefix) or "")
   errors.io(fs.mkdir_p(root))
   local impl = setmetatable({ client = client, prefix = prefix, uri = uri }, S3)
