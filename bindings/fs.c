@@ -589,24 +589,27 @@ static int fs_write_atomic(lua_State *L) {
 }
 
 /*
-** core.create_exclusive(path, data [, mode=0666]) -> true | nil, msg, code
-** ("EEXIST" when path exists: a lost race). The data is complete and synced
-** in a temp file before link() publishes it, so no reader ever sees a half
-** file (as creating path with O_EXCL, then writing it, would); then the temp
-** name goes and the dir is fsynced.
+** core.create_exclusive(path, data [, mode=0666 [, fsync=true]]) -> true |
+** nil, msg, code ("EEXIST" when path exists: a lost race). The data is
+** complete (and synced, unless fsync is false) in a temp file before link()
+** publishes it, so no reader ever sees a half file (as creating path with
+** O_EXCL, then writing it, would); then the temp name goes and the dir is
+** fsynced. Without fsync the create is as exclusive, only not durable
+** across a machine crash (leases of local resources, which die with it).
 */
 static int fs_create_exclusive(lua_State *L) {
   size_t len;
   const char *path = luaL_checkstring(L, 1);
   const char *data = luaL_checklstring(L, 2, &len);
   mode_t mode = (mode_t)luaL_optinteger(L, 3, 0666);
+  int do_fsync = lua_isnoneornil(L, 4) ? 1 : lua_toboolean(L, 4);
   const char *dir, *tmp;
   int err = 0;
-  lua_settop(L, 3);
-  dir = push_dirname(L, path);                          /* 4 */
-  err = write_temp(L, path, data, len, mode, 1);        /* 5: temp name */
+  lua_settop(L, 4);
+  dir = push_dirname(L, path);                          /* 5 */
+  err = write_temp(L, path, data, len, mode, do_fsync); /* 6: temp name */
   if (err) return fail_path(L, err, "create_exclusive", path);
-  tmp = lua_tostring(L, 5);
+  tmp = lua_tostring(L, 6);
   if (link(tmp, path) != 0) {
     err = errno;
     if (err == EPERM || err == EOPNOTSUPP || err == ENOSYS) {
@@ -617,7 +620,7 @@ static int fs_create_exclusive(lua_State *L) {
   }
   unlink(tmp);   /* gone already after a successful rename */
   if (err) return fail_path(L, err, "create_exclusive", path);
-  if ((err = fsync_dir_path(dir)) != 0)
+  if (do_fsync && (err = fsync_dir_path(dir)) != 0)
     return fail_path(L, err, "create_exclusive (fsync of the directory)", path);
   lua_pushboolean(L, 1);
   return 1;

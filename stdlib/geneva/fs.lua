@@ -229,13 +229,14 @@ function fs.write_atomic(path, data, opts)
   return core.write_atomic(path, data, opts.mode, opts.fsync ~= false)
 end
 
--- fs.create_exclusive(path, data [, {mode=0666}]) -> true | nil, msg,
--- "EEXIST". Publishes a complete, synced file with link(): of racing
--- writers exactly one wins, and no reader sees a partial file. Temp files are
--- named ".<name>.tmp.<hex>" next to path.
+-- fs.create_exclusive(path, data [, {mode=0666, fsync=true}]) -> true |
+-- nil, msg, "EEXIST". Publishes a complete, synced file with link(): of
+-- racing writers exactly one wins, and no reader sees a partial file
+-- (fsync = false: still, only not durable across a machine crash). Temp
+-- files are named ".<name>.tmp.<hex>" next to path.
 function fs.create_exclusive(path, data, opts)
   opts = opt(opts, 3)
-  return core.create_exclusive(path, data, opts.mode)
+  return core.create_exclusive(path, data, opts.mode, opts.fsync ~= false)
 end
 
 -- fs.utime(path [, atime [, mtime]]) -> true: float seconds; mtime defaults

@@ -24,7 +24,7 @@ local leases = setmetatable({}, { __mode = "k" })    -- resource -> lease path
 
 local raw_reserve, raw_bind, raw_forget = Scope.reserve, Resource.bind, Resource.forget
 
-local owner_cache
+local owner_cache, process_tag
 -- ledger.owner() -> {hostname, boot_id, pid, start_time}: who holds leases.
 function ledger.owner()
   if not owner_cache then
@@ -48,6 +48,19 @@ function ledger.owner_alive(owner)
   return proc.alive(owner.pid, owner.start_time)
 end
 
+-- ledger.lease_id(kind, n) -> "<kind>-<tag>-<pid>-<n>": a lease's id and
+-- file name. A pid and a counter are unique on one host only (every
+-- container's driver may be pid 1), and a shared database's journal holds
+-- the leases of drivers on many hosts: the tag, 8 random hex digits drawn
+-- once per process, sets this process's names apart from every other's,
+-- on any host and across pid reuse. (Leases written before the tag,
+-- "<kind>-<pid>-<n>", are read and reaped as any other: only the file's
+-- content is trusted, never its name.)
+function ledger.lease_id(kind, n)
+  if not process_tag then process_tag = require("geneva.fs").random_hex(8) end
+  return ("%s-%s-%d-%d"):format(kind, process_tag, ledger.owner().pid, n)
+end
+
 local function journal_of(scope)
   local s = scope
   while s do
@@ -62,11 +75,19 @@ end
 -- crash: their scopes ask for durable = true.
 -- A journal in an s3 database's mirror is written to the store
 -- (geneva.store.backend), so `geneva reap --db s3://...` finds it anywhere.
-local function write_lease(path, lease, durable)
+-- A new lease is a conditional create (create = true): a journal in a
+-- shared database is written by drivers on many hosts, and a name taken
+-- is never overwritten (EEXIST: a "conflict" Error). Rewrites of one's own
+-- lease are plain puts.
+local function write_lease(path, lease, durable, create)
   local backend, json = require "geneva.store.backend", require "geneva.json"
-  local ok, err = backend.put(path, json.encode(lease, { indent = 1 }), { fsync = durable or false })
+  local put = create and backend.put_if_absent or backend.put
+  local ok, err, code = put(path, json.encode(lease, { indent = 1 }), { fsync = durable or false })
   if not ok then
-    error(require("geneva.errors").new("unavailable", ("cannot journal lease '%s': %s"):format(path, err),
+    local taken = create and code == "EEXIST"
+    error(require("geneva.errors").new(taken and "conflict" or "unavailable",
+      taken and ("cannot journal lease '%s': the name is taken (another driver's lease)"):format(path)
+        or ("cannot journal lease '%s': %s"):format(path, err),
       { path = path }), 3)
   end
 end
@@ -122,18 +143,24 @@ function Scope:reserve(kind, name, info)
   local res = raw_reserve(self, kind, name)
   local dirs = journal_of(self)
   if dirs then
-    local id = ("%s-%d-%d"):format(kind, ledger.owner().pid, res:info().id)
+    local id = ledger.lease_id(kind, res:info().id)
     local file = id:gsub("[^%w%-_.]", "_") .. ".json"
     local lease = {
       id = id, kind = kind, name = name, info = info or {}, state = "active",
       owner = ledger.owner(), created_at = os.time(), scope = res:info().scope,
     }
-    local paths = {}
-    for i, d in ipairs(dirs) do paths[i] = d .. "/" .. file end
-    raw_bind(res, function() remove_leases(paths) end)
+    local paths, mine = {}, {}     -- mine: what the teardown may remove
+    for i, d in ipairs(dirs) do paths[i] = d .. "/" .. file; mine[i] = paths[i] end
+    raw_bind(res, function() remove_leases(mine) end)
     for i = 1, #paths do
-      local ok, err = pcall(write_lease, paths[i], lease, dirs.durable)
-      if not ok then remove_leases(paths); raw_forget(res); error(err, 2) end
+      local ok, err = pcall(write_lease, paths[i], lease, dirs.durable, true)
+      if not ok then
+        -- a name taken is another's lease: never removed with ours
+        if require("geneva.errors").is(err, "conflict") then
+          for j = #mine, i, -1 do mine[j] = nil end
+        end
+        remove_leases(mine); raw_forget(res); error(err, 2)
+      end
     end
     leases[res] = { paths = paths, lease = lease, scope = self, durable = dirs.durable }
   end

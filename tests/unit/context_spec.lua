@@ -275,6 +275,53 @@ describe("geneva.context", function()
     end)
   end)
 
+  describe("leases in the database's journal", function()
+    -- a driver whose host name and pid are another's: pid 1 in two pods
+    local DRIVER = [[
+      local host, uri = ...
+      local proc = require "geneva.proc"
+      local real = proc.self
+      proc.self = function() local me = real(); me.hostname = host; me.pid = 1; return me end
+      local db = require("geneva").connect(uri)
+      local ledger = require "geneva.ledger"
+      assert(ledger.owner().hostname == host and ledger.owner().pid == 1)
+      local s = ledger.scope{ name = "driver", journal = db.dir .. "/_geneva/leases" }
+      s:reserve("job", "job-of-" .. host):bind(function() end)
+      print("reserved")
+      io.stdout:flush()
+      io.read("a")                 -- until the spec closes our stdin
+      assert(s:close())
+    ]]
+
+    local function owners()
+      local out = {}
+      for _, name in ipairs(backend.list(db.dir .. "/_geneva/leases") or {}) do
+        local l = require("geneva.json").decode(assert(backend.get(db.dir .. "/_geneva/leases/" .. name)))
+        out[#out + 1] = l.owner.hostname .. " " .. l.name
+      end
+      table.sort(out)
+      return out
+    end
+
+    it("two drivers with the same pid on two hosts keep a lease each, and remove only their own", function()
+      local script = child.write(dir .. "/driver.lua", DRIVER)
+      local drivers = {}
+      for i, host in ipairs({ "pod-a", "pod-b" }) do
+        drivers[i] = assert(proc.spawn { argv = { child.bin, script, host, testdb.uri(db) },
+                                         stdin = "pipe", stdout = "pipe" })
+        assert.equals("reserved", drivers[i]:read_line("stdout", 60))
+      end
+      assert.same({ "pod-a job-of-pod-a", "pod-b job-of-pod-b" }, owners())
+      drivers[1]:close_stdin()
+      assert.same({ "exited", 0 }, { drivers[1]:wait(60) })
+      assert.same({ "pod-b job-of-pod-b" }, owners())      -- pod-a's teardown left pod-b's alone
+      drivers[2]:close_stdin()
+      assert.same({ "exited", 0 }, { drivers[2]:wait(60) })
+      assert.same({}, owners())
+      for _, p in ipairs(drivers) do p:close() end
+    end)
+  end)
+
   describe("teardown after signals and kill -9", function()
     local script = [[
       local geneva = require "geneva"

@@ -175,6 +175,27 @@ describe("geneva.ledger", function()
       assert.same({}, lease_files())
     end)
 
+    it("are named apart from other processes' and never overwrite nor remove a lease whose name is taken", function()
+      local fs = require "geneva.fs"
+      local s = ledger.scope{ name = "ctx", journal = dir }
+      s:reserve("proc", "first"):bind(function() end)
+      local id = require("geneva.json").decode(child.read(dir .. "/" .. lease_files()[1])).id
+      -- kind, this process's random tag, pid, counter
+      assert.matches("^proc%-%x%x%x%x%x%x%x%x%-" .. ledger.owner().pid .. "%-%d+$", id)
+      -- the next resource's name, taken already (ids count scopes and resources)
+      local probe = ledger.scope{ name = "probe" }
+      local n = probe:reserve("x", "probe"):info().id
+      probe:close()
+      local taken = dir .. "/" .. ledger.lease_id("proc", n + 1) .. ".json"
+      assert(fs.write(taken, "another driver's lease"))
+      local err = require("expect").raises("conflict", s.reserve, s, "proc", "second")
+      assert.matches("taken", err.message)
+      assert.equals("another driver's lease", child.read(taken))
+      assert.is_true(s:close())
+      assert.same({ (taken:match("[^/]+$")) }, lease_files())     -- ours went, the other's stayed
+      assert.equals("another driver's lease", child.read(taken))
+    end)
+
     it("stay when teardown fails, and are marked when retained", function()
       local s = ledger.scope{ name = "ctx", journal = dir }
       s:reserve("a", "bad"):bind(function() error("nope") end)

@@ -23,7 +23,7 @@ function Dir:put(_, path, bytes, opts)
 end
 
 function Dir:put_if_absent(_, path, bytes, opts)
-  return fs.create_exclusive(path, bytes, { mode = opts and opts.mode })
+  return fs.create_exclusive(path, bytes, { mode = opts and opts.mode, fsync = not opts or opts.fsync ~= false })
 end
 
 function Dir:list(_, path, opts)

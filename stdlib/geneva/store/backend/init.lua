@@ -19,7 +19,8 @@ unchanged.
                                                   with from=n, its bytes from
                                                   offset n on ("" past the end)
   backend.put(path, bytes [, {fsync=}]) -> true   atomic replace
-  backend.put_if_absent(path, bytes) -> true      | nil, msg, "EEXIST"
+  backend.put_if_absent(path, bytes [, {fsync=}]) -> true
+                                                  | nil, msg, "EEXIST"
   backend.list(dir) -> names                      sorted; {} for nothing
   backend.list(dir, {details = true}) -> {{name=, size=, mtime=}, ...}
                                                   objects only (no subdirs)
