@@ -298,6 +298,12 @@ geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250 })
       assert.equal(h.failed_a, rec.id)
       assert.equal("FAILED", rec.status)
       assert.equal("udf_error", rec.error.code)
+      -- the database as another machine names it: its URI on s3, not this
+      -- machine's mirror; a directory's absolute path
+      assert.equal(testdb.s3 and db.uri or db.path, rec.db)
+      code, out = cli("show", h.cancelled_b, "--db", db.uri, "--json")   -- written by its own driver
+      assert.equal(0, code)
+      assert.equal(testdb.s3 and db.uri or db.path, doc(out).db)
       code, out = cli("show", "20200101-000000-deadbeef", "--db", db.uri, "--json")
       assert.equal(1, code)
       local e = doc(out).error

@@ -82,9 +82,12 @@ local function new_job(tbl, column, opts)
         { column = col.name, job_id = other.id })
     end
   end
+  -- rec.db is for people and other machines: an s3 database's URI, not
+  -- this machine's mirror of it (code is handed the database's directory
+  -- separately: job.load(db_dir, id), the background driver's handoff)
   local rec = {
     id = job.new_id(), kind = "backfill", status = "PENDING", table = tbl.name, column = column,
-    db = db_dir, created_at = time.iso8601(time.now(), 6), owner = ledger.owner(),
+    db = tbl.db.store and tbl.db.uri or db_dir, created_at = time.iso8601(time.now(), 6), owner = ledger.owner(),
     options = { where = opts.where, batch_size = opts.batch_size or DEFAULT_BATCH,
                 concurrency = opts.concurrency, commit_every = opts.commit_every,
                 resume = opts.resume ~= false },
