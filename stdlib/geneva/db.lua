@@ -43,7 +43,9 @@ local S3_OPTIONS = { endpoint = "string", region = "string", profile = "string",
 -- environment's keys, as `aws --profile` does), else `AWS_ACCESS_KEY_ID` /
 -- `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, else the profile
 -- `AWS_PROFILE` in `AWS_SHARED_CREDENTIALS_FILE` (default
--- `~/.aws/credentials`). It is served through a local mirror:
+-- `~/.aws/credentials`). Connecting to an empty prefix creates the
+-- database (an object, `_geneva/database.json`), as connecting to a
+-- missing directory creates it. It is served through a local mirror:
 -- `db.path` is that mirror, `db.uri` the s3 URI. The Db becomes the one
 -- names resolve against (the "latest connect").
 -- @string uri a directory (created if missing; `file://` allowed) or
@@ -57,7 +59,11 @@ local S3_OPTIONS = { endpoint = "string", region = "string", profile = "string",
 -- directory cannot be created or the store not reached
 -- @usage local db = geneva.connect("./data")
 -- local db2 = geneva.connect("s3://bucket/prefix", { endpoint = "http://127.0.0.1:9000" })
-function M.connect(uri, opts)
+function M.connect(uri, opts) return M._open(uri, opts, false) end
+
+-- M._open(uri, opts, existing): connect; existing = true never creates an
+-- s3 database (connect_existing)
+function M._open(uri, opts, existing)
   if type(uri) ~= "string" or uri == "" then invalid("connect: uri must be a directory path or s3://bucket/prefix") end
   if opts ~= nil and type(opts) ~= "table" then invalid("connect: opts must be a table") end
   local path, store
@@ -66,7 +72,9 @@ function M.connect(uri, opts)
     for k, v in pairs(opts or {}) do
       if type(v) ~= S3_OPTIONS[k] then invalid(("connect: option '%s' must be a %s"):format(k, S3_OPTIONS[k])) end
     end
-    path, store = require("geneva.store.backend.s3").mount(uri, opts)
+    local o = { create = not existing }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    path, store = require("geneva.store.backend.s3").mount(uri, o)
   else
     path = M.directory_of(uri)
     local k = next(opts or {})
@@ -92,6 +100,19 @@ function M.directory_of(uri)
     invalid(("connect: '%s': a database is a directory or s3://bucket/prefix"):format(uri))
   end
   return (uri:gsub("^file://", ""))
+end
+
+-- M.connect_existing(uri [, opts]) -> Db: connect, for a database that
+-- must exist already (the CLI's --db). An s3:// one whose prefix holds no
+-- object (no table, no _geneva/) is not_found, as a missing directory is:
+-- otherwise a mistyped prefix reads as an empty database.
+function M.connect_existing(uri, opts)
+  local db = M._open(uri, opts, true)
+  local impl = backend.for_path(db.path)
+  if db.store and impl.holds_objects and not impl:holds_objects() then
+    errors.throw("not_found", ("no database at '%s' (nothing under that prefix)"):format(uri))
+  end
+  return db
 end
 
 -- M.latest() -> the Db of the latest connect in this Lua state, or nil

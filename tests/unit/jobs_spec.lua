@@ -315,7 +315,13 @@ geneva.connect(arg[1]):open_table("w"):backfill("s", { batch_size = 250 })
       code, out = cli("list", "--db", root .. "/missing", "--json")
       assert.equal(1, code)
       assert.equal("not_found", doc(out).error.code)
+      -- a mistyped URI is no database either, on s3 as in a directory
+      local typo = testdb.s3 and (db.uri .. "-typo") or (root .. "/dbx")
       local stderr
+      code, out, stderr = cli("list", "--db", typo)
+      assert.equal(1, code)
+      assert.equal("", out)
+      assert.matches("not_found: no database at '" .. typo:gsub("%p", "%%%0") .. "'", stderr)
       code, out, stderr = cli("show", "20200101-000000-deadbeef", "--db", db.uri)
       assert.equal(1, code)
       assert.equal("", out)

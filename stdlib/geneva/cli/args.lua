@@ -118,7 +118,7 @@ end
 -- (mounted: the directory is its mirror, geneva.store.backend.s3)
 function args.database(opts)
   if not opts.db then error({ usage = "missing --db URI" }, 0) end
-  if opts.db:match("^s3://") then return require("geneva.db").connect(opts.db).dir end
+  if opts.db:match("^s3://") then return require("geneva.db").connect_existing(opts.db).dir end
   local dir = require("geneva.db").directory_of(opts.db)     -- file:// as connect reads it
   local st = require("geneva.fs").stat(dir)
   if not st or st.type ~= "dir" then

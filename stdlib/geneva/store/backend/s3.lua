@@ -219,6 +219,15 @@ end
 
 function S3:sync_dir() return true end
 
+-- Is there any object under the prefix? (one LIST of one key): a database
+-- that holds nothing is, to the CLI, a mistyped URI
+function S3:holds_objects()
+  local p = self.prefix == "" and "" or (self.prefix .. "/")
+  local ok, objects = pcall(self.client.list, self.client, p, { max_keys = 1, first_page = true })
+  if not ok then error(errors.from(objects), 0) end
+  return #objects > 0
+end
+
 -- dst made from the local file src (never replacing an object); the
 -- mirror keeps a copy of it under dst's name too.
 function S3:publish(src, dkey, dst)
@@ -292,6 +301,9 @@ end
 
 -- {====== Mounting
 
+-- What connect writes into an empty prefix: the database exists from then on
+M.MARKER = "_geneva/database.json"
+
 local mounted = {}     -- mount identity (see M.mount) -> {root =, desc =}
 
 local function safe_part(s, what, uri)
@@ -323,7 +335,9 @@ geneva.connect's doc gives their defaults) and returns its mirror root, the path
 rest of geneva uses as the database's directory. description is plain and
 secret-free: what another process (a worker) needs to mount it the same way.
 Probes the store for conditional writes once per process (workers, whose
-driver probed, pass probe = false).
+driver probed, pass probe = false). An empty prefix gets M.MARKER, as
+connect makes a missing directory (not with create = false: the CLI's
+--db, for which nothing there means a mistyped URI).
 ]]
 function M.mount(uri, opts)
   opts = opts or {}
@@ -355,13 +369,15 @@ function M.mount(uri, opts)
   local root = ("%s/s3/%s/%s%s"):format(cache_root(), host, bucket, prefix ~= "" and ("/" .. prefix) or "")
   errors.io(fs.mkdir_p(root))
   local impl = setmetatable({ client = client, prefix = prefix, uri = uri }, S3)
+  local empty
   if opts.probe ~= false then
     -- a plain read first: a wrong key, a missing bucket or an endpoint
     -- that does not answer fail on a request the user knows (a LIST of
     -- the database), not on the write probe's object
-    local lok, lerr = pcall(client.list, client, prefix == "" and "" or (prefix .. "/"),
-                            { max_keys = 1, first_page = true })
-    if not lok then error(errors.from(lerr), 0) end
+    local lok, objects = pcall(client.list, client, prefix == "" and "" or (prefix .. "/"),
+                               { max_keys = 1, first_page = true })
+    if not lok then error(errors.from(objects), 0) end
+    empty = #objects == 0
   end
   if client.probe_conditional_writes and opts.probe ~= false then
     local ok, safe = pcall(client.probe_conditional_writes, client, key_of(impl, "_geneva/.probe-" .. fs.random_hex(8)))
@@ -375,6 +391,13 @@ function M.mount(uri, opts)
     elseif not ok then
       error(errors.from(safe), 0)
     end
+  end
+  if empty and opts.create ~= false and not impl.unsafe and not impl.denied then
+    -- connect creates a database as it creates a directory: an object
+    -- under the prefix says one is there (M.holds_objects, the CLI's --db)
+    local body = require("geneva.json").encode({ geneva = "database", created_at = os.date("!%Y-%m-%dT%H:%M:%SZ") })
+    local ok, msg, code = impl:put_if_absent(M.MARKER, nil, body)
+    if not ok and code ~= "EEXIST" then errors.io(nil, msg, code) end
   end
   require("geneva.store.backend").mount(root, impl)
   local desc = { uri = uri, endpoint = opts.endpoint, region = opts.region, profile = opts.profile,
