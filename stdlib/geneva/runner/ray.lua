@@ -520,11 +520,14 @@ Runner.__index = Runner
 Runner.__name = "geneva.runner.ray.Runner"
 
 -- M.journals(db_dir) -> the lease journals of a scope of remote
--- resources: the db's and this user's
+-- resources: this user's, then the db's. A lease is written to each in
+-- turn, so a kill -9 between the two leaves the copy reap trusts (and
+-- follows a kubeconfig from), not one it must refuse forever.
 local function journals(db_dir)
-  local dirs = { db_dir .. "/_geneva/leases" }
+  local dirs = {}
   local user = ledger.user_journal()
   if user then dirs[#dirs + 1] = user end
+  dirs[#dirs + 1] = db_dir .. "/_geneva/leases"
   return dirs
 end
 M.journals = journals
