@@ -30,7 +30,10 @@ for r = 1, ROUNDS do
   geneva.context { cluster = spec, db = db } (function()
     enter[r] = clock() - t0
     local j = tbl:backfill_async(col, { batch_size = 5000 })
-    while (j:record().tasks.done or 0) < 1 and j:status() ~= "DONE" do geneva.time.sleep(0.005) end
+    -- the first task running: claimed by a Ray worker from the job's queue
+    -- (as scripts/bench/ray times it), not done
+    local claims = require("geneva.backfill.queue").dir(db.path, j.id) .. "/claims"
+    while #(fs.list(claims) or {}) == 0 and j:status() ~= "DONE" do geneva.time.sleep(0.005) end
     first[r] = clock() - t0
     j:wait()
     t_fn_end = clock()
@@ -42,7 +45,7 @@ for r = 1, ROUNDS do
 end
 print(("KubeRay context lifecycle through the emulators, median of %d rounds (20k rows, 4 tasks)"):format(ROUNDS))
 print(("  context enter (RayCluster created and ready, dashboard reached): %6.0f ms"):format(median(enter) * 1000))
-print(("  enter -> first task done:                                      %6.0f ms"):format(median(first) * 1000))
+print(("  enter -> first task running (claimed by a Ray worker):          %6.0f ms"):format(median(first) * 1000))
 print(("  end of the function -> RayCluster deleted and gone:            %6.0f ms"):format(median(exit_t) * 1000))
 print(("  Kubernetes API requests per lifecycle (proxied Ray calls included): %d"):format(median(reqs)))
 k:close()

@@ -6,7 +6,8 @@ the apiserver's service proxy. Python 3 standard library, and the openssl CLI
 for the test certificates.
 
 usage: kube_apiserver.py [--port N] [--state-dir DIR] [--plain-http]
-                         [--ready-delay S] [--dashboard-lag S] [--gc-delay S]
+                         [--ready-delay S] [--head-ready-lag S] [--stale-status S]
+                         [--dashboard-lag S] [--gc-delay S]
                          [--admin-token T] [--token T:USER[:GROUP,...]]...
                          [--token-auth-file CSV] [--anonymous-auth]
                          [--exec-ttl S] [--exec-server-ttl S]
@@ -867,6 +868,7 @@ class Controller:
         self.stopped = []        # (key, pid) of dashboards stopped
         self.ip_seq = 10
         self.wake = threading.Event()
+        self.ready = set()       # uids whose status says ready in every way
 
     # -- events (client-go tools/events, or tools/record before KubeRay 1.7)
 
@@ -936,8 +938,21 @@ class Controller:
         self.set_status(key, spec, svc, head_pod, None, ready=False)
         if not self.sleep_unless_gone(key, self.server.ready_delay):
             return
+        # --head-ready-lag: state ready while the head pod is not (a restart
+        # after the first ready: KubeRay keeps state "ready")
+        if self.server.head_ready_lag > 0:
+            self.set_status(key, spec, svc, head_pod, ip, ready=True, head_ready=False)
+            if not self.sleep_unless_gone(key, self.server.head_ready_lag):
+                return
+        # --stale-status: a ready status written for an earlier generation
+        if self.server.stale_status > 0:
+            self.set_status(key, spec, svc, head_pod, ip, ready=True, generation_lag=1)
+            if not self.sleep_unless_gone(key, self.server.stale_status):
+                return
         # the pods are Running and Ready: state ready, HeadPodReady True
         self.set_status(key, spec, svc, head_pod, ip, ready=True)
+        with self.lock:
+            self.ready.add(key[2])
         # the dashboard may answer a little after the pod turns Ready
         if not self.sleep_unless_gone(key, self.server.dashboard_lag):
             return
@@ -1036,8 +1051,12 @@ class Controller:
             "data": {"auth_token": base64.b64encode(tok.encode()).decode()}})
         return tok
 
-    def set_status(self, key, spec, svc, head_pod, ip, ready):
-        """calculateStatus, updateEndpoints and updateHeadInfo."""
+    def set_status(self, key, spec, svc, head_pod, ip, ready, head_ready=None, generation_lag=0):
+        """calculateStatus, updateEndpoints and updateHeadInfo. head_ready:
+        HeadPodReady (default: as ready); generation_lag: observedGeneration
+        that many generations behind metadata.generation."""
+        if head_ready is None:
+            head_ready = ready
         now = rfc3339()
         workers = spec.get("workerGroupSpecs") or []
         desired = sum(desired_replicas(g) for g in workers)
@@ -1058,21 +1077,24 @@ class Controller:
                 t = old["lastTransitionTime"] if old and old["status"] == status else now
                 conds[typ] = {"type": typ, "status": status, "reason": reason,
                               "message": message, "lastTransitionTime": t,
-                              "observedGeneration": o["metadata"].get("generation", 1)}
-            if ready:
+                              "observedGeneration": observed}
+            observed = o["metadata"].get("generation", 1) - generation_lag
+            if head_ready:
                 cond("HeadPodReady", "True", "HeadPodRunningAndReady")
-                cond("RayClusterProvisioned", "True", "AllPodRunningAndReadyFirstTime",
-                     "All Ray Pods are ready for the first time")
             else:
                 cond("HeadPodReady", "False", "ContainersNotReady",
                      "containers with unready status: [ray-head]")
+            if ready:
+                cond("RayClusterProvisioned", "True", "AllPodRunningAndReadyFirstTime",
+                     "All Ray Pods are ready for the first time")
+            else:
                 cond("RayClusterProvisioned", "False", "RayClusterPodsProvisioning",
                      "RayCluster Pods are being provisioned for first time")
             cond("RayClusterSuspended", "False", "RayClusterSuspended")
             cond("RayClusterSuspending", "False", "RayClusterSuspending")
             st["conditions"] = [conds[t] for t in ("HeadPodReady", "RayClusterProvisioned",
                                                     "RayClusterSuspended", "RayClusterSuspending")]
-            st["observedGeneration"] = o["metadata"].get("generation", 1)
+            st["observedGeneration"] = observed
             st["readyWorkerReplicas"] = desired if ready else 0
             st["availableWorkerReplicas"] = desired if ready else 0
             st["desiredWorkerReplicas"] = desired
@@ -1844,6 +1866,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         svc, dash = self.srv.controller.dashboard_for_service(ns, svc_name)
         if svc is None:
             raise not_found(SERVICES, svc_name)
+        c = self.srv.controller
+        with c.lock:
+            early = not any(r.get("uid") in c.ready for r in svc["metadata"].get("ownerReferences", []))
+        if early:
+            # a client that did not wait for the status to say ready (tests)
+            self.srv.count("proxy before ready")
         ports = svc["spec"]["ports"]
         chosen = [p for p in ports if port in (p["name"], str(p["port"]))] if port else \
             (ports if len(ports) == 1 else [p for p in ports if not p.get("name")])
@@ -1978,7 +2006,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             s.auth.deny = list(spec.get("deny", []))
             return self.reply(200, {"deny": s.auth.deny})
         if path == "/_emulator/config":
-            for k in ("ready_delay", "dashboard_lag", "gc_delay"):
+            for k in ("ready_delay", "head_ready_lag", "stale_status", "dashboard_lag", "gc_delay"):
                 if k in spec:
                     setattr(s, k, float(spec[k]))
             if "dashboard_args" in spec:
@@ -2077,6 +2105,8 @@ class Server(http.server.ThreadingHTTPServer):
         self.requests = deque(maxlen=500)
         self.faults = []
         self.ready_delay = args.ready_delay
+        self.head_ready_lag = args.head_ready_lag
+        self.stale_status = args.stale_status
         self.dashboard_lag = args.dashboard_lag
         self.gc_delay = args.gc_delay
         self.dashboard_args = list(args.dashboard_arg)
@@ -2147,7 +2177,8 @@ class Server(http.server.ThreadingHTTPServer):
         return None
 
     def config(self):
-        return {"ready_delay": self.ready_delay, "dashboard_lag": self.dashboard_lag,
+        return {"ready_delay": self.ready_delay, "head_ready_lag": self.head_ready_lag,
+                "stale_status": self.stale_status, "dashboard_lag": self.dashboard_lag,
                 "gc_delay": self.gc_delay, "dashboard_args": self.dashboard_args}
 
     def state(self):
@@ -2335,6 +2366,10 @@ def parse_args(argv):
     p.add_argument("--plain-http", action="store_true", help="no TLS (no client certificates)")
     p.add_argument("--ready-delay", type=float, default=1.0,
                    help="seconds from create to pods Running and Ready")
+    p.add_argument("--head-ready-lag", type=float, default=0.0,
+                   help="seconds state says ready while HeadPodReady is still False")
+    p.add_argument("--stale-status", type=float, default=0.0,
+                   help="seconds a ready status carries an older observedGeneration")
     p.add_argument("--dashboard-lag", type=float, default=0.0,
                    help="seconds the dashboard starts after the head pod is Ready")
     p.add_argument("--gc-delay", type=float, default=0.2,

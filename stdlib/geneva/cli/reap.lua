@@ -8,7 +8,9 @@ local M = {}
 local usage = [==[
 usage: geneva reap [--db URI [--grace SECONDS]] [--list] [--retained] [--force] [-o json|yaml | --json]
 Tears down what drivers that died (kill -9, a lost machine) left behind:
-worker processes, temp dirs, jobs, from the leases they journalled.
+worker processes, temp dirs, jobs, Ray jobs and RayClusters, from the
+leases they journalled; with --db, also RayClusters with geneva's label
+whose owner on this host is gone or whose TTL has passed.
 Local resources are torn down only from this user's own lease journal and
 only once checked to be geneva's; what it refuses is said on stderr.
 With --db, also removes each table's orphan files: data files no version
@@ -17,7 +19,9 @@ temp files, once older than --grace (default 3600 s: younger ones may
 belong to a commit in flight). Versions stay: see geneva tables cleanup.
   --db URI     also the leases in that database (default: this user's only)
   --grace S    the age in seconds below which an orphan file is left alone
-  --list       show the leases and their owners, change nothing
+  --list       show the leases and their owners, change nothing; with
+               --db, also the RayClusters with geneva's label that its
+               kuberay clusters' namespaces hold (journal "label")
   --retained   also tear down resources kept with on_exit = "retain"
   --force      also act on leases of other hosts (shared storage): only
                their remote resources, never local pids or paths
@@ -36,6 +40,28 @@ local function remove_orphans(uri, grace, failed)
     else failed[#failed + 1] = ("orphan files of table %s: %s"):format(name, tostring(r)) end
   end
   return n
+end
+
+-- The RayClusters with our label that the db's kuberay clusters can see,
+-- as --list rows: id = the lease its annotations name, state "expired" or
+-- "active", owner as for leases, reap = why reap would delete it (or nil).
+local function labelled(reap, db, uid, problems)
+  local rows = {}
+  for _, c in ipairs(reap.kuberay_specs(db, uid, problems)) do
+    local ok, list = pcall(require("geneva.runner.kuberay").list_labelled, c.spec)
+    if not ok then
+      problems[#problems + 1] = ("cluster %s: cannot list its RayClusters: %s"):format(reap.clean(c.name), reap.clean(tostring(list)))
+    else
+      for _, e in ipairs(list) do
+        rows[#rows + 1] = { id = e.lease or "-", kind = "raycluster", name = e.namespace .. "/" .. e.name,
+                            state = e.expired and "expired" or "active", owner = e.owner_state,
+                            journal = "label", reap = e.reap, cluster = c.name,
+                            info = { namespace = e.namespace, name = e.name, owner = e.owner,
+                                     expires_at = e.expires and os.date("!%Y-%m-%dT%H:%M:%SZ", e.expires) or nil } }
+      end
+    end
+  end
+  return rows
 end
 
 function M.main(argv)
@@ -58,22 +84,29 @@ function M.main(argv)
     if opts.db then opts.db = args.database(opts) end     -- an s3:// db: its mirror
     if opts.list then
       local rows = {}
-      local entries, refused = reap.list{ db = opts.db }
+      local entries, refused, who = reap.list{ db = opts.db }
       for _, e in ipairs(entries) do
         rows[#rows + 1] = { id = e.lease.id, kind = e.lease.kind, name = e.lease.name,
                             state = e.lease.state, owner = e.owner, info = e.lease.info,
                             journal = e.source }
+      end
+      -- with --db, the RayClusters with our label in the namespaces of its
+      -- kuberay clusters (journal "label"): what reap would delete says why
+      local problems = {}
+      if opts.db then
+        for _, r in ipairs(labelled(reap, opts.db, who.uid, problems)) do rows[#rows + 1] = r end
       end
       if machine then
         io.stdout:write(output.document(json.array(rows), machine))
       else
         local c = reap.clean     -- lease fields are untrusted: no escape sequences
         for _, r in ipairs(rows) do
-          io.stdout:write(("%-32s %-8s %-9s owner %-10s %-4s %s\n"):format(c(r.id), c(r.kind), r.state, r.owner,
-            r.journal, c(r.name or "")))
+          io.stdout:write(("%-32s %-8s %-9s owner %-10s %-4s %s%s\n"):format(c(r.id), c(r.kind), r.state, r.owner,
+            r.journal, c(r.name or ""), r.reap and (" (to reap: " .. r.reap .. ")") or ""))
         end
       end
       for _, msg in ipairs(refused) do io.stderr:write("geneva: unreadable ", msg, "\n") end
+      for _, msg in ipairs(problems) do io.stderr:write("geneva: ", msg, "\n") end
       return 0
     end
     local res = reap.run{ db = opts.db, retained = opts.retained, force = opts.force }

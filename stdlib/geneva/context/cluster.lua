@@ -26,7 +26,9 @@
 -- - `kubeconfig`: a file (else `KUBECONFIG`, `~/.kube/config`, the
 --   in-cluster service account)
 -- - `ttl_seconds`: the expiry written on the RayCluster, for `geneva reap`
---   (default 24 hours)
+--   (default 24 hours; the live context pushes it forward as it runs)
+-- - `ship_host`: as for ray, but true unless set to false (the pods never
+--   see this host's `geneva`; false when the image has it at this path)
 -- - `token_env` / `token_file`: as for ray
 -- - `head_group`: a group (below)
 -- - `worker_groups`: a list of groups, each also with `name` (required,
@@ -299,6 +301,7 @@ local TYPES = {
   kuberay = {
     namespace = sv.dns_label, head_group = head_group, worker_groups = worker_groups,
     kubeconfig = sv.str, ttl_seconds = sv.pos_int, token_env = sv.env_name, token_file = sv.str,
+    ship_host = sv.bool,
   },
 }
 local REQUIRED = { ray = { "address" } }

@@ -41,11 +41,13 @@
 --            KILL), its process group only when the lease's pgid and its
 --            real one both equal its pid. A lease of an earlier boot names
 --            no live process.
---  4. Remote resources (kinds with where = "remote": Ray jobs; Kubernetes
---     objects later) are torn down only when the kind's verify(info)
---     finds our labels/metadata on the remote object (the cluster's answer,
---     not the lease, decides). They may come from either journal, and from
---     other hosts with --force.
+--  4. Remote resources (kinds with where = "remote": Ray jobs, RayClusters)
+--     are torn down only when the kind's verify(info) finds our
+--     labels/metadata on the remote object (the cluster's answer, not the
+--     lease, decides). They may come from either journal, and from other
+--     hosts with --force; a lease whose credentials come from a kubeconfig
+--     it names (a RayCluster, a Ray job behind the service proxy) is
+--     followed only from this user's journal.
 --  5. Job leases name their job's record: with --db, a record its dead
 --     driver left RUNNING is written FAILED/abandoned (job.finalize_abandoned,
 --     which trusts the record's owner, not the lease). With --force, an
@@ -426,6 +428,31 @@ local function decide(e, opts, me)
   return "act"
 end
 
+--[[
+reap.kuberay_specs(db, uid, refused) -> array of {name, spec}: the db's
+kuberay clusters whose Kubernetes config reap may follow. A cluster record
+is untrusted (a shared db): its kubeconfig (which may run an exec plugin)
+is followed only when it is a file of this user's that only it can write;
+the others add a line to refused.
+]]
+function reap.kuberay_specs(db, uid, refused)
+  local out = {}
+  local ok, clusters = pcall(require("geneva.context.cluster").list, { path = db, dir = db })
+  for _, c in ipairs(ok and clusters or {}) do
+    if type(c) == "table" and type(c.spec) == "table" and c.spec.type == "kuberay" then
+      local kc = c.spec.kubeconfig
+      local st = type(kc) == "string" and fs.stat(kc)
+      if kc == nil or (st and st.type == "file" and st.uid == uid and st.mode & 18 == 0) then
+        out[#out + 1] = { name = c.name, spec = c.spec }
+      else
+        refused[#refused + 1] = ("cluster %s: its kubeconfig %s is not a file of this user's that only it can write: not followed")
+          :format(clean(c.name), clean(kc))
+      end
+    end
+  end
+  return out
+end
+
 -- reap.run{db=, force=, retained=, quiet=} -> {reaped = n, skipped = n,
 -- refused = {msgs}, failed = {msgs}, items = {what}}
 function reap.run(opts)
@@ -496,31 +523,21 @@ function reap.run(opts)
       end
     end
   end
-  -- RayClusters past their TTL, found by label: a lease file can be lost
-  -- with its machine. Asked of each kuberay cluster the db defines (not
-  -- on every context entry: that would call every Kubernetes API there).
+  -- RayClusters found by label (a dead owner of this host, a passed TTL):
+  -- a lease file can be lost with its machine. Asked of each kuberay
+  -- cluster the db defines (not on every context entry: that would call
+  -- every Kubernetes API there).
   if opts.db and not opts.quiet then
-    local ok, clusters = pcall(require("geneva.context.cluster").list, { path = opts.db, dir = opts.db })
-    for _, c in ipairs(ok and clusters or {}) do
-      -- a cluster record is untrusted (a shared db): its kubeconfig (which
-      -- may run an exec plugin) is followed only when it is this user's own
-      local kc = type(c) == "table" and type(c.spec) == "table" and c.spec.kubeconfig
-      local st = type(kc) == "string" and fs.stat(kc)
-      local safe = kc == nil or (st and st.type == "file" and st.uid == who.uid and st.mode & 18 == 0)
-      if type(c) == "table" and type(c.spec) == "table" and c.spec.type == "kuberay" and not safe then
-        result.refused[#result.refused + 1] = ("cluster %s: its kubeconfig %s is not a file of this user's that only it can write: not followed")
-          :format(clean(c.name), clean(kc))
-      elseif type(c) == "table" and type(c.spec) == "table" and c.spec.type == "kuberay" then
-        local rok, r = pcall(require("geneva.runner.kuberay").reap_expired, c.spec)
-        if not rok then
-          result.failed[#result.failed + 1] = ("cluster %s: RayClusters past their TTL: %s"):format(clean(c.name), clean(tostring(r)))
-        else
-          for _, n in ipairs(r.deleted) do
-            result.reaped = result.reaped + 1
-            result.items[#result.items + 1] = "RayCluster " .. n .. " (past its TTL)"
-          end
-          for _, f in ipairs(r.failed) do result.failed[#result.failed + 1] = "RayCluster " .. f end
+    for _, c in ipairs(reap.kuberay_specs(opts.db, who.uid, result.refused)) do
+      local rok, r = pcall(require("geneva.runner.kuberay").reap_expired, c.spec)
+      if not rok then
+        result.failed[#result.failed + 1] = ("cluster %s: our-labelled RayClusters: %s"):format(clean(c.name), clean(tostring(r)))
+      else
+        for _, n in ipairs(r.deleted) do
+          result.reaped = result.reaped + 1
+          result.items[#result.items + 1] = "RayCluster " .. n
         end
+        for _, f in ipairs(r.failed) do result.failed[#result.failed + 1] = "RayCluster " .. f end
       end
     end
   end

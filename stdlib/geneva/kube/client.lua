@@ -393,6 +393,19 @@ function Client:create(res, ns, obj, opts)
 end
 
 --[[
+c:patch(res, ns, name, patch [, opts]) -> patched object, warnings
+A JSON merge patch (RFC 7386: application/merge-patch+json): only the
+fields it names change, so it needs no resourceVersion and meets no 409.
+]]
+function Client:patch(res, ns, name, patch, opts)
+  local what = ("PATCH %s %s/%s"):format(res.plural, ns, name)
+  local st, data, _, warnings, body = self:request("PATCH", self:path(res, ns, name),
+    { json = patch, content_type = "application/merge-patch+json", timeout = opts and opts.timeout })
+  if st ~= 200 then self:fail(st, data, body, what) end
+  return expect_object(self, data, what, st), warnings
+end
+
+--[[
 c:delete(res, ns, name [, {propagation = "Background"|"Foreground",
 grace_seconds=}]) -> true (deleted or being deleted) | false (not found)
 Never Orphan: dependents (pods, services) must go with their owner.

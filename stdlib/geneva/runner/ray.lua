@@ -47,7 +47,9 @@
 --
 -- Lifetimes: every submission is leased (kind ray_job, in a durable scope
 -- journalled in the db and this user's state dir) before it is submitted,
--- with the address, the submission id and the token's reference; its
+-- with the address, the submission id and the token's reference (behind a
+-- Kubernetes service proxy, also the kubeconfig reference that rebuilds
+-- the proxy's credentials: geneva.runner.kuberay.proxy_transport); its
 -- metadata carries the geneva job, the lease id and the lease's owner, which
 -- is how `geneva reap` (reap_verify) tells a Ray job of ours from any other.
 -- Teardown (close, scope close, signals): POST stop to every live
@@ -188,14 +190,6 @@ function Conn:request(method, path, o)
   local req = { url = self.address .. path, method = method, headers = headers,
                 timeout = o.timeout or 30, connect_timeout = o.connect_timeout or 5, retry = o.retry,
                 max_response_bytes = o.max_response_bytes }
-  -- a dashboard behind the Kubernetes API's service proxy (runner.kuberay):
-  -- the API server's own TLS and credentials, fresh for each request
-  if self.transport then
-    for k, v in pairs(self.transport()) do req[k] = v end
-  end
-  for _, k in ipairs(TLS_FIELDS) do
-    if self.tls and self.tls[k] ~= nil then req[k] = self.tls[k] end
-  end
   if o.json ~= nil then
     req.body = json.encode(o.json)
     headers["Content-Type"] = "application/json"
@@ -203,14 +197,41 @@ function Conn:request(method, path, o)
     req.body_file = o.body_file
     headers["Content-Type"] = "application/octet-stream"
   end
-  local status, hdrs, body = http.request(req)
-  if not status then return nil, hdrs, body end
-  local data
-  if body and body ~= "" and tostring(hdrs["content-type"] or ""):find("json", 1, true) then
-    local ok, v = pcall(json.decode, body)
-    if ok then data = v end
+  local refreshed, sent = false, {}
+  while true do
+    -- a dashboard behind the Kubernetes API's service proxy (runner.kuberay):
+    -- the API server's own TLS and credentials, fresh for each request
+    if self.transport then
+      local ok, t = pcall(self.transport.opts)      -- may run an exec plugin: it may fail
+      if not ok then
+        local e = errors.from(t)
+        if e.code == "interrupted" then error(e, 0) end
+        return nil, e.message, e.code
+      end
+      for k in pairs(sent) do req[k] = nil end   -- the credential before a refresh
+      sent = t
+      for k, v in pairs(t) do req[k] = v end
+    end
+    for _, k in ipairs(TLS_FIELDS) do
+      if self.tls and self.tls[k] ~= nil then req[k] = self.tls[k] end
+    end
+    local status, hdrs, body = http.request(req)
+    if not status then return nil, hdrs, body end
+    local data
+    if body and body ~= "" and tostring(hdrs["content-type"] or ""):find("json", 1, true) then
+      local ok, v = pcall(json.decode, body)
+      if ok then data = v end
+    end
+    -- the API server's 401 (a Status object; Ray's own is plain text): its
+    -- credential expired (an exec plugin's, a rotated token file): renew
+    -- it and ask once more
+    if status == 401 and self.transport and not refreshed and type(data) == "table" and data.kind == "Status"
+       and pcall(self.transport.refresh) then
+      refreshed = true
+    else
+      return status, data, body
+    end
   end
-  return status, data, body
 end
 
 -- The error for a request that did not get an answer
@@ -499,11 +520,14 @@ Runner.__index = Runner
 Runner.__name = "geneva.runner.ray.Runner"
 
 -- M.journals(db_dir) -> the lease journals of a scope of remote
--- resources: the db's and this user's
+-- resources: this user's, then the db's. A lease is written to each in
+-- turn, so a kill -9 between the two leaves the copy reap trusts (and
+-- follows a kubeconfig from), not one it must refuse forever.
 local function journals(db_dir)
-  local dirs = { db_dir .. "/_geneva/leases" }
+  local dirs = {}
   local user = ledger.user_journal()
   if user then dirs[#dirs + 1] = user end
+  dirs[#dirs + 1] = db_dir .. "/_geneva/leases"
   return dirs
 end
 M.journals = journals
@@ -663,7 +687,8 @@ end
 local function submit_slot(self, js, slot, attempt, events)
   local sid = ("geneva-%s-%d-%d"):format(js.id, slot, attempt)
   local info = { address = self.conn.address, submission_id = sid, job = js.id, slot = slot,
-                 token_env = self.refs.token_env, token_file = self.refs.token_file }
+                 token_env = self.refs.token_env, token_file = self.refs.token_file,
+                 kube = self.conn.transport and self.conn.transport.ref or nil }
   for _, k in ipairs(TLS_FIELDS) do info[k] = self.conn.tls and self.conn.tls[k] end
   local res = self.scope:reserve("ray_job", sid, info)
   local lease = res:lease()
@@ -917,11 +942,14 @@ function Runner:describe()
            closed = self.closed or nil }
 end
 
--- What attach() needs; holds the resolved token and env: a pipe only
+-- What attach() needs; holds the resolved Ray token and env: a pipe only.
+-- Behind a service proxy, the Kubernetes reference (kubeconfig, context),
+-- never the API server's credential: attach() loads it again, so an exec
+-- plugin's token or a rotated token file renews in the job's driver too.
 function Runner:handoff()
   local c = self.conn
   return { type = "ray", address = c.address, db = self.db_dir, store = self.store,
-           transport = c.transport and c.transport() or nil, token = c.token, token_source = c.token_source,
+           kube = c.transport and c.transport.ref or nil, token = c.token, token_source = c.token_source,
            send_token = c.send_token or false, auth_mode = c.auth_mode, ray_version = c.ray_version,
            api_version = c.api_version, tls = c.tls, env = self:env_vars(), exe = self.exe,
            lua_path = self.lua_path, working_dir = self.working_dir, py_modules = self.py_modules,
@@ -983,6 +1011,7 @@ local function check_handoff(h)
   str("token", true); str("working_dir", true); str("py_modules", true); str("auth_mode", true)
   if h.env ~= nil and type(h.env) ~= "table" then errors.throw("invalid_argument", "ray handoff: env is not a table") end
   if h.tls ~= nil and type(h.tls) ~= "table" then errors.throw("invalid_argument", "ray handoff: tls is not a table") end
+  if h.kube ~= nil and type(h.kube) ~= "table" then errors.throw("invalid_argument", "ray handoff: kube is not a table") end
 end
 
 --[[
@@ -998,13 +1027,23 @@ function M.provision(spec, env)
   end
   local db_dir = db.path or db.dir
   local notes = {}
-  if not db.store and not M.is_local_address(spec.address) then
-    local msg = ("the database %s is a local path and the Ray dashboard %s is not on this host: the Ray nodes must mount it at the same path")
+  local conn = M.connect(spec)
+  -- said once a context, after connecting (a caller that retries a
+  -- dashboard still starting does not repeat it)
+  local msg
+  if db.store then
+    msg = nil
+  elseif spec.remote_nodes then
+    msg = ("the database %s is a local path, and %s never see this host's files: use an s3:// database (or mount it in them at this same path)")
+      :format(db_dir, spec.remote_nodes)
+  elseif not M.is_local_address(spec.address) then
+    msg = ("the database %s is a local path and the Ray dashboard %s is not on this host: the Ray nodes must mount it at the same path")
       :format(db_dir, spec.address)
+  end
+  if msg then
     io.stderr:write("geneva: warning: ", msg, "\n")
     notes[#notes + 1] = "warning: " .. msg
   end
-  local conn = M.connect(spec)
   local o = { conn = conn, db_dir = db_dir, store = db.store, parent = env.scope, lua_path = package.path, notes = notes,
               refs = { token_env = spec.token_env, token_file = spec.token_file },
               env_refs = {} }
@@ -1046,18 +1085,20 @@ function M.provision(spec, env)
   return self
 end
 
--- M.attach(handoff, scope) -> Runner making submissions of its own (a
--- background job's driver), on what provision() connected and uploaded.
-function M.attach(h, scope)
+-- M.attach(handoff, scope [, {transport=}]) -> Runner making submissions
+-- of its own (a background job's driver), on what provision() connected
+-- and uploaded. A handoff through a service proxy (h.kube) gets its
+-- transport from geneva.runner.kuberay (given, or built here).
+function M.attach(h, scope, opts)
   check_handoff(h)
-  local conn = new_conn{ address = h.address, token = h.token, token_source = h.token_source,
+  local transport = opts and opts.transport
+  if not transport and h.kube then transport = require("geneva.runner.kuberay").proxy_transport(h.kube) end
+  local conn = new_conn{ address = transport and transport.address or h.address, token = h.token,
+                         token_source = h.token_source,
                          send_token = h.send_token and h.token ~= nil, auth_mode = h.auth_mode,
-                         ray_version = h.ray_version, api_version = h.api_version, tls = h.tls or {} }
+                         ray_version = h.ray_version, api_version = h.api_version, tls = h.tls or {},
+                         transport = transport }
   conn.v = parse_version(conn.ray_version)
-  if type(h.transport) == "table" then
-    local t = h.transport
-    conn.transport = function() return t end
-  end
   local env = {}
   for k, v in pairs(h.env or {}) do env[k] = tostring(v) end
   local self = new_runner{ conn = conn, db_dir = h.db, store = type(h.store) == "table" and h.store or nil, parent = scope, exe = h.exe, lua_path = h.lua_path,
@@ -1093,6 +1134,17 @@ function M.reap_verify(info, ctx)
   if type(info.job) ~= "string" then return nil, "it names no job" end
   local tls = {}
   local conn = new_conn{ address = info.address, tls = tls }
+  if info.kube ~= nil then
+    -- behind a Kubernetes API server's service proxy: its credentials come
+    -- from the kubeconfig the lease names (which may run an exec plugin),
+    -- followed only from this user's own journal
+    if not ctx.trusted then
+      return nil, "a Ray job behind a Kubernetes service proxy, leased only in the db's journal: its kubeconfig is not followed"
+    end
+    local tok, t = pcall(require("geneva.runner.kuberay").proxy_transport, info.kube)
+    if not tok then return nil, ("cannot reach its Kubernetes API: %s"):format(clean(tostring(errors.from(t)))) end
+    conn = new_conn{ address = t.address, tls = tls, transport = t }
+  end
   if ctx.trusted then
     if not is_ref_name(info.token_env) or (info.token_file ~= nil and type(info.token_file) ~= "string") then
       return nil, "bad token reference"
