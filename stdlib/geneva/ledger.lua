@@ -92,15 +92,19 @@ local function write_lease(path, lease, durable, create)
   end
 end
 
+-- in the reverse of the order they were written: a kill between two
+-- removals leaves the first journal's copy (the trusted one, by convention)
 local function remove_leases(paths)
-  for _, p in ipairs(paths or {}) do require("geneva.store.backend").delete(p) end
+  paths = paths or {}
+  for i = #paths, 1, -1 do require("geneva.store.backend").delete(paths[i]) end
 end
 
 -- ledger.scope{name=, parent=, journal=, durable=} -> scope (parent: the
 -- current one). durable: fsync each lease (for resources that outlive a
 -- machine crash).
--- journal: a directory, or a list of them (the db's and a per-user mirror):
--- each lease is written to every one.
+-- journal: a directory, or a list of them (this user's trusted journal
+-- first, then the db's shared copy): each lease is written to every one,
+-- in order, and removed in reverse.
 function ledger.scope(opts)
   opts = opts or {}
   local s = core.scope(opts.name or "scope", opts.parent)

@@ -154,6 +154,28 @@ describe("geneva.ledger", function()
       assert.same({}, lease_files())
     end)
 
+    it("are written to each journal in order and removed in reverse (the first, trusted copy goes last)", function()
+      local backend = require "geneva.store.backend"
+      local a, b = dir .. "/a", dir .. "/b"
+      local s = ledger.scope{ name = "ctx", journal = { a, b } }
+      local put, delete, log = backend.put_if_absent, backend.delete, {}
+      backend.put_if_absent = function(p, ...) log[#log + 1] = "put " .. p:sub(#dir + 2, #dir + 2) return put(p, ...) end
+      local ok, err = pcall(function()
+        local r = s:reserve("proc", "worker")
+        r:bind(function() end)
+        backend.delete = function(p, ...) log[#log + 1] = "delete " .. p:sub(#dir + 2, #dir + 2) return delete(p, ...) end
+        assert.is_true(s:close())
+      end)
+      backend.put_if_absent, backend.delete = put, delete
+      assert(ok, err)
+      local writes = {}
+      for _, l in ipairs(log) do if l:match("^put") then writes[#writes + 1] = l end end
+      assert.same({ "put a", "put b" }, { writes[1], writes[#writes] })
+      local deletes = {}
+      for _, l in ipairs(log) do if l:match("^delete") then deletes[#deletes + 1] = l end end
+      assert.same({ "delete b", "delete a" }, deletes)
+    end)
+
     it("leave nothing when an interrupt lands between reserve and bind", function()
       local s = ledger.scope{ name = "ctx", journal = dir }
       -- as spawn_worker: the lease is written, then Ctrl-C before the process is bound

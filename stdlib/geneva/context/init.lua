@@ -185,7 +185,10 @@ function Context:enter()
   self.cluster, self.cluster_name, self.manifest = spec, cname, manifest_rec
   self.scope = ledger.scope{
     name = "context " .. (self.opts.name or cname),
-    journal = { db_dir .. "/_geneva/leases", trusted_journal() },
+    -- this user's journal first: a kill -9 between the two writes leaves
+    -- the trusted copy, which reap acts on (a copy only in the shared db
+    -- is a hint it never trusts)
+    journal = { trusted_journal(), db_dir .. "/_geneva/leases" },
   }
   local ok, res = pcall(function()
     -- the manifest's package, unpacked once: local workers run in it, and
