@@ -233,6 +233,22 @@ describe("geneva reap", function()
     assert.equals(2, #rows)
     assert.same({ "gone", "tmpdir", "dead", "both" }, { rows[1].id, rows[1].kind, rows[1].owner, rows[1].journal })
     assert.same({ "hint", "db" }, { rows[2].id, rows[2].journal })
+    -- for people: a header row and columns, as kubectl prints; -o wide adds the holder
+    local code, text = child.cli({ "reap", "--list", "--db", dir }, { env = env() })
+    assert.equal(0, code)
+    local lines = {}
+    for l in text:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equal(3, #lines, text)
+    assert.matches("^KIND%s+NAME%s+STATE%s+OWNER%s+JOURNAL%s+REAP$", lines[1])
+    assert.matches("^tmpdir%s+%S+%s+active%s+dead%s+both%s+%-$", lines[2])
+    local _, wide = child.cli({ "reap", "--list", "-o", "wide", "--db", dir }, { env = env() })
+    assert.matches("^KIND%s+NAME%s+STATE%s+OWNER%s+JOURNAL%s+REAP%s+ID%s+HOST%s+PID%s+AGE\n", wide)
+    assert.matches("\ntmpdir .* gone%s+%S+%s+%d+%s+%d+[smhd]\n", wide)
+    -- nothing to list: said on stderr, nothing on stdout
+    local empty = child.tmpdir()
+    local ecode, eout, eerr = child.cli({ "reap", "--list" }, { env = { XDG_STATE_HOME = empty } })
+    child.rmtree(empty)
+    assert.same({ 0, "", "No leases found.\n" }, { ecode, eout, eerr })
   end)
 
   it("rejects bad usage with exit 2", function()

@@ -64,6 +64,33 @@ local function labelled(reap, db, uid, problems)
   return rows
 end
 
+-- --list as a table, kubectl's way; -o wide adds who owns each and when
+-- it was made. Lease fields are untrusted: cleaned of escape sequences.
+local function list_headers(wide)
+  local h = { "KIND", "NAME", "STATE", "OWNER", "JOURNAL", "REAP" }
+  if wide then
+    for _, x in ipairs({ "ID", "HOST", "PID", "AGE" }) do h[#h + 1] = x end
+  end
+  return h
+end
+
+local function list_rows(reap, rows, wide)
+  local c, out = reap.clean, {}
+  for i, r in ipairs(rows) do
+    local o = type(r.info) == "table" and type(r.info.owner) == "table" and r.info.owner or r.holder or {}
+    local cells = { c(r.kind or "?"), c(r.name or ""), c(r.state or "?"), c(tostring(r.owner or "?")),
+                    c(r.journal or "?"), r.reap and c(r.reap) or "-" }
+    if wide then
+      for _, x in ipairs({ c(r.id or "-"), c(tostring(o.hostname or "-")), c(tostring(o.pid or "-")),
+                           r.created_at and output.age(os.date("!%Y-%m-%dT%H:%M:%SZ", r.created_at)) or "-" }) do
+        cells[#cells + 1] = x
+      end
+    end
+    out[i] = cells
+  end
+  return out
+end
+
 function M.main(argv)
   local opts = {}
   return args.run(usage, function() return args.machine(opts) end, function()
@@ -88,7 +115,8 @@ function M.main(argv)
       for _, e in ipairs(entries) do
         rows[#rows + 1] = { id = e.lease.id, kind = e.lease.kind, name = e.lease.name,
                             state = e.lease.state, owner = e.owner, info = e.lease.info,
-                            journal = e.source }
+                            journal = e.source, holder = e.lease.owner,
+                            created_at = math.type(e.lease.created_at) == "integer" and e.lease.created_at or nil }
       end
       -- with --db, the RayClusters with our label in the namespaces of its
       -- kuberay clusters (journal "label"): what reap would delete says why
@@ -98,12 +126,10 @@ function M.main(argv)
       end
       if machine then
         io.stdout:write(output.document(json.array(rows), machine))
+      elseif #rows == 0 then
+        io.stderr:write("No leases found.\n")
       else
-        local c = reap.clean     -- lease fields are untrusted: no escape sequences
-        for _, r in ipairs(rows) do
-          io.stdout:write(("%-32s %-8s %-9s owner %-10s %-4s %s%s\n"):format(c(r.id), c(r.kind), r.state, r.owner,
-            r.journal, c(r.name or ""), r.reap and (" (to reap: " .. r.reap .. ")") or ""))
-        end
+        io.stdout:write(output.table(list_headers(opts.format == "wide"), list_rows(reap, rows, opts.format == "wide")))
       end
       for _, msg in ipairs(refused) do io.stderr:write("geneva: unreadable ", msg, "\n") end
       for _, msg in ipairs(problems) do io.stderr:write("geneva: ", msg, "\n") end
