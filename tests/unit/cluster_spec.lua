@@ -373,6 +373,9 @@ describe("geneva.context.cluster", function()
       code, out = cli { "cluster", "show", "gpu", "--db", uri }
       assert.equal(0, code)
       assert.matches("cluster gpu %(kuberay%)", out)
+      -- the spec reads as YAML, not JSON
+      assert.matches("\nnamespace: geneva\n", out)
+      assert.is_nil(out:find("{", 1, true))
       code, out = cli { "cluster", "--help" }
       assert.equal(0, code)
       assert.matches("usage: geneva cluster list", out)

@@ -1,5 +1,4 @@
 -- geneva cluster list|show NAME|delete NAME --db URI [-o json|yaml|wide | --json]
-local json = require "geneva.json"
 local registry_cmd = require "geneva.cli.registry_cmd"
 local cluster = require "geneva.context.cluster"
 local output = require "geneva.cli.output"
@@ -47,9 +46,9 @@ local impl = {
     return { rec.name, rec.type or "?", summary(rec.spec or {}), output.age(rec.updated_at) }
   end,
   show = function(rec)
-    return ("cluster %s (%s)\ncreated %s, updated %s\n%s\n"):format(rec.name, rec.type,
-      rec.created_at or "?", rec.updated_at or "?",
-      json.encode(rec.spec, { indent = 2, sort_keys = true, invalid_utf8 = "replace" }))
+    -- the spec as YAML, the language recipes define clusters in
+    return ("cluster %s (%s)\ncreated %s, updated %s\n%s"):format(rec.name, rec.type,
+      rec.created_at or "?", rec.updated_at or "?", output.yaml(rec.spec))
   end,
 }
 
