@@ -35,6 +35,18 @@ function ledger.owner()
   return owner_cache
 end
 
+-- ledger.owner_state(owner) -> "alive" | "dead" | "other-host" | "unknown":
+-- how reap judges the owner of a lease or a labelled object (untrusted:
+-- "unknown" when malformed). Only a process of this host can be looked at;
+-- one from before this host restarted is dead.
+function ledger.owner_state(owner)
+  if type(owner) ~= "table" or math.type(owner.pid) ~= "integer" then return "unknown" end
+  local me = ledger.owner()
+  if owner.hostname ~= me.hostname then return "other-host" end
+  if owner.boot_id ~= me.boot_id then return "dead" end
+  return require("geneva.proc").alive(owner.pid, owner.start_time) and "alive" or "dead"
+end
+
 -- ledger.owner_alive(owner) -> false only when an owner ({hostname,
 -- boot_id, pid, start_time}, as ledger.owner() makes them; untrusted) is
 -- provably gone: on this host and boot, its pid is no longer that process.

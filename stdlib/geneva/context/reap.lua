@@ -278,12 +278,6 @@ local function read_lease(path)
   return lease
 end
 
-local function owner_state(owner, me)
-  if owner.hostname ~= me.hostname then return "other-host" end
-  if owner.boot_id ~= me.boot_id then return "dead" end      -- this host rebooted
-  return proc.alive(owner.pid, owner.start_time) and "alive" or "dead"
-end
-
 -- The trusted journal: this user's, created private.
 reap.trusted_dir = require("geneva.ledger").user_journal
 
@@ -382,7 +376,7 @@ function reap.list(opts)
     else
       local entry = { file = name, path = use.path, lease = use.lease, trusted = t ~= nil,
                       source = (t and d) and "both" or (t and "user" or "db"),
-                      owner = owner_state(use.lease.owner, me) }
+                      owner = require("geneva.ledger").owner_state(use.lease.owner) }
       entry.hint_differs = t and d and (not d.lease or not copies_agree(t.lease, d.lease)) or false
       out[#out + 1] = entry
     end

@@ -426,10 +426,7 @@ local function owner_state(text)
   local host, boot, pid, start = text:match("^([^/]+)/([^/]*)/(%d+)/(%d+)$")
   pid, start = math.tointeger(tonumber(pid)), math.tointeger(tonumber(start))
   if not host or not pid or not start or pid <= 1 then return "unknown" end
-  local me = ledger.owner()
-  if host ~= me.hostname then return "other-host" end
-  if boot ~= tostring(me.boot_id) then return "dead" end       -- this host rebooted since
-  return require("geneva.proc").alive(pid, start) and "alive" or "dead"
+  return ledger.owner_state { hostname = host, boot_id = boot, pid = pid, start_time = start }
 end
 
 --[[
