@@ -220,12 +220,15 @@ end
 function S3:sync_dir() return true end
 
 -- Is there any object under the prefix? (one LIST of one key): a database
--- that holds nothing is, to the CLI, a mistyped URI
+-- that holds nothing is, to the CLI, a mistyped URI. Once seen holding
+-- something (mount's own LIST, or the marker it wrote), it is not asked again.
 function S3:holds_objects()
+  if self.nonempty then return true end
   local p = self.prefix == "" and "" or (self.prefix .. "/")
   local ok, objects = pcall(self.client.list, self.client, p, { max_keys = 1, first_page = true })
   if not ok then error(errors.from(objects), 0) end
-  return #objects > 0
+  self.nonempty = #objects > 0
+  return self.nonempty
 end
 
 -- dst made from the local file src (never replacing an object); the
@@ -378,6 +381,7 @@ function M.mount(uri, opts)
                                { max_keys = 1, first_page = true })
     if not lok then error(errors.from(objects), 0) end
     empty = #objects == 0
+    impl.nonempty = not empty
   end
   if client.probe_conditional_writes and opts.probe ~= false then
     local ok, safe = pcall(client.probe_conditional_writes, client, key_of(impl, "_geneva/.probe-" .. fs.random_hex(8)))
@@ -398,6 +402,7 @@ function M.mount(uri, opts)
     local body = require("geneva.json").encode({ geneva = "database", created_at = os.date("!%Y-%m-%dT%H:%M:%SZ") })
     local ok, msg, code = impl:put_if_absent(M.MARKER, nil, body)
     if not ok and code ~= "EEXIST" then errors.io(nil, msg, code) end
+    impl.nonempty = true
   end
   require("geneva.store.backend").mount(root, impl)
   local desc = { uri = uri, endpoint = opts.endpoint, region = opts.region, profile = opts.profile,
