@@ -47,17 +47,11 @@ function ledger.owner_state(owner)
   return require("geneva.proc").alive(owner.pid, owner.start_time) and "alive" or "dead"
 end
 
--- ledger.owner_alive(owner) -> false only when an owner ({hostname,
--- boot_id, pid, start_time}, as ledger.owner() makes them; untrusted) is
--- provably gone: on this host and boot, its pid is no longer that process.
--- Anything else (another host, a malformed owner) may be alive.
+-- ledger.owner_alive(owner) -> false only when an owner is provably gone
+-- in this boot of this host (its pid is no longer that process); one from
+-- before a restart is for the caller to judge (job records say so apart).
 function ledger.owner_alive(owner)
-  if type(owner) ~= "table" then return true end
-  local proc = require "geneva.proc"
-  local me = proc.self()
-  if owner.hostname ~= me.hostname or owner.boot_id ~= me.boot_id then return true end
-  if math.type(owner.pid) ~= "integer" then return true end
-  return proc.alive(owner.pid, owner.start_time)
+  return ledger.owner_state(owner) ~= "dead" or owner.boot_id ~= ledger.owner().boot_id
 end
 
 -- ledger.lease_id(kind, n) -> "<kind>-<tag>-<pid>-<n>": a lease's id and
